@@ -1,0 +1,246 @@
+"""Shared fixtures: configs on temporary disks, a controllable clock, a real hub process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CENTERS: list[dict[str, Any]] = [
+    {
+        "id": "taicang", "name": "太仓市", "level": 1, "civil_code": "320585",
+        "children": [
+            {"id": "chengxiang", "name": "城厢镇", "level": 2, "civil_code": "32058501"},
+            {"id": "shaxi", "name": "沙溪镇", "level": 2, "civil_code": "32058502"},
+            {"id": "education", "name": "教育局", "level": 3, "civil_code": "320585", "industries": ["11"]},
+        ],
+    }
+]
+
+
+class Clock:
+    """A clock the test moves by hand, for exact arithmetic on state and history."""
+
+    def __init__(self, t: float = 1_790_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> float:
+        self.t += s
+        return self.t
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hub_config(data_dir: Path, database_url: str | None = None, **sections: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"storage": {"data_dir": str(data_dir)}, "centers": CENTERS}
+    if database_url:
+        cfg["storage"]["database_url"] = database_url
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def vms_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "vms.cli", *args], capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"vms {' '.join(args)} failed: {r.stderr}")
+    return r
+
+
+@dataclass
+class HubProcess:
+    """`vms serve` in a child process, as an operator would run it."""
+
+    config: Path
+    port: int
+    tokens: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def token(self, role: str, *prefixes: str, name: str | None = None) -> str:
+        args = ["token", "create", "--config", str(self.config), "--role", role]
+        for p in prefixes:
+            args += ["--prefix", p]
+        if name:
+            args += ["--name", name]
+        tok = vms_cli(*args).stdout.strip()
+        self.tokens[name or role] = tok
+        return tok
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.log = self.config.parent / "hub.log"
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vms.cli", "serve", "--config", str(self.config), "--port", str(self.port)],
+            stdout=out, stderr=out, cwd=self.config.parent,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hub exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"hub did not start: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+PG_URL = os.environ.get("VMS_TEST_PG_URL")  # a server URL whose user may create databases
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """None (the embedded SQLite default) or a fresh PostgreSQL database for this test."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test PostgreSQL: set VMS_TEST_PG_URL (the test script starts a server)")
+        pytest.skip("no PostgreSQL server: set VMS_TEST_PG_URL")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"vms_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def make_hub_process(tmp_path: Path) -> Iterator[Any]:
+    made: list[HubProcess] = []
+
+    def make(**sections: Any) -> HubProcess:
+        d = tmp_path / f"hub{len(made)}"
+        d.mkdir()
+        cfg = write_config(d / "hub.yaml", hub_config(d / "data", **sections))
+        hp = HubProcess(cfg, free_port())
+        made.append(hp)
+        return hp
+
+    yield make
+    for hp in made:
+        hp.stop()
+
+
+class WebhookSink:
+    """A real HTTP server that records Alertmanager-style POSTs; can refuse or be stopped."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.port = port or free_port()
+        self.received: list[dict[str, Any]] = []
+        self.fail = False
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if sink.fail:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                sink.received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_a: Any) -> None:
+                pass
+
+        self._server_cls = ThreadingHTTPServer
+        self._handler = Handler
+        self._threading = threading
+        self.server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/alerts"
+
+    def start(self) -> WebhookSink:
+        self.server = self._server_cls(("127.0.0.1", self.port), self._handler)
+        self.server.daemon_threads = True
+        self._threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def events(self) -> list[tuple[str, str]]:
+        return [(p["status"], p["alerts"][0]["labels"]["alertname"]) for p in self.received]
+
+    def wait_for(self, n: int, timeout: float = 20) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.received) < n:
+            time.sleep(0.05)
+        return self.received
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookSink]:
+    sink = WebhookSink().start()
+    yield sink
+    sink.stop()

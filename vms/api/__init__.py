@@ -1,0 +1,89 @@
+"""The hub's HTTP API: one router per domain under /api/v1, all behind role checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vms.api import admin, agents, alerts, centers, devices, reports, system
+from vms.hub import Hub
+from vms.metrics import registry_for
+
+ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...] = ()) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if run_threads:
+            hub.start()
+        try:
+            yield
+        finally:
+            if run_threads:
+                hub.stop()
+
+    app = FastAPI(
+        title="VMS monitoring center",
+        version="1",
+        lifespan=lifespan,
+        description="Three-level video monitoring center hub (GB/T 28181 device IDs).",
+    )
+    app.state.hub = hub
+    app.state.registry = registry_for(hub)
+    for r in (*ROUTERS, *extra_routers):
+        app.include_router(r)
+    app.add_middleware(BodyLimit, limit=hub.cfg.server.max_body_bytes)
+    return app

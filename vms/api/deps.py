@@ -1,0 +1,44 @@
+"""Route dependencies: the hub, and the caller's role. Every route names the roles it admits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from vms.auth import Principal, Role
+from vms.hub import Hub
+
+_bearer = HTTPBearer(auto_error=False, description="Token from `vms token create --role ...`")
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+def require(*roles: Role) -> Callable[..., Principal]:
+    """A dependency admitting only ``roles``; anything else is 401 (no/bad token) or 403."""
+    allowed = frozenset(roles)
+
+    def dep(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        who = get_hub(request).tokens.check(creds.credentials)
+        if who is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if who.role not in allowed:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"role {who.role.value!r} may not do this; needs one of {sorted(r.value for r in allowed)}",
+            )
+        request.state.principal = who
+        return who
+
+    dep.roles = allowed  # type: ignore[attr-defined]
+    return dep

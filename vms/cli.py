@@ -1,0 +1,283 @@
+"""The ``vms`` command: serve the hub, work with IDs, tokens, reports and the audit log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vms import config as config_mod
+from vms import ids
+
+app = typer.Typer(
+    help="Video monitoring-center hub (GB/T 28181).", no_args_is_help=True, pretty_exceptions_enable=False
+)
+id_app = typer.Typer(help="GB/T 28181 20-digit device IDs.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens (stored hashed).", no_args_is_help=True)
+config_app = typer.Typer(help="The hub configuration.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(id_app, name="id")
+app.add_typer(token_app, name="token")
+app.add_typer(config_app, name="config")
+app.add_typer(audit_app, name="audit")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Hub YAML config.")]
+
+
+def _die(msg: str, code: int = 1) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Path) -> config_mod.HubConfig:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        _die(str(exc), 2)
+        raise  # unreachable; keeps type checkers informed
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# -- ids --------------------------------------------------------------------------------------
+@id_app.command("check")
+def id_check(device_id: str) -> None:
+    """Exit 0 if DEVICE_ID is a valid 20-digit ID; else exit 1 with the reason."""
+    try:
+        ids.parse(device_id)
+    except ids.InvalidDeviceId as exc:
+        _die(f"invalid ID {device_id!r}: {exc}")
+    typer.echo("ok")
+
+
+@id_app.command("parse")
+def id_parse(device_id: str) -> None:
+    """Print the ID's fields (civil code, industry, type, network, serial) as JSON."""
+    try:
+        parsed = ids.parse(device_id)
+    except ids.InvalidDeviceId as exc:
+        _die(f"invalid ID {device_id!r}: {exc}")
+        return
+    typer.echo(json.dumps(parsed.describe(), ensure_ascii=False, indent=2))
+
+
+@id_app.command("new")
+def id_new(
+    prefix: Annotated[str, typer.Option(help="14-19 digit prefix: center, industry, type, network.")],
+    count: Annotated[int, typer.Option(min=1, max=100000)] = 1,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Avoid IDs known to this hub.")] = None,
+) -> None:
+    """Allocate the next free ID(s) under PREFIX."""
+    taken: set[str] = set()
+    if config is not None:
+        from sqlalchemy import select
+
+        from vms.db import open_store
+        from vms.db.models import Device
+
+        cfg = _load(config)
+        engine, sessions = open_store(cfg.storage.url())
+        with sessions() as s:
+            taken.update(s.scalars(select(Device.id).where(Device.id.startswith(prefix))))
+        engine.dispose()
+    for _ in range(count):
+        try:
+            new = ids.allocate(prefix, taken)
+        except ids.InvalidDeviceId as exc:
+            _die(str(exc))
+            return
+        taken.add(new)
+        typer.echo(new)
+
+
+# -- config -----------------------------------------------------------------------------------
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the hub configuration."""
+    typer.echo(json.dumps(config_mod.schema(), indent=2, ensure_ascii=False))
+
+
+@config_app.command("check")
+def config_check(path: Path) -> None:
+    """Validate a config file; print the center tree."""
+    cfg = _load(path)
+    from vms.centers import LEVEL_NAMES, CenterTree
+
+    for c in CenterTree(cfg.centers):
+        typer.echo(
+            f"{'  ' * (len(c.path()) - 1)}{c.id}: {c.name} (level {c.level}, {LEVEL_NAMES[c.level]}, "
+            f"civil {c.civil_code}{', industries ' + ','.join(c.industries) if c.industries else ''})"
+        )
+    typer.echo("ok")
+
+
+# -- serve ------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    config: ConfigOpt,
+    host: Annotated[str | None, typer.Option(help="Override server.host")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port")] = None,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run the hub until interrupted."""
+    import uvicorn
+
+    from vms.api import create_app
+    from vms.hub import Hub
+
+    _logging(log_level)
+    cfg = _load(config)
+    server = cfg.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    cfg = cfg.model_copy(update={"server": server})
+    hub = Hub(cfg)
+    uvicorn.run(create_app(hub), host=server.host, port=server.port, log_level=log_level.lower(), access_log=False)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+@token_app.command("create")
+def token_create(
+    config: ConfigOpt,
+    role: Annotated[str, typer.Option(help="duty | maintenance | police | admin | agent")],
+    prefix: Annotated[list[str] | None, typer.Option(help="ID prefix an agent may speak for (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Token name; an agent's name is its agent ID.")] = None,
+) -> None:
+    """Create a token and print it (it is shown only once)."""
+    from vms import audit, auth
+    from vms.db import open_store
+
+    cfg = _load(config)
+    engine, sessions = open_store(cfg.storage.url())
+    try:
+        token, p = auth.create(sessions, role, name, prefix or [])
+    except (auth.TokenError, ids.InvalidDeviceId) as exc:
+        _die(str(exc), 2)
+        return
+    import time
+
+    audit.append(
+        sessions,
+        at=time.time(),
+        actor="cli",
+        role="admin",
+        action="token.create",
+        target=p.name,
+        detail={"role": p.role.value, "prefixes": list(p.prefixes)},
+    )
+    engine.dispose()
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(config: ConfigOpt) -> None:
+    from sqlalchemy import select
+
+    from vms.db import open_store
+    from vms.db.models import Token
+
+    cfg = _load(config)
+    engine, sessions = open_store(cfg.storage.url())
+    with sessions() as s:
+        for t in s.scalars(select(Token).order_by(Token.created_at)):
+            state = "revoked" if t.revoked_at else "active"
+            typer.echo(f"{t.name}\t{t.role}\t{','.join(t.prefixes or [])}\t{state}")
+    engine.dispose()
+
+
+@token_app.command("revoke")
+def token_revoke(config: ConfigOpt, name: str) -> None:
+    from vms import auth
+    from vms.db import open_store
+
+    cfg = _load(config)
+    engine, sessions = open_store(cfg.storage.url())
+    try:
+        auth.revoke(sessions, name)
+    except auth.TokenError as exc:
+        _die(str(exc))
+    engine.dispose()
+    typer.echo(f"revoked {name}")
+
+
+# -- reports ----------------------------------------------------------------------------------
+@app.command()
+def report(
+    config: ConfigOpt,
+    center: Annotated[str | None, typer.Option(help="Only this center and its sub-centers.")] = None,
+    period: Annotated[str | None, typer.Option(help="1h, 24h, 7d, 30d or a month like 2026-11")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="RFC 3339 with zone, or Unix seconds")] = None,
+    to: Annotated[str | None, typer.Option("--to")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Availability per center and per device (worst first) for a window."""
+    import time
+
+    from vms import reports
+    from vms.centers import UnknownCenter
+    from vms.hub import Hub
+    from vms.timeutil import BadTime, window
+
+    if fmt not in ("csv", "json"):
+        _die("--format must be csv or json", 2)
+    cfg = _load(config)
+    try:
+        start, end = window(period, from_, to, time.time(), cfg.server.timezone)
+    except BadTime as exc:
+        _die(str(exc), 2)
+        return
+    hub = Hub(cfg, read_only=True)
+    try:
+        rep = reports.availability(hub, start, end, center)
+    except UnknownCenter as exc:
+        _die(str(exc), 2)
+        return
+    finally:
+        hub.engine.dispose()
+    text = reports.to_csv(rep) if fmt == "csv" else json.dumps(rep, ensure_ascii=False, indent=2)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        typer.echo(text)
+
+
+# -- audit ------------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt) -> None:
+    """Check the audit log's hash chain; exit 1 naming the first bad row."""
+    from vms import audit
+    from vms.db import open_store
+
+    cfg = _load(config)
+    engine, sessions = open_store(cfg.storage.url())
+    v = audit.verify(sessions)
+    engine.dispose()
+    if not v.ok:
+        _die(f"audit log broken at row {v.first_bad_seq}: {v.reason} ({v.rows} rows verified before it)")
+    typer.echo(f"ok: {v.rows} rows, chain intact")
+
+
+@audit_app.command("export")
+def audit_export(config: ConfigOpt) -> None:
+    """Print the audit log as JSON lines (with hashes, so a copy can be verified elsewhere)."""
+    from vms import audit
+    from vms.db import open_store
+
+    cfg = _load(config)
+    engine, sessions = open_store(cfg.storage.url())
+    for row in audit.export(sessions):
+        typer.echo(json.dumps(row, ensure_ascii=False))
+    engine.dispose()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

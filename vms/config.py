@@ -1,0 +1,259 @@
+"""The hub's YAML configuration as pydantic models.
+
+``extra="forbid"`` everywhere so a typo is an error at start-up, not a silently ignored setting;
+every number is bounded, and the same models give ``vms config schema``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vms import ids
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address the hub listens on.")
+    port: int = Field(8700, ge=1, le=65535)
+    public_url: str | None = Field(None, description="URL agents and notifications use to reach the hub.")
+    max_body_bytes: int = Field(4_000_000, ge=10_000, le=64_000_000, description="Largest JSON request body.")
+    timezone: str = Field("Asia/Shanghai", description="Zone of calendar months in reports.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)") from None
+        return v
+
+
+class StorageConfig(_Model):
+    data_dir: Path = Field(Path("./data"), description="Where the SQLite file and recordings live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file in data_dir (WAL mode)."
+    )
+
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'vms.db').resolve()}"
+
+
+class HealthConfig(_Model):
+    """Timings of the device state machine; defaults flag a silent camera within 10 s."""
+
+    tick_s: float = Field(1.0, ge=0.1, le=10, description="How often every device is evaluated.")
+    heartbeat_interval_s: float = Field(2.0, ge=0.5, le=60, description="Interval the hub asks agents to use.")
+    offline_after_s: float = Field(5.0, ge=1, le=600, description="No signal for this long marks a device offline.")
+    recover_after_s: float = Field(
+        3.0, ge=0, le=600, description="Signal must be steady this long before an offline device is online."
+    )
+    upload_timeout_s: float = Field(
+        12.0, ge=1, le=600, description="No media arrival at the hub for this long clears 'uploading'."
+    )
+    min_fps: float = Field(5.0, ge=0, le=120, description="Below this frame rate a device is degraded.")
+    max_clock_skew_s: float = Field(
+        30.0, ge=1, le=86400, description="Agent clocks further off than this are reported as skewed."
+    )
+    report_cache_days: int = Field(
+        35, ge=1, le=400, description="History kept in memory for fast reports; older windows read the store."
+    )
+
+
+class WebhookReceiver(_Model):
+    name: str
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(description="Receives Alertmanager-compatible JSON (POST).")
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AppriseReceiver(_Model):
+    name: str
+    kind: Literal["apprise"] = "apprise"
+    urls: list[str] = Field(min_length=1, description="apprise URLs: mailto://, dingtalk://, wecombot://, ...")
+
+
+Receiver = Annotated[WebhookReceiver | AppriseReceiver, Field(discriminator="kind")]
+
+
+class AlertsConfig(_Model):
+    receivers: list[Receiver] = Field(default_factory=list)
+    resolve_hold_s: float = Field(
+        5.0, ge=0, le=3600, description="A recovered device must stay up this long before its alert resolves."
+    )
+    group_min_devices: int = Field(
+        5,
+        ge=2,
+        le=100000,
+        description="This many devices of one center going dark in one tick raise one grouped alert.",
+    )
+    retry_initial_s: float = Field(1.0, gt=0, le=600)
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    retry_max_attempts: int = Field(
+        0, ge=0, le=100000, description="0 retries forever; otherwise give up after this many."
+    )
+
+
+class Targets(_Model):
+    online: float = Field(0.98, ge=0, le=1)
+    upload: float = Field(1.0, ge=0, le=1, description="Signal upload rate (视频信号上传率).")
+    intact: float = Field(0.98, ge=0, le=1, description="Intact rate (完好率).")
+
+
+class CenterConfig(_Model):
+    """One monitoring center; children nest to make the three-level tree."""
+
+    id: str = Field(description="Short stable key, e.g. 'taicang' or 'chengxiang-edu'.")
+    name: str = Field(min_length=1, max_length=200)
+    level: Literal[1, 2, 3]
+    civil_code: str = Field(description="GB/T 2260 prefix (2-8 digits) of the devices it covers.")
+    industries: list[str] = Field(
+        default_factory=list, description="Industry codes (2 digits) it covers; empty covers all."
+    )
+    gb_id: str | None = Field(None, description="The center's own 20-digit ID, if it has one.")
+    targets: Targets = Field(default_factory=Targets)
+    children: list[CenterConfig] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _SLUG.match(v):
+            raise ValueError("must be 1-63 lowercase letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("civil_code")
+    @classmethod
+    def _civil(cls, v: str) -> str:
+        if len(v) not in (2, 4, 6, 8):
+            raise ValueError(f"civil_code {v!r} must be 2, 4, 6 or 8 digits")
+        ids.check_prefix(v)
+        return v
+
+    @field_validator("industries")
+    @classmethod
+    def _industries(cls, v: list[str]) -> list[str]:
+        for code in v:
+            if len(code) != 2 or not code.isdigit():
+                raise ValueError(f"industry code {code!r} must be 2 digits")
+        return v
+
+    @field_validator("gb_id")
+    @classmethod
+    def _gb_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            ids.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _children_below(self) -> CenterConfig:
+        for child in self.children:
+            if child.level <= self.level:
+                raise ValueError(
+                    f"center {child.id!r} (level {child.level}) must be below its parent "
+                    f"{self.id!r} (level {self.level})"
+                )
+            if not child.civil_code.startswith(self.civil_code):
+                raise ValueError(
+                    f"center {child.id!r} civil_code {child.civil_code} is outside its parent "
+                    f"{self.id!r} civil_code {self.civil_code}"
+                )
+        return self
+
+
+class DeviceConfig(_Model):
+    """A device known before any agent reports it, or one placed in a center by hand."""
+
+    id: str
+    name: str = Field("", max_length=200)
+    location: str = Field("", max_length=200)
+    center: str | None = Field(None, description="Center id that overrides placement by ID.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        ids.parse(v)
+        return v
+
+
+class MetricsConfig(_Model):
+    public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
+
+
+class HubConfig(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    centers: list[CenterConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> HubConfig:
+        seen: set[str] = set()
+        stack = list(self.centers)
+        while stack:
+            c = stack.pop()
+            if c.id in seen:
+                raise ValueError(f"duplicate center id {c.id!r}")
+            seen.add(c.id)
+            stack.extend(c.children)
+        devs: set[str] = set()
+        for d in self.devices:
+            if d.id in devs:
+                raise ValueError(f"duplicate device id {d.id}")
+            devs.add(d.id)
+            if d.center is not None and d.center not in seen:
+                raise ValueError(f"device {d.id} names unknown center {d.center!r}")
+        names = [r.name for r in self.alerts.receivers]
+        if len(names) != len(set(names)):
+            raise ValueError("alert receiver names must be unique")
+        return self
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says where and why."""
+
+
+def load(path: Path | str) -> HubConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        raw: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        cfg = HubConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: invalid config:\n{format_errors(exc)}") from None
+    return cfg
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def schema() -> dict[str, Any]:
+    return HubConfig.model_json_schema()

@@ -1,0 +1,94 @@
+"""Prometheus metrics, read from the hub's current state at scrape time (nothing on hot paths)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from vms.health import ONLINE, UPLOADING
+
+if TYPE_CHECKING:
+    from vms.hub import Hub
+
+
+class HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        hub = self.hub
+        with hub.lock:
+            h = hub.health
+            n = h.n
+            ids = list(h.ids)
+            known = h.known[:n].copy()
+            flags = h.flags[:n].copy()
+            last = h.last_signal[:n].copy()
+            fps = h.fps[:n].copy()
+            bitrate = h.bitrate[:n].copy()
+            reconnects = h.reconnects[:n].copy()
+            open_alerts = len(hub.book.open)
+            counts = {c.id: h.counts(hub.member_indices(c.id)) for c in hub.tree}
+            defects = h.defects[:n].copy()
+        up = GaugeMetricFamily("vms_device_up", "1 if the device's signal is seen", labels=["device_id"])
+        upl = GaugeMetricFamily("vms_device_uploading", "1 if live media reaches the hub", labels=["device_id"])
+        seen = GaugeMetricFamily(
+            "vms_device_last_seen_timestamp_seconds", "Last media packet seen (Unix s)", labels=["device_id"]
+        )
+        g_fps = GaugeMetricFamily("vms_device_fps", "Frame rate reported by the agent", labels=["device_id"])
+        g_br = GaugeMetricFamily("vms_device_bitrate_bps", "Bit rate reported by the agent", labels=["device_id"])
+        c_rc = CounterMetricFamily("vms_device_reconnects", "Reconnects since the agent started", labels=["device_id"])
+        g_def = GaugeMetricFamily("vms_device_degraded", "1 if the device has a defect", labels=["device_id"])
+        on = known & ((flags & ONLINE) != 0)
+        uploading = known & ((flags & UPLOADING) != 0)
+        for i, did in enumerate(ids):
+            up.add_metric([did], float(on[i]))
+            upl.add_metric([did], float(uploading[i]))
+            if np.isfinite(last[i]):
+                seen.add_metric([did], float(last[i]))
+            g_fps.add_metric([did], float(fps[i]))
+            g_br.add_metric([did], float(bitrate[i]))
+            c_rc.add_metric([did], float(reconnects[i]))
+            g_def.add_metric([did], float(defects[i] != 0))
+        yield from (up, upl, seen, g_fps, g_br, c_rc, g_def)
+        devs = GaugeMetricFamily(
+            "vms_center_devices", "Devices counted in the center (with sub-centers)", labels=["center"]
+        )
+        r_on = GaugeMetricFamily("vms_center_online_ratio", "Online devices / devices", labels=["center"])
+        r_up = GaugeMetricFamily(
+            "vms_center_upload_ratio", "Uploading devices / devices (视频信号上传率)", labels=["center"]
+        )
+        r_in = GaugeMetricFamily("vms_center_intact_ratio", "Intact devices / devices (完好率)", labels=["center"])
+        for cid, c in counts.items():
+            total = c["devices"]
+            devs.add_metric([cid], total)
+            if total:
+                r_on.add_metric([cid], c["online"] / total)
+                r_up.add_metric([cid], c["uploading"] / total)
+                r_in.add_metric([cid], c["intact"] / total)
+        yield from (devs, r_on, r_up, r_in)
+        yield GaugeMetricFamily("vms_alerts_open", "Alerts not yet resolved", value=open_alerts)
+        yield CounterMetricFamily("vms_heartbeats", "Agent heartbeats accepted", value=hub.heartbeats_total)
+        yield CounterMetricFamily("vms_heartbeat_rejected_devices", "Device reports rejected", value=hub.rejected_total)
+        yield CounterMetricFamily(
+            "vms_alert_deliveries_sent", "Alert notifications delivered", value=hub.outbox.sent_total
+        )
+        yield CounterMetricFamily(
+            "vms_alert_deliveries_failed", "Alert notifications given up", value=hub.outbox.failed_total
+        )
+        yield GaugeMetricFamily("vms_tick_seconds", "Duration of the last state evaluation", value=hub.last_tick_s)
+
+
+def registry_for(hub: Hub) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(HubCollector(hub))
+    return reg
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

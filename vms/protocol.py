@@ -1,0 +1,79 @@
+"""Agent <-> hub messages, shared by both sides and versioned.
+
+An agent sends ``protocol: 1``; the hub answers 426 to a major version it does not speak. Times
+that the hub acts on are ages ("seconds since the last packet") measured on the agent, so an
+agent whose wall clock is wrong still reports correct freshness; its ``sent_at`` only measures skew.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+DEVICE_ID_PATTERN = r"^[0-9]{20}$"
+MAX_CAMERAS_PER_HEARTBEAT = 10_000
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraStats(_Msg):
+    """What an agent knows about one camera at the moment it sends a heartbeat."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    connected: bool = Field(description="The agent holds a live stream from the camera.")
+    last_packet_age_s: float | None = Field(
+        None, ge=0, le=10_000_000, description="Seconds since the last media packet, on the agent's clock."
+    )
+    fps: float = Field(0.0, ge=0, le=1000)
+    bitrate_bps: float = Field(0.0, ge=0, le=10_000_000_000)
+    keyframe_interval_s: float | None = Field(None, ge=0, le=3600)
+    reconnects: int = Field(0, ge=0, le=2**53, description="Reconnects since the agent started.")
+    gaps: int = Field(0, ge=0, le=2**53, description="Stalls detected since the agent started.")
+    width: int | None = Field(None, ge=1, le=16384)
+    height: int | None = Field(None, ge=1, le=16384)
+    codec: str | None = Field(None, max_length=32)
+    name: str | None = Field(None, max_length=200)
+    location: str | None = Field(None, max_length=200)
+
+
+class SpoolStats(_Msg):
+    queued_segments: int = Field(0, ge=0)
+    queued_bytes: int = Field(0, ge=0)
+    dropped_segments: int = Field(0, ge=0, description="Segments the spool quota forced out, ever.")
+
+
+class Heartbeat(_Msg):
+    protocol: int = Field(PROTOCOL_VERSION, ge=1, le=1000)
+    seq: int = Field(0, ge=0, le=2**53)
+    sent_at: float = Field(ge=0, le=10_000_000_000, description="Agent wall clock, Unix seconds.")
+    cameras: list[CameraStats] = Field(default_factory=list, max_length=MAX_CAMERAS_PER_HEARTBEAT)
+    spool: SpoolStats | None = None
+
+
+class Rejection(_Msg):
+    device_id: str
+    reason: str
+
+
+class HeartbeatReply(_Msg):
+    protocol: int = PROTOCOL_VERSION
+    accepted: int
+    rejected: list[Rejection] = Field(default_factory=list)
+    clock_skew_s: float = Field(description="Hub clock minus agent clock at receipt.")
+    warning: str | None = None
+    heartbeat_interval_s: float
+
+
+class Register(_Msg):
+    protocol: int = Field(PROTOCOL_VERSION, ge=1, le=1000)
+    version: str = Field("", max_length=64, description="Agent software version.")
+    hostname: str = Field("", max_length=255)
+
+
+class RegisterReply(_Msg):
+    protocol: int = PROTOCOL_VERSION
+    agent_id: str
+    prefixes: list[str]
+    heartbeat_interval_s: float
