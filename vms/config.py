@@ -188,6 +188,16 @@ class DeviceConfig(_Model):
         return v
 
 
+class ArchiveConfig(_Model):
+    """Where relayed segments land; the storage issue adds retention."""
+
+    max_segment_bytes: int = Field(64_000_000, ge=100_000, le=1_000_000_000)
+    max_segment_seconds: float = Field(60.0, gt=0, le=600)
+    min_free_bytes: int = Field(
+        500_000_000, ge=0, le=10**13, description="Below this much free disk, new segments are refused (507)."
+    )
+
+
 class MetricsConfig(_Model):
     public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
 
@@ -197,6 +207,7 @@ class HubConfig(_Model):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     centers: list[CenterConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from vms import audit, ids
 from vms.alerts import AddMembers, AlertBook, Op, Open, OpenAlert, Resolve
+from vms.archive.store import Outcome, Result, SegmentStore
 from vms.auth import Principal, TokenCache
 from vms.centers import CenterTree
 from vms.config import HubConfig
@@ -76,6 +77,7 @@ class Hub:
         self.agent_skew: list[float] = []
         self.book = AlertBook(cfg.alerts, self.health, self._home, lambda a: self.agent_names[a], self.label)
         self.outbox = Outbox(cfg.alerts, self.sessions, sender)
+        self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
         self._pending: list[tuple[list[tuple[Transition, str]], list[Op]]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -357,11 +359,37 @@ class Hub:
             with self.lock:
                 self._add_device(row)
 
-    def observe_upload(self, device_id: str, content_end: float) -> None:
+    def claim(self, who: Principal, device_id: str, name: str = "", location: str = "") -> str | None:
+        """Admit ``device_id`` for agent ``who`` (creating it if new), or say why not."""
+        now = self.clock()
         with self.lock:
-            i = self.health.index.get(device_id)
-            if i is not None:
-                self.health.observe_upload(i, content_end, self.clock())
+            reason = self._claim_problem(who, device_id, now)
+            known = device_id in self.health.index
+        if reason is None and not known:
+            self._create_devices(who.name, [(device_id, name, location)], now)
+        return reason
+
+    def store_segment(
+        self,
+        who: Principal,
+        device_id: str,
+        start: float,
+        duration: float,
+        data: bytes,
+        sha256: str,
+        sent_at: float | None,
+    ) -> Outcome:
+        """Store a relayed segment; live media makes the device count as uploading."""
+        now = self.clock()
+        if sent_at is not None and abs(now - sent_at) > self.cfg.health.max_clock_skew_s:
+            start += now - sent_at  # the agent's clock is off: place the media on the hub's time line
+        outcome = self.segments.ingest(device_id, start, duration, data, sha256, who.name, now)
+        if outcome.result is Result.STORED:
+            with self.lock:
+                i = self.health.index.get(device_id)
+                if i is not None:
+                    self.health.observe_upload(i, start + duration, self.clock())
+        return outcome
 
     # -- the tick ------------------------------------------------------------------------------
     def tick(self) -> list[Transition]:

@@ -19,17 +19,19 @@ ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether or not they declare a length."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, large: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.large = large or {}  # path prefix -> its own limit (media uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((v for k, v in self.large.items() if scope["path"].startswith(k)), self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(send, self.limit)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
             return
         seen = 0
 
@@ -38,14 +40,14 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return msg
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await _too_large(send, self.limit)
+            await _too_large(send, limit)
 
 
 class _TooLarge(Exception):
@@ -85,5 +87,9 @@ def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...
     app.state.registry = registry_for(hub)
     for r in (*ROUTERS, *extra_routers):
         app.include_router(r)
-    app.add_middleware(BodyLimit, limit=hub.cfg.server.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=hub.cfg.server.max_body_bytes,
+        large={agents.SEGMENTS_PREFIX: hub.cfg.archive.max_segment_bytes},
+    )
     return app

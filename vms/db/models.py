@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -176,8 +176,68 @@ class Segment(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     agent_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    deleting: Mapped[bool] = mapped_column(
+        Boolean, default=False, doc="Marked before its file is removed; a start-up check finishes the job."
+    )
+    motion_ratio: Mapped[float | None] = mapped_column(
+        Float, nullable=True, doc="Peak share of the picture in motion, from the analysis."
+    )
 
     __table_args__ = (
         Index("ux_segments_device_start", "device_id", "start_at", unique=True),
         Index("ix_segments_start", "start_at"),
     )
+
+
+class LegalHold(Base):
+    """Footage of a device and time range kept for a case until released; retention never deletes it."""
+
+    __tablename__ = "legal_holds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(20), index=True)
+    start_at: Mapped[float] = mapped_column(Float)
+    end_at: Mapped[float] = mapped_column(Float)
+    case_number: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float)
+    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class ExportJob(Base):
+    """A clip export that runs in the background and can be downloaded later."""
+
+    __tablename__ = "export_jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(20), index=True)
+    start_at: Mapped[float] = mapped_column(Float)
+    end_at: Mapped[float] = mapped_column(Float)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    case_number: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    path: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    gaps: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class QualityEvent(Base):
+    """A quality defect raised or cleared by the analysis, with its metric and a snapshot."""
+
+    __tablename__ = "quality_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(20))
+    check: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # raised | cleared
+    at: Mapped[float] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    snapshot: Mapped[str | None] = mapped_column(String(300), nullable=True, doc="Relative to the data directory.")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_quality_device_at", "device_id", "at"),)

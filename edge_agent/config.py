@@ -1,0 +1,186 @@
+"""The edge agent's YAML configuration as pydantic models.
+
+``extra="forbid"`` everywhere so a typo is an error at start-up rather than a silently ignored
+setting; every number is bounded. Camera URLs carry credentials, so anything that prints a URL
+goes through :func:`redact` first.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vms import ids
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class CameraConfig(_Model):
+    """A camera reached by a plain RTSP URL (ONVIF cameras can be discovered instead)."""
+
+    url: str = Field(description="rtsp://[user:password@]host[:port]/path")
+    name: str = Field("", max_length=200)
+    location: str = Field("", max_length=200)
+    device_id: str | None = Field(None, description="Fixed 20-digit GB/T 28181 ID; allocated if absent.")
+    transport: Literal["tcp", "udp"] = "tcp"
+
+    @field_validator("url")
+    @classmethod
+    def _rtsp(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+            raise ValueError(f"must be an rtsp:// URL with a host, got {redact(v)!r}")
+        return v
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            ids.parse(v)
+        return v
+
+
+class OnvifConfig(_Model):
+    enabled: bool = False
+    username: str = Field("", max_length=200)
+    password: str = Field("", max_length=200)
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+
+class DiscoveryConfig(_Model):
+    enabled: bool = False
+    timeout_s: float = Field(3.0, gt=0, le=60)
+
+
+class AgentConfig(_Model):
+    hub_url: str = Field(description="Base URL of the hub, e.g. http://hub.example:8700")
+    token: str = Field(min_length=1, max_length=4096, description="Bearer token issued by the hub.")
+    id_prefix: str | None = Field(
+        None, description="14-digit allocation prefix; default: the first 14+ digit prefix the hub grants."
+    )
+    data_dir: Path = Field(Path("./agent-data"), description="Registry and spool live here.")
+    heartbeat_interval_s: float = Field(2.0, ge=0.5, le=60)
+    segment_seconds: float = Field(4.0, ge=1, le=30)
+    spool_quota_bytes: int = Field(2_000_000_000, ge=1_000_000, le=10**15)
+    max_inflight: int = Field(4, ge=1, le=32, description="Segment uploads in flight at once.")
+    stall_timeout_s: float = Field(5.0, ge=1, le=120, description="No packet this long = stalled stream.")
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=4096)
+    onvif: OnvifConfig = Field(default_factory=OnvifConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, got {redact(v)!r}")
+        return v.rstrip("/")
+
+    @field_validator("id_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v) != ids.ALLOCATION_PREFIX_LENGTH:
+            raise ValueError(f"must be {ids.ALLOCATION_PREFIX_LENGTH} digits, got {len(v)}")
+        return ids.check_prefix(v)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AgentConfig:
+        seen_ids: set[str] = set()
+        seen_urls: set[str] = set()
+        for i, cam in enumerate(self.cameras):
+            key = strip_credentials(cam.url)
+            if key in seen_urls:
+                raise ValueError(f"cameras.{i}.url: camera {key!r} is listed twice")
+            seen_urls.add(key)
+            if cam.device_id is not None:
+                if cam.device_id in seen_ids:
+                    raise ValueError(f"cameras.{i}.device_id: {cam.device_id} is given to two cameras")
+                seen_ids.add(cam.device_id)
+        return self
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says where and why."""
+
+
+def load(path: Path | str) -> AgentConfig:
+    """Read and validate a YAML file; errors name the field path and the reason."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        raw: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: invalid config:\n{format_errors(exc)}") from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (extra inputs are not permitted; check the spelling)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+_SECRET_QUERY = re.compile(r"^(user(name)?|pass(word)?|pwd|passwd|token|auth|key|secret)$", re.I)
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]*@")
+
+
+def redact(url: str) -> str:
+    """The URL with user, password and secret-looking query values replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _USERINFO.sub(r"\g<scheme>***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_QUERY.match(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without user info or secret query values: a stable, shareable camera identity."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in pairs if not _SECRET_QUERY.match(k)])
+    return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path, query, ""))
+
+
+def scrub(text: str, *urls: str) -> str:
+    """Remove the given URLs' credentials (and any ``scheme://user:pass@``) from a message."""
+    for url in urls:
+        if url:
+            text = text.replace(url, redact(url))
+            parts = urlsplit(url)
+            if parts.password:
+                text = text.replace(parts.password, "***")
+    return _USERINFO.sub(r"\g<scheme>***@", text)

@@ -1,0 +1,123 @@
+"""Find ONVIF cameras: WS-Discovery probe, then ONVIF device and media queries per device.
+
+WS-Discovery multicasts on the agent's non-loopback interfaces; each answer's XAddr is queried
+with onvif-zeep for identity (manufacturer, model, serial: the registry's stable key) and the
+stream URI of each media profile. Cameras without ONVIF come from the config as plain RTSP URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field
+
+from .config import redact, strip_credentials
+
+log = logging.getLogger(__name__)
+
+ONVIF_NVT_NS = "http://www.onvif.org/ver10/network/wsdl"
+
+
+class Profile(BaseModel):
+    token: str
+    name: str = ""
+    encoding: str | None = None
+    width: int | None = None
+    height: int | None = None
+    stream_uri: str | None = Field(None, description="RTSP URI without credentials.")
+
+
+class DiscoveredCamera(BaseModel):
+    address: str = Field(description="Host (and port) of the ONVIF device service.")
+    xaddr: str = ""
+    manufacturer: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+    profiles: list[Profile] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why the ONVIF queries failed, if they did.")
+
+    def main_stream(self) -> str | None:
+        return next((p.stream_uri for p in self.profiles if p.stream_uri), None)
+
+    def sub_stream(self) -> str | None:
+        uris = [p.stream_uri for p in self.profiles if p.stream_uri]
+        return uris[1] if len(uris) > 1 else None
+
+
+def probe(timeout_s: float = 3.0) -> list[str]:
+    """XAddrs (device service URLs) of NetworkVideoTransmitters answering a WS-Discovery probe."""
+    from wsdiscovery import QName
+    from wsdiscovery.discovery import ThreadedWSDiscovery
+
+    wsd = ThreadedWSDiscovery()
+    wsd.start()
+    try:
+        services = wsd.searchServices(types=[QName(ONVIF_NVT_NS, "NetworkVideoTransmitter")],
+                                      timeout=timeout_s)
+        xaddrs: list[str] = []
+        for svc in services:
+            for xa in svc.getXAddrs():
+                if xa not in xaddrs and urlsplit(xa).hostname:
+                    xaddrs.append(xa)
+                    break
+        return xaddrs
+    finally:
+        wsd.stop()
+
+
+def query_onvif(xaddr: str, username: str = "", password: str = "", timeout_s: float = 5.0) -> DiscoveredCamera:
+    """Identity and per-profile stream URIs of one ONVIF device; errors are reported, not raised."""
+    parts = urlsplit(xaddr)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    cam = DiscoveredCamera(address=f"{host}:{port}", xaddr=xaddr)
+    try:
+        from onvif import ONVIFCamera
+        from zeep.transports import Transport
+
+        dev = ONVIFCamera(host, port, username, password, transport=Transport(timeout=timeout_s,
+                                                                              operation_timeout=timeout_s))
+        info = dev.devicemgmt.GetDeviceInformation()
+        cam.manufacturer = _s(getattr(info, "Manufacturer", None))
+        cam.model = _s(getattr(info, "Model", None))
+        cam.serial = _s(getattr(info, "SerialNumber", None))
+        cam.firmware = _s(getattr(info, "FirmwareVersion", None))
+        media = dev.create_media_service()
+        for prof in media.GetProfiles() or []:
+            p = Profile(token=str(prof.token), name=_s(getattr(prof, "Name", None)) or "")
+            venc = getattr(prof, "VideoEncoderConfiguration", None)
+            if venc is not None:
+                p.encoding = _s(getattr(venc, "Encoding", None))
+                res = getattr(venc, "Resolution", None)
+                if res is not None:
+                    p.width, p.height = int(res.Width), int(res.Height)
+            try:
+                req: Any = media.create_type("GetStreamUri")
+                req.ProfileToken = prof.token
+                req.StreamSetup = {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}
+                uri = media.GetStreamUri(req).Uri
+                p.stream_uri = strip_credentials(str(uri)) if uri else None
+            except Exception as exc:
+                log.warning("ONVIF %s profile %s: GetStreamUri failed: %s", cam.address, p.token, exc)
+            cam.profiles.append(p)
+    except Exception as exc:  # a broken device must not stop discovery of the others
+        cam.error = f"{type(exc).__name__}: {exc}"
+        log.warning("ONVIF %s: %s", redact(xaddr), cam.error)
+    return cam
+
+
+def discover(username: str = "", password: str = "", timeout_s: float = 3.0) -> list[DiscoveredCamera]:
+    """Probe the network and query every ONVIF device found, a few at a time."""
+    xaddrs = probe(timeout_s)
+    if not xaddrs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(xaddrs))) as pool:
+        return list(pool.map(lambda xa: query_onvif(xa, username, password, timeout_s), xaddrs))
+
+
+def _s(v: object) -> str | None:
+    return None if v is None else str(v)

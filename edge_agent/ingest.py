@@ -1,0 +1,233 @@
+"""One thread per camera: RTSP -> PyAV packets -> segmenter, reconnecting forever.
+
+Threads, not processes: PyAV's demuxer releases the GIL while it waits, and one process relays
+over a hundred streams this way. FFmpeg's own socket timeout (the ``timeout`` option, in
+microseconds) unblocks a dead connection; PyAV's ``timeout=`` argument is not used because its
+interrupt callback takes the GIL on every I/O check. Stats are plain attributes written by the
+camera's thread and read by anyone; a stall is judged by packet age at read time, so a thread
+stuck in a read still shows its camera as down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import av
+
+from vms.protocol import CameraStats
+
+from .config import redact, scrub
+from .segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+#: Delay before the first retry; it doubles per failure up to ``backoff_cap_s``.
+FIRST_RETRY_S = 0.2
+#: A connection that delivered packets this long counts as healthy: the backoff restarts.
+HEALTHY_AFTER_S = 5.0
+#: FPS and bitrate are averaged over windows this long.
+RATE_WINDOW_S = 2.0
+
+
+@dataclass
+class IngestStats:
+    """Live figures for one camera; ``snapshot()`` gives a consistent-enough copy."""
+
+    device_id: str
+    connected: bool = False
+    last_packet_mono: float | None = None
+    fps: float = 0.0
+    bitrate_bps: float = 0.0
+    keyframe_interval_s: float | None = None
+    reconnects: int = 0
+    gaps: int = 0
+    packets: int = 0
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None
+    last_error: str | None = None
+    connected_since_mono: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def backoff_delay(failures: int, cap_s: float) -> float:
+    """Exponential backoff with +-25% jitter: 0.2 s, 0.4 s, 0.8 s ... capped at ``cap_s``."""
+    base = min(cap_s, FIRST_RETRY_S * (2 ** max(failures - 1, 0)))
+    return max(0.05, base * random.uniform(0.75, 1.25))
+
+
+class CameraIngest:
+    """Pulls one camera's stream on its own daemon thread and feeds its segmenter."""
+
+    def __init__(
+        self,
+        device_id: str,
+        url: str,
+        segmenter: Segmenter,
+        *,
+        transport: str = "tcp",
+        stall_timeout_s: float = 5.0,
+        backoff_cap_s: float = 10.0,
+        name: str = "",
+        location: str = "",
+    ) -> None:
+        self.device_id = device_id
+        self._url = url
+        self.safe_url = redact(url)
+        self.segmenter = segmenter
+        self.transport = transport
+        self.stall_timeout_s = stall_timeout_s
+        self.backoff_cap_s = backoff_cap_s
+        self.name = name
+        self.location = location
+        self._stats = IngestStats(device_id=device_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{device_id}", daemon=True)
+
+    # --- control --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- stats ----------------------------------------------------------------------------------
+
+    def snapshot(self) -> IngestStats:
+        s = replace(self._stats)
+        now = time.monotonic()
+        if s.connected:
+            # Watchdog view: the thread may be blocked in a read that has not timed out yet.
+            ref = s.last_packet_mono if s.last_packet_mono is not None else s.connected_since_mono
+            s.connected = ref is not None and now - ref <= self.stall_timeout_s
+        if not s.connected:
+            s.fps = 0.0
+            s.bitrate_bps = 0.0
+        return s
+
+    def camera_stats(self) -> CameraStats:
+        s = self.snapshot()
+        age = None if s.last_packet_mono is None else max(0.0, time.monotonic() - s.last_packet_mono)
+        return CameraStats(
+            device_id=self.device_id, connected=s.connected, last_packet_age_s=age,
+            fps=round(s.fps, 3), bitrate_bps=round(s.bitrate_bps, 1),
+            keyframe_interval_s=s.keyframe_interval_s, reconnects=s.reconnects, gaps=s.gaps,
+            width=s.width, height=s.height, codec=s.codec,
+            name=self.name or None, location=self.location or None,
+        )
+
+    # --- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        attempts = 0
+        while not self._stop.is_set():
+            if attempts:
+                self._stats.reconnects += 1
+            attempts += 1
+            t0 = time.monotonic()
+            packets_before = self._stats.packets
+            try:
+                self._session()
+            except Exception as exc:  # any failure: log safely, back off, retry
+                msg = scrub(f"{type(exc).__name__}: {exc}", self._url)
+                self._stats.last_error = msg
+                log.warning("camera %s (%s): %s", self.device_id, self.safe_url, msg)
+            finally:
+                try:
+                    self.segmenter.close()
+                except Exception as exc:
+                    log.error("camera %s: closing segment failed: %s", self.device_id,
+                              scrub(str(exc), self._url))
+                got_packets = self._stats.packets > packets_before
+                if got_packets:
+                    self._stats.gaps += 1
+                self._stats.connected = False
+                self._stats.connected_since_mono = None
+            if self._stop.is_set():
+                break
+            healthy = got_packets and time.monotonic() - t0 >= HEALTHY_AFTER_S
+            failures = 1 if healthy else failures + 1
+            delay = backoff_delay(failures, self.backoff_cap_s)
+            log.info("camera %s: reconnecting in %.1f s", self.device_id, delay)
+            self._stop.wait(delay)
+
+    def _session(self) -> None:
+        """One connection, until the stream ends or fails (raises) or we are stopped."""
+        st = self._stats
+        options = {
+            "rtsp_transport": self.transport,
+            "timeout": str(int(self.stall_timeout_s * 1_000_000)),
+            "allowed_media_types": "video",
+        }
+        container = av.open(self._url, options=options)
+        try:
+            if not container.streams.video:
+                raise RuntimeError("the stream has no video track")
+            vs = container.streams.video[0]
+            cc = vs.codec_context
+            st.codec, st.width, st.height = cc.name, cc.width or None, cc.height or None
+            st.connected = True
+            st.connected_since_mono = time.monotonic()
+            st.last_error = None
+            log.info("camera %s: connected to %s (%s %sx%s)", self.device_id, self.safe_url,
+                     cc.name, cc.width, cc.height)
+            tb = float(vs.time_base) if vs.time_base else 1 / 90000
+            # Rates are measured on the camera's clock (PTS), so the burst of packets buffered
+            # while the stream was probed does not inflate them.
+            win_pts: int | None = None
+            win_frames = 0
+            win_bytes = 0
+            last_pts: int | None = None
+            last_key_pts: int | None = None
+            feed = self.segmenter.feed
+            for packet in container.demux(vs):
+                now = time.monotonic()
+                if self._stop.is_set():
+                    break
+                if packet.size == 0:
+                    if packet.pts is None and packet.dts is None:
+                        break  # demuxer flush packet: end of stream
+                    continue
+                st.last_packet_mono = now
+                st.packets += 1
+                win_bytes += packet.size
+                pts = packet.pts
+                if pts is not None and pts != last_pts:
+                    t = packet.dts if packet.dts is not None else pts  # monotonic with B-frames
+                    if win_pts is None:
+                        win_pts, win_frames, win_bytes = t, 0, packet.size
+                    else:
+                        span = (t - win_pts) * tb
+                        if span >= RATE_WINDOW_S:
+                            if span < 10 * RATE_WINDOW_S:
+                                st.fps = win_frames / span
+                                st.bitrate_bps = win_bytes * 8 / span
+                            win_pts, win_frames, win_bytes = t, 0, packet.size
+                        elif span < 0:
+                            win_pts, win_frames, win_bytes = t, 0, packet.size
+                    win_frames += 1
+                    if packet.is_keyframe:
+                        if last_key_pts is not None and pts > last_key_pts:
+                            st.keyframe_interval_s = round((pts - last_key_pts) * tb, 3)
+                        last_key_pts = pts
+                    last_pts = pts
+                feed(packet, vs)
+            if not self._stop.is_set():
+                log.warning("camera %s (%s): stream ended", self.device_id, self.safe_url)
+        finally:
+            container.close()

@@ -1,0 +1,274 @@
+"""Cut a camera's packets into keyframe-aligned MPEG-TS segments (stream copy, never decode).
+
+A segment is written under a temporary name, closed, fsynced, hashed, and then renamed into the
+spool directory under a name that carries its metadata, so a crash at any instant leaves either
+a complete, self-describing segment in the queue or a temp file that start-up removes.
+
+Camera streams are messier than files: an access unit may arrive split into several packets with
+one PTS (slices with parameter sets in between), the first packets after connecting may lack a
+DTS, and DTS may repeat; the MPEG-TS muxer insists on strictly increasing DTS <= PTS. So split
+access units are merged, missing DTS filled in and repeated DTS nudged forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from .spool import Segment, Spool, fsync_dir
+
+log = logging.getLogger(__name__)
+
+#: A DTS jump larger than this (seconds, either way) is a discontinuity, not jitter.
+MAX_DTS_JUMP_S = 10.0
+#: Packets arriving this much later than the wall-clock anchor predicts mean the anchor is stale.
+MAX_CLOCK_DRIFT_S = 2.0
+
+
+def parameter_sets(data: bytes, codec: str) -> frozenset[bytes]:
+    """The in-band sequence parameter sets (H.264 SPS; H.265 VPS/SPS) before the first slice.
+
+    They change exactly when resolution or profile change, so comparing them at keyframes detects
+    a mid-stream format change without decoding.
+    """
+    hevc = codec in ("hevc", "h265")
+    found: list[bytes] = []
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i < len(data) - 3:
+        start = i + 3
+        nxt = data.find(b"\x00\x00\x01", start)
+        end = len(data) if nxt < 0 else nxt
+        b = data[start]
+        ntype = (b >> 1) & 0x3F if hevc else b & 0x1F
+        if (hevc and ntype < 32) or (not hevc and 1 <= ntype <= 5):
+            break  # first slice: parameter sets come before it
+        if (hevc and ntype in (32, 33)) or (not hevc and ntype == 7):
+            found.append(data[start:end].rstrip(b"\x00"))
+        i = nxt
+    return frozenset(found)
+
+
+def _strip_leading_parameter_sets(data: bytes) -> bytes:
+    """Drop H.264 SPS/PPS/AUD NAL units that precede the first slice of a continuation packet.
+
+    Some servers repeat the parameter sets before every slice of an IDR picture; left inside one
+    access unit they make demuxers split the picture in two.
+    """
+    pos = 0
+    while data.startswith(b"\x00\x00\x01", pos) or data.startswith(b"\x00\x00\x00\x01", pos):
+        start = pos + (3 if data.startswith(b"\x00\x00\x01", pos) else 4)
+        if start >= len(data) or (data[start] & 0x1F) not in (7, 8, 9):
+            break
+        nxt = data.find(b"\x00\x00\x01", start)
+        if nxt < 0:
+            break
+        if nxt > 0 and data[nxt - 1] == 0:
+            nxt -= 1
+        pos = nxt
+    return data[pos:]
+
+
+class Segmenter:
+    """Per-camera segment writer; called only from that camera's ingest thread."""
+
+    def __init__(
+        self,
+        device_id: str,
+        spool: Spool,
+        segment_seconds: float = 4.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.device_id = device_id
+        self.spool = spool
+        self.segment_seconds = segment_seconds
+        self.clock = clock
+        self.segments_written = 0
+        self.write_errors = 0
+        self.dropped_packets = 0
+        self.last_segment: Segment | None = None
+        self._in_stream: Any = None
+        self._codec = ""
+        self._pending: av.Packet | None = None
+        self._reset_timing()
+        self._out: Any = None
+        self._out_stream: Any = None
+        self._tmp: Path | None = None
+
+    def _reset_timing(self) -> None:
+        # Wall clock minus stream time, minimised over packets: the least-delayed packet is the
+        # best estimate of capture time (packets buffered while probing arrive late, in a burst).
+        self._offset: float | None = None
+        self._last_dts: int | None = None
+        self._sps: frozenset[bytes] = frozenset()
+        self._seg_start_pts = 0
+        self._seg_end_pts = 0
+        self._tb = Fraction(1, 90000)
+        self._frame_ticks = 0
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def feed(self, packet: av.Packet, stream: Any) -> None:
+        """Take one demuxed packet of ``stream`` (the camera's video stream)."""
+        if stream is not self._in_stream:
+            self.close()
+            self._in_stream = stream
+            self._codec = stream.codec_context.name
+            self._tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+        pending = self._pending
+        if pending is not None and (
+            (packet.pts is not None and packet.pts == pending.pts)
+            or (pending.pts is None and pending.dts is None)
+        ):
+            self._pending = self._merge(pending, packet)
+            return
+        self._pending = packet
+        if pending is not None:
+            self._process(pending)
+
+    def close(self) -> Segment | None:
+        """Finish the open segment (on shutdown, reconnect or stream change); returns it."""
+        if self._pending is not None:
+            self._process(self._pending)
+            self._pending = None
+        seg = self._finish(self._seg_end_pts) if self._out is not None else None
+        self._in_stream = None
+        self._reset_timing()
+        return seg
+
+    # --- packets --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _merge(a: av.Packet, b: av.Packet) -> av.Packet:
+        m = av.Packet(bytes(a) + _strip_leading_parameter_sets(bytes(b)))
+        m.pts = b.pts if a.pts is None else a.pts
+        m.dts = a.dts if a.dts is not None else b.dts
+        m.time_base = a.time_base or b.time_base
+        m.duration = max(a.duration or 0, b.duration or 0)
+        m.is_keyframe = a.is_keyframe or b.is_keyframe
+        return m
+
+    def _process(self, pkt: av.Packet) -> None:
+        if pkt.pts is None:
+            if pkt.dts is None:
+                self.dropped_packets += 1
+                return
+            pkt.pts = pkt.dts
+        pts = int(pkt.pts)
+        tb = self._tb
+        off = self.clock() - float(pts * tb)
+        if self._offset is None or off < self._offset or off - self._offset > MAX_CLOCK_DRIFT_S:
+            self._offset = off
+        if self._last_dts is not None and pkt.dts is not None:
+            jump = (int(pkt.dts) - self._last_dts) * tb
+            if jump < -MAX_DTS_JUMP_S or jump > MAX_DTS_JUMP_S:
+                log.info("camera %s: timestamp discontinuity of %.1f s, starting a new segment",
+                         self.device_id, float(jump))
+                if self._out is not None:
+                    self._finish(self._seg_end_pts)
+                self._reset_timing()
+                self._tb = tb
+                self._offset = off
+        if pkt.is_keyframe:
+            sps = parameter_sets(bytes(pkt), self._codec)
+            changed = bool(sps) and bool(self._sps) and sps != self._sps
+            if sps:
+                self._sps = sps
+            if self._out is not None and (
+                changed or (pts - self._seg_start_pts) * tb >= self.segment_seconds
+            ):
+                if changed:
+                    log.info("camera %s: stream format changed, starting a new segment", self.device_id)
+                self._finish(pts)
+            if self._out is None:
+                self._open(pts)
+        if self._out is None:
+            self.dropped_packets += 1  # waiting for a keyframe
+            return
+        dts = pkt.dts
+        if dts is None:
+            dts = pts if self._last_dts is None else self._last_dts + 1
+        elif self._last_dts is not None and dts <= self._last_dts:
+            dts = self._last_dts + 1
+        if dts > pts:
+            self.dropped_packets += 1
+            return
+        pkt.dts = dts
+        self._last_dts = int(dts)
+        dur = int(pkt.duration or 0)
+        if dur > 0:
+            self._frame_ticks = dur
+        self._seg_end_pts = max(self._seg_end_pts, pts + (dur or self._frame_ticks))
+        try:
+            pkt.stream = self._out_stream
+            self._out.mux(pkt)
+        except (OSError, av.FFmpegError) as exc:
+            self._write_failed(exc)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def _open(self, pts: int) -> None:
+        tmp = self.spool.tmp_path(self.device_id)
+        try:
+            self._out = av.open(str(tmp), "w", format="mpegts")
+            self._out_stream = self._out.add_stream_from_template(self._in_stream)
+        except (OSError, av.FFmpegError) as exc:
+            self._tmp = tmp
+            self._write_failed(exc)
+            return
+        self._tmp = tmp
+        self._seg_start_pts = pts
+        self._seg_end_pts = pts
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self.write_errors += 1
+        self.spool.note_write_error()
+        log.error("camera %s: cannot write segment to the spool (%s); dropping it and trying again "
+                  "at the next keyframe", self.device_id, exc)
+        self._discard()
+
+    def _discard(self) -> None:
+        out, tmp = self._out, self._tmp
+        self._out = self._out_stream = self._tmp = None
+        if out is not None:
+            with contextlib.suppress(OSError, av.FFmpegError):
+                out.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+    def _finish(self, end_pts: int) -> Segment | None:
+        out, tmp = self._out, self._tmp
+        assert out is not None and tmp is not None
+        self._out = self._out_stream = self._tmp = None
+        try:
+            out.close()
+            digest = hashlib.sha256()
+            with open(tmp, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                os.fsync(f.fileno())
+            size = tmp.stat().st_size
+            duration = max(float((end_pts - self._seg_start_pts) * self._tb), 0.0)
+            start = (self._offset or self.clock()) + float(self._seg_start_pts * self._tb)
+            name = Segment.file_name(self.device_id, start, duration, digest.hexdigest())
+            final = self.spool.root / name
+            os.replace(tmp, final)
+            fsync_dir(self.spool.root)
+        except (OSError, av.FFmpegError) as exc:
+            self._tmp = tmp
+            self._write_failed(exc)
+            return None
+        seg = Segment(path=final, device_id=self.device_id, start=round(start * 1e6) / 1e6,
+                      duration=round(duration * 1e6) / 1e6, sha256=digest.hexdigest(), size=size)
+        self.segments_written += 1
+        self.last_segment = seg
+        self.spool.added(seg)
+        return seg

@@ -1,0 +1,216 @@
+"""The on-disk store-and-forward queue of finished segments.
+
+A segment is in the queue exactly when a file with a well-formed final name exists in the queue
+directory; the name carries all metadata (device, start, duration, sha256), so one atomic rename
+both writes the metadata and enqueues, and a restart rebuilds the queue by listing the directory.
+Unfinished writes live in ``.tmp/`` and are removed at start-up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Container
+from dataclasses import dataclass
+from pathlib import Path
+
+from vms.protocol import SpoolStats
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(?P<dev>[0-9]{20})_(?P<start>[0-9]{1,17})_(?P<dur>[0-9]{1,12})_(?P<sha>[0-9a-f]{64})\.ts$")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One finished MPEG-TS segment in the queue."""
+
+    path: Path
+    device_id: str
+    start: float  # Unix seconds of the first packet
+    duration: float  # seconds
+    sha256: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @staticmethod
+    def file_name(device_id: str, start: float, duration: float, sha256: str) -> str:
+        return f"{device_id}_{round(start * 1e6):d}_{round(max(duration, 0.0) * 1e6):d}_{sha256}.ts"
+
+    @classmethod
+    def from_path(cls, path: Path) -> Segment | None:
+        m = _NAME.match(path.name)
+        if not m:
+            return None
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        return cls(path=path, device_id=m["dev"], start=int(m["start"]) / 1e6,
+                   duration=int(m["dur"]) / 1e6, sha256=m["sha"], size=size)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Queue directory + in-memory index; thread-safe (ingest threads add, the uplink takes)."""
+
+    def __init__(self, root: Path, quota_bytes: int, live_window_s: float = 12.0) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / ".tmp"
+        self.rejected_dir = self.root / "rejected"
+        self.quota_bytes = quota_bytes
+        self.live_window_s = live_window_s
+        self._lock = threading.Lock()
+        self._index: dict[str, tuple[Segment, float]] = {}  # name -> (segment, added monotonic)
+        self._bytes = 0
+        self.write_errors = 0
+        self.rejected = 0
+        self.cleaned_tmp = 0
+        for d in (self.root, self.tmp_dir, self.rejected_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._state_path = self.root / "state.json"
+        self.dropped = self._read_dropped()
+        self._rescan()
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    def _read_dropped(self) -> int:
+        try:
+            return int(json.loads(self._state_path.read_text())["dropped_segments"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _write_state(self) -> None:
+        tmp = self.tmp_dir / "state.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"dropped_segments": self.dropped}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_path)
+
+    def _rescan(self) -> None:
+        for p in self.tmp_dir.iterdir():
+            # A crash mid-write leaves only these; their segment never entered the queue.
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                self.cleaned_tmp += 1
+            elif p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+        if self.cleaned_tmp:
+            log.warning("spool: removed %d unfinished segment file(s) left by a crash", self.cleaned_tmp)
+        for p in self.root.iterdir():
+            if not p.is_file() or p.name == self._state_path.name:
+                continue
+            seg = Segment.from_path(p)
+            if seg is None:
+                log.warning("spool: moving unrecognised file %s to rejected/", p.name)
+                os.replace(p, self.rejected_dir / p.name)
+                continue
+            self._index[seg.name] = (seg, float("-inf"))  # everything found at start is backlog
+            self._bytes += seg.size
+        self._enforce_quota()
+
+    # --- queue ----------------------------------------------------------------------------------
+
+    def tmp_path(self, device_id: str) -> Path:
+        return self.tmp_dir / f"{device_id}.{time.monotonic_ns()}.{threading.get_ident()}.part"
+
+    def added(self, seg: Segment) -> None:
+        """Called after the atomic rename that put ``seg`` in the queue directory."""
+        with self._lock:
+            if seg.name in self._index:
+                return
+            self._index[seg.name] = (seg, time.monotonic())
+            self._bytes += seg.size
+            self._enforce_quota()
+
+    def _enforce_quota(self) -> None:
+        dropped_now = 0
+        while self._bytes > self.quota_bytes and len(self._index) > 1:
+            name = min(self._index, key=lambda n: self._index[n][0].start)
+            seg, _ = self._index.pop(name)
+            self._bytes -= seg.size
+            seg.path.unlink(missing_ok=True)
+            self.dropped += 1
+            dropped_now += 1
+            log.warning("spool quota %d bytes exceeded: dropped oldest segment of %s starting %.3f "
+                        "(%d dropped in total)", self.quota_bytes, seg.device_id, seg.start, self.dropped)
+        if dropped_now:
+            try:
+                self._write_state()
+            except OSError as exc:
+                log.error("spool: cannot record drop count: %s", exc)
+
+    def next_batch(
+        self, limit: int, exclude: Container[str] = (), skip_devices: Container[str] = ()
+    ) -> list[Segment]:
+        """Up to ``limit`` segments: live ones (newest arrivals) first, then the backlog oldest-first.
+
+        When both exist, at least one slot goes to the backlog so it keeps draining.
+        """
+        now = time.monotonic()
+        with self._lock:
+            live: list[Segment] = []
+            backlog: list[Segment] = []
+            for name, (seg, added) in self._index.items():
+                if name in exclude or seg.device_id in skip_devices:
+                    continue
+                (live if now - added <= self.live_window_s else backlog).append(seg)
+        key = lambda s: (s.start, s.device_id)  # noqa: E731
+        backlog_n = min(len(backlog), max(limit - len(live), 1 if limit > 1 else 0))
+        live_n = min(len(live), limit - backlog_n)
+        if live_n < limit - backlog_n:
+            backlog_n = min(len(backlog), limit - live_n)
+        return heapq.nsmallest(live_n, live, key=key) + heapq.nsmallest(backlog_n, backlog, key=key)
+
+    def ack(self, seg: Segment) -> None:
+        """The hub has the segment: delete it."""
+        with self._lock:
+            if self._index.pop(seg.name, None) is not None:
+                self._bytes -= seg.size
+        seg.path.unlink(missing_ok=True)
+
+    def reject(self, seg: Segment, reason: str) -> None:
+        """Keep a segment the hub will never take in ``rejected/`` for a human to look at."""
+        with self._lock:
+            if self._index.pop(seg.name, None) is not None:
+                self._bytes -= seg.size
+            self.rejected += 1
+        try:
+            os.replace(seg.path, self.rejected_dir / seg.name)
+        except FileNotFoundError:
+            return
+        log.error("segment %s rejected: %s (kept in %s)", seg.name, reason, self.rejected_dir)
+
+    def contains(self, seg: Segment) -> bool:
+        with self._lock:
+            return seg.name in self._index
+
+    def segments(self) -> list[Segment]:
+        with self._lock:
+            return sorted((s for s, _ in self._index.values()), key=lambda s: (s.start, s.device_id))
+
+    def note_write_error(self) -> None:
+        with self._lock:
+            self.write_errors += 1
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            return SpoolStats(queued_segments=len(self._index), queued_bytes=max(self._bytes, 0),
+                              dropped_segments=self.dropped)

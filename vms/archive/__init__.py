@@ -1,0 +1,1 @@
+"""The archive: relayed segments stored on disk and indexed in the store."""
