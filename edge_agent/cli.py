@@ -42,6 +42,7 @@ def run(
 ) -> None:
     """Relay cameras to the hub until interrupted."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     try:
         if config is not None:
             cfg = load(config)
@@ -76,3 +77,7 @@ def run(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -136,7 +136,8 @@ def serve(
     server = cfg.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
     cfg = cfg.model_copy(update={"server": server})
     hub = Hub(cfg)
-    uvicorn.run(create_app(hub), host=server.host, port=server.port, log_level=log_level.lower(), access_log=False)
+    uvicorn.run(create_app(hub), host=server.host, port=server.port, log_level=log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=3)  # open event streams (web pages) never finish by themselves
 
 
 # -- tokens -----------------------------------------------------------------------------------
@@ -273,6 +274,56 @@ def audit_export(config: ConfigOpt) -> None:
     for row in audit.export(sessions):
         typer.echo(json.dumps(row, ensure_ascii=False))
     engine.dispose()
+
+
+# -- demo and simulator -------------------------------------------------------------------
+@app.command()
+def demo(
+    cameras: Annotated[int, typer.Option(min=1, max=64, help="Simulated cameras.")] = 8,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Hub port.")] = 8700,
+    data_dir: Annotated[Path, typer.Option(help="Everything the demo writes.")] = Path("data/demo"),
+    rtsp_port: Annotated[int, typer.Option(min=1, max=65535)] = 8554,
+    control_port: Annotated[int, typer.Option(min=1, max=65535, help="Simulator fault API.")] = 8555,
+) -> None:
+    """Run simulator, edge agent and hub together until Ctrl-C; writes DATA_DIR/demo.json."""
+    import signal
+    import time
+
+    from vms.demo import Demo
+
+    _logging()
+    d = Demo(cameras, port, data_dir, rtsp_port, control_port)
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        info = d.start()
+        typer.echo(f"hub:        {info['hub_url']}  (API docs at /docs)")
+        typer.echo(f"simulator:  {info['camsim_control_url']}/cameras  (POST /cameras/ID/fault)")
+        typer.echo(f"tokens and cameras: {data_dir / 'demo.json'}")
+        typer.echo("Ctrl-C to stop.")
+        while all(p.poll() is None for p in d.procs):
+            time.sleep(1)
+        failed = f"a demo process exited; see the logs in {data_dir}"
+    except KeyboardInterrupt:
+        failed = ""
+    except (RuntimeError, OSError) as exc:
+        failed = str(exc)
+    finally:
+        d.stop()
+    if failed:
+        _die(failed)
+
+
+def _mount_camsim() -> None:
+    from camsim.cli import app as camsim_app
+
+    app.add_typer(camsim_app, name="camsim")
+
+
+_mount_camsim()
 
 
 def main() -> None:

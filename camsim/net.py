@@ -1,0 +1,79 @@
+"""Small socket helpers shared by the simulator, its tests and benchmarks (standard library only)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a TCP connect to host:port succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll `check` until it is true or `timeout` seconds pass; returns the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
+    """Wait until host:port accepts TCP connections."""
+    return wait_until(lambda: port_open(host, port), timeout)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True if GET url answers 2xx (used to wait for a control API)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (tests use it to avoid clashes between runs)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free TCP ports, held open together so they cannot repeat."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_block(n: int, host: str = "127.0.0.1", start: int = 20000, stop: int = 60000) -> int:
+    """First port of `n` consecutive free TCP ports (ONVIF gives each camera base + index)."""
+    for base in range(start, stop - n, max(n, 1) + 7):
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError(f"no block of {n} free ports on {host}")
