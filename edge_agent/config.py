@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vms import ids
+from vms.config import ConfigError as ConfigError  # re-exported: the agent reports config errors like the hub
+from vms.config import format_errors as format_errors
+from vms.config import load_model
 
 
 class _Model(BaseModel):
@@ -108,38 +110,9 @@ class AgentConfig(_Model):
         return self
 
 
-class ConfigError(Exception):
-    """A config file that cannot be used; the message says where and why."""
-
-
 def load(path: Path | str) -> AgentConfig:
     """Read and validate a YAML file; errors name the field path and the reason."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
-    try:
-        raw: Any = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
-    try:
-        return AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{p}: invalid config:\n{format_errors(exc)}") from None
-
-
-def format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (extra inputs are not permitted; check the spelling)"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+    return load_model(path, AgentConfig)
 
 
 # --- credentials --------------------------------------------------------------------------------

@@ -105,9 +105,20 @@ def query_onvif(xaddr: str, username: str = "", password: str = "", timeout_s: f
                 log.warning("ONVIF %s profile %s: GetStreamUri failed: %s", cam.address, p.token, exc)
             cam.profiles.append(p)
     except Exception as exc:  # a broken device must not stop discovery of the others
-        cam.error = f"{type(exc).__name__}: {exc}"
+        cam.error = describe_error(exc, username)
         log.warning("ONVIF %s: %s", redact(xaddr), cam.error)
     return cam
+
+
+def describe_error(exc: BaseException, username: str = "") -> str:
+    """A message an installer can act on: authentication failures say so plainly."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "not authorized" in low or "notauthorized" in low or "401" in low:
+        who = f"user {username!r}" if username else "no credentials"
+        return (f"not authorized: the camera refused {who}; check the ONVIF username or password "
+                f"({text})")
+    return text
 
 
 def discover(username: str = "", password: str = "", timeout_s: float = 3.0) -> list[DiscoveredCamera]:

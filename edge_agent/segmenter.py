@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MAX_DTS_JUMP_S = 10.0
 #: Packets arriving this much later than the wall-clock anchor predicts mean the anchor is stale.
 MAX_CLOCK_DRIFT_S = 2.0
+#: A segment is cut without a keyframe once it is this many times ``segment_seconds`` long, and
+#: recording starts without one after waiting this long: a camera that stopped sending keyframes
+#: (or uses intra refresh) must not hold its video back from the hub indefinitely.
+FORCE_CUT_FACTOR = 3.0
 
 
 def parameter_sets(data: bytes, codec: str) -> frozenset[bytes]:
@@ -45,12 +49,12 @@ def parameter_sets(data: bytes, codec: str) -> frozenset[bytes]:
     i = data.find(b"\x00\x00\x01")
     while 0 <= i < len(data) - 3:
         start = i + 3
-        nxt = data.find(b"\x00\x00\x01", start)
-        end = len(data) if nxt < 0 else nxt
         b = data[start]
         ntype = (b >> 1) & 0x3F if hevc else b & 0x1F
         if (hevc and ntype < 32) or (not hevc and 1 <= ntype <= 5):
-            break  # first slice: parameter sets come before it
+            break  # first slice: parameter sets come before it (and the slice is not scanned)
+        nxt = data.find(b"\x00\x00\x01", start)
+        end = len(data) if nxt < 0 else nxt
         if (hevc and ntype in (32, 33)) or (not hevc and ntype == 7):
             found.append(data[start:end].rstrip(b"\x00"))
         i = nxt
@@ -94,6 +98,7 @@ class Segmenter:
         self.segments_written = 0
         self.write_errors = 0
         self.dropped_packets = 0
+        self.forced_cuts = 0
         self.last_segment: Segment | None = None
         self._in_stream: Any = None
         self._codec = ""
@@ -112,7 +117,9 @@ class Segmenter:
         self._seg_start_pts = 0
         self._seg_end_pts = 0
         self._tb = Fraction(1, 90000)
+        self._tbf = 1 / 90000  # the time base as a float: per-packet arithmetic stays cheap
         self._frame_ticks = 0
+        self._wait_since_pts: int | None = None  # first packet seen while waiting for a keyframe
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -123,6 +130,7 @@ class Segmenter:
             self._in_stream = stream
             self._codec = stream.codec_context.name
             self._tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+            self._tbf = float(self._tb)
         pending = self._pending
         if pending is not None and (
             (packet.pts is not None and packet.pts == pending.pts)
@@ -163,19 +171,19 @@ class Segmenter:
                 return
             pkt.pts = pkt.dts
         pts = int(pkt.pts)
-        tb = self._tb
-        off = self.clock() - float(pts * tb)
+        tb, tbf = self._tb, self._tbf
+        off = self.clock() - pts * tbf
         if self._offset is None or off < self._offset or off - self._offset > MAX_CLOCK_DRIFT_S:
             self._offset = off
         if self._last_dts is not None and pkt.dts is not None:
-            jump = (int(pkt.dts) - self._last_dts) * tb
+            jump = (int(pkt.dts) - self._last_dts) * tbf
             if jump < -MAX_DTS_JUMP_S or jump > MAX_DTS_JUMP_S:
                 log.info("camera %s: timestamp discontinuity of %.1f s, starting a new segment",
-                         self.device_id, float(jump))
+                         self.device_id, jump)
                 if self._out is not None:
                     self._finish(self._seg_end_pts)
                 self._reset_timing()
-                self._tb = tb
+                self._tb, self._tbf = tb, tbf
                 self._offset = off
         if pkt.is_keyframe:
             sps = parameter_sets(bytes(pkt), self._codec)
@@ -183,13 +191,21 @@ class Segmenter:
             if sps:
                 self._sps = sps
             if self._out is not None and (
-                changed or (pts - self._seg_start_pts) * tb >= self.segment_seconds
+                changed or (pts - self._seg_start_pts) * tbf >= self.segment_seconds
             ):
                 if changed:
                     log.info("camera %s: stream format changed, starting a new segment", self.device_id)
                 self._finish(pts)
             if self._out is None:
                 self._open(pts)
+        elif self._out is not None:
+            if (pts - self._seg_start_pts) * tbf >= FORCE_CUT_FACTOR * self.segment_seconds:
+                self._force_cut(pts, "no keyframe for %.1f s: cutting the segment without one")
+        else:
+            if self._wait_since_pts is None:
+                self._wait_since_pts = pts
+            elif (pts - self._wait_since_pts) * tbf >= FORCE_CUT_FACTOR * self.segment_seconds:
+                self._force_cut(pts, "no keyframe for %.1f s: recording starts without one")
         if self._out is None:
             self.dropped_packets += 1  # waiting for a keyframe
             return
@@ -213,10 +229,21 @@ class Segmenter:
         except (OSError, av.FFmpegError) as exc:
             self._write_failed(exc)
 
+    def _force_cut(self, pts: int, why: str) -> None:
+        self.forced_cuts += 1
+        if self.forced_cuts == 1 or self.forced_cuts % 100 == 0:
+            log.warning("camera %s: " + why + " (%d forced cut(s) so far)", self.device_id,
+                        FORCE_CUT_FACTOR * self.segment_seconds, self.forced_cuts)
+        if self._out is not None:
+            self._finish(pts)
+        self._open(pts)
+
     # --- files ----------------------------------------------------------------------------------
 
     def _open(self, pts: int) -> None:
-        tmp = self.spool.tmp_path(self.device_id)
+        self._wait_since_pts = None
+        start = (self._offset if self._offset is not None else self.clock()) + pts * self._tbf
+        tmp = self.spool.tmp_path(self.device_id, start=start)
         try:
             self._out = av.open(str(tmp), "w", format="mpegts")
             self._out_stream = self._out.add_stream_from_template(self._in_stream)
@@ -254,10 +281,10 @@ class Segmenter:
             with open(tmp, "rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
-                os.fsync(f.fileno())
+                os.fdatasync(f.fileno())  # data and size; the rename is made durable by fsync_dir
             size = tmp.stat().st_size
-            duration = max(float((end_pts - self._seg_start_pts) * self._tb), 0.0)
-            start = (self._offset or self.clock()) + float(self._seg_start_pts * self._tb)
+            duration = max((end_pts - self._seg_start_pts) * self._tbf, 0.0)
+            start = (self._offset or self.clock()) + self._seg_start_pts * self._tbf
             name = Segment.file_name(self.device_id, start, duration, digest.hexdigest())
             final = self.spool.root / name
             os.replace(tmp, final)

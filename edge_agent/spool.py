@@ -3,11 +3,14 @@
 A segment is in the queue exactly when a file with a well-formed final name exists in the queue
 directory; the name carries all metadata (device, start, duration, sha256), so one atomic rename
 both writes the metadata and enqueues, and a restart rebuilds the queue by listing the directory.
-Unfinished writes live in ``.tmp/`` and are removed at start-up.
+Unfinished writes live in ``.tmp/``; at start-up the readable prefix of each is salvaged into the
+queue (see ``salvage.py``) and the rest dropped and counted. Segments the hub will never take are
+kept in ``rejected/`` for a human; they count against the quota and go first when it is exceeded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
@@ -20,6 +23,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
+from vms.fsutil import fsync_dir as fsync_dir
 from vms.protocol import SpoolStats
 
 log = logging.getLogger(__name__)
@@ -59,14 +63,6 @@ class Segment:
                    duration=int(m["dur"]) / 1e6, sha256=m["sha"], size=size)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """Queue directory + in-memory index; thread-safe (ingest threads add, the uplink takes)."""
 
@@ -81,7 +77,12 @@ class Spool:
         self._bytes = 0
         self.write_errors = 0
         self.rejected = 0
-        self.cleaned_tmp = 0
+        self.cleaned_tmp = 0  # temp files handled at start-up: salvaged + dropped
+        self.salvaged_tmp = 0
+        self.dropped_tmp = 0
+        self.dropped_rejected = 0
+        self._rejected: dict[str, tuple[float, int]] = {}  # name -> (mtime, size) in rejected/
+        self._rejected_bytes = 0
         for d in (self.root, self.tmp_dir, self.rejected_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._state_path = self.root / "state.json"
@@ -105,22 +106,45 @@ class Spool:
         os.replace(tmp, self._state_path)
 
     def _rescan(self) -> None:
+        parts: list[Path] = []
         for p in self.tmp_dir.iterdir():
             # A crash mid-write leaves only these; their segment never entered the queue.
-            if p.is_file():
-                p.unlink(missing_ok=True)
-                self.cleaned_tmp += 1
+            if p.is_file() and p.name.endswith(".part"):
+                parts.append(p)
+            elif p.is_file():
+                p.unlink(missing_ok=True)  # state file or salvage output cut short by a crash
             elif p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
-        if self.cleaned_tmp:
-            log.warning("spool: removed %d unfinished segment file(s) left by a crash", self.cleaned_tmp)
+        if parts:
+            from .salvage import salvage
+
+            for p in sorted(parts):
+                seg = salvage(p, self.root)
+                if seg is None:
+                    self.dropped_tmp += 1
+                else:
+                    self.salvaged_tmp += 1
+                p.unlink(missing_ok=True)
+                self.cleaned_tmp += 1
+            if self.salvaged_tmp:
+                log.warning("spool: salvaged the readable start of %d segment(s) cut short by a crash",
+                            self.salvaged_tmp)
+            if self.dropped_tmp:
+                log.warning("spool: dropped %d unfinished segment file(s) left by a crash (nothing "
+                            "decodable in them)", self.dropped_tmp)
+        for p in self.rejected_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if p.is_file():
+                    st = p.stat()
+                    self._rejected[p.name] = (st.st_mtime, st.st_size)
+                    self._rejected_bytes += st.st_size
         for p in self.root.iterdir():
             if not p.is_file() or p.name == self._state_path.name:
                 continue
             seg = Segment.from_path(p)
             if seg is None:
                 log.warning("spool: moving unrecognised file %s to rejected/", p.name)
-                os.replace(p, self.rejected_dir / p.name)
+                self._move_to_rejected(p)
                 continue
             self._index[seg.name] = (seg, float("-inf"))  # everything found at start is backlog
             self._bytes += seg.size
@@ -128,8 +152,10 @@ class Spool:
 
     # --- queue ----------------------------------------------------------------------------------
 
-    def tmp_path(self, device_id: str) -> Path:
-        return self.tmp_dir / f"{device_id}.{time.monotonic_ns()}.{threading.get_ident()}.part"
+    def tmp_path(self, device_id: str, start: float | None = None) -> Path:
+        """A unique temp name; ``start`` (Unix seconds) is kept in it so a crash can be salvaged."""
+        stamp = f"{round(start * 1e6):d}." if start is not None and start >= 0 else ""
+        return self.tmp_dir / f"{device_id}.{stamp}{time.monotonic_ns()}.{threading.get_ident()}.part"
 
     def added(self, seg: Segment) -> None:
         """Called after the atomic rename that put ``seg`` in the queue directory."""
@@ -140,7 +166,31 @@ class Spool:
             self._bytes += seg.size
             self._enforce_quota()
 
+    def _move_to_rejected(self, path: Path) -> bool:
+        """Move a file into ``rejected/`` and account for it (caller holds the lock or is alone)."""
+        dest = self.rejected_dir / path.name
+        try:
+            size = path.stat().st_size
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return False
+        old = self._rejected.pop(path.name, None)
+        if old is not None:
+            self._rejected_bytes -= old[1]
+        self._rejected[path.name] = (time.time(), size)
+        self._rejected_bytes += size
+        return True
+
     def _enforce_quota(self) -> None:
+        # Rejected segments can never be delivered: they give way first, oldest first.
+        while self._bytes + self._rejected_bytes > self.quota_bytes and self._rejected:
+            name = min(self._rejected, key=lambda n: self._rejected[n][0])
+            _, size = self._rejected.pop(name)
+            self._rejected_bytes -= size
+            (self.rejected_dir / name).unlink(missing_ok=True)
+            self.dropped_rejected += 1
+            log.warning("spool quota %d bytes exceeded: deleted rejected segment %s (%d deleted in total)",
+                        self.quota_bytes, name, self.dropped_rejected)
         dropped_now = 0
         while self._bytes > self.quota_bytes and len(self._index) > 1:
             name = min(self._index, key=lambda n: self._index[n][0].start)
@@ -192,10 +242,9 @@ class Spool:
             if self._index.pop(seg.name, None) is not None:
                 self._bytes -= seg.size
             self.rejected += 1
-        try:
-            os.replace(seg.path, self.rejected_dir / seg.name)
-        except FileNotFoundError:
-            return
+            if not self._move_to_rejected(seg.path):
+                return
+            self._enforce_quota()
         log.error("segment %s rejected: %s (kept in %s)", seg.name, reason, self.rejected_dir)
 
     def contains(self, seg: Segment) -> bool:

@@ -95,6 +95,7 @@ class Uplink:
         self._blocked: dict[str, float] = {}  # device id -> monotonic time it was refused
         self._checksum_failures: dict[str, int] = {}
         self._pause_until = 0.0
+        self._unreachable_pause = False  # the current pause is for network errors / 5xx only
         self._failures = 0
         self._inflight: set[str] = set()
 
@@ -103,14 +104,28 @@ class Uplink:
 
     # --- backoff --------------------------------------------------------------------------------
 
-    def _backoff(self, why: str) -> None:
+    def _backoff(self, why: str, *, unreachable: bool = False) -> None:
+        """Pause uploads; uploads that fail together (all in flight) count as one failure."""
+        now = time.monotonic()
+        if now < self._pause_until:
+            self._unreachable_pause = self._unreachable_pause and unreachable
+            return
         self._failures += 1
         delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** (self._failures - 1)) * random.uniform(0.75, 1.25)
-        self._pause_until = max(self._pause_until, time.monotonic() + delay)
+        self._pause_until = now + delay
+        self._unreachable_pause = unreachable
         log.warning("hub: %s; pausing uploads for %.1f s", why, delay)
 
     def _ok(self) -> None:
         self._failures = 0
+
+    def _hub_reachable(self) -> None:
+        """A heartbeat got through: end a pause that was only for an unreachable hub at once."""
+        if self._unreachable_pause and self._pause_until > time.monotonic():
+            log.info("hub: reachable again, resuming uploads")
+            self._pause_until = 0.0
+            self._failures = 0
+        self._unreachable_pause = False
 
     # --- register and heartbeat -----------------------------------------------------------------
 
@@ -148,6 +163,7 @@ class Uplink:
             raise HubError(f"heartbeat: hub answered {r.status_code}: {_short(r)}")
         reply = HeartbeatReply.model_validate_json(r.content)
         self.stats.heartbeats += 1
+        self._hub_reachable()
         rejected = {rej.device_id for rej in reply.rejected}
         for rej in reply.rejected:
             if rej.device_id not in self.stats.rejected_devices:
@@ -184,10 +200,8 @@ class Uplink:
             data = await asyncio.to_thread(seg.path.read_bytes)
         except FileNotFoundError:
             return Outcome.GONE
-        if hashlib.sha256(data).hexdigest() != seg.sha256:
-            self.stats.corrupt += 1
-            self.spool.reject(seg, "file on disk no longer matches its sha256")
-            return Outcome.CORRUPT
+        # The checksum was computed when the segment was written, and the hub verifies it: the
+        # file is hashed again here only when the hub reports a mismatch (saves a hash per upload).
         url = f"{self.hub_url}/api/v1/agents/segments/{seg.device_id}"
         headers = {**self._headers, "Content-Type": "video/mp2t", "X-VMS-SHA256": seg.sha256,
                    "X-VMS-Sent-At": f"{time.time():.6f}"}
@@ -196,7 +210,7 @@ class Uplink:
             r = await self._client.put(url, params=params, content=data, headers=headers)
         except httpx.HTTPError as exc:
             self.stats.failures += 1
-            self._backoff(f"cannot send segment ({_err(exc)})")
+            self._backoff(f"cannot send segment ({_err(exc)})", unreachable=True)
             return Outcome.RETRY
         code = r.status_code
         if code in (200, 201):
@@ -213,6 +227,10 @@ class Uplink:
             self.spool.reject(seg, f"hub has a different segment for this device and start (409): {_short(r)}")
             return Outcome.CONFLICT
         if code == 400:
+            if await asyncio.to_thread(_sha256_hex, data) != seg.sha256:
+                self.stats.corrupt += 1
+                self.spool.reject(seg, "file on disk no longer matches its sha256")
+                return Outcome.CORRUPT
             n = self._checksum_failures.get(seg.name, 0) + 1
             self._checksum_failures[seg.name] = n
             self.stats.resends += 1
@@ -234,7 +252,7 @@ class Uplink:
         if code == 507:
             self._backoff("hub storage is full (507)")
             return Outcome.HUB_FULL
-        self._backoff(f"segment upload answered {code}: {_short(r)}")
+        self._backoff(f"segment upload answered {code}: {_short(r)}", unreachable=code >= 500)
         return Outcome.RETRY
 
     def blocked_devices(self) -> set[str]:
@@ -302,6 +320,10 @@ class Uplink:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _short(r: httpx.Response) -> str:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -34,7 +35,9 @@ def check_segments(spool: Spool, dev: str, seg_s: float, fps: int = 25) -> None:
             first = next(p for p in c.demux(video=0) if p.size)
         assert first.is_keyframe, f"segment {i} does not start on a keyframe"
         assert frames == packets, f"segment {i}: {packets} packets but {frames} frames decoded"
-        assert s.duration == pytest.approx(frames / fps, abs=1.5 / fps)
+        # A segment spans its frames; on a loaded machine the camera server may skip a frame or two,
+        # and the segment's time span then rightly covers the hole.
+        assert frames / fps - 1.5 / fps <= s.duration <= frames / fps + 0.25
         if i < len(segs) - 1:  # the last one was closed early by the stop
             assert seg_s <= s.duration < seg_s + 1.0 + 0.1  # GOP is 1 s
             assert keys == round(s.duration)  # one keyframe per second of clip
@@ -132,30 +135,89 @@ def test_sigkill_mid_segment_leaves_no_half_segment(tmp_path: Path, clips: dict[
         assert frames == packets >= 25
 
 
-def test_full_disk_is_counted_and_ingest_keeps_going(tmp_path: Path, clips: dict[str, Path]) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
-    try:
-        spool = Spool(mnt / "spool", 10**9)
-        seg = Segmenter(DEV_A, spool, 1.0)
-        with RtspServer({"/cam": clips["plain"]}) as srv:
-            ing = CameraIngest(DEV_A, srv.url("/cam"), seg)
-            ing.start()
-            try:
-                assert wait_for(lambda: seg.write_errors >= 1, 25)
-                assert ing.running and ing.snapshot().connected
-                assert spool.write_errors >= 1
-                for s in spool.segments():  # free the disk: ingest resumes writing
-                    spool.ack(s)
-                n = seg.segments_written
-                assert wait_for(lambda: seg.segments_written > n, 10)
-            finally:
-                ing.stop()
-                assert ing.join(8)
-        for s in spool.segments():
-            assert hashlib.sha256(s.path.read_bytes()).hexdigest() == s.sha256
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def test_full_disk_is_counted_and_ingest_keeps_going(small_disk: Any, clips: dict[str, Path]) -> None:
+    mnt = small_disk("256k")
+    spool = Spool(mnt / "spool", 10**9)
+    seg = Segmenter(DEV_A, spool, 1.0)
+    with RtspServer({"/cam": clips["plain"]}) as srv:
+        ing = CameraIngest(DEV_A, srv.url("/cam"), seg)
+        ing.start()
+        try:
+            assert wait_for(lambda: seg.write_errors >= 1, 25)
+            assert ing.running and ing.snapshot().connected
+            assert spool.write_errors >= 1
+            for s in spool.segments():  # free the disk: ingest resumes writing
+                spool.ack(s)
+            n = seg.segments_written
+            assert wait_for(lambda: seg.segments_written > n, 10)
+        finally:
+            ing.stop()
+            assert ing.join(8)
+    for s in spool.segments():
+        assert hashlib.sha256(s.path.read_bytes()).hexdigest() == s.sha256
+
+
+def _feed_file(seg: Segmenter, path: Path, skip_first_keyframe: bool = False) -> int:
+    n = 0
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        for p in c.demux(vs):
+            if not p.size:
+                continue
+            if skip_first_keyframe and n == 0 and p.is_keyframe:
+                skip_first_keyframe = False
+                continue
+            seg.feed(p, vs)
+            n += 1
+    return n
+
+
+def test_crash_leftover_is_salvaged_at_start_up(tmp_path: Path, clips: dict[str, Path]) -> None:
+    spool = Spool(tmp_path / "spool", 10**9)
+    seg = Segmenter(DEV_A, spool, 30.0, clock=lambda: 1_700_000_000.0)
+    _feed_file(seg, clips["plain"])  # 4 s, never cut: the segment is still being written
+    part = next(spool.tmp_dir.glob("*.part"))
+    seg._out.close()  # what reached the disk before the "crash"
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) * 6 // 10])  # the crash cut the file
+    (spool.tmp_dir / f"{DEV_B}.5.6.part").write_bytes(b"\x47" + os.urandom(1000))  # nothing decodable
+    restarted = Spool(tmp_path / "spool", 10**9)
+    assert (restarted.salvaged_tmp, restarted.dropped_tmp, restarted.cleaned_tmp) == (1, 1, 2)
+    assert list(restarted.tmp_dir.iterdir()) == []
+    (s,) = restarted.segments()
+    assert s.device_id == DEV_A and hashlib.sha256(s.path.read_bytes()).hexdigest() == s.sha256
+    frames, packets, keys = decode_count(s.path)
+    assert frames == packets and 25 <= packets < 100 and keys >= 1
+    assert s.duration == pytest.approx(packets / 25, abs=0.05)
+    with av.open(str(clips["plain"])) as c:
+        first_pts = next(p.pts for p in c.demux(video=0) if p.size)
+    assert s.start == pytest.approx(1_700_000_000.0 + first_pts / 90000, abs=0.01)
+
+
+def test_segment_is_cut_when_keyframes_stop(tmp_path: Path, clips: dict[str, Path]) -> None:
+    from tests.rtsp_fixture import make_clip
+
+    one_key = make_clip(tmp_path / "onekey.ts", seconds=8.0, gop=1000)
+    spool = Spool(tmp_path / "spool", 10**9)
+    seg = Segmenter(DEV_A, spool, 1.0)
+    n = _feed_file(seg, one_key)
+    seg.close()
+    segs = spool.segments()
+    assert seg.forced_cuts == 2 and len(segs) == 3
+    assert [round(s.duration) for s in segs] == [3, 3, 2]
+    assert sum(decode_count_packets(s.path) for s in segs) == n  # nothing lost at the cuts
+    assert decode_count(segs[0].path)[0] == decode_count(segs[0].path)[1]
+
+    # A camera whose keyframe was missed: recording starts without one after 3 segment lengths.
+    spool2 = Spool(tmp_path / "spool2", 10**9)
+    seg2 = Segmenter(DEV_A, spool2, 1.0)
+    n2 = _feed_file(seg2, one_key, skip_first_keyframe=True)
+    seg2.close()
+    assert seg2.forced_cuts >= 1 and spool2.segments()
+    kept = sum(decode_count_packets(s.path) for s in spool2.segments())
+    assert kept == n2 - seg2.dropped_packets and seg2.dropped_packets <= 3 * 25 + 1
+
+
+def decode_count_packets(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for p in c.demux(video=0) if p.size)

@@ -97,3 +97,19 @@ def test_reject_moves_aside(tmp_path: Path) -> None:
     s = put(sp, DEV_A, 1000.0)
     sp.reject(s, "test")
     assert (sp.rejected_dir / s.name).exists() and sp.stats().queued_segments == 0 and sp.rejected == 1
+
+
+def test_rejected_segments_count_against_the_quota(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, quota_bytes=3000)
+    bad = put(sp, DEV_A, 1000.0)
+    sp.reject(bad, "test")
+    put(sp, DEV_A, 1004.0)
+    put(sp, DEV_B, 1004.0)
+    assert sp.stats().queued_segments == 2 and sp.dropped_rejected == 0
+    put(sp, DEV_A, 1008.0)  # 3000 queued + 1000 rejected: the rejected one goes first
+    assert sp.dropped_rejected == 1 and sp.dropped == 0 and sp.stats().queued_segments == 3
+    assert list(sp.rejected_dir.iterdir()) == []
+    # Rejected files found at start-up count too.
+    (sp.rejected_dir / "old.ts").write_bytes(b"x" * 500)
+    sp2 = Spool(tmp_path, quota_bytes=3000)
+    assert sp2.dropped_rejected == 1 and sp2.stats().queued_segments == 3

@@ -152,3 +152,18 @@ async def test_agent_end_to_end(hub: Hub, tmp_path: Path, clips: dict[str, Path]
             await asyncio.wait_for(task, 20)
     # Clean shutdown: nothing half-written, the last segment closed into the queue or sent.
     assert list((tmp_path / "agent" / "spool" / ".tmp").iterdir()) == []
+
+
+async def test_outage_backs_off_once_per_round_and_resumes_on_heartbeat(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10**9)
+    up = Uplink(f"http://127.0.0.1:{free_port()}", "t", spool, lambda: [])  # nothing listens there
+    try:
+        segs = [make_segment(spool, DEV, 1000.0 + 4 * i, b"\x47" + os.urandom(187)) for i in range(4)]
+        outcomes = await asyncio.gather(*(up.upload(s) for s in segs))
+        assert outcomes == [Outcome.RETRY] * 4 and all(s.path.exists() for s in segs)
+        assert up._failures == 1  # four uploads failing together are one failed round
+        assert up._pause_until > time.monotonic()
+        up._hub_reachable()  # what a successful heartbeat does
+        assert up._pause_until == 0.0 and up._failures == 0
+    finally:
+        await up.aclose()

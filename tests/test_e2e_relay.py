@@ -32,7 +32,7 @@ PREFIX = "32058502001320"  # the second camera gets its ID allocated by the agen
 def sim(tmp_path: Path) -> Iterator[Simulator]:
     s = Simulator([FIXED, PREFIX + "000099"], tmp_path / "camsim", rtsp_port=free_port(),
                   control_port=free_port(), onvif_base_port=None,
-                  params=ClipParams(duration_s=4.0, bitrate_kbps=1000))
+                  params=ClipParams(bitrate_kbps=1000))  # 10 s loops: shorter ones look frozen to the analysis
     s.start()
     yield s
     s.stop()

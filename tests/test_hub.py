@@ -272,3 +272,54 @@ def test_acknowledge_and_resolve_by_hand(tmp_path: Path, clock: Clock) -> None:
     run(hub, clock, 10)  # back, then dark again: a new alert
     assert [r.state for r in alerts(hub)] == ["resolved", "open"]
     hub.stop()
+
+
+def test_configured_camera_that_never_reports_goes_offline_after_start_up_grace(tmp_path: Path, clock: Clock) -> None:
+    hub = make_hub(tmp_path, clock, devices=[{"id": CAM, "name": "gate"}])
+    run(hub, clock, 14)  # agents get 15 s after a hub start before silence counts
+    assert hub.health.state_of(0) == "unknown" and alerts(hub) == []
+    run(hub, clock, 2)
+    assert hub.health.state_of(0) == "offline"
+    assert [(r.kind, r.title) for r in alerts(hub)] == [("device_offline", f"gate ({CAM}) offline")]
+    hub.stop()
+
+
+def test_apprise_receiver_delivers_to_a_real_endpoint(tmp_path: Path, clock: Clock, webhook: WebhookSink) -> None:
+    """The channels crews read (DingTalk, WeCom, e-mail ...) go through apprise; its json:// plugin
+    posts to our loopback receiver, so the whole apprise path runs for real."""
+    url = webhook.url.replace("http://", "json://")
+    hub = make_hub(tmp_path, clock, alerts={"receivers": [{"name": "crew-chat", "kind": "apprise", "urls": [url]}]})
+    a = agent(hub)
+    run(hub, clock, 6, a, [CAM])
+    run(hub, clock, 10)
+    assert hub.outbox.drain(clock.t) == 1
+    (msg,) = webhook.received
+    assert msg["title"].startswith("[FIRING]") and "agent agent-a silent" in msg["title"]
+    assert CAM in msg["message"]
+    hub.stop()
+
+
+def test_report_cli_reads_beside_a_running_hub(tmp_path: Path, clock: Clock) -> None:
+    import csv
+    import io
+    import json
+
+    from tests.conftest import vms_cli, write_config
+
+    hub = make_hub(tmp_path, clock)
+    a = agent(hub)
+    run(hub, clock, 6, a, [CAM, "32058501001320000002"])
+    run(hub, clock, 20, a, [CAM])
+    cfg = write_config(tmp_path / "hub.yaml", hub_config(tmp_path / "data"))
+    out = vms_cli("report", "--config", str(cfg), "--from", str(clock.t - 26), "--to", str(clock.t),
+                  "--format", "json")
+    rep = json.loads(out.stdout)
+    rows = {d["device_id"]: d for d in rep["devices"]}
+    assert rows[CAM]["online_rate"] == pytest.approx(1.0)
+    assert rows["32058501001320000002"]["state"] == "offline"
+    assert rep["devices"][0]["device_id"] == "32058501001320000002"  # worst first
+    text = vms_cli("report", "--config", str(cfg), "--period", "1h", "--center", "chengxiang").stdout
+    assert list(csv.reader(io.StringIO(text)))[1][0] == "chengxiang"
+    bad = vms_cli("report", "--config", str(cfg), "--center", "nowhere", check=False)
+    assert bad.returncode == 2 and "unknown center 'nowhere'" in bad.stderr
+    hub.stop()

@@ -247,6 +247,32 @@ def report(
         typer.echo(text)
 
 
+# -- clips ------------------------------------------------------------------------------------
+@app.command()
+def clip(
+    device_id: str,
+    from_: Annotated[str, typer.Option("--from", help="RFC 3339 with zone, or Unix seconds")],
+    to: Annotated[str, typer.Option("--to")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="MP4 file; its manifest goes to FILE.json")],
+    hub: Annotated[str, typer.Option(help="Hub URL")] = "http://127.0.0.1:8700",
+    token: Annotated[str, typer.Option(envvar="VMS_TOKEN", help="A police or admin token")] = "",
+    reason: Annotated[str, typer.Option(help="Why (audited)")] = "",
+    case: Annotated[str, typer.Option(help="Case number (audited)")] = "",
+) -> None:
+    """Pull a clip of DEVICE_ID from the hub (audited there), verify its SHA-256, save it with its manifest."""
+    from vms.archive.client import ClipClientError, pull_clip
+
+    try:
+        job = pull_clip(hub, token, device_id, from_, to, output, reason, case)
+    except (ClipClientError, OSError) as exc:
+        _die(str(exc))
+        return
+    except Exception as exc:  # network errors: say what failed, not a traceback
+        _die(f"cannot reach the hub at {hub}: {exc}")
+        return
+    typer.echo(f"{output}: {job['bytes']} bytes, sha256 {job['sha256']}, {len(job['gaps'])} gap(s)")
+
+
 # -- audit ------------------------------------------------------------------------------------
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt) -> None:
@@ -317,13 +343,12 @@ def demo(
         _die(failed)
 
 
-def _mount_camsim() -> None:
-    from camsim.cli import app as camsim_app
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def camsim(ctx: typer.Context) -> None:
+    """Simulated RTSP/ONVIF cameras with fault injection (`vms camsim --help` for options)."""
+    from camsim.cli import app as camsim_app  # imported on use: it loads PyAV and OpenCV
 
-    app.add_typer(camsim_app, name="camsim")
-
-
-_mount_camsim()
+    camsim_app(ctx.args, prog_name="vms camsim")
 
 
 def main() -> None:

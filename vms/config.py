@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vms import ids
+from vms.analysis.config import AnalysisConfig
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -64,6 +65,9 @@ class HealthConfig(_Model):
         12.0, ge=1, le=600, description="No media arrival at the hub for this long clears 'uploading'."
     )
     min_fps: float = Field(5.0, ge=0, le=120, description="Below this frame rate a device is degraded.")
+    startup_grace_s: float = Field(
+        15.0, ge=0, le=600, description="After the hub starts, agents get this long to report before silence counts."
+    )
     max_clock_skew_s: float = Field(
         30.0, ge=1, le=86400, description="Agent clocks further off than this are reported as skewed."
     )
@@ -198,6 +202,89 @@ class ArchiveConfig(_Model):
     )
 
 
+class LiveConfig(_Model):
+    """Live view through the hub: HLS from the relayed segments and WebRTC (H.264 passed through)."""
+
+    hls_window_segments: int = Field(6, ge=2, le=50, description="Segments listed in a live HLS playlist.")
+    stale_after_s: float = Field(
+        20.0, ge=2, le=600, description="Newest segment older than this: the camera has no live media (409)."
+    )
+    max_viewers: int = Field(64, ge=1, le=10000, description="WebRTC viewers at once, all cameras together.")
+    max_viewers_per_device: int = Field(16, ge=1, le=1000, description="WebRTC viewers of one camera at once.")
+    ice_addresses: list[str] = Field(
+        default_factory=list, description="Host addresses offered to WebRTC viewers; empty offers every interface."
+    )
+    ice_servers: list[str] = Field(
+        default_factory=list, description="STUN/TURN URLs for WebRTC; empty uses host candidates only."
+    )
+
+    @field_validator("ice_addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for a in v:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise ValueError(f"ice address {a!r} is not an IP address") from None
+        return v
+
+
+class RetentionPolicy(_Model):
+    """How long a center's or device's footage is kept (regulations: at least 30 days)."""
+
+    keep_days: int = Field(30, ge=1, le=3650, description="Recordings older than this are deleted.")
+    below_30_days_allowed: bool = Field(
+        False, description="Explicit override to keep under 30 days; the device then shows as non-compliant."
+    )
+    quota_bytes: int | None = Field(
+        None, ge=0, le=10**16, description="Cap on stored bytes (device, or all devices of a center); oldest go first."
+    )
+
+    @model_validator(mode="after")
+    def _thirty(self) -> RetentionPolicy:
+        if self.keep_days < 30 and not self.below_30_days_allowed:
+            raise ValueError(
+                f"keep_days {self.keep_days} is under the 30 days recordings must be kept; "
+                "set below_30_days_allowed: true to accept being non-compliant"
+            )
+        return self
+
+
+class RetentionConfig(_Model):
+    """Retention by days and bytes, legal holds, emergency cleanup when the archive disk runs low."""
+
+    default: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    centers: dict[str, RetentionPolicy] = Field(default_factory=dict, description="By center id (with sub-centers).")
+    devices: dict[str, RetentionPolicy] = Field(default_factory=dict, description="By device ID; wins over centers.")
+    interval_s: float = Field(600.0, ge=1, le=86400, description="How often the retention pass runs.")
+    batch_size: int = Field(500, ge=1, le=100_000, description="Segments deleted per transaction.")
+    emergency_free_bytes: int = Field(
+        2_000_000_000, ge=0, le=10**13, description="Free space under this starts emergency cleanup and an alert."
+    )
+    emergency_target_free_bytes: int = Field(
+        4_000_000_000, ge=0, le=10**13, description="Emergency cleanup deletes oldest footage until this is free."
+    )
+    exports_keep_days: float = Field(7.0, gt=0, le=3650, description="Finished clip and export files kept this long.")
+    accounting_window_s: float = Field(
+        86400.0, ge=60, le=400 * 86400, description="Window of the recording-completeness metric."
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _device_ids(cls, v: dict[str, RetentionPolicy]) -> dict[str, RetentionPolicy]:
+        for k in v:
+            ids.parse(k)
+        return v
+
+    @model_validator(mode="after")
+    def _targets(self) -> RetentionConfig:
+        if self.emergency_target_free_bytes < self.emergency_free_bytes:
+            raise ValueError("emergency_target_free_bytes must be at least emergency_free_bytes")
+        return self
+
+
 class MetricsConfig(_Model):
     public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
 
@@ -209,6 +296,9 @@ class HubConfig(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     centers: list[CenterConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
@@ -239,7 +329,14 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message says where and why."""
 
 
-def load(path: Path | str) -> HubConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model(path: Path | str, model: type[M]) -> M:
+    """Read a YAML file into ``model``; every error names the file, the field path and the reason.
+
+    Shared by the hub and the edge agent, so both report a bad config the same way.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -252,17 +349,23 @@ def load(path: Path | str) -> HubConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
     try:
-        cfg = HubConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{p}: invalid config:\n{format_errors(exc)}") from None
-    return cfg
+
+
+def load(path: Path | str) -> HubConfig:
+    return load_model(path, HubConfig)
 
 
 def format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (extra inputs are not permitted; check the spelling)"
+        lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 

@@ -116,11 +116,12 @@ class Demo:
         hub_yaml, agent_yaml, _ = self._paths()
         py = sys.executable
         cams = [c["device_id"] for c in info["cameras"]]
-        self._spawn("hub", [py, "-m", "vms.cli", "serve", "--config", str(hub_yaml)])
-        # The simulator's RTSP server runs in a process of its own (system Python with GStreamer).
+        # Cameras first (making their clips takes a while), so the agent can connect as soon as the
+        # hub is up. The simulator's RTSP server runs in a process of its own (system Python, GStreamer).
         self.sim = Simulator(cams, self.data_dir / "camsim", rtsp_port=self.rtsp_port,
                              control_port=self.control_port, onvif_base_port=None, startup_timeout=120)
         self.sim.start()
+        self._spawn("hub", [py, "-m", "vms.cli", "serve", "--config", str(hub_yaml)])
         self._wait(f"{info['hub_url']}/healthz", "hub")
         self._spawn("agent", [py, "-m", "edge_agent.cli", "run", "--config", str(agent_yaml)])
         return info

@@ -276,7 +276,7 @@ class Health:
         changed = known & (new != prev)
         # A device never seen since start-up gets its first state once it is steady, or once it has
         # been silent for the whole offline delay; a signal that is fresh but not yet steady waits.
-        grace_over = now - self.started_at >= c.offline_after_s
+        grace_over = now - self.started_at >= max(c.offline_after_s, c.startup_grace_s)
         first = ~known & (on | (~fresh & grace_over))
         out: list[Transition] = []
         for i in np.flatnonzero(changed | first).tolist():

@@ -7,6 +7,7 @@ intervals and alerts, so their order in the store is the order of events.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -17,18 +18,22 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from vms import audit, ids
 from vms.alerts import AddMembers, AlertBook, Op, Open, OpenAlert, Resolve
+from vms.analysis.results import QualityBook
+from vms.archive.service import STORAGE_ALERT, Archive
 from vms.archive.store import Outcome, Result, SegmentStore
 from vms.auth import Principal, TokenCache
 from vms.centers import CenterTree
 from vms.config import HubConfig
 from vms.db import open_store
 from vms.db.models import Agent, Alert, AlertEvent, Center, Device, Meta, StateInterval
-from vms.health import Health, IntervalLog, Transition, rates, state_name
+from vms.events import EventBus
+from vms.health import Health, IntervalLog, Transition, defect_bit, rates, state_name
+from vms.live import LiveRelay
 from vms.notify import Outbox, Sender, enqueue
 from vms.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection
 
@@ -78,6 +83,9 @@ class Hub:
         self.book = AlertBook(cfg.alerts, self.health, self._home, lambda a: self.agent_names[a], self.label)
         self.outbox = Outbox(cfg.alerts, self.sessions, sender)
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
+        self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s)
+        self.archive = Archive(self)  # retention, holds, clips, storage accounting
+        self.quality = QualityBook(self)  # frame analysis of stored segments (vms/analysis)
         self._pending: list[tuple[list[tuple[Transition, str]], list[Op]]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -85,6 +93,7 @@ class Hub:
         self.last_tick_s = 0.0
         self.heartbeats_total = 0
         self.rejected_total = 0
+        self.events = EventBus()  # what changed, for the push endpoint (vms/api/events.py)
         self._load()
 
     # -- start-up ----------------------------------------------------------------------------
@@ -114,7 +123,8 @@ class Hub:
                 s.commit()
             horizon = now - self.cfg.health.report_cache_days * 86400
             self.health.log = self._read_log(s, horizon, math.inf)
-            for a_row in s.scalars(select(Alert).where(Alert.state != "resolved")):
+            # The archive owns its storage alert; the alert book owns device and site alerts.
+            for a_row in s.scalars(select(Alert).where(Alert.state != "resolved", Alert.kind != STORAGE_ALERT)):
                 members = [self.health.index[m] for m in a_row.members if m in self.health.index]
                 self.book.adopt(
                     OpenAlert(
@@ -389,7 +399,16 @@ class Hub:
                 i = self.health.index.get(device_id)
                 if i is not None:
                     self.health.observe_upload(i, start + duration, self.clock())
+            self.live.segment_stored(device_id)
+            self.quality.segment_stored(device_id, start, duration, sha256, outcome.segment_id)
         return outcome
+
+    def set_quality(self, device_id: str, check: str, raised: bool) -> None:
+        """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""
+        with self.lock:
+            i = self.health.index.get(device_id)
+            if i is not None:
+                self.health.set_defect(i, defect_bit(check), raised)
 
     # -- the tick ------------------------------------------------------------------------------
     def tick(self) -> list[Transition]:
@@ -402,44 +421,47 @@ class Hub:
         if named or ops:
             self._pending.append((named, ops))
         self._flush(now)
+        if named or ops:
+            self.events.publish("changed", {"devices": [d for _, d in named], "alerts": [op.alert.db_id for op in ops]})
         self.ticks += 1
         self.last_tick_s = time.perf_counter() - t0
         return transitions
 
     def _flush(self, now: float) -> None:
         """Write pending state changes and alert operations; keep them if the store fails."""
+        batch = list(self._pending)
         try:
             with self.sessions() as s:
-                while self._pending:
-                    named, ops = self._pending[0]
+                for named, ops in batch:
                     self._write_transitions(s, named)
                     self._write_ops(s, ops, now)
                     s.flush()
-                    self._pending.pop(0)
                 s.merge(Meta(key=ALIVE_KEY, value=repr(now)))
                 s.commit()
-        except Exception:
-            log.exception("store write failed; %d tick(s) of changes kept for retry", len(self._pending))
+        except Exception as exc:
+            # Nothing of the batch is stored (one transaction); it is written again next tick.
+            log.error("store write failed (%s); %d tick(s) of changes kept for retry", exc, len(self._pending))
+            return
+        del self._pending[: len(batch)]
 
     def _write_transitions(self, s: Session, named: list[tuple[Transition, str]]) -> None:
-        for t, did in named:
-            if t.old is not None:
-                s.execute(
-                    update(StateInterval)
-                    .where(StateInterval.device_id == did, StateInterval.end_at.is_(None))
-                    .values(end_at=t.at)
-                )
-            s.add(
-                StateInterval(
-                    device_id=did,
-                    start_at=t.at,
-                    end_at=None,
-                    online=bool(t.new & 1),
-                    uploading=bool(t.new & 2),
-                    intact=bool(t.new & 4),
-                    state=state_name(t.new),
-                )
+        """Close each device's open interval and open the next: two statements for the whole tick."""
+        conn = s.connection()
+        closes = [{"d": did, "t": t.at} for t, did in named if t.old is not None]
+        if closes:
+            conn.execute(
+                update(StateInterval)
+                .where(StateInterval.device_id == bindparam("d"), StateInterval.end_at.is_(None))
+                .values(end_at=bindparam("t")),
+                closes,
             )
+        if named:
+            rows = [
+                {"device_id": did, "start_at": t.at, "end_at": None, "online": bool(t.new & 1),
+                 "uploading": bool(t.new & 2), "intact": bool(t.new & 4), "state": state_name(t.new)}
+                for t, did in named
+            ]
+            conn.execute(insert(StateInterval), rows)
 
     def _alert_detail(self, alert: OpenAlert) -> dict[str, Any]:
         if alert.device_id is not None and alert.members:
@@ -450,6 +472,7 @@ class Hub:
                 "location": inf.location,
                 "center_name": center.name if center else None,
                 "centers": list(inf.homes),
+                **(self.quality.alert_detail(alert.device_id) if alert.kind == "device_degraded" else {}),
             }
         return {"members_count": len(set(alert.members))}
 
@@ -506,15 +529,7 @@ class Hub:
             row.state, row.acknowledged_at, row.acknowledged_by = "acknowledged", now, who.name
             s.add(AlertEvent(alert_id=row.id, at=now, action="acknowledged", actor=who.name, comment=comment))
             s.commit()
-        audit.append(
-            self.sessions,
-            at=now,
-            actor=who.name,
-            role=who.role.value,
-            action="alert.acknowledge",
-            target=str(alert_id),
-            detail={"comment": comment},
-        )
+        self._acted(who, "alert.acknowledge", alert_id, comment, now)
         return row
 
     def resolve(self, alert_id: int, who: Principal, comment: str) -> Alert:
@@ -530,16 +545,14 @@ class Hub:
             s.add(AlertEvent(alert_id=row.id, at=now, action="resolved", actor=who.name, comment=comment))
             enqueue(s, row, "resolved", self.cfg.alerts, self.public_url, now)
             s.commit()
-        audit.append(
-            self.sessions,
-            at=now,
-            actor=who.name,
-            role=who.role.value,
-            action="alert.resolve",
-            target=str(alert_id),
-            detail={"comment": comment},
-        )
+        self._acted(who, "alert.resolve", alert_id, comment, now)
         return row
+
+    def _acted(self, who: Principal, action: str, alert_id: int, comment: str, now: float) -> None:
+        """A person changed an alert: audit it and tell the pages."""
+        audit.append(self.sessions, at=now, actor=who.name, role=who.role.value, action=action,
+                     target=str(alert_id), detail={"comment": comment})
+        self.events.publish("changed", {"devices": [], "alerts": [alert_id]})
 
     # -- figures -------------------------------------------------------------------------------
     def availability(self, start: float, end: float) -> Any:
@@ -575,7 +588,13 @@ class Hub:
     # -- threads -------------------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
-        for name, fn in (("tick", self._tick_loop), ("outbox", self._outbox_loop)):
+        self.archive.startup()  # index and recordings agree before anything is served
+        self.quality.start()
+        loops: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("tick", self._tick_loop), ("outbox", self._outbox_loop),
+            ("retention", functools.partial(self.archive.loop, self._stop)),
+        )
+        for name, fn in loops:
             th = threading.Thread(target=fn, name=f"vms-{name}", daemon=True)
             th.start()
             self._threads.append(th)
@@ -603,6 +622,8 @@ class Hub:
         for th in self._threads:
             th.join(timeout=10)
         self._threads.clear()
+        self.quality.stop()
+        self.archive.close()
         self._flush(self.clock())
         self.outbox.sender.close()
         self.engine.dispose()

@@ -71,7 +71,13 @@ class HubCollector(Collector):
                 r_on.add_metric([cid], c["online"] / total)
                 r_up.add_metric([cid], c["uploading"] / total)
                 r_in.add_metric([cid], c["intact"] / total)
-        yield from (devs, r_on, r_up, r_in)
+        target = GaugeMetricFamily("vms_center_target_ratio", "The ratio the center is assessed against",
+                                   labels=["center", "kind"])
+        for center in hub.tree:
+            t = center.targets
+            for kind, value in (("online", t.online), ("upload", t.upload), ("intact", t.intact)):
+                target.add_metric([center.id, kind], value)
+        yield from (devs, r_on, r_up, r_in, target)
         yield GaugeMetricFamily("vms_alerts_open", "Alerts not yet resolved", value=open_alerts)
         yield CounterMetricFamily("vms_heartbeats", "Agent heartbeats accepted", value=hub.heartbeats_total)
         yield CounterMetricFamily("vms_heartbeat_rejected_devices", "Device reports rejected", value=hub.rejected_total)
@@ -82,6 +88,12 @@ class HubCollector(Collector):
             "vms_alert_deliveries_failed", "Alert notifications given up", value=hub.outbox.failed_total
         )
         yield GaugeMetricFamily("vms_tick_seconds", "Duration of the last state evaluation", value=hub.last_tick_s)
+        yield from hub.archive.metrics()
+        yield from hub.quality.collect()
+        yield GaugeMetricFamily("vms_live_webrtc_viewers", "WebRTC live viewers now", value=hub.live.viewer_count())
+        yield CounterMetricFamily(
+            "vms_live_stalls", "Live WebRTC segments that arrived later than their turn", value=hub.live.stalls_total()
+        )
 
 
 def registry_for(hub: Hub) -> CollectorRegistry:

@@ -23,6 +23,10 @@ from vms.timeutil import iso
 log = logging.getLogger(__name__)
 
 
+#: Alert details that go into the notification's annotations (crews see them in chat and e-mail).
+ANNOTATED = ("name", "location", "center_name", "members_count", "snapshot_url")
+
+
 def _am_time(t: float | None) -> str:
     """RFC 3339 UTC; Alertmanager's 'zero time' for an unset end."""
     return iso(t) or "0001-01-01T00:00:00Z"
@@ -47,7 +51,7 @@ def alertmanager_payload(alert: Alert, status: str, receiver: str, external_url:
     annotations = {
         "summary": alert.title,
         "description": _description(alert),
-        **{k: str(v) for k, v in detail.items() if k in ("name", "location", "center_name", "members_count")},
+        **{k: str(v) for k, v in detail.items() if k in ANNOTATED},
     }
     item = {
         "status": status,
@@ -81,6 +85,8 @@ def _description(alert: Alert) -> str:
             + ", ".join(members[:20])
             + (" ..." if len(members) > 20 else "")
         )
+    if alert.device_id is None:  # e.g. the archive's storage alert: its title says it all
+        return f"{alert.title} since {since}"
     d = alert.detail or {}
     where = " / ".join(x for x in (d.get("name"), d.get("location"), d.get("center_name")) if x)
     return f"{alert.device_id} ({where}) since {since}"

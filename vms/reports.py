@@ -66,24 +66,16 @@ def availability(
                 }
             )
         idxs = hub.member_indices(scope.id) if scope is not None else np.arange(hub.health.n)
-        # Worst first: lowest online rate, then lowest upload rate.
         mon = av.monitored_s[idxs]
         safe = np.where(mon > 0, mon, 1.0)
-        order = np.lexsort((av.upload_s[idxs] / safe, av.online_s[idxs] / safe))
-        chosen = idxs[order][:device_limit] if device_limit else idxs[order]
-        device_rows = []
-        for i in chosen.tolist():
-            inf = hub.info[i]
-            device_rows.append(
-                {
-                    "device_id": hub.health.ids[i],
-                    "name": inf.name,
-                    "location": inf.location,
-                    "centers": ";".join(inf.homes),
-                    "state": hub.health.state_of(i),
-                    **hub.device_figures(av, i),
-                }
-            )
+        online_rate, upload_rate = av.online_s[idxs] / safe, av.upload_s[idxs] / safe
+        # Worst first: lowest online rate, then lowest upload rate.
+        order = np.lexsort((upload_rate, online_rate))
+        if device_limit:
+            order = order[:device_limit]
+        device_rows = _device_rows(
+            hub, av, idxs[order], mon[order], online_rate[order], upload_rate[order], (av.intact_s[idxs] / safe)[order]
+        )
     return {
         "from": iso(start),
         "to": iso(av.end),
@@ -92,6 +84,38 @@ def availability(
         "devices": device_rows,
         "device_count": len(idxs),
     }
+
+
+def _device_rows(hub: Hub, av: Any, idx: Any, mon: Any, online: Any, upload: Any, intact: Any) -> list[dict[str, Any]]:
+    """One row per device, built from whole columns (a Python call per device is too slow at 100,000)."""
+    has = mon > 0
+    cols = zip(
+        idx.tolist(),
+        np.round(mon, 3).tolist(),
+        np.round(np.maximum(mon - av.known_s[idx], 0), 3).tolist(),
+        np.round(av.online_s[idx], 3).tolist(),
+        np.where(has, np.minimum(online, 1.0), np.nan).tolist(),
+        np.where(has, np.minimum(upload, 1.0), np.nan).tolist(),
+        np.where(has, np.minimum(intact, 1.0), np.nan).tolist(),
+        strict=True,
+    )
+    ids, info, state = hub.health.ids, hub.info, hub.health.state_of
+    return [
+        {
+            "device_id": ids[i],
+            "name": info[i].name,
+            "location": info[i].location,
+            "centers": ";".join(info[i].homes),
+            "state": state(i),
+            "monitored_s": m,
+            "unknown_s": u,
+            "online_s": o,
+            "online_rate": None if r1 != r1 else r1,
+            "upload_rate": None if r2 != r2 else r2,
+            "intact_rate": None if r3 != r3 else r3,
+        }
+        for i, m, u, o, r1, r2, r3 in cols
+    ]
 
 
 def to_csv(report: dict[str, Any]) -> str:

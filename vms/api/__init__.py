@@ -9,11 +9,12 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vms.api import admin, agents, alerts, centers, devices, reports, system
+from vms.api import admin, agents, alerts, archive, centers, devices, events, live, quality, reports, system, web
 from vms.hub import Hub
 from vms.metrics import registry_for
 
-ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router)
+ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router,
+           events.router, web.router, live.router, archive.router, quality.router)
 
 
 class BodyLimit:
@@ -87,6 +88,7 @@ def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...
     app.state.registry = registry_for(hub)
     for r in (*ROUTERS, *extra_routers):
         app.include_router(r)
+    web.install(app)
     app.add_middleware(
         BodyLimit,
         limit=hub.cfg.server.max_body_bytes,

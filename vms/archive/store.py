@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vms.config import ArchiveConfig
 from vms.db.models import Segment
+from vms.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ def relative_path(device_id: str, start: float, sha256: str) -> str:
     """``DEVICE/YYYYMMDD/START_US-SHA12.ts``: distinct content never shares a file name."""
     day = dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y%m%d")
     return f"{device_id}/{day}/{round(start * 1_000_000)}-{sha256[:12]}.ts"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentStore:
@@ -103,7 +96,7 @@ class SegmentStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             self.refused_total += 1

@@ -1,0 +1,169 @@
+"""Discovery against the simulator's ONVIF and WS-Discovery answers, with the real clients.
+
+`query_onvif` talks onvif-zeep to camsim's ONVIF responder on loopback. `edge-agent discover` runs as
+a subprocess inside a network namespace joined by a veth pair to a second namespace where camsim's
+WS-Discovery responder runs: WS-Discovery skips loopback, and nothing outside the two namespaces
+is contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from camsim.net import free_port_block
+from camsim.onvif import MANUFACTURER, MODEL, OnvifDevice, OnvifServer
+from camsim.sim import device_ids
+from edge_agent.discovery import DiscoveredCamera, query_onvif
+
+ROOT = Path(__file__).resolve().parent.parent
+USER, PASSWORD = "admin", "s3cret!pw"
+
+
+@pytest.fixture(scope="module")
+def onvif() -> Iterator[tuple[OnvifServer, list[OnvifDevice]]]:
+    ids = device_ids(2, first=701)
+    base = free_port_block(len(ids))
+    devices = [
+        OnvifDevice(device_id=d, port=base + i, rtsp_main=f"rtsp://127.0.0.1:8554/cam/{d}",
+                    rtsp_sub=f"rtsp://127.0.0.1:8554/cam/{d}/sub", width=1920, height=1080,
+                    sub_width=640, sub_height=360, bitrate_kbps=4000, sub_bitrate_kbps=512)
+        for i, d in enumerate(ids)
+    ]
+    server = OnvifServer(devices, bind="127.0.0.1", username=USER, password=PASSWORD)
+    server.start()
+    try:
+        yield server, devices
+    finally:
+        server.stop()
+
+
+def xaddr(dev: OnvifDevice) -> str:
+    return f"http://127.0.0.1:{dev.port}/onvif/device_service"
+
+
+def test_query_onvif_reads_identity_profiles_and_stream_uris(onvif: tuple[OnvifServer, list[OnvifDevice]]) -> None:
+    _, devices = onvif
+    dev = devices[1]
+    cam = query_onvif(xaddr(dev), USER, PASSWORD, timeout_s=5)
+    assert cam.error is None
+    assert cam.address == f"127.0.0.1:{dev.port}"
+    assert (cam.manufacturer, cam.model, cam.serial) == (MANUFACTURER, MODEL, f"SIM{dev.device_id}")
+    assert cam.firmware
+    assert [p.token for p in cam.profiles] == ["profile_main", "profile_sub"]
+    main, sub = cam.profiles
+    assert (main.width, main.height, main.encoding) == (1920, 1080, "H264")
+    assert (sub.width, sub.height) == (640, 360)
+    assert cam.main_stream() == dev.rtsp_main
+    assert cam.sub_stream() == dev.rtsp_sub
+    assert PASSWORD not in cam.model_dump_json()
+
+
+def test_each_device_answers_for_itself(onvif: tuple[OnvifServer, list[OnvifDevice]]) -> None:
+    _, devices = onvif
+    cams = [query_onvif(xaddr(d), USER, PASSWORD, timeout_s=5) for d in devices]
+    assert [c.serial for c in cams] == [f"SIM{d.device_id}" for d in devices]
+    assert len({c.main_stream() for c in cams}) == len(devices)
+
+
+def test_wrong_password_is_a_clear_error(onvif: tuple[OnvifServer, list[OnvifDevice]]) -> None:
+    _, devices = onvif
+    cam = query_onvif(xaddr(devices[0]), USER, "wrong", timeout_s=5)
+    assert cam.error is not None and "not authorized" in cam.error.lower()
+    assert "username or password" in cam.error
+    assert cam.profiles == [] and cam.serial is None
+    assert "wrong" not in cam.error
+
+
+def test_unreachable_device_is_reported_not_raised() -> None:
+    port = free_port_block(1)
+    cam = query_onvif(f"http://127.0.0.1:{port}/onvif/device_service", USER, PASSWORD, timeout_s=2)
+    assert cam.error is not None and cam.profiles == []
+    assert isinstance(cam, DiscoveredCamera)
+
+
+# --------------------------------------------------------------------------- WS-Discovery in namespaces
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def test_discover_cli_in_a_network_namespace(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
+        pytest.skip("`ip netns` is not available")
+    tag = f"{os.getpid() % 100000}"
+    ns_cam, ns_agent = f"agdisc-c{tag}", f"agdisc-a{tag}"
+    veth_cam, veth_agent = f"adc{tag}", f"ada{tag}"
+    cam_ip, agent_ip = "10.200.78.1", "10.200.78.2"
+    ids = device_ids(3, first=801)
+    base_port = 18080
+    responder: subprocess.Popen[str] | None = None
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        _ip("netns", "add", ns_cam)
+        _ip("netns", "add", ns_agent)
+        _ip("link", "add", veth_cam, "type", "veth", "peer", "name", veth_agent)
+        for ns, dev, ip in ((ns_cam, veth_cam, cam_ip), (ns_agent, veth_agent, agent_ip)):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+        cmd = ["ip", "netns", "exec", ns_cam, sys.executable, "-m", "camsim.onvif", "--bind", cam_ip,
+               "--base-port", str(base_port), "--rtsp-base", f"rtsp://{cam_ip}:8554/cam", "--discovery",
+               "--username", USER, "--password", PASSWORD]
+        for d in ids:
+            cmd += ["--device-id", d]
+        responder = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
+        agent = subprocess.run(
+            ["ip", "netns", "exec", ns_agent, sys.executable, "-m", "edge_agent.cli", "discover",
+             "--timeout", "3"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env={**env, "ONVIF_USERNAME": USER, "ONVIF_PASSWORD": PASSWORD},
+        )
+        assert agent.returncode == 0, agent.stderr[-3000:]
+        found = json.loads(agent.stdout)
+        assert PASSWORD not in agent.stdout + agent.stderr
+        by_serial = {c["serial"]: c for c in found}
+        assert sorted(by_serial) == sorted(f"SIM{d}" for d in ids), found
+        for i, d in enumerate(ids):
+            cam = by_serial[f"SIM{d}"]
+            assert cam["address"] == f"{cam_ip}:{base_port + i}"
+            assert cam["xaddr"] == f"http://{cam_ip}:{base_port + i}/onvif/device_service"
+            assert (cam["manufacturer"], cam["model"]) == (MANUFACTURER, MODEL)
+            assert cam["error"] is None
+            assert [p["token"] for p in cam["profiles"]] == ["profile_main", "profile_sub"]
+            assert all(p["stream_uri"] == f"rtsp://{cam_ip}:8554/cam/{d}" for p in cam["profiles"])
+
+        # Without credentials every camera is still listed, with the reason it could not be read.
+        anon = subprocess.run(
+            ["ip", "netns", "exec", ns_agent, sys.executable, "-m", "edge_agent.cli", "discover",
+             "--timeout", "2"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        )
+        assert anon.returncode == 0, anon.stderr[-3000:]
+        listed = json.loads(anon.stdout)
+        assert len(listed) == len(ids)
+        assert all(c["profiles"] == [] and "not authorized" in (c["error"] or "").lower() for c in listed)
+    finally:
+        if responder is not None:
+            responder.terminate()
+            try:
+                responder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                responder.kill()
+                responder.wait(timeout=5)
+        for ns in (ns_cam, ns_agent):  # deleting a namespace deletes the veth end inside it
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", veth_cam], capture_output=True)

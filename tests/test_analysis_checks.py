@@ -1,0 +1,107 @@
+"""Quality checks and motion: every check on its injected defect and on clean footage.
+
+The clips come from the evaluation set (bench/eval_quality.py): camera-like street scenes made
+and H.264-encoded at test time, cut into segments and analysed as the hub does.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from bench.eval_quality import GOP_S, OFF, ON, Case, CaseResult, frames, run_case
+from vms.analysis import checks as C
+from vms.analysis.analyzer import DeviceAnalyzer, Picture
+from vms.analysis.config import CHECKS, AnalysisConfig, Hysteresis, MotionConfig
+from vms.analysis.motion import MotionDetector
+
+DEFECT_CASES = [Case(1 + i % 3, ("day", "busy", "grainy")[i % 3], check) for i, check in enumerate(CHECKS)]
+CLEAN_CASES = [Case(2, "night"), Case(3, "lights"), Case(1, "dusk")]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, CaseResult]:
+    """All clips of this module, two processes at a time."""
+    todo = DEFECT_CASES + CLEAN_CASES
+    with ProcessPoolExecutor(2) as ex:
+        return {r.case.name: r for r in ex.map(run_case, todo)}
+
+
+@pytest.mark.parametrize("case", DEFECT_CASES, ids=lambda c: c.name)
+def test_each_check_raises_on_its_defect_only_and_clears(case: Case, results: dict[str, CaseResult]) -> None:
+    r = results[case.name]
+    assert [c for c, _ in r.raised] == [case.defect], r.raised
+    raised_at = r.raised[0][1]
+    n = AnalysisConfig().hysteresis_for(case.defect).raise_after  # type: ignore[arg-type]
+    assert ON <= raised_at <= ON + (n - 1 + 2) * GOP_S  # within two keyframes after the hysteresis
+    assert [c for c, at in r.cleared if at >= OFF] == [case.defect]
+
+
+@pytest.mark.parametrize("case", CLEAN_CASES, ids=lambda c: c.name)
+def test_clean_footage_raises_nothing(case: Case, results: dict[str, CaseResult]) -> None:
+    r = results[case.name]
+    assert r.keyframes >= 12
+    assert r.raised == [] and r.cleared == []
+
+
+def _gray(case: Case, t_want: float) -> npt.NDArray[np.uint8]:
+    for t, rgb in frames(case):
+        if t >= t_want:
+            g = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), np.uint8)
+            return C.analysis_picture(g, 320)
+    raise AssertionError("clip too short")
+
+
+def test_hysteresis_needs_n_bad_and_m_good_samples() -> None:
+    cfg = AnalysisConfig(checks=["black_screen"], hysteresis=Hysteresis(raise_after=3, clear_after=2))
+    an = DeviceAnalyzer(cfg)
+    black = np.full((180, 320), 16, np.uint8)
+    scene = _gray(Case(1, "day"), 0.0)
+    seq = [black, black, scene, black, black, black, scene, black, scene, scene]
+    changes = [(i, c.raised) for i, g in enumerate(seq) for c in an.feed(Picture(float(i), g), float(i))]
+    # one good sample in between restarts the count; one bad sample between good ones holds it
+    assert changes == [(5, True), (9, False)]
+
+
+def test_black_picture_masks_the_checks_it_would_fool() -> None:
+    an = DeviceAnalyzer(AnalysisConfig())
+    black = np.full((180, 320), 16, np.uint8)
+    cv2.putText(black, "2025-01-01 20:00:00", (5, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 235, 1)  # OSD stays
+    v = an.verdicts(Picture(0.0, black))
+    assert v["black_screen"][0] is True
+    assert set(v) == {"signal_loss", "black_screen", "solid_screen"}  # no "blur", "frozen", "too_dark"
+
+
+def test_metrics_move_the_right_way() -> None:
+    g = _gray(Case(1, "day"), 0.0)
+    blurred = np.asarray(cv2.GaussianBlur(g, (0, 0), 3), np.uint8)
+    assert C.blur_score(blurred) > C.blur_score(g) + 0.15
+    noisy = np.clip(g + np.random.default_rng(1).normal(0, 25, g.shape), 0, 255).astype(np.uint8)
+    assert C.noise_sigma(noisy) > 3 * C.noise_sigma(g)
+    bars = np.clip(g + 20 * np.sin(np.arange(180) / 2.0)[:, None], 0, 255).astype(np.uint8)
+    assert C.stripe_amplitude(bars) > 2 * C.stripe_amplitude(g)
+    assert C.frozen_diff(g, g) == 0.0 and C.frozen_diff(g, noisy) > 5
+    assert C.similarity(C.thumbnail(g), C.thumbnail(g)) == pytest.approx(1.0)
+    assert C.color_cast(128, 128) == 0.0 and C.color_cast(100, 150) > 30
+
+
+def test_motion_boxes_and_recalibration_after_light_change() -> None:
+    det = MotionDetector(MotionConfig())
+    base = _gray(Case(1, "day"), 0.0)
+    assert det.step(base).recalibrated  # first frame: background learned
+    for _ in range(3):
+        assert det.step(base).ratio == 0.0
+    moved = base.copy()
+    cv2.rectangle(moved, (100, 100), (140, 130), 250, -1)
+    res = det.step(moved)
+    assert 0.01 < res.ratio < 0.1
+    x, y, w, h = max(res.boxes, key=lambda b: b[2] * b[3])
+    assert x <= 100 and y <= 100 and x + w >= 140 and y + h >= 130
+    lights_on = np.asarray(cv2.convertScaleAbs(base, alpha=1.6, beta=30), np.uint8)
+    res = det.step(lights_on)
+    assert res.recalibrated and res.ratio == 0.0  # light, not motion
+    assert det.step(lights_on).ratio == 0.0

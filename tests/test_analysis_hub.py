@@ -1,0 +1,146 @@
+"""The analysis at the hub: backpressure that never delays the store, and defects that become
+alerts with a snapshot, over a real hub process and real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.eval_quality import Case, encode, split
+from tests.conftest import hub_config
+from vms.analysis.sampler import Work
+from vms.auth import Principal, Role
+from vms.config import HubConfig
+from vms.hub import Hub
+
+DEV = "32058501001320000001"
+PREFIX = "32058501"
+
+
+@pytest.fixture(scope="module")
+def black_segments(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """One-GOP segments of a street clip that goes black from 8 s to 18 s (26 s, 13 segments)."""
+    d = tmp_path_factory.mktemp("segs")
+    encode(Case(1, "day", "black_screen"), d / "clip.ts")
+    return [p.read_bytes() for p, _, _ in split(d / "clip.ts", d)]
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    cfg = HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1, "queue_per_worker": 1}))
+    h = Hub(cfg)
+    h.add_device(DEV)
+    h.start()
+    yield h
+    h.stop()
+
+
+def test_a_saturated_analysis_drops_and_counts_but_never_delays_the_store(
+    hub: Hub, black_segments: list[bytes]
+) -> None:
+    who = Principal("t", "agent-1", Role.agent, (PREFIX,))
+    pool = hub.quality.pool
+    assert pool is not None
+    base = time.time() - 60
+    took = []
+    for k in range(30):
+        data = black_segments[k % len(black_segments)]
+        t0 = time.perf_counter()
+        out = hub.store_segment(who, DEV, base + 2 * k, 2.0, data, hashlib.sha256(data).hexdigest(), None)
+        took.append(time.perf_counter() - t0)
+        assert out.result.name == "STORED"
+    # The worker is still starting (a spawned process importing OpenCV and PyAV) and its queue holds
+    # one segment: the rest are dropped at once instead of waiting for it.
+    assert pool.stats.submitted == 30 and pool.stats.dropped >= 20
+    assert max(took) < 0.5, f"store_segment waited for the analysis: {max(took):.3f} s"
+    wait_until(lambda: pool.stats.analysed == pool.stats.submitted - pool.stats.dropped, 60, "queued segments")
+
+
+def test_a_dead_worker_is_replaced(hub: Hub, black_segments: list[bytes]) -> None:
+    pool = hub.quality.pool
+    assert pool is not None
+    seg = Path(hub.cfg.storage.data_dir) / "one.ts"
+    seg.write_bytes(black_segments[0])
+    assert pool.submit(Work(DEV, str(seg), time.time(), time.time() + 2))
+    wait_until(lambda: pool.stats.analysed == 1, 60, "first analysis")
+    proc = pool._procs[0]
+    assert proc is not None and proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    wait_until(lambda: pool.stats.restarts == 1, 10, "worker restart")
+    assert pool.submit(Work(DEV, str(seg), time.time() + 2, time.time() + 4))
+    wait_until(lambda: pool.stats.analysed == 2, 60, "analysis after the restart")
+
+
+def test_black_screen_becomes_an_alert_with_snapshot_and_clears(
+    make_hub_process: Any, black_segments: list[bytes]
+) -> None:
+    hp = make_hub_process(analysis={"workers": 1}, alerts={"resolve_hold_s": 0})
+    agent = {"Authorization": f"Bearer {hp.token('agent', PREFIX, name='agent-1')}"}
+    duty = {"Authorization": f"Bearer {hp.token('duty')}"}
+    hp.start()
+    base = time.time() - 18
+    with httpx.Client(base_url=hp.url, timeout=10) as c:
+
+        def upload(k: int) -> None:
+            data = black_segments[k]
+            r = c.put(
+                f"/api/v1/agents/segments/{DEV}",
+                params={"start": base + 2 * k, "duration": 2.0},
+                content=data,
+                headers={**agent, "X-VMS-SHA256": hashlib.sha256(data).hexdigest()},
+            )
+            assert r.status_code == 201, r.text
+
+        def quality() -> dict[str, Any]:
+            r = c.get(f"/api/v1/devices/{DEV}/quality", headers=duty)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        def alerts(state: str) -> list[dict[str, Any]]:
+            r = c.get("/api/v1/alerts", params={"state": state}, headers=duty)
+            return [a for a in r.json()["alerts"] if a["kind"] == "device_degraded"]
+
+        for k in range(9):  # 0-18 s: clean until 8 s, then black
+            upload(k)
+        wait_until(lambda: quality()["defects"], 60, "black_screen raised")
+        q = quality()
+        assert [d["check"] for d in q["defects"]] == ["black_screen"]
+        snap = c.get(q["defects"][0]["snapshot_url"].removeprefix(hp.url), headers=duty)
+        assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg"
+        assert snap.content[:2] == b"\xff\xd8" and len(snap.content) > 1000
+        assert c.get(q["defects"][0]["snapshot_url"].removeprefix(hp.url)).status_code == 401
+        alert = wait_until(lambda: alerts("open"), 20, "device_degraded alert")[0]
+        assert "black_screen" in alert["title"]
+        assert alert["detail"]["snapshot_url"] == q["defects"][0]["snapshot_url"]
+        metrics = c.get("/metrics", headers=duty).text
+        assert f'vms_device_quality_defect{{check="black_screen",device_id="{DEV}"}} 1.0' in metrics
+        assert 'vms_quality_raised_total{check="black_screen"} 1.0' in metrics
+        with httpx.Client(base_url=hp.url) as c2:
+            r = c2.get(f"/api/v1/devices/{DEV}/quality", headers=duty, params={"period": "forever"})
+            assert r.status_code == 422
+            assert c2.get(f"/api/v1/devices/{DEV[:-1]}9/quality", headers=duty).status_code == 404
+
+        for k in range(9, 13):  # picture back
+            upload(k)
+        wait_until(lambda: not quality()["defects"], 60, "black_screen cleared")
+        events = quality()["events"]
+        assert [(e["check"], e["state"]) for e in events] == [("black_screen", "cleared"), ("black_screen", "raised")]
+        wait_until(lambda: alerts("resolved"), 20, "alert resolved")

@@ -1,0 +1,445 @@
+"""The files under docker/, checked without a Docker engine.
+
+The hub and agent configs validate against the real models; the compose commands parse with the
+real CLIs; the Dockerfiles copy only what exists; the entrypoint scripts run here as they run in
+the containers; the Prometheus files pass the real promtool (alert unit tests included); and every
+metric the alert rules and the Grafana dashboard use is one a real hub exposes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer.main
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+import edge_agent.cli
+import vms.cli
+from camsim.sim import SYSTEM_PYTHON, device_ids
+from edge_agent import config as agent_config
+from tests.conftest import free_port
+from vms import config as hub_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+PROM = DOCKER / "prometheus"
+SERVICES = {"hub", "agent", "camsim", "prometheus", "grafana"}
+BASES = {"python:3.11-slim-bookworm", "debian:bookworm-slim"}
+AGENT_PREFIX = "32058501001320"
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DOCKER / "compose.yaml").read_text(encoding="utf-8"))
+    return data
+
+
+def parse_cli(argv: list[str]) -> dict[str, Any]:
+    """Parse a command line with the real CLI (without running it); unknown options raise."""
+    apps = {"vms": vms.cli.app, "edge-agent": edge_agent.cli.app}
+    if argv[:2] == ["vms", "camsim"]:  # `vms camsim` hands its arguments to the simulator's own CLI
+        import camsim.cli
+
+        cmd: Any = typer.main.get_command(camsim.cli.app)
+        return dict(cmd.make_context("vms camsim", list(argv[2:])).params)
+    cmd = typer.main.get_command(apps[argv[0]])
+    args = list(argv[1:])
+    while hasattr(cmd, "commands") and args and args[0] in cmd.commands:
+        cmd = cmd.commands[args.pop(0)]
+    params: dict[str, Any] = cmd.make_context(argv[0], args).params
+    return params
+
+
+def dockerfile(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (DOCKER / name).read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def tokens_env(tmp: Path) -> tuple[dict[str, str], Path]:
+    """Environment for docker/entrypoint-hub.sh outside Docker: docker/hub.yaml on a temporary disk,
+    and `vms` on PATH as this interpreter's module."""
+    cfg = yaml.safe_load((DOCKER / "hub.yaml").read_text(encoding="utf-8"))
+    cfg["storage"]["data_dir"] = str(tmp / "data")
+    cfg["server"]["host"] = "127.0.0.1"
+    config = tmp / "hub.yaml"
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "vms"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m vms.cli "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
+    hub_env = compose()["services"]["hub"]["environment"]
+    env = {**os.environ, **{k: str(v) for k, v in hub_env.items()}}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        VMS_CONFIG=str(config),
+        VMS_TOKEN_DIR=str(tmp / "tokens"),
+    )
+    return env, config
+
+
+def run_hub_entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(DOCKER / "entrypoint-hub.sh"), *command], env=env,
+                          cwd=Path(env["VMS_TOKEN_DIR"]).parent, capture_output=True, text=True, timeout=120)
+
+
+# -- configs and compose ------------------------------------------------------------------------
+def test_hub_and_agent_configs_validate_and_match_the_simulator() -> None:
+    hub = hub_config.load(DOCKER / "hub.yaml")
+    assert hub.server.port == 8700
+    assert str(hub.storage.data_dir) == "/var/lib/vms"
+    assert not hub.metrics.public  # Prometheus scrapes with a token
+    agent = agent_config.load(DOCKER / "agent.yaml")
+    assert agent.hub_url == "http://hub:8700"
+    assert agent.id_prefix == AGENT_PREFIX
+    cams = device_ids(8)
+    assert [c.url for c in agent.cameras] == [f"rtsp://camsim:8554/cam/{d}" for d in cams]
+    assert [c.device_id for c in agent.cameras] == cams
+    assert str(agent.data_dir) == "/var/lib/edge-agent"
+
+
+def test_compose_services_builds_mounts_ports_and_commands() -> None:
+    doc = compose()
+    services = doc["services"]
+    assert set(services) == SERVICES
+    declared = set(doc["volumes"])
+    for name, svc in services.items():
+        if "build" in svc:
+            assert (DOCKER / svc["build"]["context"]).resolve() == ROOT, name
+            assert (ROOT / svc["build"]["dockerfile"]).is_file(), name
+        else:
+            assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", svc["image"]), f"{name}: pin the image version"
+        for vol in svc.get("volumes", []):
+            src, dst, *mode = vol.split(":")
+            assert dst.startswith("/"), vol
+            if src.startswith("."):
+                assert (DOCKER / src).exists(), f"{name}: {src} is not in the repository"
+                assert mode == ["ro"], f"{name}: mount {src} read-only"
+            else:
+                assert src in declared, f"{name}: volume {src} is not declared"
+        for dep in svc.get("depends_on", []):
+            assert dep in services
+    assert {p.split(":")[-1] for s in services.values() for p in s.get("ports", [])} == {
+        "8700", "8554", "8555", "9090", "3000"}
+    assert set(declared) == {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])
+                             if not v.startswith(".")}
+
+    hub = services["hub"]
+    assert hub["command"] == ["vms", "serve", "--config", "/etc/vms/hub.yaml", "--host", "0.0.0.0"]
+    assert parse_cli(hub["command"])["host"] == "0.0.0.0"
+    assert "8700:8700" in hub["ports"]
+    token_dir = hub["environment"]["VMS_TOKEN_DIR"]
+    assert f"tokens:{token_dir}" in hub["volumes"]
+    assert "hub-data:/var/lib/vms" in hub["volumes"]
+    assert hub["environment"]["VMS_AGENT_PREFIXES"] == AGENT_PREFIX
+
+    sim = services["camsim"]
+    params = parse_cli(sim["command"])
+    assert sim["command"][:2] == ["vms", "camsim"]
+    assert params["cameras"] == len(agent_config.load(DOCKER / "agent.yaml").cameras) == 8
+    assert (params["host"], params["rtsp_port"], params["control_port"]) == ("0.0.0.0", 8554, 8555)
+    assert params["prefix"] == AGENT_PREFIX
+
+    agent = services["agent"]
+    assert agent["command"] == ["edge-agent", "run", "--config", "/etc/vms/agent.yaml"]
+    parse_cli(agent["command"])
+    assert agent["environment"]["VMS_AGENT_TOKEN_FILE"] == f"{token_dir}/agent.token"
+    assert f"tokens:{token_dir}:ro" in agent["volumes"]
+    assert agent["depends_on"]["hub"]["condition"] == "service_healthy"
+
+    prom = services["prometheus"]
+    assert f"tokens:{token_dir}:ro" in prom["volumes"]
+    cfg = yaml.safe_load((PROM / "prometheus.yml").read_text(encoding="utf-8"))
+    (job,) = cfg["scrape_configs"]
+    assert job["authorization"]["credentials_file"] == f"{token_dir}/prometheus.token"
+    assert job["static_configs"][0]["targets"] == ["hub:8700"]
+    assert job["metrics_path"] == "/metrics"
+
+    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text(encoding="utf-8"))
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+    prov = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/vms.yml").read_text(encoding="utf-8"))
+    path = prov["providers"][0]["options"]["path"]
+    assert "./grafana/dashboards:" + path + ":ro" in services["grafana"]["volumes"]
+
+
+def test_dockerfiles_copy_only_what_exists_and_run_unprivileged() -> None:
+    apt = re.search(r"APT_PACKAGES=\(([^)]*)\)", (ROOT / "scripts/setup.sh").read_text(encoding="utf-8"))
+    assert apt
+    setup_packages = set(apt.group(1).split())
+    services = compose()["services"]
+    for svc in ("hub", "agent", "camsim"):
+        name = f"{svc}.Dockerfile"
+        ins = dockerfile(name)
+        stages = {a.split()[-1] for i, a in ins if i == "FROM" and " AS " in a}
+        for i, a in ins:
+            if i == "FROM":
+                assert a.split()[0] in BASES | stages, f"{name}: base {a}"
+        final = ins[max(n for n, (i, _) in enumerate(ins) if i == "FROM"):]
+        users = [a for i, a in final if i == "USER"]
+        assert users and users[-1] not in ("root", "0"), f"{name}: the final stage must run as a user"
+        assert any(i == "VOLUME" for i, _ in final), f"{name}: declare the data volume"
+        allowed = {
+            line[1:] for line in (DOCKER / f"{name}.dockerignore").read_text(encoding="utf-8").splitlines()
+            if line.startswith("!")
+        }
+        for i, a in ins:
+            if i == "COPY" and "--from=" not in a:
+                *sources, _dest = [w for w in a.split() if not w.startswith("--")]
+                for src in sources:
+                    assert (ROOT / src).exists(), f"{name}: COPY {src} is not in the repository"
+                    assert src.rstrip("/") in allowed, f"{name}: {src} is excluded by {name}.dockerignore"
+        entry = [json.loads(a) for i, a in final if i == "ENTRYPOINT"]
+        cmd = next(json.loads(a) for i, a in final if i == "CMD")
+        if entry:
+            script = Path(entry[0][0]).name
+            assert any(i == "COPY" and f"docker/{script}" in a for i, a in final)
+            assert os.access(DOCKER / script, os.X_OK), f"docker/{script} must be executable"
+            subprocess.run(["sh", "-n", str(DOCKER / script)], check=True)
+        assert cmd == services[svc]["command"], f"{name}: CMD and compose command differ"
+        parse_cli(cmd)
+        if svc == "hub":
+            hc = next(a for i, a in final if i == "HEALTHCHECK")
+            assert "/healthz" in hc
+        if svc == "camsim":
+            installed = set()
+            for i, a in ins:
+                if i == "RUN" and "apt-get install" in a:
+                    words = a.split("--no-install-recommends", 1)[1].split("&&")[0].split()
+                    installed.update(words)
+            needed = {"python3", "python3-gi", "python3-gst-1.0", "gir1.2-gst-rtsp-server-1.0",
+                      "gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad"}
+            assert needed <= installed
+            assert installed - {"ca-certificates", "python3-venv"} <= setup_packages
+
+
+def healthcheck(name: str) -> list[str]:
+    """The image's HEALTHCHECK command, with this interpreter for the image's `python`."""
+    hc = next(a for i, a in dockerfile(name) if i == "HEALTHCHECK")
+    argv: list[str] = json.loads(hc.split("CMD", 1)[1])
+    assert argv[0] == "python"
+    return [sys.executable, *argv[1:]]
+
+
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="system python3 with GStreamer bindings missing")
+def test_camsim_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> None:
+    """The compose command of the simulator (on loopback, free ports, tiny clips) and the image's
+    HEALTHCHECK against it."""
+    argv = compose()["services"]["camsim"]["command"]
+    rtsp, control = free_port(), free_port()
+    swap = {"--host": "127.0.0.1", "--rtsp-port": str(rtsp), "--control-port": str(control),
+            "--data-dir": str(tmp_path), "--cameras": "2"}
+    args = [swap.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
+    args += ["--duration", "1", "--width", "160", "--height", "96"]
+    assert args[:2] == ["vms", "camsim"]
+    check = healthcheck("camsim.Dockerfile")
+    env = {**os.environ, "CAMSIM_HEALTH_URL": f"http://127.0.0.1:{control}/health"}
+    assert subprocess.run(check, env=env, capture_output=True, timeout=30).returncode != 0
+    proc = subprocess.Popen([sys.executable, "-m", "vms.cli", *args[1:]], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run(check, env=env, capture_output=True, timeout=30).returncode != 0:
+            assert proc.poll() is None, "vms camsim exited"
+            assert time.monotonic() < deadline, "simulator never passed its healthcheck"
+            time.sleep(0.3)
+        cams = httpx.get(f"http://127.0.0.1:{control}/cameras", timeout=10).json()
+        assert [c["device_id"] for c in cams] == device_ids(2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+def promtool() -> str:
+    found = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
+    if not found:
+        pytest.skip("promtool not found: install the Debian package `prometheus` (scripts/setup.sh)")
+    return found
+
+
+def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    tool = promtool()
+    token = tmp_path / "prometheus.token"
+    token.write_text("vms_0_token", encoding="utf-8")
+    for f in PROM.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    cfg = tmp_path / "prometheus.yml"
+    text = cfg.read_text(encoding="utf-8")
+    assert "/run/vms-tokens/prometheus.token" in text
+    cfg.write_text(text.replace("/run/vms-tokens/prometheus.token", str(token)), encoding="utf-8")
+    for args in (["check", "config", str(cfg)], ["check", "rules", str(tmp_path / "alerts.yml")],
+                 ["test", "rules", str(tmp_path / "alerts_test.yml")]):
+        r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 0, f"promtool {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
+
+    rules = {r["alert"]: r for g in yaml.safe_load((PROM / "alerts.yml").read_text(encoding="utf-8"))["groups"]
+             for r in g["rules"]}
+    assert {"CameraOffline", "CenterUploadRateBelowTarget", "CenterIntactRateBelow98", "HubDown"} <= set(rules)
+    assert (rules["CameraOffline"]["expr"], rules["CameraOffline"]["for"]) == ("vms_device_up == 0", "1m")
+    tests = yaml.safe_load((PROM / "alerts_test.yml").read_text(encoding="utf-8"))["tests"]
+    fired = [t for case in tests for t in case["alert_rule_test"]
+             if t["alertname"] == "CameraOffline" and t["exp_alerts"]]
+    assert fired, "alerts_test.yml must show CameraOffline firing"
+
+
+def test_promtool_rule_test_fails_when_the_rule_is_wrong(tmp_path: Path) -> None:
+    """The unit test has teeth: with a longer `for`, CameraOffline would not fire when it expects."""
+    tool = promtool()
+    shutil.copy(PROM / "alerts_test.yml", tmp_path)
+    text = (PROM / "alerts.yml").read_text(encoding="utf-8")
+    broken = text.replace("expr: vms_device_up == 0\n        for: 1m", "expr: vms_device_up == 0\n        for: 5m")
+    assert broken != text
+    (tmp_path / "alerts.yml").write_text(broken, encoding="utf-8")
+    r = subprocess.run([tool, "test", "rules", str(tmp_path / "alerts_test.yml")], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode != 0
+
+
+# -- entrypoints --------------------------------------------------------------------------------
+def test_hub_entrypoint_creates_tokens_once(tmp_path: Path) -> None:
+    env, config = tokens_env(tmp_path)
+    starts = tmp_path / "starts"
+    record = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('start\\n')", str(starts)]
+    tokens = Path(env["VMS_TOKEN_DIR"])
+
+    first = run_hub_entrypoint(env, *record)
+    assert first.returncode == 0, first.stderr
+    files = {p.name: p.read_text() for p in tokens.iterdir()}
+    assert set(files) == {"agent.token", "prometheus.token"}
+    for name, tok in files.items():
+        assert re.fullmatch(r"vms_[0-9a-f]+_[A-Za-z0-9_-]+", tok), name
+        assert stat.S_IMODE((tokens / name).stat().st_mode) == 0o644
+    second = run_hub_entrypoint(env, *record)
+    assert second.returncode == 0, second.stderr
+    assert "keeping" in second.stderr and "created" not in second.stderr
+    assert {p.name: p.read_text() for p in tokens.iterdir()} == files
+    assert starts.read_text() == "start\nstart\n"  # the command ran once per start, after the tokens
+
+    listed = subprocess.run(["vms", "token", "list", "--config", str(config)], env=env, capture_output=True,
+                            text=True, timeout=60, check=True).stdout.splitlines()
+    rows = sorted(tuple(line.split("\t")) for line in listed)
+    assert rows == [("edge-1", "agent", AGENT_PREFIX, "active"), ("prometheus", "duty", "", "active")]
+
+    # A lost token file is not papered over: the start fails and says what to do.
+    (tokens / "agent.token").unlink()
+    lost = run_hub_entrypoint(env, *record)
+    assert lost.returncode != 0
+    assert "edge-1" in lost.stderr and "revoke" in lost.stderr
+    assert starts.read_text() == "start\nstart\n"
+
+
+def test_agent_entrypoint_puts_the_token_into_a_private_config(tmp_path: Path) -> None:
+    token_file = tmp_path / "agent.token"
+    token_file.write_text("vms_0123456789abcdef_Secret-Token_x", encoding="utf-8")
+    runtime = tmp_path / "run" / "agent.yaml"
+    runtime.parent.mkdir()
+    env = {**os.environ, "VMS_AGENT_TOKEN_FILE": str(token_file), "VMS_AGENT_RUNTIME_CONFIG": str(runtime),
+           "VMS_TOKEN_WAIT_S": "0"}
+    probe = ("import json, os, sys; print(json.dumps({'argv': sys.argv[1:], "
+             "'env': os.environ.get('VMS_AGENT_TOKEN')}))")
+    cmd = ["sh", str(DOCKER / "entrypoint-agent.sh"), sys.executable, "-c", probe,
+           "run", "--config", str(DOCKER / "agent.yaml"), "--log-level", "INFO"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"argv": ["run", "--config", str(runtime), "--log-level", "INFO"],
+                   "env": "vms_0123456789abcdef_Secret-Token_x"}
+    cfg = agent_config.load(runtime)
+    assert cfg.token == "vms_0123456789abcdef_Secret-Token_x"
+    assert cfg.model_dump(exclude={"token"}) == agent_config.load(DOCKER / "agent.yaml").model_dump(exclude={"token"})
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o600
+
+    token_file.write_text("not a token\n", encoding="utf-8")
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode != 0
+    token_file.unlink()
+    missing = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert missing.returncode != 0 and "no token" in missing.stderr
+
+
+# -- metric names -------------------------------------------------------------------------------
+METRIC = re.compile(r"\b(vms_[a-z0-9_]+)\b")
+LABEL_REF = re.compile(r"\{\{\s*\$?(?:labels\.)?([a-z_]+)\s*\}\}")
+
+
+def dashboard_exprs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k in ("expr", "definition") and isinstance(v, str)]
+        return found + [e for v in node.values() for e in dashboard_exprs(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in dashboard_exprs(v)]
+    return []
+
+
+def test_dashboard_and_alerts_use_metrics_the_hub_exposes(tmp_path: Path, make_hub_process: Any) -> None:
+    hp = make_hub_process()
+    env, config = tokens_env(tmp_path)
+    assert run_hub_entrypoint(env, "true").returncode == 0
+    hp.config.write_text(config.read_text(encoding="utf-8"), encoding="utf-8")
+    hp.start()
+    tokens = Path(env["VMS_TOKEN_DIR"])
+    agent_tok = (tokens / "agent.token").read_text()
+    prom_tok = (tokens / "prometheus.token").read_text()
+    device = device_ids(1)[0]
+    hb = httpx.post(f"{hp.url}/api/v1/agents/heartbeat", headers={"Authorization": f"Bearer {agent_tok}"},
+                    json={"sent_at": time.time(), "cameras": [
+                        {"device_id": device, "connected": True, "last_packet_age_s": 0.1, "fps": 25}]}, timeout=10)
+    assert hb.status_code == 200, hb.text
+    assert hb.json()["accepted"] == 1
+    assert httpx.get(f"{hp.url}/metrics", headers={"Authorization": f"Bearer {agent_tok}"}).status_code == 403
+    scrape = httpx.get(f"{hp.url}/metrics", headers={"Authorization": f"Bearer {prom_tok}"}, timeout=10)
+    assert scrape.status_code == 200
+
+    exposed: set[str] = set()
+    labels: set[str] = {"job", "instance"}
+    for fam in text_string_to_metric_families(scrape.text):
+        for s in fam.samples:
+            exposed.add(s.name)
+            labels.update(s.labels)
+    assert {"vms_device_up", "vms_device_last_seen_timestamp_seconds", "vms_center_online_ratio"} <= exposed
+
+    rules = [r for g in yaml.safe_load((PROM / "alerts.yml").read_text(encoding="utf-8"))["groups"]
+             for r in g["rules"]]
+    dash = json.loads((DOCKER / "grafana/dashboards/vms.json").read_text(encoding="utf-8"))
+    exprs = [r["expr"] for r in rules] + dashboard_exprs(dash)
+    used = {m for e in exprs for m in METRIC.findall(e)}
+    assert used - exposed == set(), f"names the hub does not expose: {sorted(used - exposed)}"
+    for e in exprs:
+        assert METRIC.search(e) or e == 'up{job="vms-hub"} == 0', f"expression without a hub metric: {e}"
+    dash_used = {m for e in dashboard_exprs(dash) for m in METRIC.findall(e)}
+    assert {"vms_center_online_ratio", "vms_center_upload_ratio", "vms_center_intact_ratio", "vms_device_up",
+            "vms_device_fps", "vms_device_bitrate_bps", "vms_alerts_open"} <= dash_used
+
+    texts = [v for r in rules for v in r.get("annotations", {}).values()]
+    texts += [t.get("legendFormat", "") for p in dash["panels"] for t in p.get("targets", [])]
+    referenced = {m for t in texts for m in LABEL_REF.findall(t)} - {"value"}
+    assert referenced <= labels, f"labels the hub does not set: {sorted(referenced - labels)}"
+    ds_uid = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text(
+        encoding="utf-8"))["datasources"][0]["uid"]
+    assert {p["datasource"]["uid"] for p in dash["panels"]} == {ds_uid}
+
+    # The hub image's HEALTHCHECK command, as Docker would run it, against this hub and a dead port.
+    argv = healthcheck("hub.Dockerfile")
+    ok = subprocess.run(argv, env={**os.environ, "VMS_HEALTH_URL": f"{hp.url}/healthz"}, timeout=30)
+    assert ok.returncode == 0
+    dead = subprocess.run(argv, env={**os.environ, "VMS_HEALTH_URL": f"http://127.0.0.1:{free_port()}/healthz"},
+                          capture_output=True, timeout=30)
+    assert dead.returncode != 0

@@ -1,0 +1,324 @@
+"""The web pages in headless Chromium against a real hub, camera simulator and edge agent.
+
+One hub, one simulator with two cameras and one agent serve every test in this module; each
+test opens its own browser context with the token of the role it plays. Set
+``VMS_SCREENSHOTS=docs/screenshots`` to keep screenshots of the main views.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from camsim.clips import ClipParams
+from camsim.sim import Simulator
+from tests.conftest import HubProcess, free_port, hub_config, write_config
+
+pw = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required"]
+GATE = "32058501001320000001"  # 城厢镇
+SCHOOL = "32058502111320000002"  # 沙溪镇, education (industry 11)
+SPARE = "32058501001320000009"  # 城厢镇, configured but never reported: its centers fall short
+SHOTS = os.environ.get("VMS_SCREENSHOTS")
+
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian chromium is not installed", allow_module_level=True)
+
+
+def wait(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+class Rig:
+    def __init__(self, hub: HubProcess, sim: Simulator, browser: Any) -> None:
+        self.hub, self.sim, self.browser = hub, sim, browser
+
+    def api(self, path: str, role: str = "admin", **params: Any) -> Any:
+        r = httpx.get(self.hub.url + path, params=params, timeout=10,
+                      headers={"Authorization": f"Bearer {self.hub.tokens[role]}"})
+        r.raise_for_status()
+        return r.json()
+
+    def states(self) -> dict[str, str]:
+        return {d["id"]: d["state"] for d in self.api("/api/v1/devices")["devices"]}
+
+    def page(self, role: str, hash_: str = "") -> Any:
+        """A fresh browser context logged in through the login form as ``role``."""
+        ctx = self.browser.new_context(viewport={"width": 1600, "height": 900}, locale="en-US")
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.errors = errors
+        page.goto(self.hub.url + "/")
+        page.fill("input[name=token]", self.hub.tokens[role])
+        page.click("form.login button[type=submit]")
+        page.wait_for_selector("button.logout")
+        if hash_:
+            page.goto(f"{self.hub.url}/web/#{hash_}")
+        return page
+
+    def shot(self, page: Any, name: str) -> None:
+        if SHOTS:
+            Path(SHOTS).mkdir(parents=True, exist_ok=True)
+            import cv2  # the screenshot, scaled down to keep the repository small
+            import numpy as np
+
+            path = str(Path(SHOTS) / f"{name}.png")
+            img = cv2.imdecode(np.frombuffer(page.screenshot(scale="css"), np.uint8), cv2.IMREAD_COLOR)
+            img = cv2.resize(img, (1200, round(img.shape[0] * 1200 / img.shape[1])), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    d = tmp_path_factory.mktemp("web")
+    cfg = hub_config(d / "data", devices=[{"id": SPARE, "name": "Spare"}])
+    hub = HubProcess(write_config(d / "hub.yaml", cfg), free_port())
+    for role in ("admin", "duty", "maintenance", "police"):
+        hub.token(role)
+    agent_token = hub.token("agent", "320585", name="edge-1")
+    sim = Simulator([GATE, SCHOOL], d / "camsim", rtsp_port=free_port(), control_port=free_port(),
+                    onvif_base_port=None, params=ClipParams(duration_s=4.0, bitrate_kbps=800))
+    agent: subprocess.Popen[bytes] | None = None
+    hub.start()
+    sim.start()
+    try:
+        cfg = {"hub_url": hub.url, "token": agent_token, "data_dir": str(d / "agent"), "segment_seconds": 2,
+               "cameras": [{"url": sim.rtsp_url(GATE), "device_id": GATE, "name": "North gate"},
+                           {"url": sim.rtsp_url(SCHOOL), "device_id": SCHOOL, "name": "School yard"}]}
+        (d / "agent.yaml").write_text(yaml.safe_dump(cfg))
+        with (d / "agent.log").open("ab") as log:
+            agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(d / "agent.yaml")],
+                                     stdout=log, stderr=log)
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            r = Rig(hub, sim, browser)
+            wait(lambda: [r.states().get(c) for c in (GATE, SCHOOL)] == ["uploading", "uploading"], 60,
+                 "both cameras uploading", step=0.5)
+            yield r
+            browser.close()
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(20)
+        sim.stop()
+        hub.stop()
+
+
+Rates = dict[str, dict[str, tuple[float | None, str]]]
+
+
+def wall_rates(page: Any) -> Rates:
+    raw = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.center[data-center]')].map(c =>
+        [c.dataset.center, Object.fromEntries([...c.querySelectorAll('[data-rate]')].map(r =>
+            [r.dataset.rate, [r.dataset.value, r.querySelector('.rate-value').textContent]]))]))""")
+    return {c: {k: (float(v) if v else None, text) for k, (v, text) in rs.items()} for c, rs in raw.items()}
+
+
+def api_rates(rig: Rig) -> Rates:
+    out: Rates = {}
+
+    def walk(c: dict[str, Any]) -> None:
+        out[c["id"]] = {k: (r, f"{r * 100:.1f}%" if r is not None else "—")
+                        for k in ("online", "upload", "intact") for r in [c[f"{k}_ratio"]]}
+        for ch in c["children"]:
+            walk(ch)
+
+    for root in rig.api("/api/v1/centers")["centers"]:
+        walk(root)
+    return out
+
+
+def test_login_and_wall_shows_the_center_tree_with_the_apis_rates(rig: Rig) -> None:
+    page = rig.page("duty")
+    page.wait_for_selector(".wall .center[data-center=taicang]")
+    assert page.get_attribute("button.logout", "class") == "logout"
+    assert [a.get_attribute("data-nav") for a in page.query_selector_all("nav a")] == ["wall", "camera", "reports"]
+    # Both cameras relay media, the spare never reported: 城厢镇 is at 1 of 2, the district at 2 of 3.
+    expected = api_rates(rig)
+    assert set(expected) == {"taicang", "chengxiang", "shaxi", "education"}
+    assert expected["chengxiang"]["upload"] == (0.5, "50.0%") and expected["taicang"]["online"][1] == "66.7%"
+    assert expected["shaxi"]["upload"] == (1.0, "100.0%")
+    wait(lambda: wall_rates(page) == expected, 5, f"wall rates {wall_rates(page)} == API {expected}")
+    assert page.locator(".center[data-center=chengxiang] .rate.bad").count() == 3  # below target: red
+    assert page.locator(".center[data-center=shaxi] .rate.good:is([data-rate=online], [data-rate=upload])").count() == 2
+    assert page.inner_text("[data-count=devices] .n") == "3"
+    wait(lambda: SPARE in problem_list(page) and problem_list(page) == api_problems(rig), 10,
+         "the wall's dark and degraded cameras (the never-seen spare among them) match the API's")
+    page.click("button.lang")  # Chinese labels
+    page.wait_for_selector("text=三级视频监控中心")
+    assert "在线率" in page.inner_text(".center[data-center=taicang]")
+    page.click("button.lang")
+    assert not page.errors
+    page.context.close()
+
+
+def problem_list(page: Any) -> list[str]:
+    return [li.get_attribute("data-device") for li in page.query_selector_all(".problems li[data-device]")]
+
+
+def api_problems(rig: Rig) -> list[str]:
+    """Offline or degraded devices, longest first, by the API."""
+    bad = [d for d in rig.api("/api/v1/devices")["devices"] if d["state"] in ("offline", "degraded")]
+    return [d["id"] for d in sorted(bad, key=lambda d: d["since"])]
+
+
+def live_routes(rig: Rig) -> bool:
+    paths = httpx.get(rig.hub.url + "/openapi.json", timeout=10).json()["paths"]
+    return any(p.startswith("/api/v1/live/") for p in paths)
+
+
+def test_live_tiles_show_moving_pictures(rig: Rig) -> None:
+    """Both cameras play: the Baseline one by WebRTC; the one with B-frames (which WebRTC in
+    Chromium decodes only at keyframes) is detected and falls back to HLS by itself."""
+    if not live_routes(rig):
+        pytest.skip("the hub has no live relay routes (/api/v1/live/...) yet")
+    page = rig.page("duty", f"/wall?grid=4&cams={GATE},{SCHOOL}&cycle=0")
+    tiles = [page.locator(f".tile[data-device='{d}']") for d in (GATE, SCHOOL)]
+    for tile in tiles:
+        tile.and_(page.locator("[data-status=playing]")).wait_for(timeout=40_000)
+    first = page.evaluate("vmsWall.stats()")[:2]
+    shots1 = [tile.locator("video").screenshot() for tile in tiles]
+    page.wait_for_timeout(3000)
+    shots2 = [tile.locator("video").screenshot() for tile in tiles]
+    later = page.evaluate("vmsWall.stats()")[:2]
+    assert [x["device"] for x in later] == [GATE, SCHOOL]
+    assert [x["mode"] for x in later] == ["hls", "webrtc"], later
+    for a, b, s1, s2 in zip(first, later, shots1, shots2, strict=True):
+        assert b["frames"] >= a["frames"] + 50, (a, b)  # 25 fps cameras: at least 50 frames in 3 s
+        assert b["mediaTime"] > a["mediaTime"] + 1.5, (a, b)
+        assert (b["width"], b["height"]) == (640, 360)
+        assert s1 != s2, f"the picture of {b['device']} did not change in 3 s"
+    rig.shot(page, "wall")
+    assert not page.errors
+    page.context.close()
+
+
+def test_dark_camera_goes_offline_on_the_wall_and_is_acknowledged_in_the_alerts_view(rig: Rig) -> None:
+    wall = rig.page("duty", f"/wall?grid=4&cams={GATE},{SCHOOL}&cycle=0")
+    wall.wait_for_selector(f".tile[data-device='{GATE}']")
+    assert wall.get_attribute(f".tile[data-device='{GATE}']", "data-state") in ("uploading", "degraded")
+    t0 = time.monotonic()
+    rig.sim.set_fault(GATE, "dark")
+    # The tile says offline, with since-when, instead of a frozen frame; the camera heads the problem list.
+    wall.wait_for_selector(f".tile[data-device='{GATE}'][data-state=offline] .tile-overlay.offline", timeout=10_000)
+    took = time.monotonic() - t0
+    overlay = wall.inner_text(f".tile[data-device='{GATE}'] .tile-overlay")
+    assert "OFFLINE" in overlay and "since" in overlay
+    assert wall.eval_on_selector(f".tile[data-device='{GATE}'] video", "v => v.srcObject === null && !v.src")
+    wait(lambda: GATE in problem_list(wall) and problem_list(wall) == api_problems(rig), 5, "problem list as API")
+    # Its alert appears on the wall and is announced (banner, and sound where the browser allows).
+    wall.wait_for_selector(".banner.flash[data-alert]", timeout=5_000)
+    alert_id = int(wall.get_attribute(".banner", "data-alert"))
+    alert = rig.api(f"/api/v1/alerts/{alert_id}")
+    assert (alert["kind"], alert["device_id"], alert["state"]) == ("device_offline", GATE, "open")
+    assert wall.query_selector(f".wall-alerts li[data-alert='{alert_id}']")
+    assert [(a["id"], a["sound"]) for a in wall.evaluate("vmsWall.announced()")] == [(alert_id, True)]
+    assert took < 10, took
+    rig.shot(wall, "wall-offline")
+
+    # Maintenance acknowledges it in the alerts view; the API shows who and why.
+    page = rig.page("maintenance", "/alerts")
+    row = page.locator(f"tr[data-alert='{alert_id}']")
+    row.wait_for()
+    row.locator("input.comment").fill("crew on the way")
+    row.locator("button.ack").click()
+    page.wait_for_selector(f"tr[data-alert='{alert_id}'][data-state=acknowledged]")
+    after = rig.api(f"/api/v1/alerts/{alert_id}")
+    assert after["state"] == "acknowledged" and after["acknowledged_by"].startswith("maintenance-")
+    assert any(e["action"] == "acknowledged" and e["comment"] == "crew on the way" for e in after["events"])
+    # The wall hears of it by push.
+    wall.wait_for_selector(f".wall-alerts li.acknowledged[data-alert='{alert_id}']", timeout=5_000)
+    rig.shot(page, "alerts")
+
+    # The camera comes back: the tile plays again (or waits for live media) and the alert resolves.
+    rig.sim.clear(GATE)
+    wall.wait_for_selector(f".tile[data-device='{GATE}']:not([data-state=offline])", timeout=30_000)
+    page.wait_for_selector(f"tr[data-alert='{alert_id}']", state="detached", timeout=30_000)  # gone from 'active'
+    assert rig.api(f"/api/v1/alerts/{alert_id}")["state"] == "resolved"
+    assert not wall.errors and not page.errors
+    wall.context.close()
+    page.context.close()
+
+
+def test_only_police_and_admin_reach_clip_export(rig: Rig) -> None:
+    for role in ("duty", "maintenance"):
+        page = rig.page(role, f"/clip/{GATE}")
+        page.wait_for_selector("[data-forbidden=clip]")
+        assert page.query_selector("form[data-form=clip]") is None
+        assert "clip" not in [a.get_attribute("data-nav") for a in page.query_selector_all("nav a")]
+        page.goto(f"{rig.hub.url}/web/#/camera/{GATE}")
+        page.wait_for_selector(".camera-view .details table")
+        assert page.query_selector("form[data-form=clip]") is None
+        page.context.close()
+    page = rig.page("police", f"/camera/{GATE}")
+    page.wait_for_selector("form[data-form=clip] textarea[name=reason]")
+    assert page.get_attribute(".details td[data-state]", "data-state") == rig.states()[GATE]
+    assert "132" in page.inner_text(".details") and "320585" in page.inner_text(".details")
+    page.wait_for_selector(".timeline rect[data-state]")
+    if SHOTS:
+        page.wait_for_selector(".big-tile .tile-overlay.hidden", state="attached", timeout=30_000)
+    rig.shot(page, "camera")
+    page.context.close()
+    # The API refuses the clip route to roles without the right, whatever the page shows.
+    r = httpx.get(f"{rig.hub.url}/api/v1/devices/{GATE}/clip.mp4", timeout=10,
+                  params={"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z", "reason": "test"},
+                  headers={"Authorization": f"Bearer {rig.hub.tokens['duty']}"})
+    if r.status_code == 404 and r.json().get("detail") == "Not Found":
+        pytest.skip("the archive's clip route is not in this hub yet; the page-side check passed")
+    assert r.status_code == 403, r.text
+
+
+def test_reports_view_matches_the_api_and_downloads_csv(rig: Rig) -> None:
+    page = rig.page("duty", "/reports?period=24h")
+    page.wait_for_selector("table[data-table=centers] tr[data-center=taicang]")
+    rep = rig.api("/api/v1/reports/availability", period="24h")
+    assert page.locator("table[data-table=centers] tbody tr").count() == len(rep["centers"]) == 4
+    assert page.locator(".chart rect").count() >= 12
+    with page.expect_download() as dl:
+        page.click("button.csv")
+    text = Path(dl.value.path()).read_text()
+    assert text.startswith("center,name,level,devices") and "taicang" in text and GATE in text
+    rig.shot(page, "reports")
+    assert not page.errors
+    page.context.close()
+
+
+def test_event_stream_takes_a_reader_token_in_the_header_or_the_query(rig: Rig) -> None:
+    url = rig.hub.url + "/api/v1/events"
+    assert httpx.get(url, timeout=5).status_code == 401
+    assert httpx.get(url, params={"token": "vms_nope_nope"}, timeout=5).status_code == 401
+    agent = httpx.get(url, headers={"Authorization": f"Bearer {rig.hub.tokens['edge-1']}"}, timeout=5)
+    assert agent.status_code == 403
+    with httpx.stream("GET", url, params={"token": rig.hub.tokens["police"]}, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        event = next(line for line in lines if line.startswith("event:"))
+        data = next(lines)
+    assert event == "event: snapshot"
+    snap = json.loads(data.removeprefix("data: "))
+    assert snap["me"]["role"] == "police" and snap["counts"]["devices"] == 3
+    assert [c["id"] for c in snap["centers"]] == ["taicang"]
+    assert httpx.get(rig.hub.url + "/api/v1/session", timeout=5,
+                     headers={"Authorization": f"Bearer {rig.hub.tokens['police']}"}).json()["views"] == [
+        "wall", "camera", "clip"]

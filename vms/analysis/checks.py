@@ -1,0 +1,173 @@
+"""Video-quality metrics (视频质量诊断): small pure functions over numpy arrays.
+
+Every function takes the *analysis picture*: the luma (Y) plane scaled to about 320 pixels wide
+with ``cv2.resize(INTER_LINEAR)`` (40 µs from 1080p, where ``INTER_AREA`` costs 600 µs), uint8,
+limited or full range. Metrics are in luma levels or shares so that thresholds read plainly; the
+thresholds live in :class:`vms.analysis.config.Thresholds`. Nothing here keeps state: the
+per-camera memory (previous keyframe, learned view) is in :mod:`vms.analysis.analyzer`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+
+#: Blocks of the grid used by block statistics (columns, rows): 20x20 pixels at 320x180.
+GRID = (16, 9)
+#: Size of the thumbnail compared with the learned view for scene change.
+THUMB = (96, 54)
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def analysis_picture(y: U8, width: int) -> U8:
+    """The luma plane (a strided view is fine) scaled to ``width`` pixels, aspect kept."""
+    h, w = y.shape
+    if w <= width:
+        return y.copy()  # never keep a view: the decoder reuses its frame buffers
+    height = max(GRID[1], round(h * width / w))
+    return cv2.resize(y, (width, height), interpolation=cv2.INTER_LINEAR)  # type: ignore[return-value]
+
+
+def luma_stats(g: U8) -> tuple[float, float]:
+    """Mean and standard deviation of luma. A black or solid screen has a std of a few levels."""
+    mean, std = cv2.meanStdDev(g)
+    return float(mean[0, 0]), float(std[0, 0])
+
+
+def block_stats(g: U8) -> tuple[F32, F32]:
+    """Mean and std of luma in each block of :data:`GRID` (rows x columns arrays)."""
+    f = g.astype(np.float32)
+    m = cv2.resize(f, GRID, interpolation=cv2.INTER_AREA)
+    m2 = cv2.resize(f * f, GRID, interpolation=cv2.INTER_AREA)
+    return m, np.sqrt(np.maximum(m2 - m * m, 0.0))  # type: ignore[return-value]
+
+
+def flat_share(stds: F32, flat_std: float) -> float:
+    """Share of blocks whose luma std is below ``flat_std``.
+
+    A black, blue or grey screen is flat almost everywhere even when the encoder still burns in
+    an OSD clock or a "NO VIDEO" caption, which a whole-picture std would count as contrast.
+    """
+    return float(np.count_nonzero(stds < flat_std)) / stds.size
+
+
+def clipped_share(g: U8, level: int) -> float:
+    """Share of pixels at or above ``level``: an overexposed picture is mostly clipped white."""
+    return float(np.count_nonzero(g >= level)) / g.size
+
+
+def flat_dark_share(means: F32, stds: F32, flat_std: float, dark_luma: float, ignore: npt.NDArray[np.bool_]) -> float:
+    """Share of blocks that are flat (std < ``flat_std``) and dark (mean < ``dark_luma``).
+
+    A covered lens (hand, bag, tape, spray) leaves a large region with no texture; ``ignore``
+    removes blocks that are flat and dark in the camera's normal view (night sky, a black wall).
+    A blurred view keeps its block means and a dark one is caught earlier, so neither counts.
+    """
+    covered = (stds < flat_std) & (means < dark_luma) & ~ignore
+    return float(np.count_nonzero(covered)) / covered.size
+
+
+def blur_score(g: U8) -> float:
+    """Blur of the picture, 0 (sharp) to 1 (smooth), after Crété-Roffet et al. (2007).
+
+    The picture is blurred again with a 9-pixel box along each axis; a sharp picture loses most of
+    its neighbour differences doing so, an already blurred one keeps them. Score = share of the
+    gradient sum that survives re-blurring, the worse of both axes. Contrast and content level
+    cancel out in the ratio, so it holds at night and on dull scenes.
+    """
+    scores = []
+    for axis, k in ((0, (1, 9)), (1, (9, 1))):
+        b = cv2.blur(g, k)
+        if axis == 0:
+            d_f, d_b = cv2.absdiff(g[1:], g[:-1]), cv2.absdiff(b[1:], b[:-1])
+        else:
+            d_f, d_b = cv2.absdiff(g[:, 1:], g[:, :-1]), cv2.absdiff(b[:, 1:], b[:, :-1])
+        s_f = float(cv2.sumElems(d_f)[0])
+        s_v = float(cv2.sumElems(cv2.subtract(d_f, d_b))[0])  # saturating: max(0, d_f - d_b)
+        scores.append(1.0 if s_f <= 0 else (s_f - s_v) / s_f)
+    return max(scores)
+
+
+def noise_sigma(g: U8) -> float:
+    """Noise standard deviation in luma levels (Immerkær 1996), robust to edges.
+
+    The 3x3 Laplacian-difference mask cancels smooth content; its mean absolute response in a
+    block times sqrt(pi/2)/6 estimates the noise sigma there. Edges inflate some blocks, so the
+    lower quartile of blocks is taken. Snow (雪花) shows as a sigma far above sensor grain.
+    """
+    r = np.abs(cv2.filter2D(g.astype(np.float32), -1, _IMMERKAER, borderType=cv2.BORDER_REFLECT))
+    blocks = cv2.resize(r, GRID, interpolation=cv2.INTER_AREA).ravel()
+    q = float(np.partition(blocks, blocks.size // 4)[blocks.size // 4])
+    return q * math.sqrt(math.pi / 2) / 6.0
+
+
+def _periodic_amplitude(profile: npt.NDArray[Any]) -> float:
+    n = profile.size
+    k = max(3, n // 24) | 1
+    detrended = profile - cv2.blur(profile.reshape(-1, 1), (1, k), borderType=cv2.BORDER_REFLECT).ravel()
+    spec = np.abs(np.fft.rfft(detrended)) * (2.0 / n)
+    lo, hi = max(2, n // 40), n // 3  # periods of 3 to 40 pixels
+    return float(spec[lo : hi + 1].max()) if hi > lo else 0.0
+
+
+def stripe_amplitude(g: U8) -> float:
+    """Amplitude in luma levels of the strongest periodic pattern along rows or columns.
+
+    Interference (条纹干扰) lays bars across the whole picture, so the row (or column) means carry
+    a clean sinusoid; scene structure such as windows covers part of a row and averages down.
+    """
+    rows = cv2.reduce(g, 1, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+    cols = cv2.reduce(g, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+    return max(_periodic_amplitude(rows), _periodic_amplitude(cols))
+
+
+def color_cast(u_mean: float, v_mean: float) -> float:
+    """Distance of the mean chroma (Cb, Cr) from neutral grey (128, 128), in chroma levels.
+
+    Most scenes average to nearly grey; a failed IR-cut filter, a broken colour channel or wrong
+    white balance shifts the whole picture one way.
+    """
+    return math.hypot(u_mean - 128.0, v_mean - 128.0)
+
+
+def frozen_diff(g: U8, prev: U8) -> float:
+    """Median over blocks of the mean |difference| from an earlier keyframe, in luma levels.
+
+    A live camera differs everywhere by at least its sensor grain (about a level or more after
+    compression); a frozen one repeats the same picture, re-encoded identically or nearly so. The
+    median ignores an OSD clock that keeps ticking and a few changed blocks.
+    """
+    if g.shape != prev.shape:
+        return math.inf
+    d = cv2.absdiff(g, prev).astype(np.float32)
+    return float(np.median(cv2.resize(d, GRID, interpolation=cv2.INTER_AREA)))
+
+
+def thumbnail(g: U8) -> F32:
+    """The layout of the view: a small picture (grain averages out) minus its own blur.
+
+    Taking away the blurred picture removes the broad bands every street view shares (sky above,
+    road below), which would otherwise keep the correlation high after the camera is turned.
+    """
+    small = cv2.resize(g, THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
+    return small - cv2.GaussianBlur(small, (0, 0), 3)
+
+
+def similarity(a: F32, b: F32) -> float:
+    """Normalised cross-correlation of two thumbnails, -1..1; blind to global gain and offset.
+
+    Lights switching on or dusk change levels but keep the layout; a camera turned or knocked
+    away shows a different layout and the correlation drops.
+    """
+    a0 = a - float(a.mean())
+    b0 = b - float(b.mean())
+    den = math.sqrt(float((a0 * a0).sum()) * float((b0 * b0).sum()))
+    return 1.0 if den <= 1e-6 else float((a0 * b0).sum()) / den

@@ -1,0 +1,133 @@
+"""Settings of the frame analysis: thresholds with bounds, hysteresis, sampling and the worker pool.
+
+Kept apart from the hub's config so that an edge agent can embed the same model and run the same
+checks on its own side; the hub mounts it as ``analysis:`` in its YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CheckName = Literal[
+    "signal_loss",
+    "black_screen",
+    "solid_screen",
+    "too_dark",
+    "too_bright",
+    "occlusion",
+    "blur",
+    "color_cast",
+    "snow_noise",
+    "stripes",
+    "frozen",
+    "scene_change",
+]
+
+#: Every check, in precedence order: a check that finds a defect masks the ones after it that the
+#: same defect would fool (a black picture is also dark, flat, "frozen" and "blurred").
+CHECKS: tuple[CheckName, ...] = (
+    "signal_loss",
+    "black_screen",
+    "solid_screen",
+    "too_dark",
+    "too_bright",
+    "occlusion",
+    "blur",
+    "color_cast",
+    "snow_noise",
+    "stripes",
+    "frozen",
+    "scene_change",
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Thresholds(_Model):
+    """Metric limits; each metric is documented beside its function in ``vms.analysis.checks``."""
+
+    black_max_luma: float = Field(
+        40.0, ge=0, le=128, description="Median block luma at or below which a solid screen is black."
+    )
+    solid_max_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
+    solid_min_share: float = Field(0.9, gt=0, le=1, description="Share of flat blocks that makes a solid screen.")
+    dark_max_luma: float = Field(35.0, ge=0, le=128, description="Mean luma at or below which the picture is too dark.")
+    bright_min_share: float = Field(
+        0.45, gt=0, le=1, description="Share of clipped-white pixels at which the picture is overexposed."
+    )
+    bright_luma: int = Field(230, ge=128, le=255, description="Luma counted as clipped white.")
+    occlusion_min_share: float = Field(
+        0.35, gt=0, le=1, description="Share of the view newly flat and dark at which the lens is covered."
+    )
+    occlusion_flat_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
+    occlusion_dark_luma: float = Field(80.0, ge=0, le=255, description="Block mean luma below which a block is dark.")
+    blur_min: float = Field(
+        0.32, gt=0, lt=1, description="Blur score (0 sharp .. 1 smooth) at which the view is blurred."
+    )
+    cast_min: float = Field(14.0, gt=0, le=128, description="Chroma distance from grey at which colours are cast.")
+    noise_min_sigma: float = Field(7.0, gt=0, le=100, description="Estimated noise sigma (luma levels) of snow.")
+    stripe_min_amplitude: float = Field(
+        5.0, gt=0, le=128, description="Amplitude (luma levels) of a periodic row/column pattern that is interference."
+    )
+    frozen_max_diff: float = Field(
+        0.3, ge=0, le=20, description="Median block |difference| from a recent keyframe below which it is frozen."
+    )
+    scene_min_similarity: float = Field(
+        0.4, ge=-1, le=1, description="Correlation with the learned view below which the camera has moved."
+    )
+
+
+class Hysteresis(_Model):
+    raise_after: int = Field(2, ge=1, le=1000, description="Consecutive bad samples that raise the defect.")
+    clear_after: int = Field(2, ge=1, le=1000, description="Consecutive good samples that clear it.")
+
+
+class MotionConfig(_Model):
+    enabled: bool = True
+    fps: float = Field(5.0, gt=0, le=30, description="Frames analysed per second for motion.")
+    max_height: int = Field(
+        480,
+        ge=0,
+        le=4320,
+        description="Fully decode streams up to this height for motion (sub streams); taller streams get motion "
+        "from keyframes only, so the hub never full-decodes 1080p main streams.",
+    )
+    threshold: int = Field(25, ge=1, le=255, description="Luma change counted as motion.")
+    alpha: float = Field(0.05, gt=0, le=1, description="Background running-average weight per analysed frame.")
+    min_area: float = Field(0.001, ge=0, le=1, description="Smallest box, as a share of the picture.")
+    recalibrate_share: float = Field(
+        0.6, gt=0, le=1, description="Change over this share of the picture is light, not motion: relearn."
+    )
+
+
+_FROZEN_DEFAULT: dict[CheckName, Hysteresis] = {"frozen": Hysteresis(raise_after=1, clear_after=2)}
+
+
+class AnalysisConfig(_Model):
+    enabled: bool = Field(True, description="Run the frame analysis on relayed segments.")
+    workers: int = Field(0, ge=0, le=256, description="Analysis processes; 0 = one per core.")
+    queue_per_worker: int = Field(
+        32, ge=1, le=10000, description="Segments waiting per worker; beyond this new ones are dropped and counted."
+    )
+    width: int = Field(320, ge=64, le=1920, description="Width of the analysed luma picture (aspect kept).")
+    checks: list[CheckName] = Field(default_factory=lambda: list(CHECKS), description="Checks to run.")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    hysteresis: Hysteresis = Field(default_factory=Hysteresis)
+    per_check: dict[CheckName, Hysteresis] = Field(
+        # One frozen verdict already compares two keyframes 2 s apart (4 s of identical picture
+        # when raised), and live footage stays several times above the threshold.
+        default_factory=lambda: _FROZEN_DEFAULT.copy(),
+        description="Hysteresis overrides for single checks.",
+    )
+    scene_adopt_after: int = Field(
+        150, ge=1, le=100000, description="Bad samples after which a moved camera's new view becomes the reference."
+    )
+    snapshot_width: int = Field(640, ge=64, le=3840, description="Width of JPEG snapshots of raised defects.")
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+
+    def hysteresis_for(self, check: CheckName) -> Hysteresis:
+        return self.per_check.get(check, self.hysteresis)

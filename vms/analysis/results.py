@@ -1,0 +1,186 @@
+"""Where the hub keeps what the analysis found: defect bits, quality events, snapshots, motion.
+
+Runs in the pool's collector thread, never on a request path. For each raised defect the JPEG
+snapshot is written under ``<data_dir>/snapshots/<device>/`` and a ``quality_events`` row is
+committed *before* the device's defect bit is set, so the ``device_degraded`` alert the next
+tick opens can already link its snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import update
+
+from vms.analysis.config import CHECKS
+from vms.analysis.pool import AnalysisPool
+from vms.analysis.sampler import Event, Report, Work
+from vms.archive.store import relative_path
+from vms.db.models import QualityEvent, Segment
+from vms.health import defect_bit
+
+if TYPE_CHECKING:
+    from vms.hub import Hub
+
+log = logging.getLogger(__name__)
+
+for _check in CHECKS:  # stable bit numbers, allocated once at import
+    defect_bit(_check)
+
+
+@dataclass
+class Current:
+    """A defect raised now on one device."""
+
+    since: float
+    value: float | None
+    event_id: int | None
+    snapshot: str | None  # relative to the data directory
+
+
+class QualityBook:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.data_dir = Path(hub.cfg.storage.data_dir)
+        self.lock = threading.Lock()
+        self.current: dict[str, dict[str, Current]] = {}
+        self.raised_total: dict[str, int] = dict.fromkeys(CHECKS, 0)
+        self.cleared_total: dict[str, int] = dict.fromkeys(CHECKS, 0)
+        cfg = hub.cfg.analysis
+        self.pool = AnalysisPool(cfg, self.on_report) if cfg.enabled and not hub.read_only else None
+
+    def start(self) -> None:
+        if self.pool is not None:
+            self.pool.start()
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+
+    def segment_stored(
+        self, device_id: str, start: float, duration: float, sha256: str, segment_id: int | None
+    ) -> None:
+        """Hand a stored segment to the analysis; returns at once (dropped and counted if behind)."""
+        if self.pool is not None:
+            path = self.hub.segments.root / relative_path(device_id, start, sha256.lower())
+            self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id))
+
+    # -- reports from the pool ---------------------------------------------------------------------
+    def on_report(self, rep: Report) -> None:
+        if rep.error:
+            log.warning("analysis of %s segment %s: %s", rep.device_id, rep.segment_id, rep.error)
+        for ev in rep.events:
+            self.apply(rep.device_id, ev)
+        # A restarted worker forgets what it had raised: clear what it no longer reports.
+        with self.lock:
+            stale = [c for c in self.current.get(rep.device_id, {}) if c not in rep.raised]
+        for check in stale:
+            self.apply(rep.device_id, Event(check, False, rep.start, None), reason="analysis state was reset")
+        if rep.segment_id is not None and rep.motion_ratio is not None:
+            with self.hub.sessions() as s:
+                s.execute(update(Segment).where(Segment.id == rep.segment_id).values(motion_ratio=rep.motion_ratio))
+                s.commit()
+
+    def apply(self, device_id: str, ev: Event, reason: str = "") -> None:
+        """Record one raised/cleared defect and set the device's defect bit."""
+        with self.lock:
+            known = self.current.setdefault(device_id, {})
+            if ev.raised == (ev.check in known):
+                return  # nothing changes (a repeated report)
+        rel = self._write_snapshot(device_id, ev) if ev.raised and ev.snapshot else None
+        detail: dict[str, Any] = {"reason": reason} if reason else {}
+        with self.hub.sessions() as s:
+            row = QualityEvent(
+                device_id=device_id,
+                check=ev.check,
+                state="raised" if ev.raised else "cleared",
+                at=ev.at,
+                value=_finite(ev.value),
+                snapshot=rel,
+                detail=detail,
+            )
+            s.add(row)
+            s.commit()
+            event_id = row.id
+        with self.lock:
+            if ev.raised:
+                known[ev.check] = Current(ev.at, _finite(ev.value), event_id, rel)
+                self.raised_total[ev.check] = self.raised_total.get(ev.check, 0) + 1
+            else:
+                known.pop(ev.check, None)
+                self.cleared_total[ev.check] = self.cleared_total.get(ev.check, 0) + 1
+        self.hub.set_quality(device_id, ev.check, ev.raised)
+
+    def _write_snapshot(self, device_id: str, ev: Event) -> str | None:
+        rel = f"snapshots/{device_id}/{round(ev.at * 1_000_000)}-{ev.check}.jpg"
+        path = self.data_dir / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_bytes(ev.snapshot or b"")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("cannot write snapshot %s: %s", rel, exc)
+            return None
+        return rel
+
+    # -- views ---------------------------------------------------------------------------------------
+    def now(self, device_id: str) -> dict[str, Current]:
+        with self.lock:
+            return dict(self.current.get(device_id, {}))
+
+    def snapshot_url(self, device_id: str, event_id: int) -> str:
+        return f"{self.hub.public_url}/api/v1/devices/{device_id}/quality/events/{event_id}/snapshot"
+
+    def alert_detail(self, device_id: str) -> dict[str, Any]:
+        """Snapshot link and metrics of the defects raised now, for a ``device_degraded`` alert."""
+        cur = self.now(device_id)
+        if not cur:
+            return {}
+        first = min(cur.items(), key=lambda kv: kv[1].since)
+        out: dict[str, Any] = {"quality": {c: v.value for c, v in cur.items()}}
+        if first[1].snapshot and first[1].event_id is not None:
+            out["snapshot_url"] = self.snapshot_url(device_id, first[1].event_id)
+        return out
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        g = GaugeMetricFamily(
+            "vms_device_quality_defect", "1 while a quality check flags the device", labels=["device_id", "check"]
+        )
+        with self.lock:
+            for dev, cur in self.current.items():
+                for check in cur:
+                    g.add_metric([dev, check], 1.0)
+            raised, cleared = dict(self.raised_total), dict(self.cleared_total)
+        yield g
+        r = CounterMetricFamily("vms_quality_raised", "Quality defects raised", labels=["check"])
+        c = CounterMetricFamily("vms_quality_cleared", "Quality defects cleared", labels=["check"])
+        for check in CHECKS:
+            r.add_metric([check], raised.get(check, 0))
+            c.add_metric([check], cleared.get(check, 0))
+        yield from (r, c)
+        if self.pool is not None:
+            st = self.pool.stats
+            for name, doc, value in (
+                ("vms_analysis_segments_submitted", "Segments handed to the analysis", st.submitted),
+                ("vms_analysis_segments_dropped", "Segments dropped because the analysis was behind", st.dropped),
+                ("vms_analysis_segments_analysed", "Segments analysed", st.analysed),
+                ("vms_analysis_segments_failed", "Segments that could not be decoded", st.failed),
+                ("vms_analysis_keyframes", "Keyframes checked", st.keyframes),
+                ("vms_analysis_busy_seconds", "Worker time spent decoding and analysing", st.busy_s),
+                ("vms_analysis_worker_restarts", "Analysis workers restarted", st.restarts),
+            ):
+                yield CounterMetricFamily(name, doc, value=value)
+            depth = self.pool.depth()
+            yield GaugeMetricFamily("vms_analysis_queue_depth", "Segments waiting for analysis", value=depth)
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or v != v or v in (float("inf"), float("-inf")) else float(v)

@@ -1,0 +1,519 @@
+"""The archive for police liaison and administrators: clips, exports, legal holds, search, storage.
+
+Clips and exports are for ``police`` and ``admin`` only, and every one is audited twice: when it
+is asked for (who, device, range, reason or case) and when bytes leave (how many, and the SHA-256
+of exactly those bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import IO, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from vms.api.deps import get_hub, require
+from vms.archive.clip import ClipError, find_gaps, gaps_json, precheck
+from vms.archive.exports import LiveExport
+from vms.auth import READERS, Principal, Role
+from vms.centers import UnknownCenter
+from vms.db.models import Device, ExportJob, LegalHold, QualityEvent, Segment
+from vms.hub import Hub
+from vms.protocol import DEVICE_ID_PATTERN
+from vms.timeutil import BadTime, iso, parse_time, window
+
+router = APIRouter(tags=["archive"])
+LIAISON = (Role.police, Role.admin)
+DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
+ExportIdPath = Path(pattern=r"^[0-9a-f]{32}$", description="Export job ID")
+CHUNK = 1 << 20
+#: At most this many gaps are listed in the ``X-VMS-Gaps`` header (all are in the manifest).
+HEADER_GAPS = 50
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _times(start: str, end: str) -> tuple[float, float]:
+    try:
+        s, e = parse_time(start, "start"), parse_time(end, "end")
+    except BadTime as exc:
+        raise HTTPException(422, str(exc)) from None
+    if e <= s:
+        raise HTTPException(422, f"end {iso(e)} must be after start {iso(s)}")
+    return s, e
+
+
+def _why(reason: str, case: str) -> None:
+    if not reason.strip() and not case.strip():
+        raise HTTPException(422, "state a reason or a case number: every clip is audited with it")
+
+
+# -- clips ---------------------------------------------------------------------------------------
+@router.get("/api/v1/devices/{device_id}/clip.mp4", response_model=None)
+async def clip(
+    request: Request,
+    device_id: str = DeviceIdPath,
+    start: str = Query(max_length=40, description="RFC 3339 with zone, or Unix seconds"),
+    end: str = Query(max_length=40),
+    reason: str = Query("", max_length=500),
+    case: str = Query("", max_length=100, description="Case number"),
+    hub: Hub = Depends(get_hub),
+    who: Principal = Depends(require(*LIAISON)),
+) -> Response:
+    """A playable MP4 of the device's recordings from the keyframe at or before ``start`` to ``end``.
+
+    Gaps are listed in ``X-VMS-Gaps`` (and the manifest, ``Link: rel=describedby``); ``Range`` is
+    honoured. Ranges over an hour are export jobs (``POST /api/v1/exports``).
+    """
+    s, e = _times(start, end)
+    _why(reason, case)
+    try:
+        plan = await asyncio.to_thread(hub.archive.plan, device_id, s, e, export=False)
+    except ClipError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    damaged = precheck(plan, hub.archive.root)
+    live = await asyncio.to_thread(hub.archive.start_clip, who, plan, reason, case, background=False)
+    bad = {d.path for d in damaged}
+    gaps = find_gaps([(p.start, p.end) for p in plan.pieces if p.path not in bad], s, e)
+    headers = {
+        "X-VMS-Export-Id": live.id,
+        "X-VMS-Gaps": json.dumps(gaps_json(gaps[:HEADER_GAPS]), separators=(",", ":")),
+        "X-VMS-Gaps-Count": str(len(gaps)),
+        "Link": f'</api/v1/exports/{live.id}/manifest.json>; rel="describedby"',
+        "Content-Disposition": f'attachment; filename="{device_id}_{int(s)}_{int(e)}.mp4"',
+        "Accept-Ranges": "bytes",
+    }
+    ctx = _Served(hub, who, live.id, device_id, s, e, reason, case)
+    if request.headers.get("range"):
+        while not (await asyncio.to_thread(live.wait, live.written, 5.0))[1]:
+            pass
+        if live.error is not None or live.result is None:
+            raise HTTPException(live.error.status if live.error else 500, str(live.error))
+        return await _serve_file(live.final, request.headers["range"], ctx, live.result.sha256, headers)
+    _, finished = await asyncio.to_thread(live.wait, 0, 60.0)
+    if finished and live.error is not None and live.written == 0:
+        raise HTTPException(live.error.status, str(live.error))
+    return StreamingResponse(_follow(live, ctx), media_type="video/mp4", headers=headers)
+
+
+class _Served:
+    """What a response is serving, so that its audit row can be written when it ends."""
+
+    def __init__(
+        self, hub: Hub, who: Principal, job_id: str, device_id: str, start: float, end: float, reason: str, case: str
+    ) -> None:
+        self.hub, self.who, self.job_id, self.device_id = hub, who, job_id, device_id
+        self.start, self.end, self.reason, self.case = start, end, reason, case
+
+    def record(
+        self, sent: int, sha: str, complete: bool, byte_range: str | None, file_sha: str | None, error: str | None
+    ) -> None:
+        self.hub.archive.record_served(
+            self.who,
+            self.job_id,
+            self.device_id,
+            self.start,
+            self.end,
+            self.reason,
+            self.case,
+            sent=sent,
+            sha256=sha,
+            complete=complete,
+            byte_range=byte_range,
+            file_sha256=file_sha,
+            error=error,
+        )
+
+
+async def _follow(live: LiveExport, ctx: _Served) -> AsyncIterator[bytes]:
+    """The clip file as the builder writes it; the audit row is written before the last byte leaves."""
+    h = hashlib.sha256()
+    sent, complete, error = 0, False, None
+    f: IO[bytes] = live.open_reader()
+    try:
+        while True:
+            chunk = await asyncio.to_thread(f.read, CHUNK)
+            if chunk:
+                h.update(chunk)
+                sent += len(chunk)
+                yield chunk
+                continue
+            written, finished = await asyncio.to_thread(live.wait, sent, 5.0)
+            if finished and written <= sent:
+                rest = await asyncio.to_thread(f.read)
+                if rest:
+                    h.update(rest)
+                    sent += len(rest)
+                    yield rest
+                if live.error is not None:
+                    error = str(live.error)
+                    raise RuntimeError(f"clip {live.id} failed after {sent} bytes: {error}")
+                complete = True
+                break
+    finally:
+        f.close()
+        file_sha = live.result.sha256 if live.result else None
+        ctx.record(sent, h.hexdigest(), complete, None, file_sha, error)
+
+
+async def _serve_file(
+    path: Any, range_header: str | None, ctx: _Served, file_sha: str | None, headers: dict[str, str]
+) -> Response:
+    """The finished file, whole or one byte range (several ranges: the whole file, as RFC 9110 allows)."""
+    size = path.stat().st_size
+    first, last, status = 0, size - 1, 200
+    m = _RANGE.match(range_header.strip()) if range_header and "," not in range_header else None
+    if range_header and "," not in range_header:
+        if m is None or (not m.group(1) and not m.group(2)):
+            raise HTTPException(416, f"malformed Range {range_header!r}", headers={"Content-Range": f"bytes */{size}"})
+        if m.group(1):
+            first = int(m.group(1))
+            last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        else:
+            first = max(size - int(m.group(2)), 0)
+        if first >= size or first > last:
+            raise HTTPException(
+                416, f"range outside the {size}-byte clip", headers={"Content-Range": f"bytes */{size}"}
+            )
+        status = 206
+    out_headers = {**headers, "Content-Length": str(last - first + 1)}
+    if status == 206:
+        out_headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    label = f"bytes={first}-{last}" if status == 206 else None
+
+    async def body() -> AsyncIterator[bytes]:
+        h = hashlib.sha256()
+        sent = 0
+        complete = False
+        try:
+            with open(path, "rb") as f:
+                f.seek(first)
+                left = last - first + 1
+                while left > 0:
+                    chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    h.update(chunk)
+                    sent += len(chunk)
+                    if left == 0:
+                        complete = True
+                        ctx.record(sent, h.hexdigest(), True, label, file_sha, None)
+                    yield chunk
+        finally:
+            if not complete:
+                ctx.record(sent, h.hexdigest(), False, label, file_sha, "client went away")
+
+    return StreamingResponse(body(), status_code=status, media_type="video/mp4", headers=out_headers)
+
+
+# -- exports -------------------------------------------------------------------------------------
+class ExportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    start: str = Field(max_length=40)
+    end: str = Field(max_length=40)
+    reason: str = Field("", max_length=500)
+    case: str = Field("", max_length=100)
+
+
+def export_view(r: ExportJob) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "device_id": r.device_id,
+        "start": iso(r.start_at),
+        "end": iso(r.end_at),
+        "requested_by": r.requested_by,
+        "reason": r.reason,
+        "case": r.case_number,
+        "status": r.status,
+        "progress": r.progress,
+        "bytes": r.bytes,
+        "sha256": r.sha256,
+        "gaps": r.gaps,
+        "error": r.error or None,
+        "created_at": iso(r.created_at),
+        "finished_at": iso(r.finished_at),
+        "download": f"/api/v1/exports/{r.id}/clip.mp4" if r.status == "done" else None,
+        "manifest": f"/api/v1/exports/{r.id}/manifest.json" if r.status == "done" else None,
+    }
+
+
+@router.post("/api/v1/exports", status_code=202)
+async def create_export(
+    body: ExportIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
+) -> dict[str, Any]:
+    """Build a clip of up to a day in the background; poll it, then download it (with Range)."""
+    s, e = _times(body.start, body.end)
+    _why(body.reason, body.case)
+    try:
+        plan = await asyncio.to_thread(hub.archive.plan, body.device_id, s, e, export=True)
+    except ClipError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    live = await asyncio.to_thread(hub.archive.start_clip, who, plan, body.reason, body.case, background=True)
+    return _job(hub, live.id)
+
+
+def _job(hub: Hub, job_id: str) -> dict[str, Any]:
+    with hub.sessions() as s:
+        row = s.get(ExportJob, job_id)
+        if row is None:
+            raise HTTPException(404, f"no export {job_id}")
+        return export_view(row)
+
+
+@router.get("/api/v1/exports")
+def list_exports(
+    device_id: str | None = Query(None, pattern=DEVICE_ID_PATTERN),
+    limit: int = Query(100, ge=1, le=1000),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*LIAISON)),
+) -> list[dict[str, Any]]:
+    q = select(ExportJob).order_by(ExportJob.created_at.desc()).limit(limit)
+    if device_id:
+        q = q.where(ExportJob.device_id == device_id)
+    with hub.sessions() as s:
+        return [export_view(r) for r in s.scalars(q)]
+
+
+@router.get("/api/v1/exports/{export_id}")
+def get_export(
+    export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*LIAISON))
+) -> dict[str, Any]:
+    return _job(hub, export_id)
+
+
+def _done(hub: Hub, export_id: str) -> ExportJob:
+    with hub.sessions() as s:
+        row = s.get(ExportJob, export_id)
+    if row is None:
+        raise HTTPException(404, f"no export {export_id}")
+    if row.status == "expired":
+        raise HTTPException(410, f"export {export_id} expired; its file was removed")
+    if row.status == "failed":
+        raise HTTPException(409, f"export {export_id} failed: {row.error}")
+    if row.status != "done":
+        raise HTTPException(409, f"export {export_id} is {row.status} ({row.progress:.0%} done)")
+    return row
+
+
+@router.get("/api/v1/exports/{export_id}/clip.mp4", response_model=None)
+async def download_export(
+    request: Request,
+    export_id: str = ExportIdPath,
+    hub: Hub = Depends(get_hub),
+    who: Principal = Depends(require(*LIAISON)),
+) -> Response:
+    row = _done(hub, export_id)
+    ctx = _Served(hub, who, row.id, row.device_id, row.start_at, row.end_at, row.reason, row.case_number)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Link": f'</api/v1/exports/{row.id}/manifest.json>; rel="describedby"',
+        "Content-Disposition": f'attachment; filename="{row.device_id}_{int(row.start_at)}_{int(row.end_at)}.mp4"',
+    }
+    return await _serve_file(
+        hub.archive.exports.path_of(row.id), request.headers.get("range"), ctx, row.sha256, headers
+    )
+
+
+@router.get("/api/v1/exports/{export_id}/manifest.json", response_model=None)
+def export_manifest(
+    export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*LIAISON))
+) -> Response:
+    """The JSON sidecar: origin time, first and last frame, gaps, skipped segments, SHA-256."""
+    _done(hub, export_id)
+    return FileResponse(hub.archive.exports.manifest_path(export_id), media_type="application/json")
+
+
+# -- legal holds ---------------------------------------------------------------------------------
+class HoldIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    start: str = Field(max_length=40)
+    end: str = Field(max_length=40)
+    case_number: str = Field(min_length=1, max_length=100)
+    reason: str = Field("", max_length=2000)
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field("", max_length=2000)
+
+
+def hold_view(h: LegalHold) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "device_id": h.device_id,
+        "start": iso(h.start_at),
+        "end": iso(h.end_at),
+        "case_number": h.case_number,
+        "reason": h.reason,
+        "created_by": h.created_by,
+        "created_at": iso(h.created_at),
+        "released_at": iso(h.released_at),
+        "released_by": h.released_by,
+        "active": h.released_at is None,
+    }
+
+
+@router.post("/api/v1/holds", status_code=201)
+def create_hold(
+    body: HoldIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
+) -> dict[str, Any]:
+    """Keep a device's footage in a range for a case; retention never deletes it until released."""
+    s, e = _times(body.start, body.end)
+    with hub.sessions() as ss:
+        if ss.get(Device, body.device_id) is None:
+            raise HTTPException(404, f"unknown device {body.device_id}")
+    return hold_view(hub.archive.add_hold(who, body.device_id, s, e, body.case_number.strip(), body.reason))
+
+
+@router.get("/api/v1/holds")
+def list_holds(
+    device_id: str | None = Query(None, pattern=DEVICE_ID_PATTERN),
+    active: bool = Query(True, description="Only holds not yet released"),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*LIAISON)),
+) -> list[dict[str, Any]]:
+    q = select(LegalHold).order_by(LegalHold.created_at)
+    if device_id:
+        q = q.where(LegalHold.device_id == device_id)
+    if active:
+        q = q.where(LegalHold.released_at.is_(None))
+    with hub.sessions() as s:
+        return [hold_view(h) for h in s.scalars(q)]
+
+
+@router.post("/api/v1/holds/{hold_id}/release")
+def release_hold(
+    body: ReleaseIn,
+    hold_id: int = Path(ge=1, le=2**62),
+    hub: Hub = Depends(get_hub),
+    who: Principal = Depends(require(*LIAISON)),
+) -> dict[str, Any]:
+    try:
+        return hold_view(hub.archive.release_hold(who, hold_id, body.comment))
+    except KeyError:
+        raise HTTPException(404, f"no hold {hold_id}") from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+# -- search --------------------------------------------------------------------------------------
+@router.get("/api/v1/devices/{device_id}/recordings")
+def recordings(
+    device_id: str = DeviceIdPath,
+    start: str = Query(max_length=40),
+    end: str = Query(max_length=40),
+    min_motion: float | None = Query(None, ge=0, le=1, description="Only segments with at least this motion"),
+    limit: int = Query(2000, ge=1, le=20000),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*LIAISON)),
+) -> dict[str, Any]:
+    """The device's segments in a range with motion and quality markers, and the gaps between them."""
+    s, e = _times(start, end)
+    if e - s > 400 * 86400:
+        raise HTTPException(422, "range longer than 400 days")
+    with hub.sessions() as ss:
+        if ss.get(Device, device_id) is None:
+            raise HTTPException(404, f"unknown device {device_id}")
+        q = (
+            select(Segment.start_at, Segment.end_at, Segment.bytes, Segment.motion_ratio)
+            .where(
+                Segment.device_id == device_id,
+                Segment.deleting.is_(False),
+                Segment.end_at > s,
+                Segment.start_at < e,
+            )
+            .order_by(Segment.start_at)
+        )
+        rows = ss.execute(q).all()
+        events = ss.scalars(
+            select(QualityEvent)
+            .where(QualityEvent.device_id == device_id, QualityEvent.at >= s, QualityEvent.at < e)
+            .order_by(QualityEvent.at)
+            .limit(limit)
+        ).all()
+        holds = ss.scalars(
+            select(LegalHold).where(
+                LegalHold.device_id == device_id,
+                LegalHold.released_at.is_(None),
+                LegalHold.end_at > s,
+                LegalHold.start_at < e,
+            )
+        ).all()
+    gaps = find_gaps([(a, b) for a, b, _, _ in rows], s, e)
+    shown = [r for r in rows if min_motion is None or (r[3] is not None and r[3] >= min_motion)]
+    return {
+        "device_id": device_id,
+        "start": iso(s),
+        "end": iso(e),
+        "segments_total": len(rows),
+        "recorded_s": round(sum(min(b, e) - max(a, s) for a, b, _, _ in rows), 3),
+        "segments": [{"start": iso(a), "end": iso(b), "bytes": n, "motion": m} for a, b, n, m in shown[:limit]],
+        "truncated": len(shown) > limit,
+        "gaps": gaps_json(gaps),
+        "quality_events": [{"at": iso(q.at), "check": q.check, "state": q.state, "value": q.value} for q in events],
+        "holds": [hold_view(h) for h in holds],
+    }
+
+
+# -- storage and compliance ----------------------------------------------------------------------
+@router.get("/api/v1/storage")
+def storage(
+    center: str | None = Query(None, max_length=64),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*READERS)),
+) -> dict[str, Any]:
+    """Bytes, hours, completeness (over ``retention.accounting_window_s``), oldest and newest per device."""
+    try:
+        return hub.archive.storage(center, hub.clock())
+    except UnknownCenter as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/api/v1/storage/compliance")
+def compliance(
+    center: str | None = Query(None, max_length=64),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*READERS)),
+) -> dict[str, Any]:
+    """Per center: devices meeting their retention days (30 by regulation) and their actual footage."""
+    try:
+        return hub.archive.compliance(center, hub.clock())
+    except UnknownCenter as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/api/v1/devices/{device_id}/storage")
+def device_storage(
+    device_id: str = DeviceIdPath,
+    period: str | None = Query(None, max_length=16, description="1h, 24h, 7d, 30d or a month like 2026-11"),
+    from_: str | None = Query(None, alias="from", max_length=40),
+    to: str | None = Query(None, max_length=40),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*READERS)),
+) -> dict[str, Any]:
+    """One device's storage and recording completeness for a window, with every gap listed."""
+    try:
+        s, e = window(period, from_, to, hub.clock(), hub.cfg.server.timezone)
+    except BadTime as exc:
+        raise HTTPException(422, str(exc)) from None
+    with hub.sessions() as ss:
+        if ss.get(Device, device_id) is None:
+            raise HTTPException(404, f"unknown device {device_id}")
+    return hub.archive.device_storage(device_id, s, e)
+
+
+@router.post("/api/v1/storage/retention/run")
+async def run_retention(hub: Hub = Depends(get_hub), _: Principal = Depends(require(Role.admin))) -> JSONResponse:
+    """Run a retention pass now (it also runs every ``retention.interval_s``)."""
+    rep = await asyncio.to_thread(hub.archive.run_pass)
+    return JSONResponse(asdict(rep))

@@ -1,0 +1,198 @@
+"""Server-sent events for the web pages: device states, center figures and alerts, pushed.
+
+``GET /api/v1/events`` opens a ``text/event-stream``. The first message is a ``snapshot`` (the
+center tree, the dark or degraded cameras longest first, active alerts); after it come
+
+- ``devices``: the devices whose state changed in a tick (full device views);
+- ``summary``: the center tree and the problem list again, after any device change;
+- ``alerts``: alerts opened, grown, acknowledged or resolved, with the active count;
+- ``resync``: the client fell behind; it reconnects and gets a fresh snapshot.
+
+A comment line every 15 s keeps proxies from closing the stream; the token is checked again then,
+so a revoked token loses its stream within seconds.
+
+The browser's ``EventSource`` cannot send an ``Authorization`` header, so this route alone also
+takes the token as ``?token=``. The hub does not log request URLs (uvicorn's access log is off),
+and the route is read-only for reader roles; a header still works and wins when both are given.
+
+Payloads are built once per change by one feed task and shared by every client; each client has
+a bounded queue, and one that falls behind is told to resync rather than buffered without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import func, select
+
+from vms.api.alerts import alert_view
+from vms.api.centers import center_view
+from vms.api.deps import _bearer, get_hub, require
+from vms.api.devices import device_view
+from vms.auth import READERS, Principal
+from vms.db.models import Alert
+from vms.events import Event, EventBus
+from vms.hub import Hub
+from vms.timeutil import iso
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+
+PING_S = 15.0
+MAX_CLIENTS = 64
+PROBLEMS_SHOWN = 100
+ALERTS_SHOWN = 100
+MAX_DEVICES_PER_EVENT = 500
+_check_reader = require(*READERS)
+
+
+def reader_by_header_or_query(
+    request: Request,
+    token: str | None = Query(None, max_length=200, description="Bearer token (EventSource cannot send headers)"),
+    creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> Principal:
+    if creds is None and token:
+        creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    return _check_reader(request, creds)
+
+
+reader_by_header_or_query.roles = _check_reader.roles  # type: ignore[attr-defined]
+
+
+def sse(kind: str, data: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+# -- payloads ------------------------------------------------------------------------------------
+def summary(hub: Hub) -> dict[str, Any]:
+    """The center tree, counters and the dark or degraded cameras, longest first."""
+    with hub.lock:
+        h = hub.health
+        n = h.n
+        bad = [i for i in range(n) if h.state_of(i) in ("offline", "degraded")]
+        bad.sort(key=lambda i: float(h.open_start[i]))
+        problems = [device_view(hub, i).model_dump() for i in bad[:PROBLEMS_SHOWN]]
+        states = [h.state_of(i) for i in range(n)]
+        return {
+            "now": iso(hub.clock()),
+            "centers": [center_view(hub, r) for r in hub.tree.roots],
+            "counts": {s: states.count(s) for s in ("online", "uploading", "degraded", "offline", "unknown")}
+            | {"devices": n},
+            "problems": {"total": len(bad), "devices": problems},
+        }
+
+
+def alerts_payload(hub: Hub, ids: list[int] | None) -> dict[str, Any]:
+    """Alerts by id (or the active ones, newest first) and the active count."""
+    with hub.sessions() as s:
+        q = select(Alert)
+        q = q.where(Alert.id.in_(ids)) if ids is not None else q.where(Alert.state != "resolved")
+        rows = s.scalars(q.order_by(Alert.id.desc()).limit(ALERTS_SHOWN)).all()
+        active = s.scalar(select(func.count()).select_from(Alert).where(Alert.state != "resolved"))
+        return {"active": active, "alerts": [alert_view(r) for r in rows]}
+
+
+def snapshot(hub: Hub, who: Principal) -> dict[str, Any]:
+    return {"me": {"name": who.name, "role": who.role.value}, **summary(hub), **alerts_payload(hub, None)}
+
+
+def render_change(hub: Hub, data: dict[str, Any], at: float) -> list[str]:
+    """SSE messages for one raw change notice from the hub, published at ``at`` (Unix s)."""
+    out: list[str] = []
+    changed: list[str] = data.get("devices") or []
+    if len(changed) > MAX_DEVICES_PER_EVENT:
+        return [sse("resync", {"reason": f"{len(changed)} devices changed at once"})]
+    if changed:
+        with hub.lock:
+            views = [device_view(hub, hub.health.index[d]).model_dump() for d in changed if d in hub.health.index]
+        out.append(sse("devices", {"at": at, "devices": views}))
+        out.append(sse("summary", summary(hub)))
+    alert_ids = [a for a in (data.get("alerts") or []) if a is not None]
+    if alert_ids:
+        out.append(sse("alerts", alerts_payload(hub, sorted(set(alert_ids)))))
+    return out
+
+
+# -- the feed: one per app -------------------------------------------------------------------------
+class Feed:
+    """Reads the hub's change notices and publishes rendered messages to the clients' bus."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.clients = EventBus()
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.run(), name="vms-web-feed")
+
+    async def run(self) -> None:
+        sub = self.hub.events.subscribe(1024)
+        try:
+            while True:
+                ev = await sub.get()
+                if ev.kind == "overflow":
+                    self.hub.events.unsubscribe(sub)
+                    sub = self.hub.events.subscribe(1024)
+                    self.clients.publish("message", sse("resync", {"reason": "feed fell behind"}))
+                    continue
+                for msg in await asyncio.to_thread(render_change, self.hub, ev.data or {}, ev.at):
+                    self.clients.publish("message", msg)
+        finally:
+            self.hub.events.unsubscribe(sub)
+
+
+def feed_of(request: Request) -> Feed:
+    feed: Feed | None = getattr(request.app.state, "web_feed", None)
+    if feed is None:
+        feed = Feed(get_hub(request))
+        request.app.state.web_feed = feed
+    feed.ensure_running()
+    return feed
+
+
+@router.get("/events", response_class=StreamingResponse, include_in_schema=False)
+async def events(request: Request, who: Principal = Depends(reader_by_header_or_query)) -> StreamingResponse:
+    """The push stream (``text/event-stream``); see the module docstring for the messages.
+
+    Left out of the OpenAPI schema: it never ends, so generated clients and fuzzers would hang.
+    """
+    hub = get_hub(request)
+    feed = feed_of(request)
+    if feed.clients.subscribers >= MAX_CLIENTS:
+        raise HTTPException(503, f"at most {MAX_CLIENTS} event streams at once", headers={"Retry-After": "5"})
+    header = request.headers.get("authorization", "")
+    secret = header.split(" ", 1)[1] if header.lower().startswith("bearer ") else request.query_params["token"]
+
+    async def stream() -> AsyncIterator[str]:
+        sub = feed.clients.subscribe(64)  # before the snapshot, so no change falls between them
+        try:
+            yield f"retry: 2000\n: {' ' * 2048}\n\n"  # padding flushes small-buffering proxies
+            yield sse("snapshot", await asyncio.to_thread(snapshot, hub, who))
+            while True:
+                try:
+                    ev: Event = await asyncio.wait_for(sub.get(), PING_S)
+                except TimeoutError:
+                    if hub.tokens.check(secret) is None:
+                        yield sse("auth", {"reason": "token revoked"})
+                        return
+                    yield f": ping {math.floor(hub.clock())}\n\n"
+                    continue
+                if ev.kind == "overflow":
+                    yield sse("resync", {"reason": "client fell behind"})
+                    return
+                yield ev.data
+        finally:
+            feed.clients.unsubscribe(sub)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

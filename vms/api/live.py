@@ -1,0 +1,197 @@
+"""Live view: an HLS playlist of the relayed segments, and WebRTC with the camera's H.264 as it is.
+
+Token in the URL: a browser ``<video>`` element (native HLS) cannot send an Authorization header,
+so the playlist and segment routes, and only these two, also accept ``?token=...``. A playlist
+fetched that way carries the same token on every segment URI it lists. Everything else, WebRTC
+signalling included, takes the bearer header only. The token then appears in URLs: the hub keeps
+no access log, but proxies in front of it should not log query strings of ``/api/v1/live/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ConfigDict, Field
+
+from vms.api.deps import _bearer, get_hub, require
+from vms.auth import READERS, Principal
+from vms.hub import Hub
+from vms.live import NoLiveMedia
+from vms.live.window import render_playlist
+from vms.protocol import DEVICE_ID_PATTERN
+from vms.timeutil import iso
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    hub: Hub = app.state.hub
+    hub.live.attach(asyncio.get_running_loop())
+    try:
+        yield
+    finally:
+        await hub.live.close()
+
+
+router = APIRouter(prefix="/api/v1/live", tags=["live"], lifespan=_lifespan)
+DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
+_reader = require(*READERS)
+
+
+def media_reader(
+    request: Request,
+    token: str | None = Query(None, max_length=4096, description="Bearer token, for players that cannot set headers"),
+    creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> Principal:
+    """``require(*READERS)`` that also takes the token from ``?token=`` (live media routes only)."""
+    if creds is None and token:
+        creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    return _reader(request, creds)
+
+
+media_reader.roles = _reader.roles  # type: ignore[attr-defined]
+
+
+def _known(hub: Hub, device_id: str) -> None:
+    with hub.lock:
+        known = device_id in hub.health.index
+    if not known:
+        raise HTTPException(404, f"unknown device {device_id}")
+
+
+@router.get(
+    "/{device_id}/index.m3u8",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/vnd.apple.mpegurl": {}}, "description": "HLS media playlist"},
+        404: {"description": "unknown device"},
+        409: {"description": "no live media"},
+    },
+)
+async def playlist(
+    device_id: str = DeviceIdPath,
+    token: str | None = Query(None, include_in_schema=False),
+    hls_msn: int | None = Query(None, alias="_HLS_msn", ge=0, description="Blocking reload: wait for this segment"),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(media_reader),
+) -> Response:
+    """The newest segments as a live HLS playlist; with ``_HLS_msn`` waits until that segment exists."""
+    _known(hub, device_id)
+    try:
+        seen = hub.live.version(device_id)
+        entries, target = await asyncio.to_thread(hub.live.live_entries, device_id)
+        if hls_msn is not None:
+            last = entries[-1].seq
+            if hls_msn > last + 2:
+                raise HTTPException(400, f"_HLS_msn {hls_msn} is too far ahead of the newest segment {last}")
+            deadline = asyncio.get_running_loop().time() + 3 * target
+            while hls_msn > last and (left := deadline - asyncio.get_running_loop().time()) > 0:
+                await hub.live.wait_news(device_id, left, since=seen)
+                seen = hub.live.version(device_id)
+                entries, target = await asyncio.to_thread(hub.live.live_entries, device_id)
+                last = entries[-1].seq
+    except NoLiveMedia as exc:
+        raise HTTPException(409, str(exc)) from None
+    return Response(
+        render_playlist(entries, target, token),
+        media_type="application/vnd.apple.mpegurl",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+@router.get(
+    "/{device_id}/segments/{segment_id}.ts",
+    response_class=FileResponse,
+    responses={200: {"content": {"video/mp2t": {}}}, 404: {"description": "not a live segment of this device"}},
+)
+async def segment(
+    device_id: str = DeviceIdPath,
+    segment_id: int = Path(ge=1, le=2**62),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(media_reader),
+) -> FileResponse:
+    """A segment listed in the live playlist; older footage is pulled through the archive."""
+    _known(hub, device_id)
+    path = hub.live.segment_path(device_id, segment_id)
+    if path is None:
+        raise HTTPException(404, f"segment {segment_id} is not in the live window of {device_id}")
+    if not path.is_file():
+        raise HTTPException(404, f"segment {segment_id} of {device_id} is gone (deleted by retention?)")
+    return FileResponse(path, media_type="video/mp2t", headers={"Cache-Control": "private, max-age=60"})
+
+
+class Offer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sdp: str = Field(min_length=10, max_length=100_000)
+    type: Literal["offer"]
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: Literal["answer"] = "answer"
+
+
+@router.post(
+    "/{device_id}/webrtc",
+    response_model=Answer,
+    responses={
+        400: {"description": "unusable offer"},
+        404: {"description": "unknown device"},
+        409: {"description": "no live media"},
+        503: {"description": "viewer limit reached"},
+    },
+)
+async def webrtc(
+    body: Offer,
+    device_id: str = DeviceIdPath,
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*READERS)),
+) -> Answer:
+    """WebRTC signalling in one round trip: post the offer (ICE gathered), get the answer."""
+    _known(hub, device_id)
+    try:
+        await asyncio.to_thread(hub.live.live_entries, device_id)
+    except NoLiveMedia as exc:
+        raise HTTPException(409, str(exc)) from None
+    from vms.live.webrtc import OfferError, ViewerLimit
+
+    try:
+        sdp = await hub.live.viewers.answer(device_id, body.sdp)
+    except OfferError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except ViewerLimit as exc:
+        raise HTTPException(503, str(exc)) from None
+    return Answer(sdp=sdp)
+
+
+@router.get("/{device_id}")
+async def status(
+    device_id: str = DeviceIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))
+) -> dict[str, Any]:
+    """Whether the camera has live media now, how old it is, and how many WebRTC viewers it has."""
+    _known(hub, device_id)
+    live, reason, newest = True, None, None
+    try:
+        entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id)
+        newest = entries[-1].seg
+    except NoLiveMedia as exc:
+        live, reason = False, str(exc)
+        w = await asyncio.to_thread(hub.live.sync, device_id)
+        newest = w.newest.seg if w.newest else None
+    age = hub.clock() - newest.end if newest else None
+    return {
+        "device_id": device_id,
+        "live": live,
+        "reason": reason,
+        "newest_segment_end": iso(newest.end) if newest else None,
+        "age_s": round(age, 3) if age is not None and math.isfinite(age) else None,
+        "webrtc_viewers": hub.live.viewer_count(device_id),
+        "hls": f"/api/v1/live/{device_id}/index.m3u8",
+        "webrtc": f"/api/v1/live/{device_id}/webrtc",
+    }

@@ -1,0 +1,91 @@
+"""Video quality of a device: the defects raised now, their history, and each event's snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from vms.api.deps import get_hub, require
+from vms.api.devices import DeviceIdPath, _index
+from vms.auth import READERS, Principal
+from vms.db.models import QualityEvent
+from vms.hub import Hub
+from vms.timeutil import BadTime, iso, window
+
+router = APIRouter(prefix="/api/v1/devices", tags=["quality"])
+
+
+@router.get("/{device_id}/quality")
+def device_quality(
+    device_id: str = DeviceIdPath,
+    period: str | None = Query(None, max_length=16, description="24h, 7d, 30d or a month like 2026-11"),
+    from_: str | None = Query(None, alias="from", max_length=40),
+    to: str | None = Query(None, max_length=40),
+    limit: int = Query(200, ge=1, le=5000),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*READERS)),
+) -> dict[str, Any]:
+    """Quality defects raised now (with metric and snapshot) and raised/cleared events, newest first."""
+    with hub.lock:
+        _index(hub, device_id)
+    try:
+        start, end = window(period or (None if from_ or to else "7d"), from_, to, hub.clock(), hub.cfg.server.timezone)
+    except BadTime as exc:
+        raise HTTPException(422, str(exc)) from None
+    with hub.sessions() as s:
+        q = select(QualityEvent).where(QualityEvent.device_id == device_id, QualityEvent.at >= start)
+        if to:  # open-ended otherwise: media time may run a little ahead of the hub's clock
+            q = q.where(QualityEvent.at < end)
+        rows = s.scalars(q.order_by(QualityEvent.at.desc(), QualityEvent.id.desc()).limit(limit)).all()
+    book = hub.quality
+    return {
+        "device_id": device_id,
+        "analysis": hub.cfg.analysis.enabled,
+        "defects": [
+            {
+                "check": check,
+                "since": iso(cur.since),
+                "value": cur.value,
+                "snapshot_url": book.snapshot_url(device_id, cur.event_id) if cur.snapshot and cur.event_id else None,
+            }
+            for check, cur in sorted(book.now(device_id).items())
+        ],
+        "from": iso(start),
+        "to": iso(end),
+        "events": [
+            {
+                "id": r.id,
+                "check": r.check,
+                "state": r.state,
+                "at": iso(r.at),
+                "value": r.value,
+                "snapshot_url": book.snapshot_url(device_id, r.id) if r.snapshot else None,
+                **({"detail": r.detail} if r.detail else {}),
+            }
+            for r in rows
+        ],
+    }
+
+
+@router.get("/{device_id}/quality/events/{event_id}/snapshot", response_class=FileResponse)
+def event_snapshot(
+    device_id: str = DeviceIdPath,
+    event_id: int = Path(ge=1, le=2**62),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(*READERS)),
+) -> FileResponse:
+    """The JPEG taken when the defect was raised."""
+    with hub.sessions() as s:
+        row = s.get(QualityEvent, event_id)
+    if row is None or row.device_id != device_id:
+        raise HTTPException(404, f"no quality event {event_id} for device {device_id}")
+    if not row.snapshot:
+        raise HTTPException(404, f"quality event {event_id} has no snapshot")
+    root = hub.cfg.storage.data_dir.resolve()
+    path = (root / row.snapshot).resolve()
+    if root not in path.parents or not path.is_file():
+        raise HTTPException(404, f"snapshot of quality event {event_id} is gone")
+    return FileResponse(path, media_type="image/jpeg", filename=path.name)

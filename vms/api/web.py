@@ -1,0 +1,47 @@
+"""The web pages (wall, alerts, camera, reports), served by the hub itself.
+
+The pages are static files under ``vms/web`` (plain ES modules and CSS, no build step). They hold
+no data: every figure comes from the API with the user's bearer token, so the files are public
+like ``/docs`` and are mounted on the app by :func:`install` rather than listed in ``ROUTERS``
+(which holds only role-checked routes). ``GET /api/v1/session`` tells a page whose token it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from vms.api.deps import require
+from vms.auth import READERS, Principal, Role
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_PREFIX = "/web"
+
+#: Which views each role may open; the API enforces the same rules on every call.
+VIEWS: dict[Role, list[str]] = {
+    Role.duty: ["wall", "camera", "reports"],
+    Role.maintenance: ["wall", "alerts", "camera", "reports"],
+    Role.police: ["wall", "camera", "clip"],
+    Role.admin: ["wall", "alerts", "camera", "clip", "reports"],
+}
+
+router = APIRouter(prefix="/api/v1", tags=["web"])
+
+
+@router.get("/session")
+def session(who: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """The caller's name, role and the views the pages offer it."""
+    return {"name": who.name, "role": who.role.value, "views": VIEWS[who.role]}
+
+
+def install(app: FastAPI) -> None:
+    """Mount the static pages at ``/web/`` and send ``/`` there."""
+    app.mount(WEB_PREFIX, StaticFiles(directory=WEB_DIR, html=True), name="web")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse(f"{WEB_PREFIX}/", status_code=307)

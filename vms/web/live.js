@@ -1,0 +1,194 @@
+// Live video of one camera in a <video>: WebRTC through the hub first, HLS (hls.js) if that fails.
+import { getToken } from "./api.js";
+
+let hlsModule = null;
+async function loadHls() {
+  if (!hlsModule) hlsModule = (await import("./vendor/hls.light.min.mjs")).default;
+  return hlsModule;
+}
+
+function timeout(ms, what) {
+  return new Promise((_, reject) => setTimeout(() => reject(new Error(`${what} timed out`)), ms));
+}
+
+/** Resolve when the video presents a picture; the listener goes away either way. */
+function firstFrame(video, ms) {
+  if (video.readyState >= 2 && video.videoWidth) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      video.removeEventListener("loadeddata", done);
+      reject(new Error("first frame timed out"));
+    }, ms);
+    video.addEventListener("loadeddata", done, { once: true });
+  });
+}
+
+function iceGathered(pc, ms) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return Promise.race([
+    new Promise((resolve) => pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") resolve();
+    })),
+    new Promise((resolve) => setTimeout(resolve, ms)), // loopback candidates come at once; go with what we have
+  ]);
+}
+
+export class LivePlayer {
+  /** onStatus(status, mode): status is "connecting" | "playing" | "unavailable". */
+  constructor(video, deviceId, onStatus = () => {}) {
+    this.video = video;
+    this.deviceId = deviceId;
+    this.onStatus = onStatus;
+    this.mode = null;
+    this.pc = null;
+    this.hls = null;
+    this.stopped = true;
+    this.retryTimer = null;
+    this.frames = 0;
+    this.mediaTime = 0;
+    this.errors = 0;
+    this.gen = 0; // bumped by stop(): an attempt from an older generation gives up
+    this.skip = new Set(); // modes that connected but could not show this camera's stream
+    this._countFrames();
+  }
+
+  _countFrames() {
+    if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+    const tick = (_now, meta) => {
+      this.frames += 1;
+      this.mediaTime = meta.mediaTime;
+      this.video.requestVideoFrameCallback(tick);
+    };
+    this.video.requestVideoFrameCallback(tick);
+  }
+
+  async start() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const gen = this.gen;
+    this.onStatus("connecting", null);
+    const modes = [["webrtc", () => this._webrtc()], ["hls", () => this._hls()]].filter(([m]) => !this.skip.has(m));
+    for (const [mode, fn] of modes) {
+      if (gen !== this.gen) return;
+      try {
+        await fn();
+        if (gen !== this.gen) return;
+        this.mode = mode;
+        this.onStatus("playing", mode);
+        return;
+      } catch {
+        if (gen !== this.gen) return;
+        this.errors += 1;
+        this._teardown();
+      }
+    }
+    this.onStatus("unavailable", null);
+    this.stopped = true;
+    this.retryTimer = setTimeout(() => this.start(), 10000);
+  }
+
+  async _webrtc() {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const track = new Promise((resolve) => {
+      pc.ontrack = (e) => {
+        this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+        resolve();
+      };
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc, 1000);
+    const r = await fetch(`/api/v1/live/${this.deviceId}/webrtc`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${getToken()}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
+    });
+    if (!r.ok) throw new Error(`webrtc offer: HTTP ${r.status}`);
+    await pc.setRemoteDescription(await r.json());
+    await Promise.race([track, timeout(6000, "webrtc track")]);
+    await firstFrame(this.video, 8000);
+    await this._decodeCheck();
+    pc.addEventListener("connectionstatechange", () => {
+      if (["failed", "closed"].includes(pc.connectionState) && this.pc === pc && !this.stopped) this.restart();
+    });
+  }
+
+  /**
+   * Frames that arrive but are not decoded (seen with H.264 streams that carry B-frames, which
+   * WebRTC does not order) mean a picture every few seconds: use HLS for this camera instead.
+   */
+  async _decodeCheck() {
+    const a = await this.rtcStats();
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const b = await this.rtcStats();
+    if (!a || !b) return;
+    const received = b.framesReceived - a.framesReceived, decoded = b.framesDecoded - a.framesDecoded;
+    if (received >= 10 && decoded < received / 2) {
+      this.skip.add("webrtc");
+      throw new Error(`webrtc: ${decoded} of ${received} frames decoded`);
+    }
+  }
+
+  async _hls() {
+    const url = `/api/v1/live/${this.deviceId}/index.m3u8?token=${encodeURIComponent(getToken())}`;
+    const Hls = await loadHls();
+    if (Hls.isSupported()) {
+      // A short live window and no back buffer: memory stays flat over a shift.
+      const hls = new Hls({ liveSyncDurationCount: 2, maxBufferLength: 8, backBufferLength: 0, enableWorker: true });
+      this.hls = hls;
+      hls.on(Hls.Events.ERROR, (_e, data) => {
+        if (data.fatal && this.hls === hls && !this.stopped && this.mode === "hls") this.restart();
+      });
+      const fatal = new Promise((_, reject) => hls.on(Hls.Events.ERROR, (_e, d) => d.fatal && reject(new Error(d.details))));
+      hls.loadSource(url);
+      hls.attachMedia(this.video);
+      await Promise.race([firstFrame(this.video, 20000), fatal]);
+    } else {
+      this.video.src = url;
+      await firstFrame(this.video, 20000);
+    }
+    this.video.play().catch(() => {});
+  }
+
+  /** Receive-side WebRTC figures of the video (null unless playing by WebRTC). */
+  async rtcStats() {
+    if (!this.pc) return null;
+    for (const r of (await this.pc.getStats()).values()) {
+      if (r.type === "inbound-rtp" && r.kind === "video") {
+        return { framesReceived: r.framesReceived, framesDecoded: r.framesDecoded, framesDropped: r.framesDropped,
+          fps: r.framesPerSecond, packetsLost: r.packetsLost, jitterBufferDelay: r.jitterBufferDelay };
+      }
+    }
+    return null;
+  }
+
+  restart() {
+    this.stop();
+    this.start();
+  }
+
+  _teardown() {
+    if (this.pc) this.pc.close();
+    if (this.hls) this.hls.destroy();
+    this.pc = null;
+    this.hls = null;
+    this.mode = null;
+    this.video.srcObject = null;
+    if (this.video.hasAttribute("src")) {
+      this.video.removeAttribute("src");
+      this.video.load();
+    }
+  }
+
+  stop() {
+    this.gen += 1;
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this._teardown();
+  }
+}
