@@ -7,6 +7,7 @@ test opens its own browser context with the token of the role it plays. Set
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -270,12 +272,14 @@ def test_only_police_and_admin_reach_clip_export(rig: Rig) -> None:
         page.goto(f"{rig.hub.url}/web/#/camera/{GATE}")
         page.wait_for_selector(".camera-view .details table")
         assert page.query_selector("form[data-form=clip]") is None
+        assert page.query_selector("[data-recordings=forbidden]")  # the search route is police/admin only
         page.context.close()
     page = rig.page("police", f"/camera/{GATE}")
     page.wait_for_selector("form[data-form=clip] textarea[name=reason]")
     assert page.get_attribute(".details td[data-state]", "data-state") == rig.states()[GATE]
     assert "132" in page.inner_text(".details") and "320585" in page.inner_text(".details")
     page.wait_for_selector(".timeline rect[data-state]")
+    page.wait_for_selector(".recordings[data-recordings=ready] .rec-span")
     if SHOTS:
         page.wait_for_selector(".big-tile .tile-overlay.hidden", state="attached", timeout=30_000)
     rig.shot(page, "camera")
@@ -289,6 +293,67 @@ def test_only_police_and_admin_reach_clip_export(rig: Rig) -> None:
     assert r.status_code == 403, r.text
 
 
+def utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ts(iso_time: str) -> float:
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+
+
+def recorded_spans(rec: dict[str, Any]) -> list[tuple[float, float]]:
+    """What the API's gap list leaves of its window."""
+    cursor, out = ts(rec["start"]), []
+    for g in rec["gaps"]:
+        if ts(g["start"]) > cursor:
+            out.append((cursor, ts(g["start"])))
+        cursor = max(cursor, ts(g["end"]))
+    if ts(rec["end"]) > cursor:
+        out.append((cursor, ts(rec["end"])))
+    return out
+
+
+def test_camera_view_shows_the_recorded_spans_the_api_lists(rig: Rig) -> None:
+    # An hour up to the end of the newest segment the hub holds, so that none of it is still on its way.
+    def newest() -> list[dict[str, Any]]:
+        now = time.time()
+        return rig.api(f"/api/v1/devices/{GATE}/recordings", "police", start=utc(now - 3600), end=utc(now + 1),
+                       limit=20000)["segments"]
+
+    wait(newest, 20, f"a recording of {GATE}", step=0.5)
+    end = int(ts(newest()[-1]["end"]))
+    start, end_s = utc(end - 3600), utc(end)
+    page = rig.page("police", f"/camera/{GATE}?from={start}&to={end_s}")
+    page.wait_for_selector(".recordings[data-recordings=ready] .rec-span")
+    everything = rig.api(f"/api/v1/devices/{GATE}/recordings", "police", start=start, end=end_s, limit=20000)
+    motion = rig.api(f"/api/v1/devices/{GATE}/recordings", "police", start=start, end=end_s, min_motion=0.02)
+    summary = page.evaluate("() => ({...document.querySelector('.rec-summary').dataset})")
+    assert (summary["start"], summary["end"]) == (everything["start"], everything["end"])
+    assert int(summary["segments"]) == everything["segments_total"] > 0
+    assert int(summary["gaps"]) == len(everything["gaps"])
+    assert int(summary["motion"]) == len(motion["segments"])
+    assert int(summary["quality"]) == len(everything["quality_events"])
+    # The recorded spans run from the first segment to the last, broken where the API lists gaps.
+    spans = [(ts(a), ts(b)) for a, b in page.evaluate(
+        "() => [...document.querySelectorAll('.rec-span')].map(r => [r.dataset.start, r.dataset.end])")]
+    expected = recorded_spans(everything)
+    assert len(spans) == int(summary["spans"]) == len(expected) > 0
+    assert all(abs(p - q) < 0.002 for s, e in zip(spans, expected, strict=True) for p, q in zip(s, e, strict=True))
+    segs = everything["segments"]
+    assert abs(spans[0][0] - max(ts(segs[0]["start"]), ts(start))) < 0.002
+    assert abs(spans[-1][1] - min(ts(segs[-1]["end"]), ts(end_s))) < 0.002
+    # Clicking the longest span fills the clip form with its start and end (to whole seconds).
+    longest = max(range(len(spans)), key=lambda i: spans[i][1] - spans[i][0])
+    page.locator(".rec-span").nth(longest).click()
+    page.wait_for_selector("form[data-form=clip][data-picked]")
+    filled = page.evaluate("""() => ['start', 'end'].map(n =>
+        new Date(document.querySelector(`form[data-form=clip] input[name=${n}]`).value).getTime() / 1000)""")
+    a, b = spans[longest]
+    assert filled[0] == int(a) and filled[1] == -int(-b // 1), (filled, spans[longest])
+    assert not page.errors
+    page.context.close()
+
+
 def test_reports_view_matches_the_api_and_downloads_csv(rig: Rig) -> None:
     page = rig.page("duty", "/reports?period=24h")
     page.wait_for_selector("table[data-table=centers] tr[data-center=taicang]")
@@ -299,6 +364,25 @@ def test_reports_view_matches_the_api_and_downloads_csv(rig: Rig) -> None:
         page.click("button.csv")
     text = Path(dl.value.path()).read_text()
     assert text.startswith("center,name,level,devices") and "taicang" in text and GATE in text
+    # Retention compliance per center and per device, as the API reports it; the spare never recorded.
+    page.wait_for_selector("table[data-table=compliance] tr[data-center=taicang]")
+    page.wait_for_selector(f"table[data-table=retention] tr[data-device='{SPARE}']")
+    comp = rig.api("/api/v1/storage/compliance", "duty")
+    shown = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
+        'table[data-table=compliance] tbody tr')].map(r =>
+        [r.dataset.center, r.querySelector('.meeting').textContent]))""")
+    assert shown == {c["center"]: f"{c['meeting_retention']} / {c['devices']}" for c in comp["centers"]}
+    verdict = {d["device_id"]: d["meets_retention"] for c in comp["centers"] for d in c["device_rows"]}
+    rows = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
+        'table[data-table=retention] tbody tr')].map(r => [r.dataset.device, r.classList.contains('compliant')]))""")
+    assert rows == verdict and set(rows) == {GATE, SCHOOL, SPARE} and rows[SPARE] is False
+    assert page.get_attribute(f"table[data-table=retention] tr[data-device='{SPARE}']", "class") == "noncompliant"
+    assert page.locator("table[data-table=compliance] tr.noncompliant").count() == sum(
+        c["meeting_retention"] < c["devices"] for c in comp["centers"]) > 0
+    with page.expect_download() as dl:
+        page.click("button.csv-compliance")
+    table = list(csv.DictReader(Path(dl.value.path()).read_text().splitlines()))
+    assert {r["device_id"]: r["meets_retention"] == "true" for r in table} == verdict
     rig.shot(page, "reports")
     assert not page.errors
     page.context.close()

@@ -90,7 +90,7 @@ function show() {
   const mounts = {
     wall: () => mountWall(root, params),
     alerts: () => mountAlerts(root, params, me),
-    camera: () => mountCamera(root, arg, me),
+    camera: () => mountCamera(root, arg, me, params),
     clip: () => mountClip(root, arg, me),
     reports: () => mountReports(root, params),
   };

@@ -1,8 +1,9 @@
-// The camera view (ID decoded, live picture, uptime timeline, quality history) and the clip
+// The camera view (ID decoded, live picture, uptime timeline, quality history, recordings) and the clip
 // export form (police and admin only; the API refuses everyone else as well).
 import { api, live, ApiError } from "./api.js";
 import { t } from "./i18n.js";
 import { LivePlayer } from "./live.js";
+import { localInput, recordingsPanel } from "./recordings.js";
 import { clock, duration, el, grade, pct, saveBlob, stateLabel, svg } from "./util.js";
 
 const PERIODS = ["24h", "7d", "30d"];
@@ -36,11 +37,6 @@ function qualityTable(q) {
   return el("table", { class: "list" },
     el("thead", {}, el("tr", {}, cols.map((c) => el("th", {}, c)))),
     el("tbody", {}, rows.slice(-100).reverse().map((r) => el("tr", {}, cols.map((c) => el("td", {}, r[c] ?? ""))))));
-}
-
-function localInput(d) {
-  const p = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
 /** The clip export form; only rendered for roles that may export. */
@@ -86,7 +82,7 @@ export function mountClip(root, deviceId, me) {
   return () => {};
 }
 
-export function mountCamera(root, deviceId, me) {
+export function mountCamera(root, deviceId, me, params = new URLSearchParams()) {
   if (!deviceId || !ID_RE.test(deviceId)) {
     const input = el("input", { placeholder: t("camera.search"), pattern: "\\d{20}", size: 24, value: deviceId || "" });
     root.replaceChildren(el("div", { class: "page" }, el("h1", {}, t("nav.camera")),
@@ -109,6 +105,17 @@ export function mountCamera(root, deviceId, me) {
     class: p === period ? "on" : "", dataset: { period: p },
     onclick: (e) => { period = p; [...e.target.parentNode.children].forEach((b) => b.classList.toggle("on", b === e.target)); loadHistory(); },
   }, p)));
+  const clip = CLIP_ROLES.includes(me.role) ? clipForm(me, deviceId) : null;
+  // A clicked recording fills the export form (whole seconds, widened outwards) and brings it into view.
+  const pick = clip ? (a, b) => {
+    clip.elements.namedItem("start").value = localInput(new Date(Math.floor(a / 1000) * 1000));
+    clip.elements.namedItem("end").value = localInput(new Date(Math.ceil(b / 1000) * 1000));
+    clip.dataset.picked = `${new Date(a).toISOString()}/${new Date(b).toISOString()}`;
+    clip.scrollIntoView({ block: "nearest" });
+    clip.elements.namedItem("reason").focus({ preventScroll: true });
+  } : null;
+  const recordings = recordingsPanel(deviceId, me, params, pick);
+  const refresh = setInterval(() => recordings.refresh?.(), 60_000);
   root.replaceChildren(el("div", { class: "page camera-view", dataset: { device: deviceId } },
     el("h1", {}, t("nav.camera"), " ", deviceId),
     el("div", { class: "camera-top" },
@@ -116,7 +123,8 @@ export function mountCamera(root, deviceId, me) {
       details),
     el("h2", {}, t("camera.timeline")), periodBtns, tl,
     el("h2", {}, t("camera.quality")), quality,
-    CLIP_ROLES.includes(me.role) ? [el("h2", {}, t("clip.title")), clipForm(me, deviceId)] : null));
+    el("h2", {}, t("rec.title")), recordings,
+    clip ? [el("h2", {}, t("clip.title")), clip] : null));
 
   function renderDetails(d) {
     const f = d.id_fields || {};
@@ -176,6 +184,7 @@ export function mountCamera(root, deviceId, me) {
   loadQuality();
   return () => {
     player.stop();
+    clearInterval(refresh);
     live.removeEventListener("devices", onDevices);
   };
 }

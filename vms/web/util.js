@@ -73,3 +73,21 @@ export function saveBlob(blob, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
+
+/** Bytes as "1.5 GB" (powers of 1000, as disks are sold). */
+export function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  const units = ["B", "kB", "MB", "GB", "TB", "PB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${i ? n.toFixed(n < 10 ? 2 : 1) : n} ${units[i]}`;
+}
+
+/** Rows as CSV text (RFC 4180 quoting), with a header row. */
+export function toCsv(header, rows) {
+  const q = (v) => {
+    const s = v === null || v === undefined ? "" : String(v);
+    return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return [header, ...rows].map((r) => r.map(q).join(",")).join("\r\n") + "\r\n";
+}
