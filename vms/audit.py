@@ -10,13 +10,16 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.db.models import AuditEntry
+
+if TYPE_CHECKING:
+    from vms.auth import Principal
 
 GENESIS = "0" * 64
 _lock = threading.Lock()
@@ -70,6 +73,12 @@ def append(
                 continue
             return entry
     raise RuntimeError("audit log busy: could not append after 20 tries")
+
+
+def record(sessions: sessionmaker[Session], who: Principal, *, at: float, action: str, target: str,
+           detail: dict[str, Any] | None = None) -> AuditEntry:
+    """Append an entry for what a token holder did (the actor and role come from the token)."""
+    return append(sessions, at=at, actor=who.name, role=who.role.value, action=action, target=target, detail=detail)
 
 
 @dataclass

@@ -550,8 +550,7 @@ class Hub:
 
     def _acted(self, who: Principal, action: str, alert_id: int, comment: str, now: float) -> None:
         """A person changed an alert: audit it and tell the pages."""
-        audit.append(self.sessions, at=now, actor=who.name, role=who.role.value, action=action,
-                     target=str(alert_id), detail={"comment": comment})
+        audit.record(self.sessions, who, at=now, action=action, target=str(alert_id), detail={"comment": comment})
         self.events.publish("changed", {"devices": [], "alerts": [alert_id]})
 
     # -- figures -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ checks on its own side; the hub mounts it as ``analysis:`` in its YAML.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,20 +27,7 @@ CheckName = Literal[
 
 #: Every check, in precedence order: a check that finds a defect masks the ones after it that the
 #: same defect would fool (a black picture is also dark, flat, "frozen" and "blurred").
-CHECKS: tuple[CheckName, ...] = (
-    "signal_loss",
-    "black_screen",
-    "solid_screen",
-    "too_dark",
-    "too_bright",
-    "occlusion",
-    "blur",
-    "color_cast",
-    "snow_noise",
-    "stripes",
-    "frozen",
-    "scene_change",
-)
+CHECKS: tuple[CheckName, ...] = get_args(CheckName)
 
 
 class _Model(BaseModel):

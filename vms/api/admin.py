@@ -34,11 +34,10 @@ def create_token(
         token, p = auth.create(hub.sessions, body.role.value, body.name, body.prefixes)
     except (auth.TokenError, ValueError) as exc:
         raise HTTPException(422, str(exc)) from None
-    audit.append(
+    audit.record(
         hub.sessions,
+        who,
         at=hub.clock(),
-        actor=who.name,
-        role=who.role.value,
         action="token.create",
         target=p.name,
         detail={"role": p.role.value, "prefixes": list(p.prefixes)},
@@ -74,11 +73,10 @@ def revoke_token(
     except auth.TokenError as exc:
         raise HTTPException(404, str(exc)) from None
     hub.tokens.forget(row.id)
-    audit.append(
+    audit.record(
         hub.sessions,
+        who,
         at=hub.clock(),
-        actor=who.name,
-        role=who.role.value,
         action="token.revoke",
         target=row.name,
         detail={},

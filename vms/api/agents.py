@@ -27,11 +27,10 @@ def register(
     if body.protocol != PROTOCOL_VERSION:
         raise HTTPException(426, f"protocol {body.protocol} not supported; this hub speaks {PROTOCOL_VERSION}")
     hub.register_agent(who, body.version, body.hostname)
-    audit.append(
+    audit.record(
         hub.sessions,
+        who,
         at=hub.clock(),
-        actor=who.name,
-        role=who.role.value,
         action="agent.register",
         target=who.name,
         detail={"version": body.version, "hostname": body.hostname},

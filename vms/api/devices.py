@@ -118,11 +118,10 @@ def add_device(body: DeviceIn, hub: Hub = Depends(get_hub), who: Principal = Dep
         raise HTTPException(422, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
-    audit.append(
+    audit.record(
         hub.sessions,
+        who,
         at=hub.clock(),
-        actor=who.name,
-        role=who.role.value,
         action="device.add",
         target=body.id,
         detail=body.model_dump(),

@@ -342,11 +342,10 @@ class Archive:
             s.add(row)
             s.commit()
             s.refresh(row)
-        audit.append(
+        audit.record(
             self.sessions,
+            who,
             at=now,
-            actor=who.name,
-            role=who.role.value,
             action="hold.create",
             target=device_id,
             detail={"hold_id": row.id, "start": iso(start), "end": iso(end), "case": case_number, "reason": reason},
@@ -364,11 +363,10 @@ class Archive:
             row.released_at, row.released_by = now, who.name
             s.commit()
             s.refresh(row)
-        audit.append(
+        audit.record(
             self.sessions,
+            who,
             at=now,
-            actor=who.name,
-            role=who.role.value,
             action="hold.release",
             target=row.device_id,
             detail={"hold_id": hold_id, "case": row.case_number, "comment": comment},
@@ -405,11 +403,10 @@ class Archive:
         self, who: Principal, plan: ClipPlan, reason: str, case_number: str, *, background: bool
     ) -> LiveExport:
         live = self.exports.start(plan, who.name, reason, case_number, background=background)
-        audit.append(
+        audit.record(
             self.sessions,
+            who,
             at=self.hub.clock(),
-            actor=who.name,
-            role=who.role.value,
             action="export.create" if background else "clip.request",
             target=plan.device_id,
             detail={
@@ -441,11 +438,10 @@ class Archive:
         error: str | None = None,
     ) -> int:
         """Audit exactly what left the hub; returns the audit row's sequence number."""
-        entry = audit.append(
+        entry = audit.record(
             self.sessions,
+            who,
             at=self.hub.clock(),
-            actor=who.name,
-            role=who.role.value,
             action="clip.served",
             target=device_id,
             detail={
