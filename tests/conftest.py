@@ -267,3 +267,51 @@ def small_disk(tmp_path: Path) -> Iterator[Any]:
     yield mount
     for mnt in mounts:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@dataclass(frozen=True)
+class NetnsPair:
+    """Two network namespaces joined by a veth pair: a camera side and an agent side."""
+
+    cam: str
+    agent: str
+    cam_ip: str
+    agent_ip: str
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[Any]:
+    """``netns_pair("disc", 78)`` makes namespaces on 10.200.78.0/24 with multicast routed over the
+    veth, for WS-Discovery tests (its libraries skip loopback). Only these namespaces are contacted."""
+    made: list[tuple[str, str, str]] = []
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+    def make(name: str, subnet: int) -> NetnsPair:
+        import shutil
+
+        if os.geteuid() != 0:
+            pytest.skip("needs root to create network namespaces")
+        if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
+            pytest.skip("`ip netns` is not available")
+        tag = f"{os.getpid() % 100000}"
+        pair = NetnsPair(f"{name}-c{tag}", f"{name}-a{tag}", f"10.200.{subnet}.1", f"10.200.{subnet}.2")
+        veth_cam, veth_agent = f"{name[:3]}c{tag}", f"{name[:3]}a{tag}"
+        made.append((pair.cam, pair.agent, veth_cam))
+        ip("netns", "add", pair.cam)
+        ip("netns", "add", pair.agent)
+        ip("link", "add", veth_cam, "type", "veth", "peer", "name", veth_agent)
+        for ns, dev, addr in ((pair.cam, veth_cam, pair.cam_ip), (pair.agent, veth_agent, pair.agent_ip)):
+            ip("link", "set", dev, "netns", ns)
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+        return pair
+
+    yield make
+    for cam, agent, veth in made:  # deleting a namespace deletes the veth end inside it
+        for ns in (cam, agent):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,33 +92,14 @@ def test_unreachable_device_is_reported_not_raised() -> None:
 # --------------------------------------------------------------------------- WS-Discovery in namespaces
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-def test_discover_cli_in_a_network_namespace(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
-    if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
-        pytest.skip("`ip netns` is not available")
-    tag = f"{os.getpid() % 100000}"
-    ns_cam, ns_agent = f"agdisc-c{tag}", f"agdisc-a{tag}"
-    veth_cam, veth_agent = f"adc{tag}", f"ada{tag}"
-    cam_ip, agent_ip = "10.200.78.1", "10.200.78.2"
+def test_discover_cli_in_a_network_namespace(tmp_path: Path, netns_pair: Any) -> None:
+    net = netns_pair("agdisc", 78)
+    ns_cam, ns_agent, cam_ip = net.cam, net.agent, net.cam_ip
     ids = device_ids(3, first=801)
     base_port = 18080
     responder: subprocess.Popen[str] | None = None
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
-        _ip("netns", "add", ns_cam)
-        _ip("netns", "add", ns_agent)
-        _ip("link", "add", veth_cam, "type", "veth", "peer", "name", veth_agent)
-        for ns, dev, ip in ((ns_cam, veth_cam, cam_ip), (ns_agent, veth_agent, agent_ip)):
-            _ip("link", "set", dev, "netns", ns)
-            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
         cmd = ["ip", "netns", "exec", ns_cam, sys.executable, "-m", "camsim.onvif", "--bind", cam_ip,
                "--base-port", str(base_port), "--rtsp-base", f"rtsp://{cam_ip}:8554/cam", "--discovery",
                "--username", USER, "--password", PASSWORD]
@@ -164,6 +145,3 @@ def test_discover_cli_in_a_network_namespace(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 responder.kill()
                 responder.wait(timeout=5)
-        for ns in (ns_cam, ns_agent):  # deleting a namespace deletes the veth end inside it
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", veth_cam], capture_output=True)

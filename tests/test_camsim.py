@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -399,31 +398,12 @@ DISCOVERY_CLIENT = textwrap.dedent("""
 """)
 
 
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=10)
-
-
-def test_ws_discovery_across_network_namespaces() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
-    if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
-        pytest.skip("`ip netns` is not available")
-    tag = f"{os.getpid() % 100000}"
-    ns_cam, ns_agent = f"camsim-c{tag}", f"camsim-a{tag}"
-    veth_cam, veth_agent = f"csc{tag}", f"csa{tag}"
-    cam_ip, agent_ip = "10.200.77.1", "10.200.77.2"
+def test_ws_discovery_across_network_namespaces(netns_pair: Any) -> None:
+    net = netns_pair("camsim", 77)
+    ns_cam, ns_agent, cam_ip, agent_ip = net.cam, net.agent, net.cam_ip, net.agent_ip
     ids = device_ids(2, prefix="32058501001320", first=501)
     responder: subprocess.Popen[str] | None = None
     try:
-        _run("ip", "netns", "add", ns_cam)
-        _run("ip", "netns", "add", ns_agent)
-        _run("ip", "link", "add", veth_cam, "type", "veth", "peer", "name", veth_agent)
-        for ns, dev, ip in ((ns_cam, veth_cam, cam_ip), (ns_agent, veth_agent, agent_ip)):
-            _run("ip", "link", "set", dev, "netns", ns)
-            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-            _run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
         cmd = ["ip", "netns", "exec", ns_cam, SYSTEM_PYTHON, "-m", "camsim.onvif", "--bind", cam_ip,
                "--base-port", "18080", "--rtsp-base", f"rtsp://{cam_ip}:8554/cam", "--discovery",
@@ -448,6 +428,3 @@ def test_ws_discovery_across_network_namespaces() -> None:
                 responder.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 responder.kill()
-        for ns in (ns_cam, ns_agent):  # deleting a namespace deletes the veth inside it
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", veth_cam], capture_output=True)
