@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from vms.api.deps import get_hub, require
+from vms.api.deps import Comment, get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.db.models import Alert, AlertEvent, Delivery
 from vms.hub import Hub
@@ -16,11 +15,6 @@ from vms.timeutil import iso
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 AlertState = Literal["open", "acknowledged", "resolved", "active"]
-
-
-class Comment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    comment: str = Field("", max_length=2000)
 
 
 def alert_view(a: Alert) -> dict[str, Any]:

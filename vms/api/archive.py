@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from vms.api.deps import get_hub, require
+from vms.api.deps import Comment, get_hub, require
 from vms.archive.clip import ClipError, find_gaps, gaps_json, precheck
 from vms.archive.exports import LiveExport
 from vms.auth import READERS, Principal, Role
@@ -342,11 +342,6 @@ class HoldIn(BaseModel):
     reason: str = Field("", max_length=2000)
 
 
-class ReleaseIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    comment: str = Field("", max_length=2000)
-
-
 def hold_view(h: LegalHold) -> dict[str, Any]:
     return {
         "id": h.id,
@@ -393,7 +388,7 @@ def list_holds(
 
 @router.post("/api/v1/holds/{hold_id}/release")
 def release_hold(
-    body: ReleaseIn,
+    body: Comment,
     hold_id: int = Path(ge=1, le=2**62),
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(*LIAISON)),

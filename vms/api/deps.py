@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 
 from vms.auth import Principal, Role
 from vms.hub import Hub
@@ -42,3 +43,10 @@ def require(*roles: Role) -> Callable[..., Principal]:
 
     dep.roles = allowed  # type: ignore[attr-defined]
     return dep
+
+
+class Comment(BaseModel):
+    """The body of an action a person takes with a word of why (acknowledge, resolve, release)."""
+
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field("", max_length=2000)
