@@ -1,14 +1,24 @@
 """Evaluation set for the video-quality checks, made at run time, and the table it scores.
 
-    .venv/bin/python bench/eval_quality.py [--seeds 3] [--jobs 2]
+    .venv/bin/python bench/eval_quality.py [--seeds 6] [--first-seed 1] [--jobs 2]
 
 Clips look like street cameras (camsim's textured street scene, moving vehicles and pedestrians,
 sensor grain, a ticking OSD clock) under clean conditions (day, night noise, dusk fading, sudden
-light changes, busy traffic) and with one defect injected from ``ON`` to ``OFF`` seconds. Each clip
-is encoded with libx264 (GOP 2 s, bitrate capped like a camera), cut into one-GOP MPEG-TS
-segments as the agent does, and analysed by :class:`vms.analysis.sampler.SegmentSampler` exactly
-as the hub does. Clips run at 5 fps: keyframes, which are all the quality checks read, are the same
-as at 25 fps, and encoding costs five times less.
+light changes, busy traffic, an empty scene with almost no sensor grain) and with one defect
+injected from ``ON`` to ``OFF`` seconds. Each clip is encoded with libx264 (GOP 2 s, bitrate capped
+like a camera), cut into one-GOP MPEG-TS segments as the agent does, and analysed by
+:class:`vms.analysis.sampler.SegmentSampler` exactly as the hub does. Clips run at 5 fps:
+keyframes, which are all the quality checks read, are the same as at 25 fps, and encoding costs
+five times less.
+
+Defect clips cycle through the conditions day, busy, grainy, night, still and dusk with the seed;
+``--first-seed 7`` gives a held-out set of other scenes, traffic and grain under the same conditions.
+Defects are what the camera would show: a black screen, a blue "NO VIDEO" screen, an exposure gain
+(too dark: x0.12; too bright: x2.2 plus a veil, by day and at dusk), a dark cover over most of the
+lens, defocus, a colour gain per channel, snow, interference bars, a held picture, a turned camera.
+Too bright at night is glare instead (see ``_glare``): a night camera already runs at full gain, so a
+gain on its dark picture brightens it to a normal day level without clipping anything, which is not
+over-exposure; real night over-exposure is a light flooding the lens and clipping a wide bloom.
 
 Scoring per check, per clip: a defect clip scores a true positive if its check is raised between
 ``ON`` and ``OFF`` (+ two keyframes), a false negative otherwise; any other check raised in any clip
@@ -44,8 +54,8 @@ from vms.analysis.sampler import SegmentSampler, Work
 W, H, FPS, GOP_S = 640, 360, 5, 2.0
 CLIP_S, ON, OFF = 26.0, 8.0, 18.0
 T0 = 1_790_000_000.0  # media time of the first frame
-CLEAN = ("day", "night", "dusk", "lights", "busy")
-DEFECT_CONDITIONS = ("day", "busy", "grainy")
+CLEAN = ("day", "night", "dusk", "lights", "busy", "still")
+DEFECT_CONDITIONS = ("day", "busy", "grainy", "night", "still", "dusk")
 Frame = np.ndarray
 
 
@@ -118,15 +128,32 @@ def _cover_mask(rng: np.random.Generator) -> np.ndarray:
     return mask > 0
 
 
+def _glare(seed: int) -> Frame:
+    """Light added before the sensor clips, in RGB levels: a bloom around a source near the lens plus veil.
+
+    Over-exposure at night is a light, not a gain: the camera already runs at full gain, so an
+    exposure fault cannot brighten the whole view further; headlights turned at the lens, or the
+    camera's own IR reflected by rain or a web on the dome, flood it and clip a wide bloom white.
+    """
+    g = np.random.default_rng(10_000 + seed)  # its own stream: the clip's grain stays as it was
+    cx, cy = g.uniform(0.25, 0.75) * W, g.uniform(0.35, 0.75) * H
+    radius = g.uniform(0.35, 0.5) * W
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    bloom = 500.0 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / radius**2)
+    return (bloom + 40.0)[..., None].astype(np.float32)
+
+
 def frames(case: Case) -> Iterator[tuple[float, Frame]]:
     """(t, RGB frame) of one clip."""
     rng = np.random.default_rng(case.seed * 100 + CLEAN.index(case.condition) if case.condition in CLEAN else case.seed)
     pano = make_scene(int(W * 1.5), H, seed=case.seed)
-    movers = _movers(rng, 8 if case.condition == "busy" else 3)
-    sigma = {"night": 6.0, "grainy": 4.0}.get(case.condition, 2.0)
+    movers = _movers(rng, {"busy": 8, "still": 0}.get(case.condition, 3))
+    # "still": an empty scene from a camera with strong noise reduction, the hardest case for "frozen"
+    sigma = {"night": 6.0, "grainy": 4.0, "still": 0.5}.get(case.condition, 2.0)
     cover = _cover_mask(rng)
     cover_colour = np.array(rng.integers(20, 60, 3), np.float32)
     cast = [np.array(g, np.float32) for g in ((1.0, 0.75, 0.4), (0.55, 1.0, 0.55), (0.55, 0.75, 1.3))]
+    glare = _glare(case.seed) if case.defect == "too_bright" and case.condition == "night" else None
     held: Frame | None = None
     for i in range(int(CLIP_S * FPS)):
         t = i / FPS
@@ -138,7 +165,7 @@ def frames(case: Case) -> Iterator[tuple[float, Frame]]:
         if case.condition == "night":
             f[: int(H * 0.42)] *= 0.3  # dark sky
         if bad:
-            f = _inject(case, f, rng, cover, cover_colour, cast)
+            f = _inject(case, f, rng, cover, cover_colour, cast) if glare is None else f + glare
         if bad and case.defect == "frozen":
             if held is None:
                 held = np.clip(f + rng.normal(0, sigma, f.shape), 0, 255).astype(np.uint8)
@@ -270,9 +297,12 @@ def run_case(case: Case, cfg: AnalysisConfig | None = None, work_dir: Path | Non
     return res
 
 
-def cases(seeds: int) -> list[Case]:
-    out = [Case(s, c) for s in range(1, seeds + 1) for c in CLEAN]
-    out += [Case(s, DEFECT_CONDITIONS[(s - 1) % 3], d) for s in range(1, seeds + 1) for d in CHECKS]
+def cases(seeds: int, first: int = 1) -> list[Case]:
+    """Clean clips of every condition and one clip per check, for seeds ``first`` .. ``first + seeds - 1``."""
+    todo = range(first, first + seeds)
+    out = [Case(s, c) for s in todo for c in CLEAN]
+    k = len(DEFECT_CONDITIONS)
+    out += [Case(s, DEFECT_CONDITIONS[(s - 1) % k], d) for s in todo for d in CHECKS]
     return out
 
 
@@ -304,12 +334,13 @@ def score(results: list[CaseResult], cfg: AnalysisConfig) -> tuple[dict[str, dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=6, help="clips per check; conditions cycle with the seed")
+    ap.add_argument("--first-seed", type=int, default=1, help="first seed; 7 with --seeds 6 is a held-out set")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--verbose", action="store_true", help="print every clip's raises")
     args = ap.parse_args()
     cfg = AnalysisConfig()
-    todo = cases(args.seeds)
+    todo = cases(args.seeds, args.first_seed)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as ex:
         results = list(ex.map(run_case, todo))
@@ -320,7 +351,8 @@ def main() -> None:
     table, clean_alarms = score(results, cfg)
     n_clean = sum(1 for c in todo if c.defect is None)
     print(
-        f"evaluation set: {len(todo)} clips ({n_clean} clean, {len(todo) - n_clean} with a defect), "
+        f"evaluation set: seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, "
+        f"{len(todo)} clips ({n_clean} clean, {len(todo) - n_clean} with a defect), "
         f"{W}x{H}, GOP {GOP_S:g} s, defect from {ON:g} s to {OFF:g} s; {took:.0f} s on {args.jobs} process(es)"
     )
     print(

@@ -16,16 +16,21 @@ import pytest
 from bench.eval_quality import GOP_S, OFF, ON, Case, CaseResult, frames, run_case
 from vms.analysis import checks as C
 from vms.analysis.analyzer import DeviceAnalyzer, Picture
-from vms.analysis.config import CHECKS, AnalysisConfig, Hysteresis, MotionConfig
+from vms.analysis.config import CHECKS, AnalysisConfig, CheckName, Hysteresis, MotionConfig
 from vms.analysis.motion import MotionDetector
 
 DEFECT_CASES = [Case(1 + i % 3, ("day", "busy", "grainy")[i % 3], check) for i, check in enumerate(CHECKS)]
-CLEAN_CASES = [Case(2, "night"), Case(3, "lights"), Case(1, "dusk")]
+# The checks that read night and noise-free pictures differently, at night and on a still scene:
+# a dark view is not a black screen, glare is over-exposure, blur under grain, a cast on a dim view,
+# an OSD that matches in any direction.
+DARK_CHECKS = ("black_screen", "too_dark", "too_bright", "occlusion", "blur", "color_cast", "scene_change")
+DEFECT_CASES += [Case(4, "night", c) for c in DARK_CHECKS] + [Case(5, "still", c) for c in DARK_CHECKS]
+CLEAN_CASES = [Case(2, "night"), Case(3, "lights"), Case(1, "dusk"), Case(5, "still")]
 
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, CaseResult]:
-    """All clips of this module, two processes at a time."""
+    """All clips of this module (about a minute), two processes at a time."""
     todo = DEFECT_CASES + CLEAN_CASES
     with ProcessPoolExecutor(2) as ex:
         return {r.case.name: r for r in ex.map(run_case, todo)}
@@ -87,6 +92,67 @@ def test_metrics_move_the_right_way() -> None:
     assert C.frozen_diff(g, g) == 0.0 and C.frozen_diff(g, noisy) > 5
     assert C.similarity(C.thumbnail(g), C.thumbnail(g)) == pytest.approx(1.0)
     assert C.color_cast(128, 128) == 0.0 and C.color_cast(100, 150) > 30
+
+
+def _night_views(defect: str) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]]:
+    """Four normal night pictures (2 s apart) and one with ``defect``, before encoding, in limited range."""
+    case = Case(4, "night", defect)
+
+    def limited(t: float) -> npt.NDArray[np.uint8]:
+        return np.asarray(cv2.convertScaleAbs(_gray(case, t), alpha=219 / 255, beta=16), np.uint8)
+
+    return [limited(t) for t in (0.0, 2.0, 4.0, 6.0)], limited(10.0)
+
+
+def _verdicts_after(normal: list[npt.NDArray[np.uint8]], pic: Picture) -> dict[CheckName, tuple[bool, float]]:
+    an = DeviceAnalyzer(AnalysisConfig())
+    for i, g in enumerate(normal):
+        assert [c for c, (bad, _) in an.verdicts(Picture(2.0 * i, g)).items() if bad] == []
+    return an.verdicts(pic)
+
+
+def test_a_night_view_far_too_dark_is_not_a_black_screen() -> None:
+    normal, dark = _night_views("too_dark")
+    black = np.full_like(dark, 16)
+    cv2.putText(black, "2025-01-01 20:00:10  CAM-01", (5, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.3, 235, 1)  # OSD stays
+    v = _verdicts_after(normal, Picture(10.0, dark))
+    assert v["too_dark"][0] and not v["black_screen"][0]
+    v = _verdicts_after(normal, Picture(10.0, black))
+    assert v["black_screen"][0] and "too_dark" not in v  # the OSD matches the learned view; the median ignores it
+
+
+def test_blur_under_night_grain_is_blur_not_a_cover() -> None:
+    normal, blurred = _night_views("blur")
+    th = AnalysisConfig().thresholds
+    assert C.blur_score(normal[0]) < th.blur_min <= C.blur_score(blurred)
+    v = _verdicts_after(normal, Picture(10.0, blurred))
+    assert v["blur"][0] and not v["occlusion"][0]
+
+
+def test_cast_ratio_reads_the_same_cast_alike_by_day_and_night() -> None:
+    def yuv_means(gain: float) -> tuple[float, float, float]:
+        """Mean Y, Cb, Cr in limited range, as the encoder gives them, of a green-cast street view."""
+        rgb = next(f for t, f in frames(Case(1, "day")) if t >= 0)
+        cast = np.clip(rgb.astype(np.float32) * gain * np.array([0.55, 1.0, 0.55], np.float32), 0, 255)
+        y, cr, cb = cv2.split(cv2.cvtColor(cast.astype(np.uint8), cv2.COLOR_RGB2YCrCb).astype(np.float32))
+        return (
+            16 + 219 / 255 * float(y.mean()),
+            128 + 224 / 255 * (float(cb.mean()) - 128),
+            128 + 224 / 255 * (float(cr.mean()) - 128),
+        )
+
+    (y1, u1, v1), (y2, u2, v2) = yuv_means(1.0), yuv_means(0.42)
+    assert C.color_cast(u2, v2) < 0.5 * C.color_cast(u1, v1)  # in chroma levels the night cast looks weak
+    r1, r2 = C.cast_ratio(u1, v1, y1), C.cast_ratio(u2, v2, y2)
+    assert min(r1, r2) >= AnalysisConfig().thresholds.cast_min_ratio and abs(r1 - r2) < 0.1 * r1
+
+
+def test_block_similarity_ignores_the_osd_of_a_turned_night_camera() -> None:
+    case = Case(4, "night", "scene_change")
+    here, turned = _gray(case, 6.0), _gray(case, 10.0)
+    assert C.similarity(C.thumbnail(here), C.thumbnail(_gray(case, 4.0))) > 0.8
+    assert C.similarity(C.thumbnail(turned), C.thumbnail(here)) < AnalysisConfig().thresholds.scene_min_similarity
+    assert C.block_similarity(C.thumbnail(here), C.thumbnail(here)).shape == (C.GRID[1], C.GRID[0])
 
 
 def test_motion_boxes_and_recalibration_after_light_change() -> None:

@@ -102,26 +102,38 @@ class DeviceAnalyzer:
         g = pic.gray
         means, stds = C.block_stats(g)
         prev, self.prev = self.prev, (g, *self.prev[:1])
+        thumb = C.thumbnail(g)
+        ref = self.ref
+        # Block by block, how much of the learned view the picture still shows (None: nothing learned yet).
+        view = (
+            C.block_similarity(thumb, ref.thumb)
+            if ref.thumb is not None and ref.n >= 2 and ref.thumb.shape == thumb.shape
+            else None
+        )
         flat = C.flat_share(stds, th.solid_max_std)
         level = float(np.median(means))
         solid = flat >= th.solid_min_share
-        out["black_screen"] = (solid and level <= th.black_max_luma, level)
+        # A night view turned much too dark is as flat as a black screen but still shows its layout.
+        dark_view = view is not None and float(np.median(view)) >= th.black_max_similarity
+        out["black_screen"] = (solid and level <= th.black_max_luma and not dark_view, level)
         out["solid_screen"] = (solid and level > th.black_max_luma, flat)
-        if solid:
+        if self._any_bad(out) or (solid and not dark_view):
             return self._only(out)
         mean, _ = C.luma_stats(g)
         out["too_dark"] = (mean <= th.dark_max_luma, mean)
         clipped = C.clipped_share(g, th.bright_luma)
-        out["too_bright"] = (clipped >= th.bright_min_share, clipped)
+        washed_out = mean >= th.bright_mean_luma
+        out["too_bright"] = (clipped >= th.bright_min_share or washed_out, clipped)
         if self._any_bad(out):
             return self._only(out)
         if "occlusion" in on:
-            ref = self.ref
             ignore = (
                 (ref.stds < th.occlusion_flat_std) & (ref.means < th.occlusion_dark_luma)
                 if ref.means is not None and ref.stds is not None and ref.means.shape == means.shape
                 else np.zeros(means.shape, np.bool_)
             )
+            if view is not None and view.shape == ignore.shape:
+                ignore |= view >= th.occlusion_max_similarity  # still the normal view: blurred, not covered
             share = C.flat_dark_share(means, stds, th.occlusion_flat_std, th.occlusion_dark_luma, ignore)
             out["occlusion"] = (share >= th.occlusion_min_share, share)
             if share >= th.occlusion_min_share:
@@ -130,8 +142,8 @@ class DeviceAnalyzer:
             b = C.blur_score(g)
             out["blur"] = (b >= th.blur_min, b)
         if "color_cast" in on:
-            cast = C.color_cast(pic.u_mean, pic.v_mean)
-            out["color_cast"] = (cast >= th.cast_min, cast)
+            cast = C.cast_ratio(pic.u_mean, pic.v_mean, mean)
+            out["color_cast"] = (cast >= th.cast_min_ratio, cast)
         if "snow_noise" in on:
             sigma = C.noise_sigma(g)
             out["snow_noise"] = (sigma >= th.noise_min_sigma, sigma)
@@ -142,11 +154,10 @@ class DeviceAnalyzer:
             # Against the last two: a camera or recorder looping a short buffer repeats too.
             d = min(C.frozen_diff(g, p) for p in prev)
             out["frozen"] = (d <= th.frozen_max_diff, d)
-        thumb = C.thumbnail(g)
         if self._any_bad(out):
             return self._only(out)
-        if self.ref.thumb is not None and self.ref.n >= 2 and "scene_change" in on:
-            sim = C.similarity(thumb, self.ref.thumb)
+        if view is not None and "scene_change" in on:
+            sim = float(np.median(view))
             out["scene_change"] = (sim < th.scene_min_similarity, sim)
             run = self.runs["scene_change"]
             if sim < th.scene_min_similarity:

@@ -60,16 +60,22 @@ def flat_share(stds: F32, flat_std: float) -> float:
 
 
 def clipped_share(g: U8, level: int) -> float:
-    """Share of pixels at or above ``level``: an overexposed picture is mostly clipped white."""
+    """Share of pixels at or above ``level``: an overexposed picture is mostly clipped white.
+
+    Glare at night clips a wide bloom around the light. An exposure fault by day or at dusk may
+    clip only the brighter third and lift the rest close to white, so the analyzer also calls a
+    picture whose mean luma reaches ``bright_mean_luma`` overexposed (washed out).
+    """
     return float(np.count_nonzero(g >= level)) / g.size
 
 
 def flat_dark_share(means: F32, stds: F32, flat_std: float, dark_luma: float, ignore: npt.NDArray[np.bool_]) -> float:
     """Share of blocks that are flat (std < ``flat_std``) and dark (mean < ``dark_luma``).
 
-    A covered lens (hand, bag, tape, spray) leaves a large region with no texture; ``ignore``
-    removes blocks that are flat and dark in the camera's normal view (night sky, a black wall).
-    A blurred view keeps its block means and a dark one is caught earlier, so neither counts.
+    A covered lens (hand, bag, tape, spray) leaves a large region with no texture. ``ignore``
+    removes blocks that are not a cover: those flat and dark in the camera's normal view (night
+    sky, a black wall) and those that still show the normal view's layout (see
+    :func:`block_similarity`): a blurred night view is flat and dark too, but keeps its layout.
     """
     covered = (stds < flat_std) & (means < dark_luma) & ~ignore
     return float(np.count_nonzero(covered)) / covered.size
@@ -78,13 +84,17 @@ def flat_dark_share(means: F32, stds: F32, flat_std: float, dark_luma: float, ig
 def blur_score(g: U8) -> float:
     """Blur of the picture, 0 (sharp) to 1 (smooth), after Crété-Roffet et al. (2007).
 
-    The picture is blurred again with a 9-pixel box along each axis; a sharp picture loses most of
+    The picture is blurred again with a 7-pixel box along each axis; a sharp picture loses most of
     its neighbour differences doing so, an already blurred one keeps them. Score = share of the
     gradient sum that survives re-blurring, the worse of both axes. Contrast and content level
-    cancel out in the ratio, so it holds at night and on dull scenes.
+    cancel out in the ratio. Sensor grain does not: at night it is most of the neighbour
+    differences and makes a defocused view look sharp. So the score is taken at half size
+    (``pyrDown``: a 5-tap Gaussian, then every other pixel), which averages the grain away but keeps
+    the edges that a defocus smears; at a quarter of the pixels it is also cheaper.
     """
+    g = np.asarray(cv2.pyrDown(g), np.uint8)
     scores = []
-    for axis, k in ((0, (1, 9)), (1, (9, 1))):
+    for axis, k in ((0, (1, 7)), (1, (7, 1))):
         b = cv2.blur(g, k)
         if axis == 0:
             d_f, d_b = cv2.absdiff(g[1:], g[:-1]), cv2.absdiff(b[1:], b[:-1])
@@ -138,6 +148,20 @@ def color_cast(u_mean: float, v_mean: float) -> float:
     return math.hypot(u_mean - 128.0, v_mean - 128.0)
 
 
+#: Luma of black in limited-range video; full-range black (0) only makes the ratio a bit larger.
+BLACK_LUMA = 16.0
+
+
+def cast_ratio(u_mean: float, v_mean: float, luma_mean: float) -> float:
+    """:func:`color_cast` per luma level above black: the cast's strength whatever the light.
+
+    A cast is a gain per colour channel, so its chroma offset grows with the light: the same
+    failed white balance moves the chroma a third as far on a night view a third as bright.
+    Dividing by the mean luma above black (at least 16 levels) makes night and day read alike.
+    """
+    return color_cast(u_mean, v_mean) / max(luma_mean - BLACK_LUMA, 16.0)
+
+
 def frozen_diff(g: U8, prev: U8) -> float:
     """Median over blocks of the mean |difference| from an earlier keyframe, in luma levels.
 
@@ -161,13 +185,30 @@ def thumbnail(g: U8) -> F32:
     return small - cv2.GaussianBlur(small, (0, 0), 3)
 
 
+def block_similarity(a: F32, b: F32) -> F32:
+    """Normalised cross-correlation of two thumbnails in each block of :data:`GRID`, -1..1.
+
+    Blind to gain and offset per block, so a dark view (night, a failing iris) still matches its
+    daytime layout block by block, as a blurred one does at the thumbnail's coarse scale; a covered,
+    black or turned view does not. A block with no texture in either picture scores 0.
+    """
+
+    def block_mean(x: F32) -> F32:
+        return cv2.resize(x, GRID, interpolation=cv2.INTER_AREA)  # type: ignore[return-value]
+
+    ma, mb = block_mean(a), block_mean(b)
+    cov = block_mean(a * b) - ma * mb
+    var = np.maximum(block_mean(a * a) - ma * ma, 0.0) * np.maximum(block_mean(b * b) - mb * mb, 0.0)
+    den = np.sqrt(var)
+    return np.where(den > 1e-4, cov / np.maximum(den, 1e-9), 0.0).astype(np.float32)
+
+
 def similarity(a: F32, b: F32) -> float:
-    """Normalised cross-correlation of two thumbnails, -1..1; blind to global gain and offset.
+    """Median over blocks of :func:`block_similarity`: how much of the view keeps its layout.
 
     Lights switching on or dusk change levels but keep the layout; a camera turned or knocked
-    away shows a different layout and the correlation drops.
+    away shows a different layout and the median drops. The median ignores what a whole-picture
+    correlation cannot: the burnt-in OSD clock, which at night carries most of a dark picture's
+    contrast and matches in any direction, and a few blocks crossed by traffic.
     """
-    a0 = a - float(a.mean())
-    b0 = b - float(b.mean())
-    den = math.sqrt(float((a0 * a0).sum()) * float((b0 * b0).sum()))
-    return 1.0 if den <= 1e-6 else float((a0 * b0).sum()) / den
+    return float(np.median(block_similarity(a, b)))

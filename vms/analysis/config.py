@@ -40,11 +40,21 @@ class Thresholds(_Model):
     black_max_luma: float = Field(
         40.0, ge=0, le=128, description="Median block luma at or below which a solid screen is black."
     )
+    black_max_similarity: float = Field(
+        0.2,
+        ge=-1,
+        le=1,
+        description="Median block correlation with the learned view below which a flat dark picture is a black "
+        "screen; at or above it the scene still shows and the picture is too dark.",
+    )
     solid_max_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
     solid_min_share: float = Field(0.9, gt=0, le=1, description="Share of flat blocks that makes a solid screen.")
     dark_max_luma: float = Field(35.0, ge=0, le=128, description="Mean luma at or below which the picture is too dark.")
     bright_min_share: float = Field(
         0.45, gt=0, le=1, description="Share of clipped-white pixels at which the picture is overexposed."
+    )
+    bright_mean_luma: float = Field(
+        190.0, ge=0, le=255, description="Mean luma at or above which the picture is washed out (overexposed)."
     )
     bright_luma: int = Field(230, ge=128, le=255, description="Luma counted as clipped white.")
     occlusion_min_share: float = Field(
@@ -52,10 +62,22 @@ class Thresholds(_Model):
     )
     occlusion_flat_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
     occlusion_dark_luma: float = Field(80.0, ge=0, le=255, description="Block mean luma below which a block is dark.")
-    blur_min: float = Field(
-        0.32, gt=0, lt=1, description="Blur score (0 sharp .. 1 smooth) at which the view is blurred."
+    occlusion_max_similarity: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="Block correlation with the learned view below which a flat dark block is covered; a blurred "
+        "block still shows the view's layout.",
     )
-    cast_min: float = Field(14.0, gt=0, le=128, description="Chroma distance from grey at which colours are cast.")
+    blur_min: float = Field(
+        0.34, gt=0, lt=1, description="Blur score (0 sharp .. 1 smooth) at which the view is blurred."
+    )
+    cast_min_ratio: float = Field(
+        0.15,
+        gt=0,
+        le=10,
+        description="Chroma distance from grey per luma level above black at which colours are cast.",
+    )
     noise_min_sigma: float = Field(7.0, gt=0, le=100, description="Estimated noise sigma (luma levels) of snow.")
     stripe_min_amplitude: float = Field(
         5.0, gt=0, le=128, description="Amplitude (luma levels) of a periodic row/column pattern that is interference."
