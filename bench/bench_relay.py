@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_relay.py [--cameras 8,16,32] [--profiles baseline,high]
                                           [--window-s 20] [--windows 3] [--bare]
+                                          [--before-src DIR] [--agent-src DIR]
 
 For each profile and camera count N, a camera simulator (GStreamer RTSP server, one mount per
 camera looping a pre-encoded 1080p25 4 Mbps H.264 clip) serves N mounts. At the same time, on the
@@ -9,17 +10,29 @@ same mounts:
 
 - the agent: one worker process running the agent's own ingest threads, segmenters and spool
   (`edge_agent.ingest.CameraIngest`, `edge_agent.segmenter.Segmenter`, `edge_agent.spool.Spool`),
-  cutting 4 s MPEG-TS segments with temp name, fsync, sha256 and rename. There is **no uplink**: a
-  thread in the worker acks each finished segment (deletes it, as a hub upload would) so the disk
-  does not fill;
+  cutting 4 s MPEG-TS segments with temp name, fsync, sha256 and rename. There is **no uplink**
+  (the segments are acked once the bench has deleted them, see below);
+- with `--before-src DIR`, a second agent worker running the `edge_agent` package found in DIR (a
+  copy of the code before a change), so before and after are measured in the same run;
 - N `ffmpeg -rtsp_transport tcp -i URL -c copy -f segment -segment_time 4` processes (Debian's
   ffmpeg; it aborts on B-frame streams, which the report then says);
 - with `--bare`, a bare PyAV relay (demux, cut on keyframes, mux; nothing else) as a floor.
 
+Every contender writes each segment to a new file, and the bench process itself deletes finished
+segments of all of them 2 s after they were last written, so deleting is charged to none: the
+agent deletes only after an upload (and uploads are not measured), and an ffmpeg recorder leaves
+deleting to some other process. (Before, ffmpeg wrapped around 4 file names, so it truncated files
+whose pages had never been written back, while the agent paid for unlinking synced ones.)
+
 CPU is process CPU time (utime+stime from /proc) over measurement windows after a warm-up; the
 figure per camera is the median over windows, in % of one core. The RTSP server's own CPU is
 reported separately and not included. Memory per camera is the agent worker's PSS growth from
-before its cameras start to the end, divided by N; for ffmpeg, the mean PSS per process.
+before its cameras start to the end, divided by N; for ffmpeg, the mean PSS per process. The
+spread of the agent/ffmpeg ratio over the windows is printed too: the machine may be shared.
+
+What is counted where: the agent pays for its durability (fdatasync of each segment and of the
+spool directory, in its own process); ffmpeg writes without syncing, and any writeback of its
+files is done by kernel threads, which no contender is charged for.
 """
 
 from __future__ import annotations
@@ -95,14 +108,38 @@ def _wait_for_go() -> None:
     sys.stdin.readline()
 
 
+def _time_guarantees(module: Any, names: tuple[str, ...]) -> list[float]:
+    """Wrap ``module``'s durability and checksum calls to add up the CPU (thread time) they take."""
+    total = [0.0]
+    lock = threading.Lock()
+
+    def timed(fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args)
+            finally:
+                with lock:
+                    total[0] += time.thread_time() - t0
+        return call
+
+    for name in names:
+        setattr(module, name, timed(getattr(module, name)))
+    return total
+
+
 def agent_worker(urls: list[str], work: Path) -> None:
     """The agent's ingest path for every URL, with a local ack thread instead of an uplink."""
     import edge_agent
+    import edge_agent.segmenter as segmenter_module
     from edge_agent.ingest import CameraIngest
     from edge_agent.segmenter import Segmenter
     from edge_agent.spool import Spool
 
-    print(f"edge_agent from {edge_agent.__file__}", file=sys.stderr, flush=True)
+    print(f"edge_agent from {list(edge_agent.__path__)}", file=sys.stderr, flush=True)
+    # What plain ffmpeg does not do: the segment's sha256 and fdatasync, and the directory fsync.
+    guarantees = (_time_guarantees(segmenter_module, ("sync_and_hash", "fsync_dir"))
+                  if hasattr(segmenter_module, "sync_and_hash") else None)
     spool = Spool(work / "spool", quota_bytes=50 * 10**9, live_window_s=3 * SEGMENT_S)
     ingests = [CameraIngest(f"3205850100132{i:07d}", url, Segmenter(f"3205850100132{i:07d}", spool, SEGMENT_S))
                for i, url in enumerate(urls)]
@@ -116,12 +153,13 @@ def agent_worker(urls: list[str], work: Path) -> None:
     acked = 0
     while not stop.wait(1.0):
         for seg in spool.segments():
-            spool.ack(seg)
-            acked += 1
+            if not seg.path.exists():  # deleted by the bench, standing in for an upload
+                spool.ack(seg)
+                acked += 1
         snaps = [ing.snapshot() for ing in ingests]
         _emit({"packets": sum(s.packets for s in snaps), "connected": sum(s.connected for s in snaps),
                "segments": acked, "dropped": sum(ing.segmenter.dropped_packets for ing in ingests),
-               "write_errors": spool.write_errors})
+               "write_errors": spool.write_errors, "guarantees_cpu_s": guarantees[0] if guarantees else None})
     for ing in ingests:
         ing.stop()
 
@@ -153,7 +191,7 @@ def bare_worker(urls: list[str], work: Path) -> None:
                         if pkt.is_keyframe and (out is None or (pkt.pts - start) * tb >= SEGMENT_S):
                             if out is not None:
                                 out.close()
-                            out = av.open(str(out_dir / f"{n % 4}.ts"), "w", format="mpegts")
+                            out = av.open(str(out_dir / f"{n:06d}.ts"), "w", format="mpegts")
                             ost = out.add_stream_from_template(vs)
                             start, n = pkt.pts, n + 1
                         if out is None:
@@ -182,13 +220,14 @@ def bare_worker(urls: list[str], work: Path) -> None:
 class Worker:
     """A worker child process speaking JSON lines; keeps the latest status."""
 
-    def __init__(self, kind: str, urls: list[str], work: Path) -> None:
+    def __init__(self, kind: str, urls: list[str], work: Path, label: str = "", agent_src: str = "") -> None:
         work.mkdir(parents=True, exist_ok=True)
         (work / "urls.json").write_text(json.dumps(urls))
-        self.kind = kind
+        self.kind = label or kind  # the name in the report
+        env = dict(os.environ, VMS_BENCH_AGENT_SRC=agent_src) if agent_src else None
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--work", str(work)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     stderr=(work / "worker.log").open("w"))
+                                     stderr=(work / "worker.log").open("w"), env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -224,6 +263,7 @@ class Window:
     cpu: dict[str, float] = field(default_factory=dict)  # contender -> CPU seconds in the window
     packets: dict[str, int] = field(default_factory=dict)
     wall: float = 0.0
+    guarantees: float | None = None  # CPU seconds of the agent's sha256 + fdatasync + dir fsync
 
 
 def ffmpeg_procs(urls: list[str], work: Path) -> list[subprocess.Popen[bytes]]:
@@ -233,11 +273,21 @@ def ffmpeg_procs(urls: list[str], work: Path) -> list[subprocess.Popen[bytes]]:
         d.mkdir(parents=True, exist_ok=True)
         procs.append(subprocess.Popen(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", url, "-map", "0:v",
-             "-c", "copy", "-f", "segment", "-segment_time", str(int(SEGMENT_S)), "-segment_wrap", "4",
-             "-reset_timestamps", "1", str(d / "%03d.ts")],
+             "-c", "copy", "-f", "segment", "-segment_time", str(int(SEGMENT_S)),
+             "-reset_timestamps", "1", str(d / "%06d.ts")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(d / "ffmpeg.log").open("wb")))
         time.sleep(0.02)
     return procs
+
+
+def delete_finished(root: Path, stop: threading.Event, age_s: float = 2.0) -> None:
+    """Delete every contender's segments once written (not the agent's temp files): see the top."""
+    while not stop.wait(0.5):
+        old = time.time() - age_s
+        for p in root.rglob("*.ts"):
+            with contextlib.suppress(OSError):
+                if ".tmp" not in p.parts and p.stat().st_mtime < old:
+                    p.unlink()
 
 
 def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) -> dict[str, Any]:
@@ -254,6 +304,8 @@ def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) 
                     log_path=work / "rtsp_server.log")
     workers: list[Worker] = []
     ffs: list[subprocess.Popen[bytes]] = []
+    cleaning = threading.Event()
+    threading.Thread(target=delete_finished, args=(work, cleaning), daemon=True).start()
     try:
         sim.start()
         assert sim.proc is not None
@@ -269,16 +321,27 @@ def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) 
                     break
                 except (av.FFmpegError, StopIteration):
                     time.sleep(0.5 * (attempt + 1))
-        kinds = ["agent"] + (["bare"] if args.bare else [])
-        for kind in kinds:
-            workers.append(Worker(kind, urls, work / kind))
+        workers.append(Worker("agent", urls, work / "agent"))
+        if args.before_src:
+            workers.append(Worker("agent", urls, work / "before", label="before",
+                                  agent_src=str(Path(args.before_src).resolve())))
+        if args.bare:
+            workers.append(Worker("bare", urls, work / "bare"))
         for w in workers:
             w.go()
         ffs = ffmpeg_procs(urls, work / "ffmpeg")
         time.sleep(args.warmup_s)
-        agent = workers[0]
-        if agent.status.get("connected", 0) < n:
-            print(f"  warning: agent has {agent.status.get('connected')} of {n} cameras connected", flush=True)
+        # A window must not hold connection set-up or the catch-up burst after it: wait for all.
+        relays = [w for w in workers if "connected" in w.status]
+        waited = 0
+        while waited < 60 and any(w.status.get("connected", 0) < n for w in relays):
+            time.sleep(1)
+            waited += 1
+        for w in relays:
+            if w.status.get("connected", 0) < n:
+                print(f"  warning: {w.kind} has {w.status.get('connected')} of {n} cameras connected", flush=True)
+        if waited:
+            time.sleep(5)
         ff_alive = [p for p in ffs if p.poll() is None]
         windows: list[Window] = []
         for _ in range(args.windows):
@@ -287,6 +350,7 @@ def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) 
             before["ffmpeg"] = sum(cpu_seconds(p.pid) for p in ff_alive)
             before["server"] = cpu_seconds(sim.proc.pid)
             pk0 = {w.kind: int(w.status.get("packets", 0)) for w in workers}
+            g0 = workers[0].status.get("guarantees_cpu_s")
             t0 = time.monotonic()
             time.sleep(args.window_s)
             win = Window(wall=time.monotonic() - t0)
@@ -296,6 +360,8 @@ def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) 
             win.cpu["ffmpeg"] = sum(cpu_seconds(p.pid) for p in ff_alive) - before["ffmpeg"]
             win.cpu["server"] = cpu_seconds(sim.proc.pid) - before["server"]
             win.packets = {w.kind: int(w.status.get("packets", 0)) - pk0[w.kind] for w in workers}
+            g1 = workers[0].status.get("guarantees_cpu_s")
+            win.guarantees = None if g0 is None or g1 is None else g1 - g0
             windows.append(win)
         ff_alive = [p for p in ffs if p.poll() is None]
         mem = {w.kind: (pss_mb(w.proc.pid) - w.base_pss, rss_mb(w.proc.pid) - w.base_rss) for w in workers}
@@ -310,15 +376,16 @@ def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) 
                 "ff_alive": len(ff_alive), "ff_failed": ff_failed, "ff_err": ff_err,
                 "agent_status": dict(workers[0].status)}
     finally:
-        for p in ffs:
-            if p.poll() is None:
-                p.terminate()
-        for p in ffs:
+        for ff in ffs:
+            if ff.poll() is None:
+                ff.terminate()
+        for ff in ffs:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(10)
+                ff.wait(10)
         for w in workers:
             w.stop()
         sim.stop()
+        cleaning.set()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -341,18 +408,28 @@ def report(res: dict[str, Any]) -> None:
     if ff_n:
         ff = statistics.median(pct_per_cam(w.cpu["ffmpeg"], w.wall, ff_n) for w in wins)
         line.append(f"ffmpeg {ff:.3f}%/cam mem {statistics.mean(res['ff_pss']):.1f} MB PSS/proc")
-        line.append(f"ratio agent/ffmpeg {med['agent'] / ff:.2f}")
-        if "bare" in med:
-            line.append(f"bare/ffmpeg {med['bare'] / ff:.2f}")
+        for k in kinds:
+            per_win = [pct_per_cam(w.cpu[k], w.wall, n) / pct_per_cam(w.cpu["ffmpeg"], w.wall, ff_n) for w in wins]
+            line.append(f"ratio {k}/ffmpeg {med[k] / ff:.2f} (windows {min(per_win):.2f}-{max(per_win):.2f})")
     else:
         line.append(f"ffmpeg: all {res['ff_failed']} processes failed ({res['ff_err'][:120]})")
+    if ff_n and all(w.guarantees is not None for w in wins):
+        g = statistics.median(pct_per_cam(w.guarantees or 0.0, w.wall, n) for w in wins)
+        line.append(f"of the agent's CPU, sha256 + fdatasync + dir fsync (which ffmpeg does not do): {g:.3f}%/cam; "
+                    f"without them agent/ffmpeg would be {(med['agent'] - g) / ff:.2f}")
+    if "before" in med:
+        per_win = [w.cpu["agent"] / w.cpu["before"] for w in wins]
+        line.append(f"ratio agent/before {med['agent'] / med['before']:.2f} "
+                    f"(windows {min(per_win):.2f}-{max(per_win):.2f})")
     line.append(f"streams/core (agent) ≈ {100 / med['agent']:.0f}")
     line.append(f"server {med['server']:.3f}%/cam (not included)")
     if res["ff_failed"] and ff_n:
         line.append(f"{res['ff_failed']} ffmpeg failed: {res['ff_err'][:80]}")
     print("  " + "\n    ".join(line), flush=True)
-    print("    windows agent %/cam: " + ", ".join(f"{pct_per_cam(w.cpu['agent'], w.wall, n):.3f}"
-                                                 for w in wins), flush=True)
+    for k in [*kinds, "ffmpeg"]:
+        per = n if k != "ffmpeg" else max(ff_n, 1)
+        print(f"    windows {k} %/cam: " + ", ".join(f"{pct_per_cam(w.cpu[k], w.wall, per):.3f}" for w in wins),
+              flush=True)
 
 
 def main() -> None:
@@ -367,6 +444,8 @@ def main() -> None:
     ap.add_argument("--clip-s", type=float, default=10.0, help="length of the looped clip")
     ap.add_argument("--agent-src", help="directory holding another edge_agent package to measure instead "
                     "(e.g. an older checkout), for before/after figures")
+    ap.add_argument("--before-src", help="directory holding another edge_agent package (e.g. a copy from before a "
+                    "change) to measure alongside the current one, in the same run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -387,7 +466,7 @@ def main() -> None:
     counts = [int(x) for x in args.cameras.split(",")]
     print(f"relay bench: 1080p25 4 Mbps H.264 clips, {SEGMENT_S:.0f} s segments, windows "
           f"{args.windows}x{args.window_s:.0f} s after {args.warmup_s:.0f} s warm-up; agent without uplink "
-          f"(segments acked locally); CPU in % of one core per camera, median of windows", flush=True)
+          f"(segments deleted by the bench); CPU in % of one core per camera, median of windows", flush=True)
     for profile in args.profiles.split(","):
         params = ClipParams(width=1920, height=1080, fps=25, gop_s=2.0, bitrate_kbps=4000,
                             bframes=2 if profile == "high" else 0, duration_s=args.clip_s)

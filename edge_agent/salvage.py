@@ -2,7 +2,7 @@
 
 The prefix is demuxed, the last packet (likely cut short by the crash) dropped, and the rest kept
 up to the first packet that fails to decode. What remains is remuxed into a new temp file and
-enqueued like any segment (fsync, sha256, atomic rename), so a crash at any instant of the salvage
+enqueued like any segment (sha256, fdatasync, atomic rename), so a crash at any instant of the salvage
 itself leaves the original ``.part`` for the next start-up. Start time comes from the temp name
 (the segmenter writes it there) or, for older names, from the file's mtime minus its duration.
 """
@@ -10,7 +10,6 @@ itself leaves the original ``.part`` for the next start-up. Start time comes fro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import av
+
+from vms.fsutil import sync_and_hash
 
 from .spool import Segment, fsync_dir
 
@@ -57,13 +58,7 @@ def salvage(part: Path, root: Path) -> Segment | None:
                 for p in packets:
                     p.stream = st
                     dst.mux(p)
-        digest = hashlib.sha256()
-        with open(out, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-            os.fsync(f.fileno())
-        size = out.stat().st_size
-        sha = digest.hexdigest()
+        sha, size = sync_and_hash(out)
         final = root / Segment.file_name(m["dev"], start, duration, sha)
         os.replace(out, final)
         fsync_dir(root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import signal
 import subprocess
@@ -204,6 +205,7 @@ def test_segment_is_cut_when_keyframes_stop(tmp_path: Path, clips: dict[str, Pat
     seg.close()
     segs = spool.segments()
     assert seg.forced_cuts == 2 and len(segs) == 3
+    assert seg.fps == pytest.approx(25.0, rel=0.02)  # measured at the forced cuts: no keyframes to wait for
     assert [round(s.duration) for s in segs] == [3, 3, 2]
     assert sum(decode_count_packets(s.path) for s in segs) == n  # nothing lost at the cuts
     assert decode_count(segs[0].path)[0] == decode_count(segs[0].path)[1]
@@ -221,3 +223,43 @@ def test_segment_is_cut_when_keyframes_stop(tmp_path: Path, clips: dict[str, Pat
 def decode_count_packets(path: Path) -> int:
     with av.open(str(path)) as c:
         return sum(1 for p in c.demux(video=0) if p.size)
+
+
+def test_stream_figures_are_measured_while_cutting(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """fps, bit rate and keyframe interval come from the segmenter, on the camera's clock."""
+    spool = Spool(tmp_path / "spool", 10**9)
+    seg = Segmenter(DEV_A, spool, 1.0, clock=lambda: 1_700_000_000.0)  # arrival time plays no part
+    assert (seg.fps, seg.bitrate_bps, seg.keyframe_interval_s) == (0.0, 0.0, None)
+    packets = _packets(clips["plain"])
+    n = _feed_file(seg, clips["plain"])
+    assert n == len(packets) == 100
+    assert seg.keyframe_interval_s == pytest.approx(1.0)
+    assert seg.fps == pytest.approx(25.0, rel=0.02)
+    # Windows run from keyframe to the first keyframe at least 2 s later: here packets 0..49.
+    window = sum(p.size for p in packets[:50]) * 8 / 2.0
+    assert seg.bitrate_bps == pytest.approx(window, rel=0.02)
+
+
+def test_bad_timestamps_inside_a_segment_are_repaired_or_dropped(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """Repeated, missing and impossible DTS mid-segment: the segment still has strictly rising DTS."""
+    spool = Spool(tmp_path / "spool", 10**9)
+    seg = Segmenter(DEV_A, spool, 30.0, clock=lambda: 1_700_000_000.0)
+    with av.open(str(clips["plain"])) as src:
+        stream = src.streams.video[0]
+        packets = [p for p in src.demux(stream) if p.size]
+        packets[10].dts = packets[9].dts  # repeated: nudged forward
+        packets[20].dts = None  # missing: filled in
+        packets[30].dts = int(packets[30].pts) + 1  # after its PTS: dropped
+        packets[40].dts = int(packets[38].dts)  # backwards by a frame: nudged forward
+        for p in packets:
+            seg.feed(p, stream)
+        seg.close()
+    assert seg.dropped_packets == 1
+    (s,) = spool.segments()
+    out = _packets(s.path)
+    assert len(out) == len(packets) - 1
+    dts = [int(p.dts) for p in out]
+    assert all(b > a for a, b in itertools.pairwise(dts))
+    assert all(int(p.dts) <= int(p.pts) for p in out)
+    frames, n, _ = decode_count(s.path)
+    assert frames == n == len(packets) - 1
