@@ -1,6 +1,11 @@
 """Glass-to-glass latency of the hub's live view: WebRTC (H.264 passed through) and HLS.
 
     .venv/bin/python bench/bench_live.py [--segment-seconds 4,1] [--seconds 25] [--size 640x360]
+        [--stream sub --sub-size 320x180]
+
+``--stream sub`` measures the camera's sub stream instead: the agent relays it live-only with
+``live_segment_seconds`` set to each ``--segment-seconds`` value, and every client (the reference
+included) watches the sub stream.
 
 One simulated camera (camsim, a looped 30 s clip with a burned-in clock and frame counter) is
 relayed by a real edge agent to a real hub on loopback. Three clients watch at once:
@@ -179,17 +184,20 @@ def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def run_one(d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float) -> list[Result]:
+def run_one(d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float, stream: str) -> list[Result]:
     agent_token = hub.tokens["agent"]
-    cfg = d / f"agent-{seg:g}.yaml"
+    cfg = d / f"agent-{stream}-{seg:g}.yaml"
+    sub = stream == "sub"
+    camera = {"url": sim.rtsp_url(CAM), "device_id": CAM, **({"sub_url": sim.rtsp_url(CAM, sub=True)} if sub else {})}
     cfg.write_text(
         yaml.safe_dump(
             {
                 "hub_url": hub.url,
                 "token": agent_token,
-                "data_dir": str(d / f"agent-{seg:g}"),
-                "segment_seconds": seg,
-                "cameras": [{"url": sim.rtsp_url(CAM), "device_id": CAM}],
+                "data_dir": str(d / f"agent-{stream}-{seg:g}"),
+                "segment_seconds": 2 if sub else seg,
+                **({"live_segment_seconds": seg} if sub else {}),
+                "cameras": [camera],
             }
         )
     )
@@ -200,14 +208,15 @@ def run_one(d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float
         stderr=log,
     )
     token = hub.tokens["duty"]
-    ref = Reference(sim.rtsp_url(CAM))
+    ref = Reference(sim.rtsp_url(CAM, sub=sub))
+    query = "stream=sub&" if sub else ""
     try:
         ref.thread.start()
         # Wait for a fresh window of this run's segments (3 of them, or the 1 s segments' first 4 s).
         t_start = time.time()
 
         def fresh() -> bool:
-            r = httpx.get(f"{hub.url}/api/v1/live/{CAM}/index.m3u8", headers={"Authorization": f"Bearer {token}"})
+            r = httpx.get(f"{hub.url}/api/v1/live/{CAM}/index.m3u8?{query}token={token}")
             if r.status_code != 200:
                 return False
             pdt = [ln.split(":", 1)[1] for ln in r.text.splitlines() if ln.startswith("#EXT-X-PROGRAM-DATE-TIME")]
@@ -217,14 +226,14 @@ def run_one(d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float
         wait(fresh, 90, "live segments")
         until = time.time() + seconds
         results = [Result("WebRTC (aiortc)"), Result("HLS, 3 segments back"), Result("HLS, 1 segment back")]
-        playlist = f"{hub.url}/api/v1/live/{CAM}/index.m3u8?token={token}"
+        playlist = f"{hub.url}/api/v1/live/{CAM}/index.m3u8?{query}token={token}"
         threads = [
             threading.Thread(target=hls_client, args=(playlist, i, ref, r, until), daemon=True)
             for i, r in ((-3, results[1]), (-1, results[2]))
         ]
         for th in threads:
             th.start()
-        asyncio.run(webrtc_client(f"{hub.url}/api/v1/live/{CAM}/webrtc", token, ref, results[0], until))
+        asyncio.run(webrtc_client(f"{hub.url}/api/v1/live/{CAM}/webrtc?{query}", token, ref, results[0], until))
         for th in threads:
             th.join(seconds + 60)
         return results
@@ -239,10 +248,14 @@ def main() -> None:
     ap.add_argument("--segment-seconds", default="4,1", help="agent segment lengths to compare")
     ap.add_argument("--seconds", type=float, default=25, help="measuring time per segment length")
     ap.add_argument("--size", default="640x360")
+    ap.add_argument("--stream", choices=("main", "sub"), default="main", help="which of the camera's streams to watch")
+    ap.add_argument("--sub-size", default="320x180")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args()
     w, h = (int(x) for x in a.size.split("x"))
     params = ClipParams(width=w, height=h, fps=25, gop_s=1.0, bitrate_kbps=1500, bframes=0, duration_s=30.0)
+    sw, sh = (int(x) for x in a.sub_size.split("x"))
+    sub_params = ClipParams(width=sw, height=sh, fps=25, gop_s=1.0, bitrate_kbps=256, duration_s=30.0)
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # stay on loopback
     d = Path(tempfile.mkdtemp(prefix="bench_live_"))
     rtsp_port, control_port = free_ports(2)
@@ -253,6 +266,7 @@ def main() -> None:
         control_port=control_port,
         onvif_base_port=None,
         params=params,
+        sub_params=sub_params if a.stream == "sub" else None,
         variants=("normal",),
         mix_profiles=False,
     )
@@ -261,12 +275,13 @@ def main() -> None:
     )
     hub.token("duty")
     hub.token("agent", "32058501", name="agent")
-    print(f"camera {w}x{h} 25 fps, GOP 1 s, 1.5 Mbps; measuring {a.seconds:g} s per segment length", flush=True)
+    what = f"sub stream {sw}x{sh} 256 kbit/s" if a.stream == "sub" else f"{w}x{h} 1.5 Mbps"
+    print(f"camera {what}, 25 fps, GOP 1 s; measuring {a.seconds:g} s per segment length", flush=True)
     with sim:
         hub.start()
         try:
             for seg in (float(x) for x in a.segment_seconds.split(",")):
-                for r in run_one(d, hub, sim, seg, a.seconds):
+                for r in run_one(d, hub, sim, seg, a.seconds, a.stream):
                     print(r.line(seg), flush=True)
         finally:
             hub.stop()

@@ -78,6 +78,7 @@ class OnvifDevice:
     sub_bitrate_kbps: int = 1500
     gov_length: int = 50
     profile: str = "high"
+    sub_profile: str = "baseline"
 
     @property
     def serial(self) -> str:
@@ -138,7 +139,7 @@ def _profile_xml(dev: OnvifDevice, sub: bool) -> str:
     token, name = ("profile_sub", "SubStream") if sub else ("profile_main", "MainStream")
     width, height = (dev.sub_width, dev.sub_height) if sub else (dev.width, dev.height)
     bitrate = dev.sub_bitrate_kbps if sub else dev.bitrate_kbps
-    h264_profile = "High" if dev.profile == "high" else "Baseline"
+    h264_profile = "High" if (dev.sub_profile if sub else dev.profile) == "high" else "Baseline"
     return (
         f'<trt:Profiles token="{token}" fixed="true"><tt:Name>{name}</tt:Name>'
         '<tt:VideoSourceConfiguration token="vsc_1"><tt:Name>VideoSource</tt:Name><tt:UseCount>2</tt:UseCount>'

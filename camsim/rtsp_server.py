@@ -14,7 +14,8 @@ Spec file (JSON), written by `camsim.sim.Simulator`:
                   "width": 640, "height": 360, "fps": 25, "bitrate_kbps": 1500, "gov_length": 50,
                   "profile": "high", "clips": {"normal": "/path.ts", "black": ..., ...},
                   "sub_mount": "/cam/<id>/sub", "sub_width": 320, "sub_height": 180,
-                  "sub_bitrate_kbps": 400, "sub_clips": {...}}]}   (sub_* optional)
+                  "sub_bitrate_kbps": 400, "sub_profile": "baseline", "sub_clips": {...}}]}
+                  (sub_* optional; without a sub mount ONVIF's SubStream profile is the main stream)
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ def onvif_devices(spec: dict[str, Any], cams: CameraServer) -> list[OnvifDevice]
             fps=int(c.get("fps", 25)), bitrate_kbps=int(c.get("bitrate_kbps", 1500)),
             sub_bitrate_kbps=int(c.get("sub_bitrate_kbps", c.get("bitrate_kbps", 1500))),
             gov_length=int(c.get("gov_length", 50)), profile=str(c.get("profile", "high")),
+            sub_profile=str(c.get("sub_profile", c.get("profile", "high"))),
         ))
     return devices
 

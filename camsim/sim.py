@@ -24,6 +24,8 @@ from camsim.net import http_ok, port_open, wait_until
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 DEFAULT_PREFIX = "32058501001320"
+#: A camera's sub stream (子码流) for multi-tile walls: small, Baseline, no B-frames, as real ones are.
+SUB_PARAMS = ClipParams(width=320, height=180, bitrate_kbps=256, bframes=0)
 
 
 def device_ids(count: int, prefix: str = DEFAULT_PREFIX, first: int = 1) -> list[str]:
@@ -61,7 +63,8 @@ class Simulator:
     ) -> None:
         """`mix_profiles`: odd-numbered cameras get a Baseline clip without B-frames, the others
         `params` (High with B-frames by default), since real fleets mix both. `sub_params` adds a
-        second mount per camera (`.../sub`) with its own, usually smaller, clips."""
+        second mount per camera (`.../sub`) with its own, usually smaller, clips; a sub stream is
+        always Baseline without B-frames (its `bframes` is set to 0), as real sub streams are."""
         if len(set(cameras)) != len(cameras):
             raise ValueError("camera ids must be unique")
         self.cameras = list(cameras)
@@ -71,7 +74,7 @@ class Simulator:
         self.onvif_base_port = onvif_base_port
         self.params = params or ClipParams()
         self.mix_profiles = mix_profiles
-        self.sub_params = sub_params
+        self.sub_params = replace(sub_params, bframes=0) if sub_params else None
         self.variants = list(dict.fromkeys(["normal", *variants]))
         self.host = host
         self.onvif_username = onvif_username
@@ -137,7 +140,7 @@ class Simulator:
             if self.sub_params:
                 sp = self.sub_params
                 cam.update(sub_mount=f"/cam/{d}/sub", sub_width=sp.width, sub_height=sp.height,
-                           sub_bitrate_kbps=sp.bitrate_kbps,
+                           sub_bitrate_kbps=sp.bitrate_kbps, sub_profile=sp.profile,
                            sub_clips={v: str(clips[(sp, v)]) for v in self.variants})
             cams.append(cam)
         onvif = None

@@ -1,5 +1,9 @@
 """The running agent: cameras -> ingest threads -> spool -> uplink, until stopped.
 
+A camera's sub stream (子码流), when it has one, runs through its own ingest thread and segmenter
+into a live-only spool: short segments for the hub's live wall, sent while fresh or dropped,
+never backlog. It is the same device, so it adds nothing to the heartbeat's camera stats.
+
 Ingest runs on threads and never waits for the hub; the uplink and heartbeat run on one asyncio
 loop. Stopping closes every open segment properly so nothing recorded before the stop is lost.
 """
@@ -7,25 +11,35 @@ loop. Stopping closes every open segment properly so nothing recorded before the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from vms import ids
-from vms.protocol import CameraStats
+from vms.protocol import CameraReportReply, CameraStats
+from vms.protocol import CameraSource as Source
 
+from .analysis import AgentAnalysis
 from .config import AgentConfig, redact, strip_credentials
 from .ingest import CameraIngest
 from .registry import Registry
 from .segmenter import Segmenter
-from .spool import Spool
+from .spool import Segment, Spool
 from .uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+#: Cameras not relayed yet (pending, rejected, unanswered) are reported again this often, so an
+#: admin's acceptance starts one within seconds.
+REPORT_WAITING_S = 5.0
+#: Every camera is reported again this often, so a later rejection stops one that is relayed.
+REPORT_ALL_S = 60.0
 
 
 class AgentError(Exception):
@@ -45,6 +59,12 @@ class CameraSource:
     manufacturer: str | None = None
     model: str | None = None
     address: str | None = None
+    sub_url: str | None = None  # the camera's sub stream, relayed for live view only
+    source: Source = "config"  # onvif: found by discovery, relayed only once the hub accepts it
+
+
+#: Disk a live-only spool may use: it holds seconds of sub-stream video, this is only a backstop.
+LIVE_SPOOL_QUOTA_BYTES = 256_000_000
 
 
 def with_credentials(url: str, username: str, password: str) -> str:
@@ -67,8 +87,17 @@ class Agent:
                            live_window_s=3 * cfg.segment_seconds)
         self.ingests: list[CameraIngest] = []
         self.sources: dict[str, CameraSource] = {}
+        self._refused: dict[str, str] = {}  # device -> why the hub refuses this agent reporting it (logged once)
         self.uplink = Uplink(cfg.hub_url, cfg.token, self.spool, self.camera_stats,
                              heartbeat_interval_s=cfg.heartbeat_interval_s, max_inflight=cfg.max_inflight)
+        self.live_spool = Spool(self.data_dir / "live-spool", min(cfg.spool_quota_bytes, LIVE_SPOOL_QUOTA_BYTES),
+                                live_window_s=max(3.0, 3 * cfg.live_segment_seconds), live_only=True)
+        self.uplink.live_spool = self.live_spool
+        self.sub_ingests: list[CameraIngest] = []  # not in camera_stats: the device is counted once
+        self.analysis = AgentAnalysis(cfg.analysis, self.data_dir) if cfg.analysis.enabled else None
+        if self.analysis is not None:
+            self.spool.on_added = self.analysis.segment_added
+            self.uplink.motion_of = self._motion_of
 
     def _lock_data_dir(self) -> IO[str]:
         f = open(self.data_dir / ".lock", "w")  # noqa: SIM115 - held for the agent's lifetime
@@ -82,13 +111,21 @@ class Agent:
         return f
 
     def camera_stats(self) -> list[CameraStats]:
-        return [ing.camera_stats() for ing in self.ingests]
+        stats = [ing.camera_stats() for ing in self.ingests]
+        if self.analysis is not None:
+            for s in stats:
+                s.defects = self.analysis.defects(s.device_id)
+        return stats
+
+    async def _motion_of(self, seg: Segment) -> float | None:
+        assert self.analysis is not None
+        return await self.analysis.motion_for(seg.sha256, wait_s=1.0)  # a 1080p segment takes ~0.1 s
 
     # --- cameras --------------------------------------------------------------------------------
 
     def configured_sources(self) -> list[CameraSource]:
         return [CameraSource(url=c.url, name=c.name, location=c.location, device_id=c.device_id,
-                             transport=c.transport) for c in self.cfg.cameras]
+                             transport=c.transport, sub_url=c.sub_url) for c in self.cfg.cameras]
 
     def discovered_sources(self) -> list[CameraSource]:
         from .discovery import discover
@@ -101,10 +138,13 @@ class Agent:
             if uri is None:
                 log.warning("ONVIF camera at %s has no usable stream (%s)", cam.address, cam.error)
                 continue
+            sub = cam.sub_stream()
             out.append(CameraSource(url=with_credentials(uri, o.username, o.password),
                                     name=" ".join(x for x in (cam.manufacturer, cam.model) if x),
                                     serial=cam.serial, manufacturer=cam.manufacturer, model=cam.model,
-                                    address=cam.address))
+                                    address=cam.address,
+                                    sub_url=with_credentials(sub, o.username, o.password)
+                                    if sub and sub != uri else None, source="onvif"))
         return out
 
     def assign_ids(self, sources: list[CameraSource], prefix: str | None) -> None:
@@ -121,24 +161,70 @@ class Agent:
             src.device_id = dev
             self.sources[dev] = src
 
-    def start_ingest(self) -> None:
-        for dev, src in self.sources.items():
-            seg = Segmenter(dev, self.spool, self.cfg.segment_seconds)
-            ing = CameraIngest(dev, src.url, seg, transport=src.transport,
-                               stall_timeout_s=self.cfg.stall_timeout_s, name=src.name, location=src.location)
-            ing.start()
-            self.ingests.append(ing)
-        log.info("relaying %d camera(s)", len(self.ingests))
+    def may_relay(self, dev: str) -> bool:
+        """Accepted by the hub (now or on an earlier run), or typed into the config and not rejected.
 
-    def camera_report(self) -> list[dict[str, Any]]:
-        return [{"device_id": dev, "name": s.name, "location": s.location, "manufacturer": s.manufacturer,
-                 "model": s.model, "serial": s.serial,
+        The decision is remembered in the registry, so a hub that is down when the agent starts
+        never stops an accepted camera; a discovered camera never answered for is not relayed.
+        """
+        state = self.registry.acceptance(dev)
+        return state == "accepted" or (state != "rejected" and self.sources[dev].source == "config")
+
+    def relaying(self) -> set[str]:
+        return {ing.device_id for ing in self.ingests}
+
+    def start_camera(self, dev: str) -> None:
+        if dev in self.relaying():
+            return
+        src = self.sources[dev]
+        seg = Segmenter(dev, self.spool, self.cfg.segment_seconds)
+        ing = CameraIngest(dev, src.url, seg, transport=src.transport,
+                           stall_timeout_s=self.cfg.stall_timeout_s, name=src.name, location=src.location)
+        ing.start()
+        self.ingests.append(ing)
+        if src.sub_url:
+            sub = CameraIngest(dev, src.sub_url, Segmenter(dev, self.live_spool, self.cfg.live_segment_seconds),
+                               transport=src.transport, stall_timeout_s=self.cfg.stall_timeout_s,
+                               name=src.name, location=src.location)
+            sub.start()
+            self.sub_ingests.append(sub)
+
+    def start_ingest(self) -> None:
+        """Start every camera that may be relayed now; say which ones wait for the hub."""
+        for dev in self.sources:
+            if self.may_relay(dev):
+                self.start_camera(dev)
+        log.info("relaying %d camera(s), %d with a sub stream for live view", len(self.ingests),
+                 len(self.sub_ingests))
+        for dev in self.sources.keys() - self.relaying():
+            src = self.sources[dev]
+            log.warning("camera %s (%s, %s) is not relayed: %s", dev, src.name or "unnamed", redact(src.url),
+                        "rejected at the hub" if self.registry.acceptance(dev) == "rejected"
+                        else "discovered, waits for an admin to accept it at the hub")
+
+    async def stop_camera(self, dev: str) -> None:
+        """Stop relaying ``dev``; its open segment is closed and spooled as at shutdown."""
+        stopping = [i for i in self.ingests + self.sub_ingests if i.device_id == dev]
+        self.ingests = [i for i in self.ingests if i.device_id != dev]
+        self.sub_ingests = [i for i in self.sub_ingests if i.device_id != dev]
+        for ing in stopping:
+            ing.stop()
+        for ing in stopping:
+            if not await asyncio.to_thread(ing.join, 8.0):
+                log.warning("camera %s: ingest thread did not stop in time", dev)
+
+    def camera_report(self, devices: set[str] | None = None) -> list[dict[str, Any]]:
+        return [{"device_id": dev, "source": s.source, "name": s.name, "location": s.location,
+                 "manufacturer": s.manufacturer, "model": s.model, "serial": s.serial,
                  "address": s.address or urlsplit(s.url).netloc.rsplit("@", 1)[-1],
-                 "stream_uri": strip_credentials(s.url)} for dev, s in self.sources.items()]
+                 "stream_uri": strip_credentials(s.url)}
+                for dev, s in self.sources.items() if devices is None or dev in devices]
 
     # --- run ------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.analysis is not None:
+            self.analysis.start()  # workers spawn on the first segment
         try:
             sources = self.configured_sources()
             if self.cfg.discovery.enabled:
@@ -163,22 +249,70 @@ class Agent:
                     log.error("device %s is outside the prefixes the hub granted (%s); the hub will refuse "
                               "it", dev, ", ".join(self.uplink.prefixes))
             await self._report_cameras()
-            await asyncio.gather(self.uplink.heartbeat_loop(stop), self.uplink.upload_loop(stop))
+            await asyncio.gather(self.uplink.heartbeat_loop(stop), self.uplink.upload_loop(stop),
+                                 self.report_loop(stop))
         finally:
             await asyncio.to_thread(self.shutdown)
             await self.uplink.aclose()
 
-    async def _report_cameras(self) -> None:
+    async def _report_cameras(self, devices: set[str] | None = None) -> None:
+        """Report cameras (all, or ``devices``) and act on the answer; a failure waits for the next round."""
         try:
-            await self.uplink.report_cameras(self.camera_report())
+            reply = await self.uplink.report_cameras(self.camera_report(devices))
         except Exception as exc:
             log.warning("could not report cameras to the hub: %s", exc)
+            return
+        if reply is not None:
+            await self.apply(reply)
+
+    async def apply(self, reply: CameraReportReply) -> None:
+        """Start cameras the hub accepts, stop the ones an admin rejected, remember both on disk."""
+        states = {d.device_id: d.state for d in reply.cameras if d.device_id in self.sources and d.state != "refused"}
+        before = {dev: self.registry.acceptance(dev) for dev in states}
+        await asyncio.to_thread(self.registry.set_acceptance, states)
+        running = self.relaying()
+        for d in reply.cameras:
+            dev, src = d.device_id, self.sources.get(d.device_id)
+            if src is None:
+                continue
+            if d.state == "refused":
+                if self._refused.get(dev) != d.reason:
+                    log.error("hub refuses camera %s: %s", dev, d.reason)
+                self._refused[dev] = d.reason
+            elif d.state == "accepted" and dev not in running:
+                log.info("camera %s (%s) accepted by the hub; relaying it", dev, src.name or redact(src.url))
+                self.start_camera(dev)
+            elif d.state == "rejected" and (dev in running or before[dev] != "rejected"):
+                log.warning("camera %s (%s) rejected at the hub; not relaying it: %s", dev,
+                            src.name or redact(src.url), d.reason)
+                await self.stop_camera(dev)
+            elif d.state == "pending" and before[dev] != "pending":
+                log.warning("camera %s (%s at %s) waits for an admin to accept it at the hub; not relaying it yet",
+                            dev, src.name or "unnamed", src.address or redact(src.url))
+
+    async def report_loop(self, stop: asyncio.Event) -> None:
+        """Report cameras not relayed (and any the hub refused stats for) often, every camera now and then."""
+        last_all = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=REPORT_WAITING_S)
+            if stop.is_set() or not self.uplink.cameras_supported:
+                continue
+            if time.monotonic() - last_all >= REPORT_ALL_S:
+                last_all = time.monotonic()
+                await self._report_cameras()
+                continue
+            waiting = (self.sources.keys() - self.relaying()) | (self.relaying() & self.uplink.stats.rejected_devices)
+            if waiting:
+                await self._report_cameras(waiting)
 
     def shutdown(self, timeout_s: float = 8.0) -> None:
         """Stop ingest threads; each closes (and enqueues) its open segment on the way out."""
-        for ing in self.ingests:
+        for ing in self.ingests + self.sub_ingests:
             ing.stop()
-        for ing in self.ingests:
+        for ing in self.ingests + self.sub_ingests:
             if not ing.join(timeout_s):
                 log.warning("camera %s: ingest thread did not stop in time", ing.device_id)
+        if self.analysis is not None:
+            self.analysis.stop()
         self._lock_file.close()

@@ -35,6 +35,9 @@ def run(
     hub: str | None = typer.Option(None, help="Hub base URL (instead of --config)."),
     token: str | None = typer.Option(None, envvar="VMS_AGENT_TOKEN", help="Agent bearer token."),
     camera: list[str] = typer.Option([], help="RTSP URL of a camera; repeat for more."),
+    sub: list[str] = typer.Option(
+        [], help='Sub-stream RTSP URL of the --camera at the same position (live view only; "" for none).'
+    ),
     id_prefix: str | None = typer.Option(None, help="14-digit prefix to allocate device IDs from."),
     data_dir: Path = typer.Option(Path("./agent-data"), help="Registry and spool directory."),
     segment_seconds: float = typer.Option(4.0, help="Target segment length."),
@@ -49,9 +52,13 @@ def run(
         else:
             if not hub or not token:
                 raise typer.BadParameter("give --config, or --hub and --token with one or more --camera")
+            if len(sub) > len(camera):
+                raise typer.BadParameter(f"{len(sub)} --sub for {len(camera)} --camera: each --sub pairs with "
+                                         "the --camera at its position")
+            subs = [*(x or None for x in sub), *[None] * (len(camera) - len(sub))]
             cfg = AgentConfig(hub_url=hub, token=token, id_prefix=id_prefix, data_dir=data_dir,
                               segment_seconds=segment_seconds,
-                              cameras=[CameraConfig(url=u) for u in camera])
+                              cameras=[CameraConfig(url=u, sub_url=s) for u, s in zip(camera, subs, strict=True)])
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vms import ids
+from vms.analysis.config import AnalysisConfig
 from vms.config import ConfigError as ConfigError  # re-exported: the agent reports config errors like the hub
 from vms.config import format_errors as format_errors
 from vms.config import load_model
@@ -28,6 +29,9 @@ class CameraConfig(_Model):
     """A camera reached by a plain RTSP URL (ONVIF cameras can be discovered instead)."""
 
     url: str = Field(description="rtsp://[user:password@]host[:port]/path")
+    sub_url: str | None = Field(
+        None, description="The camera's sub stream (子码流), relayed for live wall tiles only: never recorded."
+    )
     name: str = Field("", max_length=200)
     location: str = Field("", max_length=200)
     device_id: str | None = Field(None, description="Fixed 20-digit GB/T 28181 ID; allocated if absent.")
@@ -40,6 +44,17 @@ class CameraConfig(_Model):
         if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
             raise ValueError(f"must be an rtsp:// URL with a host, got {redact(v)!r}")
         return v
+
+    @field_validator("sub_url")
+    @classmethod
+    def _sub_rtsp(cls, v: str | None) -> str | None:
+        return None if v is None else cls._rtsp(v)
+
+    @model_validator(mode="after")
+    def _sub_differs(self) -> CameraConfig:
+        if self.sub_url is not None and strip_credentials(self.sub_url) == strip_credentials(self.url):
+            raise ValueError("sub_url: is the main stream's URL; leave it out if the camera has no sub stream")
+        return self
 
     @field_validator("device_id")
     @classmethod
@@ -70,12 +85,20 @@ class AgentConfig(_Model):
     data_dir: Path = Field(Path("./agent-data"), description="Registry and spool live here.")
     heartbeat_interval_s: float = Field(2.0, ge=0.5, le=60)
     segment_seconds: float = Field(4.0, ge=1, le=30)
+    live_segment_seconds: float = Field(
+        1.0, ge=0.5, le=10, description="Segment length of sub streams (live only: short for low latency)."
+    )
     spool_quota_bytes: int = Field(2_000_000_000, ge=1_000_000, le=10**15)
     max_inflight: int = Field(4, ge=1, le=32, description="Segment uploads in flight at once.")
     stall_timeout_s: float = Field(5.0, ge=1, le=120, description="No packet this long = stalled stream.")
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=4096)
     onvif: OnvifConfig = Field(default_factory=OnvifConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    analysis: AnalysisConfig = Field(
+        default_factory=lambda: AnalysisConfig(enabled=False),
+        description="Frame analysis on the agent (the hub's checks and settings); off by default, when the hub "
+        "analyses what it stores. When on, the hub takes this agent's findings and does not decode its cameras.",
+    )
 
     @field_validator("hub_url")
     @classmethod

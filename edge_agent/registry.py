@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class Entry:
     url: str | None = None
     serial: str | None = None
     name: str = ""
+    #: The hub's last word on relaying it: accepted | pending | rejected, "" before the first answer.
+    acceptance: str = ""
 
 
 def _serial_key(serial: str | None) -> str | None:
@@ -86,6 +89,22 @@ class Registry:
         with self._lock:
             e = self._find(url, serial)
             return e.device_id if e else None
+
+    def acceptance(self, device_id: str) -> str:
+        """The hub's last decision on ``device_id``, kept so a hub outage never stops an accepted camera."""
+        with self._lock:
+            return next((e.acceptance for e in self._entries if e.device_id == device_id), "")
+
+    def set_acceptance(self, states: Mapping[str, str]) -> None:
+        """Remember the hub's decisions (device ID -> state); written once, only if one changed."""
+        with self._lock:
+            changed = False
+            for e in self._entries:
+                state = states.get(e.device_id)
+                if state is not None and state != e.acceptance:
+                    e.acceptance, changed = state, True
+            if changed:
+                self._write()
 
     def _find(self, url: str | None, serial: str | None) -> Entry | None:
         skey = _serial_key(serial)

@@ -6,6 +6,10 @@ both writes the metadata and enqueues, and a restart rebuilds the queue by listi
 Unfinished writes live in ``.tmp/``; at start-up the readable prefix of each is salvaged into the
 queue (see ``salvage.py``) and the rest dropped and counted. Segments the hub will never take are
 kept in ``rejected/`` for a human; they count against the quota and go first when it is exceeded.
+
+A *live-only* spool (``live_only=True``, the cameras' sub streams) is no store-and-forward queue:
+a segment not sent while fresh (``live_window_s``) is deleted and counted in ``live_dropped``,
+never kept as backlog, and segments found at start-up are stale and go the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +70,11 @@ class Segment:
 class Spool:
     """Queue directory + in-memory index; thread-safe (ingest threads add, the uplink takes)."""
 
-    def __init__(self, root: Path, quota_bytes: int, live_window_s: float = 12.0) -> None:
+    def __init__(self, root: Path, quota_bytes: int, live_window_s: float = 12.0, live_only: bool = False) -> None:
         self.root = Path(root)
+        self.live_only = live_only
+        self.live_dropped = 0  # live-only: segments deleted unsent (stale, or refused by the hub)
+        self._live_logged_at = float("-inf")
         self.tmp_dir = self.root / ".tmp"
         self.rejected_dir = self.root / "rejected"
         self.quota_bytes = quota_bytes
@@ -83,6 +90,7 @@ class Spool:
         self.dropped_rejected = 0
         self._rejected: dict[str, tuple[float, int]] = {}  # name -> (mtime, size) in rejected/
         self._rejected_bytes = 0
+        self.on_added: Callable[[Segment], None] | None = None  # e.g. the agent's analysis; must not block
         for d in (self.root, self.tmp_dir, self.rejected_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._state_path = self.root / "state.json"
@@ -165,6 +173,10 @@ class Spool:
             self._index[seg.name] = (seg, time.monotonic())
             self._bytes += seg.size
             self._enforce_quota()
+        if self.live_only:
+            self._drop_stale(())  # bounded even while uploads are paused
+        if self.on_added is not None:
+            self.on_added(seg)
 
     def _move_to_rejected(self, path: Path) -> bool:
         """Move a file into ``rejected/`` and account for it (caller holds the lock or is alone)."""
@@ -213,7 +225,10 @@ class Spool:
         """Up to ``limit`` segments: live ones (newest arrivals) first, then the backlog oldest-first.
 
         When both exist, at least one slot goes to the backlog so it keeps draining.
+        A live-only spool has no backlog: see :meth:`_fresh_batch`.
         """
+        if self.live_only:
+            return self._fresh_batch(limit, exclude, skip_devices)
         now = time.monotonic()
         with self._lock:
             live: list[Segment] = []
@@ -228,6 +243,36 @@ class Spool:
         if live_n < limit - backlog_n:
             backlog_n = min(len(backlog), limit - live_n)
         return heapq.nsmallest(live_n, live, key=key) + heapq.nsmallest(backlog_n, backlog, key=key)
+
+    def _fresh_batch(self, limit: int, exclude: Container[str], skip_devices: Container[str]) -> list[Segment]:
+        """Live-only: the oldest fresh segments, after deleting (and counting) the stale ones."""
+        self._drop_stale(exclude)
+        with self._lock:
+            fresh = [seg for name, (seg, _) in self._index.items()
+                     if name not in exclude and seg.device_id not in skip_devices]
+        return heapq.nsmallest(limit, fresh, key=lambda s: (s.start, s.device_id))
+
+    def _drop_stale(self, exclude: Container[str]) -> None:
+        """Live-only: delete and count the segments older than the live window (except ``exclude``)."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [seg for name, (seg, added) in self._index.items()
+                     if now - added > self.live_window_s and name not in exclude]
+        for seg in stale:
+            self.drop(seg)
+        if stale and now - self._live_logged_at >= 10.0:  # one line per outage burst, not per segment
+            self._live_logged_at = now
+            log.warning("live-only spool %s: dropped segments not sent while fresh (%d in total)",
+                        self.root.name, self.live_dropped)
+
+    def drop(self, seg: Segment) -> None:
+        """Live-only: delete a segment that will not be sent, and count it."""
+        with self._lock:
+            if self._index.pop(seg.name, None) is None:
+                return
+            self._bytes -= seg.size
+            self.live_dropped += 1
+        seg.path.unlink(missing_ok=True)
 
     def ack(self, seg: Segment) -> None:
         """The hub has the segment: delete it."""

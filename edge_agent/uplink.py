@@ -14,14 +14,22 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import httpx
 
-from vms.protocol import CameraStats, Heartbeat, HeartbeatReply, Register, RegisterReply
+from vms.protocol import (
+    CameraReport,
+    CameraReportReply,
+    CameraStats,
+    Heartbeat,
+    HeartbeatReply,
+    Register,
+    RegisterReply,
+)
 
 from .spool import Segment, Spool
 
@@ -47,6 +55,7 @@ class Outcome(Enum):
     RETRY = "retry"  # network error, 5xx, anything unexpected
     CORRUPT = "corrupt"  # the file no longer matches its checksum: kept in rejected/
     GONE = "gone"  # the spool dropped it meanwhile
+    DROPPED = "dropped"  # a live-only segment the hub did not take: deleted, never retried
 
 
 @dataclass
@@ -59,6 +68,7 @@ class UplinkStats:
     corrupt: int = 0
     failures: int = 0
     heartbeats: int = 0
+    live_uploaded: int = 0  # live-only (sub-stream) segments the hub took
     rejected_devices: set[str] = field(default_factory=set)
 
 
@@ -98,6 +108,11 @@ class Uplink:
         self._unreachable_pause = False  # the current pause is for network errors / 5xx only
         self._failures = 0
         self._inflight: set[str] = set()
+        # Live-only segments (cameras' sub streams), sent beside the spool; see upload_live.
+        self.live_spool: Spool | None = None
+        self.live_supported = True
+        # Set when the agent analyses its cameras: a segment's motion ratio, sent with the segment.
+        self.motion_of: Callable[[Segment], Awaitable[float | None]] | None = None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -175,19 +190,23 @@ class Uplink:
             self.heartbeat_interval_s = reply.heartbeat_interval_s
         return reply
 
-    async def report_cameras(self, cameras: Sequence[dict[str, Any]]) -> bool:
-        """Tell the hub what discovery found; False when the hub does not support it (404)."""
+    async def report_cameras(self, cameras: Sequence[dict[str, Any]]) -> CameraReportReply | None:
+        """Tell the hub which cameras this agent has; its answer says which ones may be relayed.
+
+        None when the hub takes no camera reports (404): then nothing is accepted by a decision.
+        """
         if not self.cameras_supported:
-            return False
+            return None
+        body = CameraReport.model_validate({"cameras": list(cameras)})
         r = await self._client.post(f"{self.hub_url}/api/v1/agents/cameras",
-                                    json={"cameras": list(cameras)}, headers=self._headers)
+                                    content=body.model_dump_json(), headers=self._json_headers())
         if r.status_code in (404, 405):
             self.cameras_supported = False
             log.info("hub does not take camera reports yet (%d); carrying on", r.status_code)
-            return False
+            return None
         if r.status_code >= 400:
             raise HubError(f"camera report: hub answered {r.status_code}: {_short(r)}")
-        return True
+        return CameraReportReply.model_validate_json(r.content)
 
     def _json_headers(self) -> dict[str, str]:
         return {**self._headers, "Content-Type": "application/json"}
@@ -206,6 +225,8 @@ class Uplink:
         headers = {**self._headers, "Content-Type": "video/mp2t", "X-VMS-SHA256": seg.sha256,
                    "X-VMS-Sent-At": f"{time.time():.6f}"}
         params = {"start": f"{seg.start:.6f}", "duration": f"{seg.duration:.6f}"}
+        if self.motion_of is not None and (ratio := await self.motion_of(seg)) is not None:
+            headers["X-VMS-Motion-Ratio"] = f"{ratio:.4f}"
         try:
             r = await self._client.put(url, params=params, content=data, headers=headers)
         except httpx.HTTPError as exc:
@@ -240,8 +261,8 @@ class Uplink:
             return Outcome.RESEND
         if code == 403:
             if seg.device_id not in self._blocked:
-                log.error("hub refused device %s (403: not under this agent's prefixes); keeping its "
-                          "segments and not sending them: %s", seg.device_id, _short(r))
+                log.error("hub refused device %s (403); keeping its segments and not sending them for now: %s",
+                          seg.device_id, _short(r))
             self._blocked[seg.device_id] = time.monotonic()
             return Outcome.FORBIDDEN
         if code == 413:
@@ -255,6 +276,40 @@ class Uplink:
         self._backoff(f"segment upload answered {code}: {_short(r)}", unreachable=code >= 500)
         return Outcome.RETRY
 
+    async def upload_live(self, seg: Segment) -> Outcome:
+        """Send one live-only (sub-stream) segment; unless the hub takes it, it is dropped, never kept.
+
+        A network failure leaves it in the live-only spool, which drops it once it is no longer fresh.
+        """
+        spool = self.live_spool
+        assert spool is not None
+        try:
+            data = await asyncio.to_thread(seg.path.read_bytes)
+        except FileNotFoundError:
+            return Outcome.GONE
+        headers = {**self._headers, "Content-Type": "video/mp2t", "X-VMS-SHA256": seg.sha256,
+                   "X-VMS-Sent-At": f"{time.time():.6f}"}
+        params = {"start": f"{seg.start:.6f}", "duration": f"{seg.duration:.6f}", "stream": "sub"}
+        try:
+            r = await self._client.put(f"{self.hub_url}/api/v1/agents/segments/{seg.device_id}",
+                                       params=params, content=data, headers=headers)
+        except httpx.HTTPError as exc:
+            self.stats.failures += 1
+            self._backoff(f"cannot send segment ({_err(exc)})", unreachable=True)
+            return Outcome.RETRY
+        if r.status_code in (200, 201) and not _says_sub(r):
+            # A hub that predates sub streams would record them as main footage: stop sending them.
+            self.live_supported = False
+            log.error("hub does not know sub streams (no stream=sub in its answer); sub streams are not relayed")
+        elif r.status_code in (200, 201):
+            self._ok()
+            spool.ack(seg)
+            self.stats.live_uploaded += 1
+            return Outcome.STORED
+        spool.drop(seg)
+        log.debug("live-only segment %s dropped: hub answered %d: %s", seg.name, r.status_code, _short(r))
+        return Outcome.DROPPED
+
     def blocked_devices(self) -> set[str]:
         now = time.monotonic()
         for dev, since in list(self._blocked.items()):
@@ -266,12 +321,23 @@ class Uplink:
         """Keep up to ``max_inflight`` uploads running: live segments first, backlog behind."""
         tasks: set[asyncio.Task[Outcome]] = set()
         names: dict[asyncio.Task[Outcome], str] = {}
+        live: set[asyncio.Task[Outcome]] = set()  # live-only uploads: at most half the slots
         try:
             while not stop.is_set():
                 wait = self._pause_until - time.monotonic()
                 if wait > 0:
                     await _wait(stop, min(wait, 1.0))
                     continue
+                live &= tasks
+                live_free = min(self.max_inflight - len(tasks), max(1, self.max_inflight // 2) - len(live))
+                if self.live_spool is not None and self.live_supported and live_free > 0:
+                    for seg in self.live_spool.next_batch(live_free, exclude=self._inflight,
+                                                          skip_devices=self.blocked_devices()):
+                        t = asyncio.create_task(self.upload_live(seg))
+                        tasks.add(t)
+                        live.add(t)
+                        names[t] = seg.name
+                        self._inflight.add(seg.name)
                 free = self.max_inflight - len(tasks)
                 if free > 0:
                     batch = self.spool.next_batch(free, exclude=self._inflight,
@@ -320,6 +386,13 @@ class Uplink:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _says_sub(r: httpx.Response) -> bool:
+    try:
+        return bool(r.json().get("stream") == "sub")
+    except ValueError:
+        return False
 
 
 def _sha256_hex(data: bytes) -> str:

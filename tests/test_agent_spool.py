@@ -113,3 +113,13 @@ def test_rejected_segments_count_against_the_quota(tmp_path: Path) -> None:
     (sp.rejected_dir / "old.ts").write_bytes(b"x" * 500)
     sp2 = Spool(tmp_path, quota_bytes=3000)
     assert sp2.dropped_rejected == 1 and sp2.stats().queued_segments == 3
+
+
+def test_sync_and_hash_matches_the_file(tmp_path: Path) -> None:
+    from vms.fsutil import sync_and_hash
+
+    for size in (0, 1, 300_000, 1_000_003):  # empty, tiny, and across the read buffer
+        p = tmp_path / f"{size}.ts"
+        data = os.urandom(size)
+        p.write_bytes(data)
+        assert sync_and_hash(p) == (hashlib.sha256(data).hexdigest(), size)

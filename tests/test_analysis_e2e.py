@@ -1,5 +1,7 @@
 """End to end on loopback: a simulated camera goes black, freezes, blurs, is covered; the edge agent
 relays it; the hub raises the right alert within 10 s and resolves it when the picture is back.
+Run twice: analysed by the hub (the default), and analysed by the agent (its ``analysis`` config),
+when the hub must take the agent's findings and decode nothing itself.
 
 Agent segments are set to 1 s (the default is 4 s): with a keyframe every 2 s a segment then
 closes at every keyframe, so the hub sees each keyframe about 2 s after it was shot.
@@ -44,12 +46,14 @@ def sim(tmp_path: Path) -> Iterator[Simulator]:
         yield s
 
 
+@pytest.mark.parametrize("where", ["hub", "agent"])
 def test_camera_faults_raise_the_right_alert_within_10_s_and_clear(
-    sim: Simulator, make_hub_process: Any, tmp_path: Path
+    sim: Simulator, make_hub_process: Any, tmp_path: Path, where: str
 ) -> None:
     hp = make_hub_process(analysis={"workers": 1}, alerts={"resolve_hold_s": 1})
     token = hp.token("agent", PREFIX, name="agent-1")
     duty = {"Authorization": f"Bearer {hp.token('duty')}"}
+    police = {"Authorization": f"Bearer {hp.token('police')}"}
     hp.start()
     dev = sim.cameras[0]
     cfg = tmp_path / "agent.yaml"
@@ -62,6 +66,7 @@ def test_camera_faults_raise_the_right_alert_within_10_s_and_clear(
                 "segment_seconds": 1,
                 "heartbeat_interval_s": 1,
                 "cameras": [{"url": sim.rtsp_url(dev), "device_id": dev}],
+                **({"analysis": {"enabled": True, "workers": 1}} if where == "agent" else {}),
             }
         )
     )
@@ -109,6 +114,26 @@ def test_camera_faults_raise_the_right_alert_within_10_s_and_clear(
                 poll(lambda: not degraded("active"), 20, f"{fault} alert resolved")
                 assert state() == "uploading"
                 time.sleep(4)  # healthy for two keyframes before the next fault, as cameras are between faults
+            hub_analysed = _metric(c.get("/metrics").text, "vms_analysis_segments_submitted_total")
+            if where == "agent":
+                assert hub_analysed == 0, "the hub decoded segments of a camera its agent analyses"
+                now = time.time()
+                r = c.get(
+                    f"/api/v1/devices/{dev}/recordings",
+                    params={"start": f"{now - 3600:.0f}", "end": f"{now + 60:.0f}"},
+                    headers=police,
+                )
+                marks = [s["motion"] for s in r.json().get("segments", [])]
+                assert any(m is not None for m in marks), f"no motion ratio arrived with the segments: {r.text[:300]}"
+            else:
+                assert hub_analysed > 0
     finally:
         agent.terminate()
         agent.wait(20)
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exposed")

@@ -3,6 +3,9 @@
 Everything is real: a GStreamer RTSP server, the agent as its own process, `vms serve`, PyAV
 reading the HLS playlist, and an aiortc peer negotiating with the hub. Agent segments are 1 s
 so the live window fills within seconds. ICE is pinned to 127.0.0.1 on both sides.
+
+Camera 0 (High profile with B-frames) also has a sub stream (Baseline, smaller) that the agent
+relays live-only; camera 1 (Baseline) has none.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from camsim.clips import ClipParams
 from camsim.net import free_ports
 from camsim.sim import SYSTEM_PYTHON, Simulator, device_ids
 from tests.conftest import HubProcess, free_port, hub_config, write_config
+from vms.live.window import probe
+from vms.timeutil import iso
 
 pytestmark = pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="system python3 with gi missing")
 
 PARAMS = ClipParams(width=320, height=180, fps=25, gop_s=1.0, bitrate_kbps=300, bframes=2, duration_s=4.0)
+SUB = ClipParams(width=160, height=90, fps=25, gop_s=1.0, bitrate_kbps=100, bframes=0, duration_s=4.0)
 CAMS = device_ids(2)  # camera 0: High with B-frames; camera 1: Baseline (the simulator mixes profiles)
 SILENT = "32058501001320000050"  # configured at the hub, never relayed
 UNKNOWN = "32058501001320000077"
@@ -61,6 +67,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         control_port=control_port,
         onvif_base_port=None,
         params=PARAMS,
+        sub_params=SUB,
         variants=("normal",),
     )
     cfg = hub_config(
@@ -81,7 +88,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 "data_dir": str(d / "agent"),
                 "segment_seconds": 1,
                 "heartbeat_interval_s": 1,
-                "cameras": [{"url": f"rtsp://127.0.0.1:{rtsp_port}/cam/{c}", "device_id": c} for c in CAMS],
+                "cameras": [
+                    {"url": sim.rtsp_url(CAMS[0]), "sub_url": sim.rtsp_url(CAMS[0], sub=True), "device_id": CAMS[0]},
+                    {"url": sim.rtsp_url(CAMS[1]), "device_id": CAMS[1]},
+                ],
             }
         )
     )
@@ -98,7 +108,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             s = Setup(hub, sim)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                if all(s.get(f"{LIVE}/{c}").json().get("live") for c in CAMS):
+                if all(s.get(f"{LIVE}/{c}").json().get("live") for c in CAMS) and s.get(
+                    f"{LIVE}/{CAMS[0]}"
+                ).json()["sub"]["live"]:
                     break
                 time.sleep(0.5)
             else:
@@ -134,9 +146,9 @@ def picture_key(gray: np.ndarray) -> bytes:
     return hashlib.blake2b(gray.tobytes(), digest_size=12).digest()
 
 
-def segment_pictures(live: Setup, cam: str) -> set[bytes]:
+def segment_pictures(live: Setup, cam: str, stream: str = "main") -> set[bytes]:
     """Keys of every picture in the segments of the camera's live playlist, decoded one by one."""
-    text = live.get(f"{LIVE}/{cam}/index.m3u8").text
+    text = live.get(f"{LIVE}/{cam}/index.m3u8", params={"stream": stream}).text
     keys: set[bytes] = set()
     for uri in (ln for ln in text.splitlines() if ln and not ln.startswith("#")):
         with av.open(io.BytesIO(live.get(f"{LIVE}/{cam}/{uri}").content)) as c:
@@ -243,12 +255,13 @@ def test_hls_client_reads_changing_frames(live: Setup) -> None:
 # --------------------------------------------------------------------------- WebRTC
 
 
-async def webrtc_offer(pc: RTCPeerConnection, live: Setup, cam: str) -> httpx.Response:
+async def webrtc_offer(pc: RTCPeerConnection, live: Setup, cam: str, stream: str = "main") -> httpx.Response:
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(timeout=20) as client:
         return await client.post(
             f"{live.hub.url}{LIVE}/{cam}/webrtc",
             headers=live.headers(),
+            params={"stream": stream},
             json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
         )
 
@@ -258,14 +271,18 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
 
 
-@pytest.mark.parametrize("cam", CAMS, ids=["high-bframes", "baseline"])
-async def test_webrtc_viewer_gets_camera_h264(live: Setup, cam: str, loopback_ice: None) -> None:
+@pytest.mark.parametrize(
+    ("cam", "stream", "shape"), [(CAMS[1], "main", (180, 320)), (CAMS[0], "sub", (90, 160))], ids=["baseline", "sub"]
+)
+async def test_webrtc_viewer_gets_camera_h264(
+    live: Setup, cam: str, stream: str, shape: tuple[int, int], loopback_ice: None
+) -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
     tracks: asyncio.Queue[Any] = asyncio.Queue()
     pc.on("track", tracks.put_nowait)
     try:
-        r = await webrtc_offer(pc, live, cam)
+        r = await webrtc_offer(pc, live, cam, stream)
         assert r.status_code == 200, r.text
         answer = r.json()
         assert answer["type"] == "answer" and "H264/90000" in answer["sdp"] and "VP8" not in answer["sdp"]
@@ -275,10 +292,10 @@ async def test_webrtc_viewer_gets_camera_h264(live: Setup, cam: str, loopback_ic
         while len(frames) < 40:
             frame = await asyncio.wait_for(track.recv(), 15)
             frames.append(frame.to_ndarray(format="gray"))
-        assert frames[0].shape == (180, 320)
+        assert frames[0].shape == shape
         assert changing(frames) > 0.01
         # Passed through, not transcoded: the very pictures the relayed segments decode to.
-        stored = segment_pictures(live, cam)
+        stored = segment_pictures(live, cam, stream)
         same = sum(picture_key(f) in stored for f in frames)
         assert same >= 0.9 * len(frames), f"only {same} of {len(frames)} WebRTC frames match the segments"
         # The viewer is counted (status and metrics).
@@ -288,7 +305,7 @@ async def test_webrtc_viewer_gets_camera_h264(live: Setup, cam: str, loopback_ic
         # One viewer per camera in this hub's config: a second is refused, clearly.
         pc2 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc2.addTransceiver("video", direction="recvonly")
-        r2 = await webrtc_offer(pc2, live, cam)
+        r2 = await webrtc_offer(pc2, live, cam, stream)
         await pc2.close()
         assert r2.status_code == 503 and "max_viewers_per_device" in r2.json()["detail"]
     finally:
@@ -338,3 +355,117 @@ async def test_webrtc_rejects_unusable_offers(live: Setup, loopback_ice: None) -
     )
     assert r.status_code == 409 and "no live media" in r.json()["detail"]
     assert live.get(f"{LIVE}/{cam}").json()["webrtc_viewers"] == 0
+
+
+async def test_webrtc_refuses_a_stream_with_bframes_and_names_the_reason(live: Setup, loopback_ice: None) -> None:
+    """Browsers' WebRTC shows B-frame streams at keyframes only: the hub says so at once (the page
+    then plays HLS, or the sub stream) instead of setting up a session that will stutter."""
+    cam = CAMS[0]
+    status = live.get(f"{LIVE}/{cam}").json()
+    assert status["bframes"] is True and status["sub"]["bframes"] is False
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    try:
+        t0 = time.monotonic()
+        r = await webrtc_offer(pc, live, cam)
+        took = time.monotonic() - t0
+    finally:
+        await pc.close()
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "has B-frames" in detail and "HLS" in detail and "stream=sub" in detail, detail
+    assert took < 2, took
+    assert live.get(f"{LIVE}/{cam}").json()["webrtc_viewers"] == 0
+    # The same camera's main stream still plays over HLS.
+    r = live.get(f"{LIVE}/{cam}/index.m3u8")
+    assert r.status_code == 200 and "segments/" in r.text
+
+
+# --------------------------------------------------------------------------- sub stream
+
+
+def test_status_tells_streams_apart(live: Setup) -> None:
+    high, base = (live.get(f"{LIVE}/{c}").json() for c in CAMS)
+    assert (high["live"], high["width"], high["height"], high["bframes"]) == (True, 320, 180, True)
+    assert high["sub"]["live"] is True and (high["sub"]["width"], high["sub"]["height"]) == (160, 90)
+    assert high["sub"]["hls"] == f"{LIVE}/{CAMS[0]}/index.m3u8?stream=sub"
+    assert (base["live"], base["bframes"]) == (True, False)
+    assert base["sub"]["live"] is False and "no segment has been relayed" in base["sub"]["reason"]
+    r = live.get(f"{LIVE}/{CAMS[1]}/index.m3u8", params={"stream": "sub"})
+    assert r.status_code == 409 and r.json()["detail"].startswith(f"no live media for the sub stream of {CAMS[1]}")
+    assert live.get(f"{LIVE}/{CAMS[0]}/index.m3u8", params={"stream": "third"}).status_code == 422
+
+
+def test_sub_stream_plays_over_hls(live: Setup) -> None:
+    cam = CAMS[0]
+    token = live.hub.tokens["duty"]
+    text = live.get(f"{LIVE}/{cam}/index.m3u8", params={"stream": "sub"}).text
+    uris = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert uris and all(u.startswith("segments/") and u.endswith(".ts?stream=sub") for u in uris)
+    # A sub segment is not in the main window, and the other way round.
+    assert live.get(f"{LIVE}/{cam}/{uris[-1].split('?')[0]}").status_code == 404
+    main_uri = next(ln for ln in live.get(f"{LIVE}/{cam}/index.m3u8").text.splitlines() if ln.startswith("segments/"))
+    assert live.get(f"{LIVE}/{cam}/{main_uri}", params={"stream": "sub"}).status_code == 404
+    url = f"{live.hub.url}{LIVE}/{cam}/index.m3u8?stream=sub&token={token}"
+    frames: list[np.ndarray] = []
+    with av.open(url, options={"live_start_index": "-2"}, timeout=20) as c:
+        for f in c.decode(video=0):
+            frames.append(f.to_ndarray(format="gray"))
+            if len(frames) >= 40:
+                break
+    assert frames[0].shape == (90, 160)
+    assert changing(frames) > 0.01
+
+
+def test_sub_segments_are_live_only(live: Setup) -> None:
+    """Sub segments never reach the index (so no retention, archive or analysis) and the ring stays small."""
+    import sqlite3
+
+    data = live.hub.config.parent / "hub"
+    with sqlite3.connect(data / "vms.db") as db:
+        rows = db.execute("SELECT path FROM segments WHERE device_id = ?", (CAMS[0],)).fetchall()
+    assert len(rows) >= 5
+    sizes = {(f.width, f.height) for f in (probe(data / "recordings" / r[0]) for r in rows[-20:]) if f}
+    assert sizes == {(320, 180)}, sizes
+    ring = list((data / "live-sub" / CAMS[0]).glob("*.ts"))
+    window = 2 * 6  # the window's size and as many recently slid out (live.hls_window_segments = 6)
+    assert 1 <= len(ring) <= window, len(ring)
+    assert not (data / "live-sub" / CAMS[1]).exists()
+    # The recordings API lists main footage only.
+    now = time.time()
+    rec = live.get(f"/api/v1/devices/{CAMS[0]}/recordings", role="admin",
+                   params={"start": iso(now - 3600), "end": iso(now + 5), "limit": 20000})
+    assert rec.status_code == 200, rec.text
+    assert rec.json()["segments_total"] == len(rows)
+
+
+def test_sub_segment_upload_is_checked(live: Setup) -> None:
+    """The hub verifies a sub segment like any other and keeps only what is newer than its live window."""
+    dev = "32058501001320000061"
+    data = ts_clip()
+    sha = hashlib.sha256(data).hexdigest()
+
+    def put(start: float, body: bytes = data, digest: str = sha) -> httpx.Response:
+        return httpx.put(
+            f"{live.hub.url}/api/v1/agents/segments/{dev}",
+            content=body,
+            params={"start": start, "duration": 1.0, "stream": "sub"},
+            headers={**live.headers("agent"), "X-VMS-SHA256": digest},
+            timeout=10,
+        )
+
+    t = time.time()
+    r = put(t, body=data[:-188])
+    assert r.status_code == 400 and "does not match" in r.json()["detail"]
+    r = put(t)
+    assert r.status_code == 201 and r.json()["stream"] == "sub" and r.json()["result"] == "stored", r.text
+    assert put(t).status_code == 200  # the same again (an agent retrying)
+    r = put(t - 5)
+    assert r.status_code == 409 and "never kept for later" in r.json()["detail"]
+    status = live.get(f"{LIVE}/{dev}").json()
+    assert status["sub"]["live"] is True and status["live"] is False  # no main stream: nothing recorded
+    r = httpx.put(
+        f"{live.hub.url}/api/v1/agents/segments/{dev}", content=data, params={"start": t, "duration": 1, "stream": "x"},
+        headers={**live.headers("agent"), "X-VMS-SHA256": sha}, timeout=10,
+    )
+    assert r.status_code == 422

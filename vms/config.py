@@ -211,6 +211,10 @@ class LiveConfig(_Model):
     )
     max_viewers: int = Field(64, ge=1, le=10000, description="WebRTC viewers at once, all cameras together.")
     max_viewers_per_device: int = Field(16, ge=1, le=1000, description="WebRTC viewers of one camera at once.")
+    sub_max_segment_bytes: int = Field(
+        4_000_000, ge=10_000, le=100_000_000,
+        description="Largest sub-stream segment taken (sub segments are live only: a small ring, never recorded).",
+    )
     ice_addresses: list[str] = Field(
         default_factory=list, description="Host addresses offered to WebRTC viewers; empty offers every interface."
     )
@@ -285,6 +289,17 @@ class RetentionConfig(_Model):
         return self
 
 
+class DiscoveryConfig(_Model):
+    """What happens to cameras an agent found by ONVIF/WS-Discovery (not typed into its config)."""
+
+    auto_accept: bool = Field(
+        False,
+        description="Accept discovered cameras without an admin. Default false: a discovered camera waits in "
+        "the discovered list (pending) until an admin accepts it; cameras listed in an agent's own config are "
+        "accepted either way, and a camera an admin rejected stays rejected.",
+    )
+
+
 class MetricsConfig(_Model):
     public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
 
@@ -299,6 +314,7 @@ class HubConfig(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     live: LiveConfig = Field(default_factory=LiveConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     centers: list[CenterConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from camsim.sim import Simulator
+from camsim.sim import SUB_PARAMS, Simulator
 from vms import auth
 from vms.db import open_store
 
@@ -92,7 +92,8 @@ class Demo:
         agent_cfg = {
             "hub_url": f"http://127.0.0.1:{self.port}", "token": tokens["agent"],
             "data_dir": str((self.data_dir / "agent").resolve()), "segment_seconds": 2,
-            "cameras": [{"url": u, "device_id": d, "name": n} for (d, n), u in zip(cams, rtsp, strict=True)],
+            "cameras": [{"url": u, "sub_url": f"{u}/sub", "device_id": d, "name": n}
+                        for (d, n), u in zip(cams, rtsp, strict=True)],
         }
         agent_yaml.write_text(yaml.safe_dump(agent_cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
         agent_yaml.chmod(0o600)
@@ -119,7 +120,8 @@ class Demo:
         # Cameras first (making their clips takes a while), so the agent can connect as soon as the
         # hub is up. The simulator's RTSP server runs in a process of its own (system Python, GStreamer).
         self.sim = Simulator(cams, self.data_dir / "camsim", rtsp_port=self.rtsp_port,
-                             control_port=self.control_port, onvif_base_port=None, startup_timeout=120)
+                             control_port=self.control_port, onvif_base_port=None, startup_timeout=120,
+                             sub_params=SUB_PARAMS)
         self.sim.start()
         self._spawn("hub", [py, "-m", "vms.cli", "serve", "--config", str(hub_yaml)])
         self._wait(f"{info['hub_url']}/healthz", "hub")

@@ -30,7 +30,7 @@ from vms.auth import Principal, TokenCache
 from vms.centers import CenterTree
 from vms.config import HubConfig
 from vms.db import open_store
-from vms.db.models import Agent, Alert, AlertEvent, Center, Device, Meta, StateInterval
+from vms.db.models import Agent, Alert, AlertEvent, Center, Device, DiscoveredCamera, Meta, StateInterval
 from vms.events import EventBus
 from vms.health import Health, IntervalLog, Transition, defect_bit, rates, state_name
 from vms.live import LiveRelay
@@ -40,6 +40,8 @@ from vms.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection
 log = logging.getLogger(__name__)
 
 ALIVE_KEY = "hub_alive_at"
+#: Why a reported camera may not be relayed (states of ``discovered_cameras``, see vms/api/discovery.py).
+HELD = {"pending": "discovered camera waiting for an admin to accept it", "rejected": "camera rejected by an admin"}
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Hub:
         self.book = AlertBook(cfg.alerts, self.health, self._home, lambda a: self.agent_names[a], self.label)
         self.outbox = Outbox(cfg.alerts, self.sessions, sender)
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
-        self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s)
+        self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s,
+                              ring_dir=cfg.storage.data_dir / "live-sub")
         self.archive = Archive(self)  # retention, holds, clips, storage accounting
         self.quality = QualityBook(self)  # frame analysis of stored segments (vms/analysis)
         self._pending: list[tuple[list[tuple[Transition, str]], list[Op]]] = []
@@ -94,6 +97,7 @@ class Hub:
         self.heartbeats_total = 0
         self.rejected_total = 0
         self.events = EventBus()  # what changed, for the push endpoint (vms/api/events.py)
+        self.held: dict[str, str] = {}  # device ID -> why it may not be relayed (pending or rejected)
         self._load()
 
     # -- start-up ----------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class Hub:
                 self._sync_config(s, now)
             last_alive = s.get(Meta, ALIVE_KEY)
             alive_at = float(last_alive.value) if last_alive else None
+            held = select(DiscoveredCamera.device_id, DiscoveredCamera.state).where(DiscoveredCamera.state.in_(HELD))
+            self.held = {d: HELD[state] for d, state in s.execute(held)}
             for a in s.scalars(select(Agent)):
                 self._agent_idx(a.id)
             for dev in s.scalars(select(Device).order_by(Device.created_at, Device.id)):
@@ -305,6 +311,10 @@ class Hub:
                 )
             self.heartbeats_total += 1
             self.rejected_total += len(rejected)
+        q = self.quality
+        for cam in ok:
+            if cam.defects is not None or cam.device_id in q.agent_analysed:
+                q.agent_report(cam.device_id, cam.defects, now)  # the agent analyses this camera itself
         if rejected:
             log.warning(
                 "agent %s: rejected %d device(s), first: %s (%s)",
@@ -321,8 +331,8 @@ class Hub:
             heartbeat_interval_s=self.cfg.health.heartbeat_interval_s,
         )
 
-    def _claim_problem(self, who: Principal, device_id: str, now: float) -> str | None:
-        """Why ``who`` may not speak for ``device_id``, or None."""
+    def _claim_problem(self, who: Principal, device_id: str, now: float, held: bool = True) -> str | None:
+        """Why ``who`` may not speak for ``device_id``, or None; ``held`` counts a pending or rejected camera."""
         try:
             ids.parse(device_id)
         except ids.InvalidDeviceId as exc:
@@ -334,7 +344,27 @@ class Hub:
             owner = int(self.health.agent[i])
             if owner >= 0 and self.agent_names[owner] != who.name and not self.agent_dark(owner, now):
                 return f"already reported by live agent {self.agent_names[owner]!r} (duplicate device ID?)"
-        return None
+        return self.held.get(device_id) if held else None
+
+    def claim_problem(self, who: Principal, device_id: str) -> str | None:
+        """Why ``who`` may not report ``device_id`` at all (ID, prefixes, another live agent), or None."""
+        with self.lock:
+            return self._claim_problem(who, device_id, self.clock(), held=False)
+
+    def hold(self, device_id: str, state: str) -> None:
+        """Record a camera's acceptance state: pending and rejected cameras are refused media and stats."""
+        with self.lock:
+            if state in HELD:
+                self.held[device_id] = HELD[state]
+            else:
+                self.held.pop(device_id, None)
+
+    def admit(self, agent: str, device_id: str, name: str = "", location: str = "") -> None:
+        """Register an accepted camera as a device of ``agent`` unless it is known already."""
+        with self.lock:
+            known = device_id in self.health.index
+        if not known:
+            self._create_devices(agent, [(device_id, name, location)], self.clock())
 
     def _create_devices(self, agent: str, new: list[tuple[str, str, str]], now: float) -> None:
         with self._register_lock:
@@ -388,11 +418,14 @@ class Hub:
         data: bytes,
         sha256: str,
         sent_at: float | None,
+        motion_ratio: float | None = None,
     ) -> Outcome:
-        """Store a relayed segment; live media makes the device count as uploading."""
+        """Store a relayed segment; live media makes the device count as uploading.
+
+        ``motion_ratio`` comes from an agent that analyses the camera itself.
+        """
         now = self.clock()
-        if sent_at is not None and abs(now - sent_at) > self.cfg.health.max_clock_skew_s:
-            start += now - sent_at  # the agent's clock is off: place the media on the hub's time line
+        start = self._hub_time(start, sent_at, now)
         outcome = self.segments.ingest(device_id, start, duration, data, sha256, who.name, now)
         if outcome.result is Result.STORED:
             with self.lock:
@@ -400,8 +433,20 @@ class Hub:
                 if i is not None:
                     self.health.observe_upload(i, start + duration, self.clock())
             self.live.segment_stored(device_id)
-            self.quality.segment_stored(device_id, start, duration, sha256, outcome.segment_id)
+            self.quality.segment_stored(device_id, start, duration, sha256, outcome.segment_id, motion_ratio)
         return outcome
+
+    def store_sub_segment(
+        self, device_id: str, start: float, duration: float, data: bytes, sha256: str, sent_at: float | None
+    ) -> Outcome:
+        """A sub-stream segment: live view only; not indexed, recorded or analysed, and no health signal."""
+        return self.live.store_sub(device_id, self._hub_time(start, sent_at, self.clock()), duration, data, sha256)
+
+    def _hub_time(self, start: float, sent_at: float | None, now: float) -> float:
+        """A segment's start on the hub's time line: moved by the skew when the agent's clock is off."""
+        if sent_at is not None and abs(now - sent_at) > self.cfg.health.max_clock_skew_s:
+            return start + now - sent_at
+        return start
 
     def set_quality(self, device_id: str, check: str, raised: bool) -> None:
         """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""

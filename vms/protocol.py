@@ -7,7 +7,13 @@ agent whose wall clock is wrong still reports correct freshness; its ``sent_at``
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Age = Annotated[float, Field(ge=0, le=10_000_000)]
+CheckKey = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
 
 PROTOCOL_VERSION = 1
 DEVICE_ID_PATTERN = r"^[0-9]{20}$"
@@ -36,6 +42,13 @@ class CameraStats(_Msg):
     codec: str | None = Field(None, max_length=32)
     name: str | None = Field(None, max_length=200)
     location: str | None = Field(None, max_length=200)
+    defects: dict[CheckKey, Age] | None = Field(
+        None,
+        max_length=64,
+        description="Set when the agent analyses this camera itself: the quality checks raised now, each with "
+        "its age in seconds on the agent's clock ({} = none). Absent: the hub analyses the relayed media. "
+        "A check this hub does not know is ignored.",
+    )
 
 
 class SpoolStats(_Msg):
@@ -77,3 +90,50 @@ class RegisterReply(_Msg):
     agent_id: str
     prefixes: list[str]
     heartbeat_interval_s: float
+
+
+CameraSource = Literal["config", "onvif"]
+Acceptance = Literal["accepted", "pending", "rejected", "refused"]
+
+
+class ReportedCamera(_Msg):
+    """One camera in an agent's camera report; ``stream_uri`` carries no credentials."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    source: CameraSource = Field(
+        "config",
+        description="config: typed into the agent's YAML (accepted as before); onvif: found by discovery, "
+        "relayed only once accepted. Absent means config: agents before this field relayed every camera.",
+    )
+    name: str | None = Field(None, max_length=200)
+    location: str | None = Field(None, max_length=200)
+    manufacturer: str | None = Field(None, max_length=200)
+    model: str | None = Field(None, max_length=200)
+    serial: str | None = Field(None, max_length=200)
+    address: str | None = Field(None, max_length=300)
+    stream_uri: str | None = Field(None, max_length=1000)
+
+    @field_validator("stream_uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v is not None and "@" in urlsplit(v).netloc:
+            raise ValueError("stream_uri must not carry credentials (user:password@); send it stripped")
+        return v
+
+
+class CameraReport(_Msg):
+    cameras: list[ReportedCamera] = Field(max_length=MAX_CAMERAS_PER_HEARTBEAT)
+
+
+class CameraDecision(_Msg):
+    device_id: str
+    state: Acceptance = Field(
+        description="accepted: relay it; pending: wait for an admin; rejected: an admin said never relay it; "
+        "refused: this agent may not speak for the ID at all (prefixes, another live agent), not a decision."
+    )
+    reason: str = ""
+
+
+class CameraReportReply(_Msg):
+    protocol: int = PROTOCOL_VERSION
+    cameras: list[CameraDecision]

@@ -37,7 +37,13 @@ def _worker(cfg: AnalysisConfig, inbox: Any, outbox: Any) -> None:
         try:
             outbox.put(sampler.analyse(work))
         except Exception as exc:  # a bug must not take the worker (and its cameras' state) down
-            outbox.put(Report(work.device_id, work.segment_id, work.start, error=f"{type(exc).__name__}: {exc}"))
+            outbox.put(
+                Report(work.device_id, work.segment_id, work.start, work.key, error=f"{type(exc).__name__}: {exc}")
+            )
+        finally:
+            if work.remove_after:
+                with contextlib.suppress(OSError):
+                    os.unlink(work.path)
 
 
 @dataclass

@@ -1,27 +1,30 @@
 """Where the hub keeps what the analysis found: defect bits, quality events, snapshots, motion.
 
-Runs in the pool's collector thread, never on a request path. For each raised defect the JPEG
-snapshot is written under ``<data_dir>/snapshots/<device>/`` and a ``quality_events`` row is
-committed *before* the device's defect bit is set, so the ``device_degraded`` alert the next
-tick opens can already link its snapshot.
+Findings come from the hub's own pool or, for cameras whose agent analyses them
+(``edge_agent/analysis.py``), from heartbeats and segment uploads; either way they are written in a
+background thread (the pool's collector, or the book's own for agent reports), never on a request
+path. For each raised defect the JPEG snapshot is written under ``<data_dir>/snapshots/<device>/``
+and a ``quality_events`` row is committed *before* the device's defect bit is set, so the
+``device_degraded`` alert the next tick opens can already link its snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from vms.analysis.config import CHECKS
 from vms.analysis.pool import AnalysisPool
-from vms.analysis.sampler import Event, Report, Work
+from vms.analysis.sampler import Event, Report, Work, first_keyframe_jpeg
 from vms.archive.store import relative_path
 from vms.db.models import QualityEvent, Segment
 from vms.health import defect_bit
@@ -55,22 +58,111 @@ class QualityBook:
         self.cleared_total: dict[str, int] = dict.fromkeys(CHECKS, 0)
         cfg = hub.cfg.analysis
         self.pool = AnalysisPool(cfg, self.on_report) if cfg.enabled and not hub.read_only else None
+        self.agent_analysed: set[str] = set()  # devices whose agent runs the analysis itself
+        self.agent_dropped = 0  # agent findings that did not fit the queue (re-sent by the next heartbeat)
+        self._agent_q: queue.Queue[tuple[str, Event | tuple[int, float]] | None] = queue.Queue(10_000)
+        self._agent_thread: threading.Thread | None = None
+        self._agent_inflight: set[tuple[str, str, bool]] = set()  # queued, not yet applied: never queue twice
 
     def start(self) -> None:
         if self.pool is not None:
             self.pool.start()
+        if not self.hub.read_only:
+            self._agent_thread = threading.Thread(target=self._agent_loop, name="vms-agent-quality", daemon=True)
+            self._agent_thread.start()
 
     def stop(self) -> None:
         if self.pool is not None:
             self.pool.stop()
+        if self._agent_thread is not None:
+            self._agent_q.put(None)
+            self._agent_thread.join(10)
 
     def segment_stored(
-        self, device_id: str, start: float, duration: float, sha256: str, segment_id: int | None
+        self,
+        device_id: str,
+        start: float,
+        duration: float,
+        sha256: str,
+        segment_id: int | None,
+        motion_ratio: float | None = None,
     ) -> None:
-        """Hand a stored segment to the analysis; returns at once (dropped and counted if behind)."""
-        if self.pool is not None:
+        """Hand a stored segment to the analysis; returns at once (dropped and counted if behind).
+
+        A camera its agent analyses is not decoded again here; the agent's motion ratio for the
+        segment, if it sent one, is recorded instead.
+        """
+        if device_id in self.agent_analysed:
+            if segment_id is not None and motion_ratio is not None:
+                self._queue_agent(device_id, (segment_id, motion_ratio))
+        elif self.pool is not None:
             path = self.hub.segments.root / relative_path(device_id, start, sha256.lower())
             self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id))
+
+    # -- findings of agents that analyse their cameras ---------------------------------------------
+    def agent_report(self, device_id: str, defects: Mapping[str, float] | None, now: float) -> None:
+        """Heartbeat path (cheap, no I/O): queue the defects that were raised or cleared since the last one.
+
+        ``defects`` maps each raised check to its age on the agent; None means the agent does not
+        analyse this camera (any more), so the hub's own analysis takes it (back).
+        """
+        if defects is None:
+            if device_id in self.agent_analysed:
+                with self.lock:
+                    self.agent_analysed.discard(device_id)
+            return
+        with self.lock:
+            self.agent_analysed.add(device_id)
+            known = self.current.get(device_id, {})
+            raised = {c: now - age for c, age in defects.items() if c in self.raised_total}
+            changes = [Event(c, True, at, None) for c, at in raised.items() if c not in known]
+            changes += [Event(c, False, now, None) for c in known if c not in raised]
+            changes = [ev for ev in changes if (device_id, ev.check, ev.raised) not in self._agent_inflight]
+            self._agent_inflight.update((device_id, ev.check, ev.raised) for ev in changes)
+        for ev in changes:
+            self._queue_agent(device_id, ev)
+
+    def _queue_agent(self, device_id: str, item: Event | tuple[int, float]) -> None:
+        try:
+            self._agent_q.put_nowait((device_id, item))
+        except queue.Full:
+            self.agent_dropped += 1
+            if isinstance(item, Event):
+                with self.lock:
+                    self._agent_inflight.discard((device_id, item.check, item.raised))
+
+    def _agent_loop(self) -> None:
+        while (got := self._agent_q.get()) is not None:
+            device_id, item = got
+            try:
+                if isinstance(item, Event):
+                    try:
+                        if item.raised:
+                            item = replace(item, snapshot=self._newest_snapshot(device_id))
+                        self.apply(device_id, item)
+                    finally:
+                        with self.lock:
+                            self._agent_inflight.discard((device_id, item.check, item.raised))
+                else:
+                    segment_id, ratio = item
+                    with self.hub.sessions() as s:
+                        s.execute(update(Segment).where(Segment.id == segment_id).values(motion_ratio=ratio))
+                        s.commit()
+            except Exception:
+                log.exception("recording the agent's analysis of %s failed", device_id)
+
+    def _newest_snapshot(self, device_id: str) -> bytes | None:
+        """A JPEG of the newest stored segment's first keyframe: what the agent flagged, as the hub has it."""
+        with self.hub.sessions() as s:
+            rel = s.scalar(
+                select(Segment.path)
+                .where(Segment.device_id == device_id, Segment.deleting.is_(False))
+                .order_by(Segment.start_at.desc())
+                .limit(1)
+            )
+        if rel is None:
+            return None
+        return first_keyframe_jpeg(self.hub.segments.root / rel, self.hub.cfg.analysis.snapshot_width)
 
     # -- reports from the pool ---------------------------------------------------------------------
     def on_report(self, rep: Report) -> None:
@@ -166,6 +258,14 @@ class QualityBook:
             r.add_metric([check], raised.get(check, 0))
             c.add_metric([check], cleared.get(check, 0))
         yield from (r, c)
+        yield GaugeMetricFamily(
+            "vms_analysis_agent_devices", "Devices whose agent runs the analysis", value=len(self.agent_analysed)
+        )
+        yield CounterMetricFamily(
+            "vms_analysis_agent_findings_dropped",
+            "Agent findings that found the hub's queue full (the next heartbeat repeats them)",
+            value=self.agent_dropped,
+        )
         if self.pool is not None:
             st = self.pool.stats
             for name, doc, value in (

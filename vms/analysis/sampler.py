@@ -16,6 +16,8 @@ Nothing here knows about the hub: an edge agent can run :class:`SegmentSampler` 
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +30,7 @@ from vms.analysis.analyzer import DeviceAnalyzer, Picture
 from vms.analysis.checks import analysis_picture
 from vms.analysis.config import AnalysisConfig
 
+log = logging.getLogger(__name__)
 U8 = npt.NDArray[np.uint8]
 _PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"})
 
@@ -58,6 +61,21 @@ def snapshot_jpeg(frame: av.VideoFrame, width: int, quality: int = 80) -> bytes:
     return bytes(buf) if ok else b""
 
 
+def first_keyframe_jpeg(path: str | os.PathLike[str], width: int) -> bytes | None:
+    """A JPEG of the first keyframe in a segment file (None if it has none or cannot be read)."""
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            stream.codec_context.skip_frame = "NONKEY"
+            for frame in container.decode(stream):
+                return snapshot_jpeg(frame, width) or None
+    except (av.FFmpegError, OSError) as exc:
+        log.warning("cannot make a snapshot of %s: %s", path, exc)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Work:
     """A stored segment to analyse."""
@@ -67,6 +85,8 @@ class Work:
     start: float
     end: float
     segment_id: int | None = None
+    key: str | None = None  # the caller's name for the segment, returned in the report
+    remove_after: bool = False  # ``path`` is a staged copy the worker deletes when done
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +105,7 @@ class Report:
     device_id: str
     segment_id: int | None
     start: float
+    key: str | None = None
     events: list[Event] = field(default_factory=list)
     raised: dict[str, float] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)
@@ -111,7 +132,7 @@ class SegmentSampler:
     def analyse(self, work: Work) -> Report:
         t0 = time.perf_counter()
         an = self.analyser(work.device_id)
-        rep = Report(work.device_id, work.segment_id, work.start)
+        rep = Report(work.device_id, work.segment_id, work.start, work.key)
         try:
             self._decode(work, an, rep)
         except (av.FFmpegError, OSError, ValueError, IndexError) as exc:

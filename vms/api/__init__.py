@@ -9,12 +9,26 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vms.api import admin, agents, alerts, archive, centers, devices, events, live, quality, reports, system, web
+from vms.api import (
+    admin,
+    agents,
+    alerts,
+    archive,
+    centers,
+    devices,
+    discovery,
+    events,
+    live,
+    quality,
+    reports,
+    system,
+    web,
+)
 from vms.hub import Hub
 from vms.metrics import registry_for
 
 ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router,
-           events.router, web.router, live.router, archive.router, quality.router)
+           events.router, web.router, live.router, archive.router, quality.router, discovery.router)
 
 
 class BodyLimit:

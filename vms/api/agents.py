@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from vms import audit
+from vms.api import discovery
 from vms.api.deps import get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.hub import HeartbeatRejected, Hub
-from vms.protocol import DEVICE_ID_PATTERN, PROTOCOL_VERSION, Heartbeat, HeartbeatReply, Register, RegisterReply
+from vms.protocol import (
+    DEVICE_ID_PATTERN,
+    PROTOCOL_VERSION,
+    CameraReport,
+    CameraReportReply,
+    Heartbeat,
+    HeartbeatReply,
+    Register,
+    RegisterReply,
+)
 from vms.timeutil import iso
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
@@ -91,8 +100,12 @@ async def put_segment(
     device_id: str = Path(pattern=DEVICE_ID_PATTERN),
     start: float = Query(ge=0, le=10_000_000_000, description="Unix seconds of the first packet (agent clock)"),
     duration: float = Query(gt=0, le=600),
+    stream: Literal["main", "sub"] = Query(
+        "main", description="sub: the camera's sub stream, kept only for live view (never indexed or recorded)"
+    ),
     x_vms_sha256: str = Header(pattern=r"^[0-9a-fA-F]{64}$"),
     x_vms_sent_at: float | None = Header(None, ge=0, le=10_000_000_000),
+    x_vms_motion_ratio: float | None = Header(None, ge=0, le=1, description="From an agent that analyses the camera"),
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(Role.agent)),
 ) -> JSONResponse:
@@ -101,41 +114,26 @@ async def put_segment(
     if reason:
         raise HTTPException(403, reason)
     data = await request.body()
-    out = await asyncio.to_thread(hub.store_segment, who, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at)
+    if stream == "sub":
+        sub = await asyncio.to_thread(
+            hub.store_sub_segment, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at
+        )
+        return JSONResponse(
+            {"result": sub.result.name.lower(), "detail": sub.message, "segment_id": sub.segment_id, "stream": "sub"},
+            status_code=sub.result.value,
+        )
+    out = await asyncio.to_thread(
+        hub.store_segment, who, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at, x_vms_motion_ratio
+    )
     return JSONResponse(
         {"result": out.result.name.lower(), "detail": out.message, "segment_id": out.segment_id},
         status_code=out.result.value,
     )
 
 
-class DiscoveredCamera(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    name: str | None = Field(None, max_length=200)
-    location: str | None = Field(None, max_length=200)
-    manufacturer: str | None = Field(None, max_length=200)
-    model: str | None = Field(None, max_length=200)
-    serial: str | None = Field(None, max_length=200)
-    address: str | None = Field(None, max_length=300)
-    stream_uri: str | None = Field(None, max_length=1000)
-
-
-class Discovered(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cameras: list[DiscoveredCamera] = Field(max_length=10_000)
-
-
-@router.post("/cameras")
+@router.post("/cameras", response_model=CameraReportReply)
 def report_cameras(
-    body: Discovered, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.agent))
-) -> dict[str, Any]:
-    """Cameras an agent discovered; those under its prefixes are registered (auto-accept)."""
-    accepted: list[dict[str, str]] = []
-    rejected: list[dict[str, str]] = []
-    for cam in body.cameras:
-        name = cam.name or " ".join(x for x in (cam.manufacturer, cam.model) if x)
-        reason = hub.claim(who, cam.device_id, name, cam.location or "")
-        (rejected if reason else accepted).append(
-            {"device_id": cam.device_id, **({"reason": reason} if reason else {})}
-        )
-    return {"accepted": accepted, "rejected": rejected}
+    body: CameraReport, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.agent))
+) -> CameraReportReply:
+    """Cameras an agent has; per camera: accepted (relay it), pending (an admin decides) or rejected, with why."""
+    return discovery.handle_report(hub, who, body)

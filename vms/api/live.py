@@ -5,6 +5,11 @@ so the playlist and segment routes, and only these two, also accept ``?token=...
 fetched that way carries the same token on every segment URI it lists. Everything else, WebRTC
 signalling included, takes the bearer header only. The token then appears in URLs: the hub keeps
 no access log, but proxies in front of it should not log query strings of ``/api/v1/live/``.
+
+Streams: every media route takes ``stream=main|sub``. ``sub`` is the camera's sub stream (子码流),
+relayed for multi-tile walls when the agent has one. WebRTC refuses a stream with B-frames (409,
+saying so): browsers' WebRTC decoders do not reorder frames and show such a stream at keyframes
+only, so the page goes straight to HLS for it, or asks for the sub stream.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 router = APIRouter(prefix="/api/v1/live", tags=["live"], lifespan=_lifespan)
 DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
+Stream = Literal["main", "sub"]
+StreamQuery = Query("main", description="main, or sub: the camera's sub stream (子码流) for multi-tile walls")
 _reader = require(*READERS)
 
 
@@ -78,28 +85,29 @@ async def playlist(
     device_id: str = DeviceIdPath,
     token: str | None = Query(None, include_in_schema=False),
     hls_msn: int | None = Query(None, alias="_HLS_msn", ge=0, description="Blocking reload: wait for this segment"),
+    stream: Stream = StreamQuery,
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(media_reader),
 ) -> Response:
     """The newest segments as a live HLS playlist; with ``_HLS_msn`` waits until that segment exists."""
     _known(hub, device_id)
     try:
-        seen = hub.live.version(device_id)
-        entries, target = await asyncio.to_thread(hub.live.live_entries, device_id)
+        seen = hub.live.version(device_id, stream)
+        entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
         if hls_msn is not None:
             last = entries[-1].seq
             if hls_msn > last + 2:
                 raise HTTPException(400, f"_HLS_msn {hls_msn} is too far ahead of the newest segment {last}")
             deadline = asyncio.get_running_loop().time() + 3 * target
             while hls_msn > last and (left := deadline - asyncio.get_running_loop().time()) > 0:
-                await hub.live.wait_news(device_id, left, since=seen)
-                seen = hub.live.version(device_id)
-                entries, target = await asyncio.to_thread(hub.live.live_entries, device_id)
+                await hub.live.wait_news(device_id, left, since=seen, stream=stream)
+                seen = hub.live.version(device_id, stream)
+                entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
                 last = entries[-1].seq
     except NoLiveMedia as exc:
         raise HTTPException(409, str(exc)) from None
     return Response(
-        render_playlist(entries, target, token),
+        render_playlist(entries, target, token, stream),
         media_type="application/vnd.apple.mpegurl",
         headers={"Cache-Control": "no-cache"},
     )
@@ -113,14 +121,15 @@ async def playlist(
 async def segment(
     device_id: str = DeviceIdPath,
     segment_id: int = Path(ge=1, le=2**62),
+    stream: Stream = StreamQuery,
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(media_reader),
 ) -> FileResponse:
     """A segment listed in the live playlist; older footage is pulled through the archive."""
     _known(hub, device_id)
-    path = hub.live.segment_path(device_id, segment_id)
+    path = hub.live.segment_path(device_id, segment_id, stream)
     if path is None:
-        raise HTTPException(404, f"segment {segment_id} is not in the live window of {device_id}")
+        raise HTTPException(404, f"segment {segment_id} is not in the live window of {device_id} ({stream} stream)")
     if not path.is_file():
         raise HTTPException(404, f"segment {segment_id} of {device_id} is gone (deleted by retention?)")
     return FileResponse(path, media_type="video/mp2t", headers={"Cache-Control": "private, max-age=60"})
@@ -143,26 +152,35 @@ class Answer(BaseModel):
     responses={
         400: {"description": "unusable offer"},
         404: {"description": "unknown device"},
-        409: {"description": "no live media"},
+        409: {"description": "no live media, or the stream has B-frames (use HLS or the sub stream)"},
         503: {"description": "viewer limit reached"},
     },
 )
 async def webrtc(
     body: Offer,
     device_id: str = DeviceIdPath,
+    stream: Stream = StreamQuery,
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*READERS)),
 ) -> Answer:
     """WebRTC signalling in one round trip: post the offer (ICE gathered), get the answer."""
     _known(hub, device_id)
     try:
-        await asyncio.to_thread(hub.live.live_entries, device_id)
+        entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
     except NoLiveMedia as exc:
         raise HTTPException(409, str(exc)) from None
+    fmt = entries[-1].fmt
+    if fmt is not None and fmt.bframes:
+        sub = "" if stream == "sub" else " or ask for its sub stream (stream=sub)"
+        raise HTTPException(
+            409,
+            f"the {stream} stream of {device_id} has B-frames, which browsers' WebRTC decoders show only at "
+            f"keyframes, so the hub does not offer it over WebRTC: play it over HLS{sub}",
+        )
     from vms.live.webrtc import OfferError, ViewerLimit
 
     try:
-        sdp = await hub.live.viewers.answer(device_id, body.sdp)
+        sdp = await hub.live.viewers.answer(device_id, body.sdp, stream)
     except OfferError as exc:
         raise HTTPException(400, str(exc)) from None
     except ViewerLimit as exc:
@@ -170,28 +188,39 @@ async def webrtc(
     return Answer(sdp=sdp)
 
 
+async def _stream_status(hub: Hub, device_id: str, stream: Stream) -> dict[str, Any]:
+    live, reason, newest = True, None, None
+    try:
+        entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
+        newest = entries[-1]
+    except NoLiveMedia as exc:
+        live, reason = False, str(exc)
+        w = await asyncio.to_thread(hub.live.sync, device_id, stream)
+        newest = w.newest
+    seg, fmt = (newest.seg, newest.fmt) if newest else (None, None)
+    age = hub.clock() - seg.end if seg else None
+    query = "" if stream == "main" else "?stream=sub"
+    return {
+        "live": live,
+        "reason": reason,
+        "newest_segment_end": iso(seg.end) if seg else None,
+        "age_s": round(age, 3) if age is not None and math.isfinite(age) else None,
+        "width": fmt.width if fmt else None,
+        "height": fmt.height if fmt else None,
+        "bframes": fmt.bframes if fmt else None,
+        "hls": f"/api/v1/live/{device_id}/index.m3u8{query}",
+        "webrtc": f"/api/v1/live/{device_id}/webrtc{query}",
+    }
+
+
 @router.get("/{device_id}")
 async def status(
     device_id: str = DeviceIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))
 ) -> dict[str, Any]:
-    """Whether the camera has live media now, how old it is, and how many WebRTC viewers it has."""
+    """Whether the camera has live media now (main stream at the top level, ``sub`` for its sub stream).
+
+    ``bframes`` true means WebRTC refuses that stream (browsers show it at keyframes only): use HLS.
+    """
     _known(hub, device_id)
-    live, reason, newest = True, None, None
-    try:
-        entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id)
-        newest = entries[-1].seg
-    except NoLiveMedia as exc:
-        live, reason = False, str(exc)
-        w = await asyncio.to_thread(hub.live.sync, device_id)
-        newest = w.newest.seg if w.newest else None
-    age = hub.clock() - newest.end if newest else None
-    return {
-        "device_id": device_id,
-        "live": live,
-        "reason": reason,
-        "newest_segment_end": iso(newest.end) if newest else None,
-        "age_s": round(age, 3) if age is not None and math.isfinite(age) else None,
-        "webrtc_viewers": hub.live.viewer_count(device_id),
-        "hls": f"/api/v1/live/{device_id}/index.m3u8",
-        "webrtc": f"/api/v1/live/{device_id}/webrtc",
-    }
+    main, sub = await _stream_status(hub, device_id, "main"), await _stream_status(hub, device_id, "sub")
+    return {"device_id": device_id, **main, "webrtc_viewers": hub.live.viewer_count(device_id), "sub": sub}

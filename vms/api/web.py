@@ -26,7 +26,7 @@ VIEWS: dict[Role, list[str]] = {
     Role.duty: ["wall", "camera", "reports"],
     Role.maintenance: ["wall", "alerts", "camera", "reports"],
     Role.police: ["wall", "camera", "clip"],
-    Role.admin: ["wall", "alerts", "camera", "clip", "reports"],
+    Role.admin: ["wall", "alerts", "camera", "clip", "reports", "discovered"],
 }
 
 router = APIRouter(prefix="/api/v1", tags=["web"])

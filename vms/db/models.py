@@ -241,3 +241,31 @@ class QualityEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_quality_device_at", "device_id", "at"),)
+
+
+class DiscoveredCamera(Base):
+    """A camera an agent reported, and whether it may be relayed: an admin's decision (or the config's).
+
+    ``stream_uri`` never holds credentials. A rejected camera stays rejected, whatever its agent
+    reports later, until an admin accepts it.
+    """
+
+    __tablename__ = "discovered_cameras"
+    device_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(16))  # config | onvif
+    name: Mapped[str] = mapped_column(String(200), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    manufacturer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    stream_uri: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    first_seen_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # pending | accepted | rejected
+    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_discovered_state", "state"),)

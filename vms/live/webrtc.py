@@ -1,6 +1,6 @@
 """WebRTC live view: the camera's own H.264 access units, re-timed and sent by aiortc.
 
-Nothing is decoded or encoded at the hub. Per camera, one :class:`PacketSource` reads each new
+Nothing is decoded or encoded at the hub. Per camera and stream, one :class:`PacketSource` reads each new
 segment from the live window and releases its packets at the pace of their decode timestamps;
 every viewer's :class:`PacketTrack` gets the same ``av.Packet`` objects, which aiortc's H.264
 sender packs into RTP as they are (``RTCRtpSender`` calls ``encoder.pack`` for packets).
@@ -158,9 +158,10 @@ class PacketTrack(MediaStreamTrack):
 class PacketSource:
     """Paces one camera's packets from its live segments and fans them out to its viewers."""
 
-    def __init__(self, relay: LiveRelay, device_id: str) -> None:
+    def __init__(self, relay: LiveRelay, device_id: str, stream: str = "main") -> None:
         self.relay = relay
         self.device_id = device_id
+        self.stream = stream
         self.tracks: set[PacketTrack] = set()
         self.task: asyncio.Task[None] | None = None
         self.packets = 0
@@ -176,7 +177,7 @@ class PacketSource:
         t = PacketTrack(self)
         self.tracks.add(t)
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"live-{self.device_id}")
+            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"live-{self.device_id}-{self.stream}")
         return t
 
     def unsubscribe(self, t: PacketTrack) -> None:
@@ -189,13 +190,15 @@ class PacketSource:
         next_seq: int | None = None
         try:
             while self.tracks:
-                seen = self.relay.version(self.device_id)
-                w = await asyncio.to_thread(self.relay.sync, self.device_id)
+                seen = self.relay.version(self.device_id, self.stream)
+                w = await asyncio.to_thread(self.relay.sync, self.device_id, self.stream)
                 with w.lock:
                     entries = list(w.entries)
                 todo = entries[-1:] if next_seq is None else [e for e in entries if e.seq >= next_seq]
                 if not todo:
-                    await self.relay.wait_news(self.device_id, self.relay.cfg.stale_after_s, since=seen)
+                    await self.relay.wait_news(
+                        self.device_id, self.relay.cfg.stale_after_s, since=seen, stream=self.stream
+                    )
                     continue
                 for e in todo:
                     if next_seq is not None and (e.discontinuity or e.seq != next_seq):
@@ -253,6 +256,7 @@ class PacketSource:
 @dataclass(eq=False)
 class _Session:
     device_id: str
+    stream: str
     pc: RTCPeerConnection
     track: PacketTrack
     timer: asyncio.TimerHandle | None = None
@@ -264,7 +268,7 @@ class Viewers:
 
     def __init__(self, relay: LiveRelay) -> None:
         self.relay = relay
-        self.sources: dict[str, PacketSource] = {}
+        self.sources: dict[tuple[str, str], PacketSource] = {}  # (device ID, stream)
         self.sessions: set[_Session] = set()
         self._closed_stalls = 0
         restrict_host_addresses(relay.cfg.ice_addresses)
@@ -276,8 +280,8 @@ class Viewers:
     def count(self, device_id: str | None = None) -> int:
         return sum(1 for s in self.sessions if device_id is None or s.device_id == device_id)
 
-    async def answer(self, device_id: str, sdp: str) -> str:
-        """Answer a viewer's offer with a session sending ``device_id``'s H.264 as it is."""
+    async def answer(self, device_id: str, sdp: str, stream: str = "main") -> str:
+        """Answer a viewer's offer with a session sending the H.264 of ``device_id``'s ``stream`` as it is."""
         cfg = self.relay.cfg
         if self.count() >= cfg.max_viewers:
             raise ViewerLimit(f"the hub serves {cfg.max_viewers} WebRTC viewers already (live.max_viewers)")
@@ -288,11 +292,11 @@ class Viewers:
             )
         _check_offer(sdp)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(u) for u in cfg.ice_servers]))
-        source = self.sources.get(device_id)
+        source = self.sources.get((device_id, stream))
         if source is None:
-            source = self.sources[device_id] = PacketSource(self.relay, device_id)
+            source = self.sources[(device_id, stream)] = PacketSource(self.relay, device_id, stream)
         track = source.subscribe()
-        sess = _Session(device_id, pc, track)
+        sess = _Session(device_id, stream, pc, track)
         self.sessions.add(sess)
         try:
             # Codec preferences apply when the offer is read, so the transceiver comes first.
@@ -315,7 +319,8 @@ class Viewers:
 
         loop = asyncio.get_running_loop()
         sess.timer = loop.call_later(CONNECT_TIMEOUT_S, lambda: loop.create_task(self._close_if_idle(sess)))
-        log.info("live %s: WebRTC viewer joined (%d watching)", device_id, self.count(device_id))
+        log.info("live %s: WebRTC viewer of the %s stream joined (%d watching)", device_id, stream,
+                 self.count(device_id))
         return pc.localDescription.sdp
 
     async def _close_if_idle(self, sess: _Session) -> None:
@@ -330,10 +335,10 @@ class Viewers:
         if sess.timer is not None:
             sess.timer.cancel()
         sess.track.stop()
-        src = self.sources.get(sess.device_id)
+        src = self.sources.get((sess.device_id, sess.stream))
         if src is not None and not src.tracks:
             self._closed_stalls += src.stalls
-            del self.sources[sess.device_id]
+            del self.sources[(sess.device_id, sess.stream)]
         with contextlib.suppress(Exception):
             await sess.pc.close()
         log.info("live %s: WebRTC viewer left (%d watching)", sess.device_id, self.count(sess.device_id))

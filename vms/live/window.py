@@ -9,6 +9,9 @@ when a segment joins the window. They start from a base derived from the segment
 
 A segment joins only if it starts after the newest one: backlog segments that an agent delivers
 after an outage belong to the archive, not to the live view.
+
+A camera has one window per stream: ``main`` (fed from the segment index) and, when the agent
+relays one, ``sub`` (fed from the hub's small live-only ring, see ``ring.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ GAP_TOLERANCE_S = 0.25
 PTS_TOLERANCE_S = 0.5
 _PTS_WRAP = 1 << 33  # MPEG-TS timestamps are 33-bit
 _TS_HZ = 90_000
+#: Packets read by :func:`probe` to see whether decode order differs from display order.
+_REORDER_PROBE_PACKETS = 12
+_REORDER_MIN_S = 0.002
+
+STREAMS = ("main", "sub")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class Format:
     width: int
     height: int
     first_pts: int | None  # 90 kHz
+    bframes: bool = False  # packets come out of display order: browsers' WebRTC cannot show it smoothly
 
 
 @dataclass(frozen=True)
@@ -68,20 +77,30 @@ class Entry:
 
 
 def probe(path: Path) -> Format | None:
-    """Codec, size and first PTS of a segment file, or None if it cannot be read."""
+    """Codec, size, first PTS and B-frames of a segment file, or None if it cannot be read.
+
+    B-frames show as packets whose decode timestamp differs from their presentation timestamp;
+    the first GOP's opening packets are enough to see it, with no decoding.
+    """
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 return None
             st = c.streams.video[0]
             first = None
-            for pkt in c.demux(st):
-                if pkt.pts is not None:
-                    tb = pkt.time_base or st.time_base or Fraction(1, _TS_HZ)
+            reorder = False
+            for n, pkt in enumerate(c.demux(st)):
+                if pkt.pts is None:
+                    continue
+                tb = pkt.time_base or st.time_base or Fraction(1, _TS_HZ)
+                if first is None:
                     first = round(pkt.pts * tb * _TS_HZ)
+                # A frame or more apart; a tick or two is a muxer's nudge, not reordering.
+                reorder = reorder or (pkt.dts is not None and (pkt.pts - pkt.dts) * tb > _REORDER_MIN_S)
+                if reorder or n >= _REORDER_PROBE_PACKETS:
                     break
             cc = st.codec_context
-            return Format(cc.name, cc.width, cc.height, first)
+            return Format(cc.name, cc.width, cc.height, first, reorder)
     except (OSError, av.FFmpegError):
         return None
 
@@ -132,6 +151,13 @@ class LiveWindow:
     def playlist_entries(self) -> list[Entry]:
         return list(self.entries)[-self.size :]
 
+    def prune(self, received_before: float) -> list[Entry]:
+        """Drop the entries that arrived before ``received_before``; returns them (their files may go)."""
+        out = []
+        while self.entries and self.entries[0].seg.received_at < received_before:
+            out.append(self.entries.popleft())
+        return out
+
     def find(self, segment_id: int) -> Entry | None:
         """A segment still in the window or recently slid out of it (players may lag a little)."""
         return next((e for e in self.entries if e.seg.id == segment_id), None)
@@ -141,15 +167,16 @@ def _pdt(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def render_playlist(entries: Sequence[Entry], target: int, token: str | None = None) -> str:
-    """An HLS media playlist (RFC 8216) of ``entries``; ``token`` is appended to segment URIs.
+def render_playlist(entries: Sequence[Entry], target: int, token: str | None = None, stream: str = "main") -> str:
+    """An HLS media playlist (RFC 8216) of ``entries``; ``token`` and a ``sub`` stream go into segment URIs.
 
     The first entry never carries EXT-X-DISCONTINUITY; its count is in EXT-X-DISCONTINUITY-SEQUENCE,
     so every segment keeps its discontinuity number as the window slides.
     """
     if not entries:
         raise ValueError("a live playlist needs at least one segment")
-    query = f"?token={quote(token, safe='')}" if token else ""
+    params = ([f"stream={stream}"] if stream != "main" else []) + ([f"token={quote(token, safe='')}"] if token else [])
+    query = "?" + "&".join(params) if params else ""
     first = entries[0]
     lines = [
         "#EXTM3U",

@@ -2,6 +2,7 @@
 import { api, clearToken, getToken, live, setToken } from "./api.js";
 import { mountAlerts } from "./alerts.js";
 import { mountCamera, mountClip } from "./camera.js";
+import { mountDiscovered } from "./discovered.js";
 import { lang, setLang, t } from "./i18n.js";
 import { mountReports } from "./reports.js";
 import { el } from "./util.js";
@@ -93,6 +94,7 @@ function show() {
     camera: () => mountCamera(root, arg, me, params),
     clip: () => mountClip(root, arg, me),
     reports: () => mountReports(root, params),
+    discovered: () => mountDiscovered(root, params),
   };
   unmount = mounts[view]();
 }

@@ -1,5 +1,8 @@
 // Live video of one camera in a <video>: WebRTC through the hub first, HLS (hls.js) if that fails.
-import { getToken } from "./api.js";
+// A "tile" player (walls of 4-16) plays the camera's sub stream (子码流) when the hub has one live;
+// a "full" player (single tile, camera view) plays the main stream. A stream with B-frames goes
+// straight to HLS: browsers' WebRTC shows it at keyframes only, and the hub refuses it anyway.
+import { api, getToken } from "./api.js";
 
 let hlsModule = null;
 async function loadHls() {
@@ -38,11 +41,16 @@ function iceGathered(pc, ms) {
 }
 
 export class LivePlayer {
-  /** onStatus(status, mode): status is "connecting" | "playing" | "unavailable". */
-  constructor(video, deviceId, onStatus = () => {}) {
+  /**
+   * onStatus(status, mode, stream): status is "connecting" | "playing" | "unavailable"; stream is
+   * "main" | "sub". quality is "tile" (sub stream when there is one) or "full" (main stream).
+   */
+  constructor(video, deviceId, onStatus = () => {}, { quality = "full" } = {}) {
     this.video = video;
     this.deviceId = deviceId;
     this.onStatus = onStatus;
+    this.quality = quality;
+    this.stream = null;
     this.mode = null;
     this.pc = null;
     this.hls = null;
@@ -52,7 +60,7 @@ export class LivePlayer {
     this.mediaTime = 0;
     this.errors = 0;
     this.gen = 0; // bumped by stop(): an attempt from an older generation gives up
-    this.skip = new Set(); // modes that connected but could not show this camera's stream
+    this.skip = new Set(); // "stream:mode" pairs that cannot show this camera's stream
     this._countFrames();
   }
 
@@ -70,15 +78,18 @@ export class LivePlayer {
     if (!this.stopped) return;
     this.stopped = false;
     const gen = this.gen;
-    this.onStatus("connecting", null);
-    const modes = [["webrtc", () => this._webrtc()], ["hls", () => this._hls()]].filter(([m]) => !this.skip.has(m));
+    this.onStatus("connecting", null, this.stream);
+    await this._chooseStream();
+    if (gen !== this.gen) return;
+    const modes = [["webrtc", () => this._webrtc()], ["hls", () => this._hls()]]
+      .filter(([m]) => !this.skip.has(`${this.stream}:${m}`));
     for (const [mode, fn] of modes) {
       if (gen !== this.gen) return;
       try {
         await fn();
         if (gen !== this.gen) return;
         this.mode = mode;
-        this.onStatus("playing", mode);
+        this.onStatus("playing", mode, this.stream);
         return;
       } catch {
         if (gen !== this.gen) return;
@@ -86,9 +97,21 @@ export class LivePlayer {
         this._teardown();
       }
     }
-    this.onStatus("unavailable", null);
+    this.onStatus("unavailable", null, this.stream);
     this.stopped = true;
     this.retryTimer = setTimeout(() => this.start(), 10000);
+  }
+
+  /** Sub stream for a tile when the hub has it live, else main; skip WebRTC for a stream with B-frames. */
+  async _chooseStream() {
+    let st = null;
+    try {
+      st = await api(`/api/v1/live/${this.deviceId}`);
+    } catch { /* no status: try the main stream as before */ }
+    const sub = st && st.sub && st.sub.live;
+    this.stream = this.quality === "tile" && sub ? "sub" : "main";
+    const bframes = st && (this.stream === "sub" ? st.sub.bframes : st.bframes);
+    if (bframes) this.skip.add(`${this.stream}:webrtc`);
   }
 
   async _webrtc() {
@@ -103,12 +126,12 @@ export class LivePlayer {
     });
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc, 1000);
-    const r = await fetch(`/api/v1/live/${this.deviceId}/webrtc`, {
+    const r = await fetch(`/api/v1/live/${this.deviceId}/webrtc${this.stream === "sub" ? "?stream=sub" : ""}`, {
       method: "POST",
       headers: { Authorization: `Bearer ${getToken()}`, "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
     });
-    if (!r.ok) throw new Error(`webrtc offer: HTTP ${r.status}`);
+    if (!r.ok) throw new Error(`webrtc offer: HTTP ${r.status}`); // 409: no live media, or B-frames
     await pc.setRemoteDescription(await r.json());
     await Promise.race([track, timeout(6000, "webrtc track")]);
     await firstFrame(this.video, 8000);
@@ -129,13 +152,14 @@ export class LivePlayer {
     if (!a || !b) return;
     const received = b.framesReceived - a.framesReceived, decoded = b.framesDecoded - a.framesDecoded;
     if (received >= 10 && decoded < received / 2) {
-      this.skip.add("webrtc");
+      this.skip.add(`${this.stream}:webrtc`);
       throw new Error(`webrtc: ${decoded} of ${received} frames decoded`);
     }
   }
 
   async _hls() {
-    const url = `/api/v1/live/${this.deviceId}/index.m3u8?token=${encodeURIComponent(getToken())}`;
+    const sub = this.stream === "sub" ? "stream=sub&" : "";
+    const url = `/api/v1/live/${this.deviceId}/index.m3u8?${sub}token=${encodeURIComponent(getToken())}`;
     const Hls = await loadHls();
     if (Hls.isSupported()) {
       // A short live window and no back buffer: memory stays flat over a shift.

@@ -1,5 +1,6 @@
 // The wall (kiosk) view for duty officers: center tree with rates against targets, counters,
 // dark and degraded cameras longest first, live tiles (1/4/9/16, cycling), alerts announced.
+// Grids of 4-16 play each camera's sub stream (子码流) when it has one, a single tile the main stream.
 import { api, live } from "./api.js";
 import { t } from "./i18n.js";
 import { LivePlayer } from "./live.js";
@@ -48,24 +49,30 @@ class Tile {
   constructor() {
     this.video = el("video", { muted: true, autoplay: true, playsinline: true });
     this.video.muted = true;
-    this.label = el("div", { class: "tile-label" });
+    this.name = el("span", {});
+    this.streamTag = el("span", { class: "tile-stream" });
+    this.label = el("div", { class: "tile-label" }, this.name, this.streamTag);
     this.overlay = el("div", { class: "tile-overlay" });
     this.node = el("div", { class: "tile" }, this.video, this.overlay, this.label);
     this.device = null;
     this.player = null;
+    this.quality = null;
     this.status = "empty";
   }
 
-  show(device) {
+  /** quality: "tile" (sub stream when the camera has one) or "full" (main stream). */
+  show(device, quality = "tile") {
     const id = device ? device.id : null;
-    if (id !== (this.device && this.device.id)) {
+    if (id !== (this.device && this.device.id) || quality !== this.quality) {
       if (this.player) this.player.stop();
-      this.player = id ? new LivePlayer(this.video, id, (st, mode) => this._status(st, mode)) : null;
+      this.player = id ? new LivePlayer(this.video, id, (st, mode, stream) => this._status(st, mode, stream), { quality }) : null;
+      this.quality = quality;
+      this._stream(null);
     }
     this.device = device;
     this.node.dataset.device = id || "";
     this.node.dataset.state = device ? device.state : "";
-    this.label.textContent = device ? `${device.name || device.id} · ${device.id}` : "";
+    this.name.textContent = device ? `${device.name || device.id} · ${device.id}` : "";
     if (!device) {
       this._overlay("empty", t("tile.empty"));
     } else if (device.state === "offline") {
@@ -81,14 +88,20 @@ class Tile {
   }
 
   tickClock() {
-    if (this.device && this.device.state === "offline") this.show(this.device);
+    if (this.device && this.device.state === "offline") this.show(this.device, this.quality);
   }
 
-  _status(st, mode) {
+  _stream(stream) {
+    this.node.dataset.stream = stream || "";
+    this.streamTag.textContent = stream ? ` · ${t(`tile.${stream}`)}` : "";
+  }
+
+  _status(st, mode, stream) {
     if (this.device && this.device.state === "offline") return;
     this.status = st;
     this.node.dataset.status = st;
     this.node.dataset.mode = mode || "";
+    this._stream(st === "playing" ? stream : null);
     if (st === "playing") this._overlay(null);
     else this._overlay(st, t(st === "connecting" ? "tile.connecting" : "tile.unavailable"));
   }
@@ -100,7 +113,9 @@ class Tile {
 
   stats() {
     const p = this.player;
-    return { device: this.device && this.device.id, status: this.status, mode: p && p.mode,
+    const q = this.video.getVideoPlaybackQuality(); // frames decoded and dropped, whatever shows them
+    return { device: this.device && this.device.id, status: this.status, mode: p && p.mode, stream: p && p.stream,
+      decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames,
       frames: p ? p.frames : 0, mediaTime: p ? p.mediaTime : 0, width: this.video.videoWidth, height: this.video.videoHeight };
   }
 
@@ -182,7 +197,8 @@ export function mountWall(root, params) {
 
   function fillTiles() {
     if (offset >= pool.length) offset = 0;
-    tiles.forEach((tile, i) => tile.show(i < pool.length ? devices.get(pool[(offset + i) % pool.length]) : null));
+    const quality = s.grid > 1 ? "tile" : "full";
+    tiles.forEach((tile, i) => tile.show(i < pool.length ? devices.get(pool[(offset + i) % pool.length]) : null, quality));
     const pages = Math.max(1, Math.ceil(pool.length / s.grid));
     page.textContent = pool.length > s.grid ? `${Math.floor(offset / s.grid) + 1}/${pages}` : "";
   }

@@ -1,0 +1,453 @@
+"""Discovered cameras wait for an admin (or the hub's auto_accept), against a real hub process.
+
+The API tests drive ``vms serve`` over HTTP as an agent and as people in each role. The end-to-end
+test runs a real agent process in a network namespace: it finds a simulated ONVIF camera by
+WS-Discovery (camsim's responder in a second namespace; WS-Discovery skips loopback) and relays a
+configured camera at once, while the discovered one reaches the hub only after an admin accepts it.
+The hub and the RTSP simulator listen on a veth address joining the agent's namespace to this one;
+nothing else is contacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from camsim.clips import ClipParams
+from camsim.sim import Simulator
+from tests.conftest import ROOT, HubProcess, free_port, hub_config, write_config
+
+AGENT_PREFIX = "320585"
+CONFIGURED = "32058501001320000001"
+FOUND = "32058501001320000002"
+FOUND2 = "32058502001320000003"
+OUTSIDER = "11010000001320000001"
+OTHER = "32058502001320000009"
+PEOPLE = ("admin", "duty", "maintenance", "police")
+
+
+def wait(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.2,
+         context: Callable[[], str] = str) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout} s\n{context()}")
+
+
+def call(hub: HubProcess, method: str, path: str, role: str = "admin", body: Any = None,
+         **params: Any) -> httpx.Response:
+    return httpx.request(method, hub.url + path, json=body, params=params, timeout=10,
+                         headers={"Authorization": f"Bearer {hub.tokens[role]}"})
+
+
+def cam(device_id: str, source: str = "onvif", **extra: Any) -> dict[str, Any]:
+    return {"device_id": device_id, "source": source, "manufacturer": "Sim", "model": "IPC-1",
+            "serial": f"SN{device_id[-4:]}", "address": "127.0.0.1:18000",
+            "stream_uri": f"rtsp://127.0.0.1:8554/cam/{device_id}", **extra}
+
+
+def report(hub: HubProcess, *cams: dict[str, Any]) -> dict[str, dict[str, str]]:
+    r = call(hub, "POST", "/api/v1/agents/cameras", "edge-1", {"cameras": list(cams)})
+    assert r.status_code == 200, r.text
+    return {c["device_id"]: c for c in r.json()["cameras"]}
+
+
+def heartbeat(hub: HubProcess, *devices: str) -> dict[str, str]:
+    body = {"sent_at": time.time(), "cameras": [{"device_id": d, "connected": True, "last_packet_age_s": 0.1,
+                                                 "fps": 25} for d in devices]}
+    r = call(hub, "POST", "/api/v1/agents/heartbeat", "edge-1", body)
+    assert r.status_code == 200, r.text
+    return {x["device_id"]: x["reason"] for x in r.json()["rejected"]}
+
+
+def put_segment(hub: HubProcess, device_id: str) -> httpx.Response:
+    data = b"\x47" + os.urandom(187)
+    return httpx.put(f"{hub.url}/api/v1/agents/segments/{device_id}", content=data, timeout=10,
+                     params={"start": f"{time.time():.3f}", "duration": "2"},
+                     headers={"Authorization": f"Bearer {hub.tokens['edge-1']}", "Content-Type": "video/mp2t",
+                              "X-VMS-SHA256": hashlib.sha256(data).hexdigest()})
+
+
+def devices(hub: HubProcess) -> set[str]:
+    return {d["id"] for d in call(hub, "GET", "/api/v1/devices").json()["devices"]}
+
+
+def audit_rows(hub: HubProcess, action: str) -> list[dict[str, Any]]:
+    r = call(hub, "GET", "/api/v1/audit")
+    assert r.status_code == 200 and r.json()["verified"], r.text
+    return [e for e in r.json()["entries"] if e["action"] == action]
+
+
+def make(make_hub_process: Any, database_url: str | None = None, **sections: Any) -> HubProcess:
+    if database_url:
+        sections["storage"] = {"database_url": database_url}
+    hub: HubProcess = make_hub_process(**sections)
+    for role in PEOPLE:
+        hub.token(role, name=role)
+    hub.token("agent", AGENT_PREFIX, name="edge-1")
+    hub.start()
+    r = call(hub, "POST", "/api/v1/agents/register", "edge-1", {"protocol": 1, "version": "t", "hostname": "h"})
+    assert r.status_code == 200, r.text
+    return hub
+
+
+# --------------------------------------------------------------------------- API over a real hub
+
+
+def test_discovered_camera_pending_until_an_admin_accepts(make_hub_process: Any, database_url: str | None) -> None:
+    hub = make(make_hub_process, database_url)
+    got = report(hub, cam(CONFIGURED, "config", name="North gate"), cam(FOUND), cam(OUTSIDER))
+    assert got[CONFIGURED]["state"] == "accepted" and "config" in got[CONFIGURED]["reason"]
+    assert got[FOUND]["state"] == "pending" and "waiting for an admin" in got[FOUND]["reason"]
+    assert got[OUTSIDER]["state"] == "refused" and "prefixes" in got[OUTSIDER]["reason"]
+    assert devices(hub) == {CONFIGURED}
+
+    # The hub itself refuses a pending camera's stats and media, whatever the agent does.
+    assert "waiting for an admin" in heartbeat(hub, CONFIGURED, FOUND)[FOUND]
+    refused = put_segment(hub, FOUND)
+    assert refused.status_code == 403 and "waiting for an admin" in refused.text
+    assert devices(hub) == {CONFIGURED}
+
+    listed = call(hub, "GET", "/api/v1/discovered", state="pending").json()
+    assert listed["total"] == 1
+    (row,) = listed["cameras"]
+    assert (row["device_id"], row["agent"], row["source"], row["state"]) == (FOUND, "edge-1", "onvif", "pending")
+    assert (row["manufacturer"], row["model"], row["name"]) == ("Sim", "IPC-1", "Sim IPC-1")
+    assert row["stream_uri"] == f"rtsp://127.0.0.1:8554/cam/{FOUND}" and row["first_seen"] and not row["decided_by"]
+    everything = call(hub, "GET", "/api/v1/discovered").json()
+    assert {c["device_id"]: c["state"] for c in everything["cameras"]} == {CONFIGURED: "accepted", FOUND: "pending"}
+
+    r = call(hub, "POST", f"/api/v1/discovered/{FOUND}/accept", body={"comment": "installed by crew 3"})
+    assert r.status_code == 200, r.text
+    decided = r.json()
+    assert (decided["state"], decided["decided_by"], decided["comment"]) == ("accepted", "admin", "installed by crew 3")
+    assert devices(hub) == {CONFIGURED, FOUND}  # registered like an auto-accepted camera
+    assert heartbeat(hub, CONFIGURED, FOUND) == {}
+    assert put_segment(hub, FOUND).status_code == 201
+    assert report(hub, cam(FOUND))[FOUND]["state"] == "accepted"
+    assert call(hub, "GET", "/api/v1/discovered", state="pending").json()["total"] == 0
+
+    (accepted,) = audit_rows(hub, "camera.accept")
+    assert (accepted["actor"], accepted["role"], accepted["target"]) == ("admin", "admin", FOUND)
+    assert accepted["detail"] == {"agent": "edge-1", "source": "onvif", "previous": "pending",
+                                  "comment": "installed by crew 3"}
+    (auto,) = audit_rows(hub, "camera.auto_accept")
+    assert auto["actor"] == "edge-1" and auto["detail"]["devices"] == [CONFIGURED]
+
+
+def test_only_admins_decide(make_hub_process: Any) -> None:
+    hub = make(make_hub_process, devices=[{"id": FOUND2, "name": "Known"}])
+    got = report(hub, cam(FOUND), cam(FOUND2))
+    assert got[FOUND]["state"] == "pending"
+    # A device the hub knew before acceptance existed (here from its config) keeps being relayed.
+    assert got[FOUND2]["state"] == "accepted" and "registered before" in got[FOUND2]["reason"]
+    for role in ("duty", "maintenance", "police", "edge-1"):
+        assert call(hub, "GET", "/api/v1/discovered", role).status_code == 403, role
+        for action in ("accept", "reject"):
+            r = call(hub, "POST", f"/api/v1/discovered/{FOUND}/{action}", role, {})
+            assert r.status_code == 403 and "admin" in r.json()["detail"], (role, action)
+    assert httpx.get(f"{hub.url}/api/v1/discovered", timeout=5).status_code == 401
+    pending = call(hub, "GET", "/api/v1/discovered", state="pending").json()["cameras"]
+    assert [c["device_id"] for c in pending] == [FOUND]
+    assert audit_rows(hub, "camera.accept") == audit_rows(hub, "camera.reject") == []
+    # Precise errors for bad input.
+    assert call(hub, "POST", f"/api/v1/discovered/{OTHER}/accept", body={}).status_code == 404
+    assert call(hub, "POST", "/api/v1/discovered/123/accept", body={}).status_code == 422
+    assert call(hub, "GET", "/api/v1/discovered", state="maybe").status_code == 422
+    assert call(hub, "POST", f"/api/v1/discovered/{FOUND}/accept", body={"why": "x"}).status_code == 422
+    leaky = call(hub, "POST", "/api/v1/agents/cameras", "edge-1",
+                 {"cameras": [cam(OTHER, stream_uri="rtsp://admin:pw@127.0.0.1/x")]})
+    assert leaky.status_code == 422 and "must not carry credentials" in leaky.text
+    bad_source = call(hub, "POST", "/api/v1/agents/cameras", "edge-1", {"cameras": [cam(OTHER, "upnp")]})
+    assert bad_source.status_code == 422 and "source" in bad_source.text
+
+
+def test_rejected_stays_rejected_across_reports_and_restarts(make_hub_process: Any, database_url: str | None) -> None:
+    hub = make(make_hub_process, database_url)
+    assert report(hub, cam(FOUND))[FOUND]["state"] == "pending"
+    r = call(hub, "POST", f"/api/v1/discovered/{FOUND}/reject", body={"comment": "neighbour's camera"})
+    assert r.status_code == 200 and r.json()["state"] == "rejected"
+    for _ in range(2):
+        got = report(hub, cam(FOUND), cam(FOUND, "config"))[FOUND]  # listed twice: the second is refused
+        assert got["state"] == "refused"
+        got = report(hub, cam(FOUND))[FOUND]
+        assert got["state"] == "rejected" and "neighbour's camera" in got["reason"] and "admin" in got["reason"]
+        # Typing it into the agent's config does not undo an admin's rejection.
+        assert report(hub, cam(FOUND, "config"))[FOUND]["state"] == "rejected"
+        assert "rejected by an admin" in heartbeat(hub, FOUND)[FOUND]
+        assert put_segment(hub, FOUND).status_code == 403
+        hub.stop()
+        hub.start()
+    assert FOUND not in devices(hub)
+    (rejected,) = audit_rows(hub, "camera.reject")
+    assert rejected["target"] == FOUND and rejected["detail"]["comment"] == "neighbour's camera"
+
+    # An admin changes it: accepted, registered and relayed from now on.
+    assert call(hub, "POST", f"/api/v1/discovered/{FOUND}/accept", body={}).status_code == 200
+    assert report(hub, cam(FOUND))[FOUND]["state"] == "accepted" and FOUND in devices(hub)
+    assert put_segment(hub, FOUND).status_code == 201
+    assert [a["detail"]["previous"] for a in audit_rows(hub, "camera.accept")] == ["rejected"]
+
+
+def test_auto_accept_from_the_hub_config(make_hub_process: Any) -> None:
+    hub = make(make_hub_process, discovery={"auto_accept": True})
+    got = report(hub, cam(FOUND), cam(FOUND2))
+    assert {d: c["state"] for d, c in got.items()} == {FOUND: "accepted", FOUND2: "accepted"}
+    assert devices(hub) == {FOUND, FOUND2}
+    (auto,) = audit_rows(hub, "camera.auto_accept")
+    assert auto["detail"] == {"why": "discovery.auto_accept is on", "devices": [FOUND, FOUND2]}
+    rows = call(hub, "GET", "/api/v1/discovered", state="accepted").json()["cameras"]
+    assert [(c["device_id"], c["decided_by"]) for c in rows] == [(FOUND, "hub"), (FOUND2, "hub")]
+    # auto_accept never overrides an admin's rejection.
+    assert call(hub, "POST", f"/api/v1/discovered/{FOUND2}/reject", body={}).status_code == 200
+    assert report(hub, cam(FOUND2))[FOUND2]["state"] == "rejected"
+    assert heartbeat(hub, FOUND, FOUND2) == {FOUND2: "camera rejected by an admin"}
+    assert len(audit_rows(hub, "camera.auto_accept")) == 1  # decisions are audited once, not per report
+
+
+def test_the_discovered_cameras_table_migrates_up_and_down(tmp_path: Path, database_url: str | None) -> None:
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    from vms.db import MIGRATIONS, make_engine, migrate
+    from vms.db.models import Base
+
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        migrate(engine)
+        with engine.connect() as c:
+            assert "discovered_cameras" in inspect(c).get_table_names()
+            diff = compare_metadata(MigrationContext.configure(c), Base.metadata)
+        assert [d for d in diff if "discovered" in repr(d)] == []
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as c:
+            cfg.attributes["connection"] = c
+            command.downgrade(cfg, "0002")
+        with engine.connect() as c:
+            assert "discovered_cameras" not in inspect(c).get_table_names()
+        migrate(engine)
+        with engine.connect() as c:
+            assert "discovered_cameras" in inspect(c).get_table_names()
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- a real agent, end to end
+
+
+@dataclass
+class VethHub(HubProcess):
+    """A hub listening on this namespace's end of a veth pair, so an agent in a namespace reaches it."""
+
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def agent_link(netns_pair: Any) -> Iterator[tuple[Any, str, str]]:
+    """The namespace pair plus a veth from here into the agent's namespace: (pair, our IP, agent's IP)."""
+    net = netns_pair("dacc", 93)
+    tag = f"{os.getpid() % 100000}"
+    here, there, ours, theirs = f"dah{tag}", f"dat{tag}", "10.200.94.1", "10.200.94.2"
+    ip("link", "add", here, "type", "veth", "peer", "name", there)
+    try:
+        ip("link", "set", there, "netns", net.agent)
+        ip("addr", "add", f"{ours}/24", "dev", here)
+        ip("link", "set", here, "up")
+        ip("-n", net.agent, "addr", "add", f"{theirs}/24", "dev", there)
+        ip("-n", net.agent, "link", "set", there, "up")
+        yield net, ours, theirs
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+
+
+def stored(hub: HubProcess, device_id: str, after: float = 0.0) -> int:
+    db = hub.config.parent / "data" / "vms.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as c:
+        row = c.execute("SELECT count(*) FROM segments WHERE device_id = ? AND start_at >= ?", (device_id, after))
+        return int(row.fetchone()[0])
+
+
+def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, agent_link: Any) -> None:
+    net, host, _ = agent_link
+    user, password = "admin", "s3cret!pw"
+    onvif_cam = "32058501001320000600"  # the simulator's name for it; the agent allocates the device ID
+    d = tmp_path
+    (d / "hub").mkdir()
+    cfg = hub_config(d / "hub" / "data", server={"host": host})
+    hub = VethHub(write_config(d / "hub" / "hub.yaml", cfg), free_port(), host=host)
+    hub.token("admin", name="admin")
+    agent_token = hub.token("agent", AGENT_PREFIX, name="edge-1")
+    sim = Simulator([CONFIGURED, onvif_cam], d / "camsim", rtsp_port=free_port(), control_port=free_port(),
+                    onvif_base_port=None, host=host, params=ClipParams(duration_s=4.0, bitrate_kbps=600))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    responder: subprocess.Popen[str] | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    agent_cfg = {"hub_url": f"http://{host}:{hub.port}", "token": agent_token, "data_dir": str(d / "agent"),
+                 "id_prefix": "32058501001320", "segment_seconds": 2,
+                 "discovery": {"enabled": True, "timeout_s": 3}, "onvif": {"username": user, "password": password},
+                 "cameras": [{"url": sim.rtsp_url(CONFIGURED), "device_id": CONFIGURED, "name": "North gate"}]}
+    (d / "agent.yaml").write_text(yaml.safe_dump(agent_cfg))
+    agent_log = d / "agent.log"
+
+    def start_agent() -> subprocess.Popen[bytes]:
+        with agent_log.open("ab") as log:
+            return subprocess.Popen(["ip", "netns", "exec", net.agent, sys.executable, "-m", "edge_agent.cli",
+                                     "run", "--config", str(d / "agent.yaml")], stdout=log, stderr=log, env=env)
+
+    def stop_agent(p: subprocess.Popen[bytes]) -> None:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    try:
+        sim.start()
+        hub.start()
+        responder = subprocess.Popen(
+            ["ip", "netns", "exec", net.cam, sys.executable, "-m", "camsim.onvif", "--bind", net.cam_ip,
+             "--base-port", "18090", "--rtsp-base", f"rtsp://{host}:{sim.rtsp_port}/cam", "--discovery",
+             "--username", user, "--password", password, "--device-id", onvif_cam],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
+        agent = start_agent()
+
+        def pending() -> list[dict[str, Any]]:
+            return call(hub, "GET", "/api/v1/discovered", state="pending").json()["cameras"]
+
+        def log_tail() -> str:
+            return "agent log:\n" + agent_log.read_text(errors="replace")[-4000:]
+
+        wait(pending, 60, "the discovered camera listed as pending", context=log_tail)
+        (row,) = pending()
+        found = row["device_id"]
+        assert row["source"] == "onvif" and row["serial"] == f"SIM{onvif_cam}" and password not in str(row)
+        assert row["stream_uri"] == f"rtsp://{host}:{sim.rtsp_port}/cam/{onvif_cam}"
+        # The configured camera relays at once; the discovered one sends nothing while it waits.
+        wait(lambda: stored(hub, CONFIGURED) >= 3, 60, "configured camera's segments", context=log_tail)
+        base = stored(hub, CONFIGURED)
+        wait(lambda: stored(hub, CONFIGURED) >= base + 3, 30, "more configured segments")
+        assert stored(hub, found) == 0 and found not in devices(hub)
+        spool = d / "agent" / "spool"
+        assert not list(spool.glob(f"{found}_*.ts")), "the agent recorded a camera nobody accepted"
+        assert "waits for an admin to accept it" in agent_log.read_text()
+
+        t0 = time.monotonic()
+        assert call(hub, "POST", f"/api/v1/discovered/{found}/accept", body={"comment": "ok"}).status_code == 200
+        took = wait(lambda: stored(hub, found) > 0, 30, "the accepted camera's first segment at the hub",
+                    context=log_tail)
+        print(f"accepted -> first segment stored at the hub: {took:.1f} s")
+        assert took < 15, f"first segment {took:.1f} s after acceptance"
+        assert time.monotonic() - t0 < 15
+
+        # Hub down when the agent starts: it remembers the acceptance and keeps recording.
+        stop_agent(agent)
+        hub.stop()
+        restarted = time.time()
+        agent = start_agent()
+
+        def spooled_since_restart() -> int:
+            return sum(1 for p in spool.glob(f"{found}_*.ts") if int(p.name.split("_")[1]) / 1e6 >= restarted)
+
+        wait(lambda: spooled_since_restart() >= 2, 60, "the accepted camera spooled while the hub is down",
+             context=log_tail)
+        hub.start()
+        wait(lambda: stored(hub, found, after=restarted) >= 2, 90, "outage segments delivered once the hub is back",
+             context=log_tail)
+
+        # A later rejection stops the camera at the agent.
+        assert call(hub, "POST", f"/api/v1/discovered/{found}/reject", body={"comment": "moved"}).status_code == 200
+        wait(lambda: "rejected at the hub; not relaying it" in agent_log.read_text(), 30, "agent stops the camera",
+             context=log_tail)
+    finally:
+        if agent is not None:
+            stop_agent(agent)
+        if responder is not None:
+            responder.terminate()
+            try:
+                responder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                responder.kill()
+                responder.wait(timeout=5)
+        hub.stop()
+        sim.stop()
+
+
+# --------------------------------------------------------------------------- the admin page
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_admin_page_lists_pending_cameras_and_accepts_one(make_hub_process: Any) -> None:
+    pw = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    hub = make(make_hub_process)
+    report(hub, cam(FOUND), cam(FOUND2, name="Bridge"))
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            def login(role: str) -> Any:
+                page = browser.new_context(locale="en-US").new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.errors = errors
+                page.goto(hub.url + "/")
+                page.fill("input[name=token]", hub.tokens[role])
+                page.click("form.login button[type=submit]")
+                page.wait_for_selector("button.logout")
+                return page
+
+            duty = login("duty")
+            assert "discovered" not in [a.get_attribute("data-nav") for a in duty.query_selector_all("nav a")]
+            duty.goto(f"{hub.url}/web/#/discovered")
+            duty.wait_for_selector("[data-forbidden=discovered]")
+
+            page = login("admin")
+            page.click("nav a[data-nav=discovered]")
+            page.wait_for_selector(f"tr[data-device='{FOUND2}']")
+            rows = page.query_selector_all("tbody tr[data-device]")
+            assert [r.get_attribute("data-device") for r in rows] == [FOUND, FOUND2]
+            assert "Bridge" in page.inner_text(f"tr[data-device='{FOUND2}']")
+            page.fill(f"tr[data-device='{FOUND}'] input.comment", "checked on site")
+            page.click(f"tr[data-device='{FOUND}'] button.accept")
+            page.wait_for_selector(f"tr[data-device='{FOUND}']", state="detached")  # gone from the pending list
+            page.click(f"tr[data-device='{FOUND2}'] button.reject")
+            page.wait_for_selector("tbody tr:not([data-device])")  # "No cameras waiting"
+            page.select_option("select[name=state]", "")
+            page.wait_for_selector(f"tr[data-device='{FOUND}'][data-state=accepted]")
+            assert page.errors == [] and duty.errors == []
+        finally:
+            browser.close()
+    listed = call(hub, "GET", "/api/v1/discovered").json()["cameras"]
+    states = {c["device_id"]: (c["state"], c["comment"]) for c in listed}
+    assert states == {FOUND: ("accepted", "checked on site"), FOUND2: ("rejected", "")}
+    assert FOUND in devices(hub) and FOUND2 not in devices(hub)
