@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,3 +315,23 @@ def netns_pair() -> Iterator[Any]:
         for ns in (cam, agent):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def black_segments(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """One-GOP MPEG-TS segments of a street clip that goes black from 8 s to 18 s (26 s, 13 segments)."""
+    from bench.eval_quality import Case, encode, split
+
+    d = tmp_path_factory.mktemp("segs")
+    encode(Case(1, "day", "black_screen"), d / "clip.ts")
+    return [p.read_bytes() for p, _, _ in split(d / "clip.ts", d)]
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from bench.eval_quality import Case, encode, split
 from edge_agent.analysis import AgentAnalysis
 from edge_agent.spool import Segment, Spool
-from tests.conftest import hub_config
+from tests.conftest import hub_config, wait_until
 from vms.analysis.config import AnalysisConfig
 from vms.auth import Principal, Role
 from vms.config import HubConfig
@@ -26,24 +24,6 @@ from vms.protocol import CameraStats, Heartbeat
 
 DEV = "32058501001320000001"
 PREFIX = "32058501"
-
-
-@pytest.fixture(scope="module")
-def black_clip(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    """One-GOP segments of a street clip that goes black from 8 s to 18 s (26 s, 13 segments)."""
-    d = tmp_path_factory.mktemp("segs")
-    encode(Case(1, "day", "black_screen"), d / "clip.ts")
-    return [p.read_bytes() for p, _, _ in split(d / "clip.ts", d)]
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def enqueue(spool: Spool, data: bytes, start: float) -> Segment:
@@ -67,13 +47,13 @@ def agent_side(tmp_path: Path) -> Iterator[tuple[Spool, AgentAnalysis]]:
 
 
 def test_the_agent_raises_and_clears_a_defect_and_knows_each_segments_motion(
-    agent_side: tuple[Spool, AgentAnalysis], black_clip: list[bytes]
+    agent_side: tuple[Spool, AgentAnalysis], black_segments: list[bytes]
 ) -> None:
     spool, an = agent_side
     t0 = 1_700_000_000.0
     segs = []
     seen_black = False
-    for k, data in enumerate(black_clip):
+    for k, data in enumerate(black_segments):
         segs.append(enqueue(spool, data, t0 + 2 * k))
         spool.ack(segs[-1])  # the uplink sent and deleted it at once: the staged copy must still be analysed
         ratio = asyncio.run(an.motion_for(segs[-1].sha256, wait_s=20))
@@ -81,12 +61,12 @@ def test_the_agent_raises_and_clears_a_defect_and_knows_each_segments_motion(
         seen_black |= "black_screen" in an.defects(DEV)
     assert seen_black, "the black part of the clip never raised black_screen"
     assert an.defects(DEV) == {}, "black_screen did not clear when the picture came back"
-    assert an.pool.stats.analysed == len(black_clip) and an.pool.stats.failed == 0
+    assert an.pool.stats.analysed == len(black_segments) and an.pool.stats.failed == 0
     assert list(an.dir.iterdir()) == [], "staged copies were left behind"
 
 
 def test_a_busy_agent_analysis_drops_counts_and_never_makes_the_upload_wait(
-    tmp_path: Path, black_clip: list[bytes]
+    tmp_path: Path, black_segments: list[bytes]
 ) -> None:
     spool = Spool(tmp_path / "spool", 10**9)
     an = AgentAnalysis(AnalysisConfig(workers=1, queue_per_worker=1), tmp_path)
@@ -94,7 +74,7 @@ def test_a_busy_agent_analysis_drops_counts_and_never_makes_the_upload_wait(
     an.start()
     try:
         t_add = time.perf_counter()
-        segs = [enqueue(spool, data, 1_700_000_000.0 + 2 * k) for k, data in enumerate(black_clip)]
+        segs = [enqueue(spool, data, 1_700_000_000.0 + 2 * k) for k, data in enumerate(black_segments)]
         add_s = time.perf_counter() - t_add
         wait_until(lambda: an.pool.stats.analysed + an.pool.stats.dropped == len(segs), 60, "every segment handled")
         assert an.pool.stats.dropped > 0, "a one-slot queue took 13 segments at once"

@@ -7,15 +7,14 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bench.eval_quality import Case, encode, split
-from tests.conftest import hub_config
+from tests.conftest import hub_config, wait_until
 from vms.analysis.sampler import Work
 from vms.auth import Principal, Role
 from vms.config import HubConfig
@@ -23,24 +22,6 @@ from vms.hub import Hub
 
 DEV = "32058501001320000001"
 PREFIX = "32058501"
-
-
-@pytest.fixture(scope="module")
-def black_segments(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    """One-GOP segments of a street clip that goes black from 8 s to 18 s (26 s, 13 segments)."""
-    d = tmp_path_factory.mktemp("segs")
-    encode(Case(1, "day", "black_screen"), d / "clip.ts")
-    return [p.read_bytes() for p, _, _ in split(d / "clip.ts", d)]
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
