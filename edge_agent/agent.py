@@ -87,6 +87,7 @@ class Agent:
                            live_window_s=3 * cfg.segment_seconds)
         self.ingests: list[CameraIngest] = []
         self.sources: dict[str, CameraSource] = {}
+        self.prefix: str | None = cfg.id_prefix  # where new IDs come from; the hub's grant if not configured
         self._refused: dict[str, str] = {}  # device -> why the hub refuses this agent reporting it (logged once)
         self.uplink = Uplink(cfg.hub_url, cfg.token, self.spool, self.camera_stats,
                              heartbeat_interval_s=cfg.heartbeat_interval_s, max_inflight=cfg.max_inflight)
@@ -147,12 +148,34 @@ class Agent:
                                     if sub and sub != uri else None, source="onvif"))
         return out
 
+    def remembered_sources(self, found: list[CameraSource]) -> list[CameraSource]:
+        """Accepted discovered cameras this probe did not find, from their last known stream URIs.
+
+        A camera that is powered off, rebooting or whose probe answer was lost when the agent
+        starts must not drop out until the next restart: ingest keeps retrying it (with backoff)
+        and recording resumes when it is back.
+        """
+        o = self.cfg.onvif
+        seen = {self.registry.lookup(url=s.url, serial=s.serial) for s in found}
+        out = []
+        for e in self.registry.entries():
+            if e.source != "onvif" or e.acceptance != "accepted" or not e.url or e.device_id in seen:
+                continue
+            log.warning("accepted camera %s (%s) did not answer discovery; relaying it from %s", e.device_id,
+                        e.name or "unnamed", e.url)
+            out.append(CameraSource(url=with_credentials(e.url, o.username, o.password), name=e.name,
+                                    serial=e.serial, source="onvif",
+                                    sub_url=with_credentials(e.sub_url, o.username, o.password) if e.sub_url
+                                    else None))
+        return out
+
     def assign_ids(self, sources: list[CameraSource], prefix: str | None) -> None:
         """Give every source its device ID; fixed IDs first so allocation never takes them."""
         seen: dict[str, str] = {}
         for src in sorted(sources, key=lambda s: s.device_id is None):
             dev = self.registry.assign(prefix=prefix, url=src.url, serial=src.serial,
-                                       fixed_id=src.device_id, name=src.name)
+                                       fixed_id=src.device_id, name=src.name, source=src.source,
+                                       sub_url=src.sub_url)
             if dev in seen:
                 log.info("camera %s is the same device as %s (%s); relaying it once",
                          redact(src.url), seen[dev], dev)
@@ -228,7 +251,8 @@ class Agent:
         try:
             sources = self.configured_sources()
             if self.cfg.discovery.enabled:
-                sources += await asyncio.to_thread(self.discovered_sources)
+                found = await asyncio.to_thread(self.discovered_sources)
+                sources += found + self.remembered_sources(found)
             prefix = self.cfg.id_prefix
             registered = False
             if prefix is None and any(s.device_id is None for s in sources):
@@ -241,6 +265,7 @@ class Agent:
                     raise AgentError("no id_prefix configured and the hub granted no 14-digit prefix "
                                      f"to allocate IDs from (got {reply.prefixes})")
             self.assign_ids(sources, prefix)
+            self.prefix = prefix
             self.start_ingest()
             if not registered and await self.uplink.register_until_ok(stop) is None:
                 return
@@ -250,7 +275,7 @@ class Agent:
                               "it", dev, ", ".join(self.uplink.prefixes))
             await self._report_cameras()
             await asyncio.gather(self.uplink.heartbeat_loop(stop), self.uplink.upload_loop(stop),
-                                 self.report_loop(stop))
+                                 self.report_loop(stop), self.rediscover_loop(stop))
         finally:
             await asyncio.to_thread(self.shutdown)
             await self.uplink.aclose()
@@ -289,6 +314,40 @@ class Agent:
             elif d.state == "pending" and before[dev] != "pending":
                 log.warning("camera %s (%s at %s) waits for an admin to accept it at the hub; not relaying it yet",
                             dev, src.name or "unnamed", src.address or redact(src.url))
+
+    async def rediscover_loop(self, stop: asyncio.Event) -> None:
+        """Probe again every ``discovery.interval_s``: report new cameras, follow cameras that moved address."""
+        if not self.cfg.discovery.enabled:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.cfg.discovery.interval_s)
+            if stop.is_set():
+                return
+            try:
+                found = await asyncio.to_thread(self.discovered_sources)
+            except Exception as exc:  # a probe that fails must not stop the agent; the next one may work
+                log.warning("discovery failed: %s", exc)
+                continue
+            new, moved = [], []
+            for src in found:
+                dev = self.registry.lookup(url=src.url, serial=src.serial)
+                if dev is None or dev not in self.sources:
+                    new.append(src)
+                elif strip_credentials(self.sources[dev].url) != strip_credentials(src.url):
+                    moved.append(src)
+            if not (new or moved):
+                continue
+            self.assign_ids(new + moved, self.prefix)
+            for src in moved:
+                dev = src.device_id or ""
+                log.warning("camera %s now answers at %s; relaying it from there", dev, redact(src.url))
+                if dev in self.relaying():
+                    await self.stop_camera(dev)
+                    self.start_camera(dev)
+            if new:
+                log.info("discovery found %d new camera(s)", len(new))
+                await self._report_cameras({s.device_id for s in new if s.device_id})
 
     async def report_loop(self, stop: asyncio.Event) -> None:
         """Report cameras not relayed (and any the hub refused stats for) often, every camera now and then."""

@@ -74,6 +74,9 @@ class OnvifConfig(_Model):
 class DiscoveryConfig(_Model):
     enabled: bool = False
     timeout_s: float = Field(3.0, gt=0, le=60)
+    interval_s: float = Field(
+        300.0, ge=5, le=86400, description="Probe again this often: cameras installed or powered on later, moved."
+    )
 
 
 class AgentConfig(_Model):

@@ -36,6 +36,10 @@ class Entry:
     name: str = ""
     #: The hub's last word on relaying it: accepted | pending | rejected, "" before the first answer.
     acceptance: str = ""
+    #: config | onvif; with the sub stream's URI (no credentials), so an accepted discovered camera that
+    #: misses a later probe is still relayed from what was last found.
+    source: str = ""
+    sub_url: str | None = None
 
 
 def _serial_key(serial: str | None) -> str | None:
@@ -129,6 +133,8 @@ class Registry:
         serial: str | None = None,
         fixed_id: str | None = None,
         name: str = "",
+        source: str = "",
+        sub_url: str | None = None,
     ) -> str:
         """The camera's device ID: its fixed ID, its known ID, or a new one under ``prefix``."""
         if not url and not _serial_key(serial):
@@ -178,5 +184,8 @@ class Registry:
                 entry.serial = (serial or "").strip()
             if name:
                 entry.name = name
+            if source:
+                entry.source = source
+                entry.sub_url = strip_credentials(sub_url) if sub_url else None
             self._write()
             return entry.device_id

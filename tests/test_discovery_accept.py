@@ -310,7 +310,8 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
     agent: subprocess.Popen[bytes] | None = None
     agent_cfg = {"hub_url": f"http://{host}:{hub.port}", "token": agent_token, "data_dir": str(d / "agent"),
                  "id_prefix": "32058501001320", "segment_seconds": 2,
-                 "discovery": {"enabled": True, "timeout_s": 3}, "onvif": {"username": user, "password": password},
+                 "discovery": {"enabled": True, "timeout_s": 3, "interval_s": 8},
+                 "onvif": {"username": user, "password": password},
                  "cameras": [{"url": sim.rtsp_url(CONFIGURED), "device_id": CONFIGURED, "name": "North gate"}]}
     (d / "agent.yaml").write_text(yaml.safe_dump(agent_cfg))
     agent_log = d / "agent.log"
@@ -328,24 +329,26 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
             p.kill()
             p.wait(5)
 
+    def log_tail() -> str:
+        return "agent log:\n" + agent_log.read_text(errors="replace")[-4000:]
+
     try:
         sim.start()
         hub.start()
+        # The agent starts before the camera answers probes: it must find it on a later probe.
+        agent = start_agent()
+        wait(lambda: stored(hub, CONFIGURED) >= 1, 60, "configured camera's first segment", context=log_tail)
         responder = subprocess.Popen(
             ["ip", "netns", "exec", net.cam, sys.executable, "-m", "camsim.onvif", "--bind", net.cam_ip,
              "--base-port", "18090", "--rtsp-base", f"rtsp://{host}:{sim.rtsp_port}/cam", "--discovery",
              "--username", user, "--password", password, "--device-id", onvif_cam],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
-        agent = start_agent()
 
         def pending() -> list[dict[str, Any]]:
             return call(hub, "GET", "/api/v1/discovered", state="pending").json()["cameras"]
 
-        def log_tail() -> str:
-            return "agent log:\n" + agent_log.read_text(errors="replace")[-4000:]
-
-        wait(pending, 60, "the discovered camera listed as pending", context=log_tail)
+        wait(pending, 60, "the discovered camera listed as pending (found by a later probe)", context=log_tail)
         (row,) = pending()
         found = row["device_id"]
         assert row["source"] == "onvif" and row["serial"] == f"SIM{onvif_cam}" and password not in str(row)
@@ -367,8 +370,11 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
         assert took < 15, f"first segment {took:.1f} s after acceptance"
         assert time.monotonic() - t0 < 15
 
-        # Hub down when the agent starts: it remembers the acceptance and keeps recording.
+        # Hub down and the camera not answering probes when the agent starts: it remembers the
+        # acceptance and the camera's address, and keeps recording.
         stop_agent(agent)
+        responder.terminate()
+        responder.wait(timeout=5)
         hub.stop()
         restarted = time.time()
         agent = start_agent()
