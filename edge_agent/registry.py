@@ -149,7 +149,13 @@ class Registry:
             entry = self._find(url, serial)
             if fixed_id is not None:
                 owner = next((e for e in self._entries if e.device_id == fixed_id), None)
-                if owner is not None and owner is not entry:
+                if owner is not None and entry is None:
+                    # The config names this camera by its ID and gives a new address: the camera moved
+                    # (or was replaced). The installer's word wins; a stale entry must not stop the agent.
+                    log.warning("camera %s: address changed from %s to %s (fixed ID in the config)", fixed_id,
+                                owner.url or owner.serial, ukey or serial)
+                    entry = owner
+                elif owner is not None and owner is not entry:
                     raise RegistryError(
                         f"device ID {fixed_id} is fixed in the config for {ukey or serial!r} but already "
                         f"belongs to camera {owner.url or owner.serial!r}; give each camera its own ID"

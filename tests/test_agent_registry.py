@@ -52,8 +52,13 @@ def test_fixed_id_honoured_and_collisions_refused(tmp_path: Path) -> None:
     assert r.assign(prefix=P, url="rtsp://10.0.0.1/a", fixed_id=fixed) == fixed
     # Allocation skips the fixed one.
     assert r.assign(prefix=P, url="rtsp://10.0.0.2/b") == P + "000002"
+    # A URL known under another ID cannot take a fixed ID that belongs to a third camera.
     with pytest.raises(RegistryError, match="already belongs"):
-        r.assign(prefix=P, url="rtsp://10.0.0.3/c", fixed_id=fixed)
+        r.assign(prefix=P, url="rtsp://10.0.0.2/b", fixed_id=fixed)
+    # A new address for the fixed ID: the camera moved; the config wins and nothing stops.
+    assert r.assign(prefix=P, url="rtsp://10.0.0.3/c", fixed_id=fixed) == fixed
+    assert r.lookup(url="rtsp://10.0.0.3/c") == fixed and r.lookup(url="rtsp://10.0.0.1/a") is None
+    assert r.lookup(url="rtsp://10.0.0.2/b") == P + "000002"
     with pytest.raises(RegistryError, match="fixed device_id"):
         r.assign(prefix=P, url="rtsp://10.0.0.3/c", fixed_id="1234")
     with pytest.raises(RegistryError, match="no id_prefix"):
