@@ -335,3 +335,17 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
             return v
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def spool_segment(spool: Any, device_id: str, start: float, duration: float, data: bytes) -> Any:
+    """A finished segment in an agent spool, the way the segmenter leaves it (file renamed in, then added)."""
+    import hashlib
+
+    from edge_agent.spool import Segment
+
+    sha = hashlib.sha256(data).hexdigest()
+    path = spool.root / Segment.file_name(device_id, start, duration, sha)
+    path.write_bytes(data)
+    seg = Segment(path=path, device_id=device_id, start=start, duration=duration, sha256=sha, size=len(data))
+    spool.added(seg)
+    return seg

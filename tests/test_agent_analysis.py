@@ -4,7 +4,6 @@ hub taking an agent's findings from heartbeats instead of decoding the camera it
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from sqlalchemy import func, select
 
 from edge_agent.analysis import AgentAnalysis
 from edge_agent.spool import Segment, Spool
-from tests.conftest import hub_config, wait_until
+from tests.conftest import hub_config, spool_segment, wait_until
 from vms.analysis.config import AnalysisConfig
 from vms.auth import Principal, Role
 from vms.config import HubConfig
@@ -27,12 +26,7 @@ PREFIX = "32058501"
 
 
 def enqueue(spool: Spool, data: bytes, start: float) -> Segment:
-    """Put a finished segment into the spool as the segmenter does (final name, then ``added``)."""
-    sha = hashlib.sha256(data).hexdigest()
-    path = spool.root / Segment.file_name(DEV, start, 2.0, sha)
-    path.write_bytes(data)
-    seg = Segment(path=path, device_id=DEV, start=start, duration=2.0, sha256=sha, size=len(data))
-    spool.added(seg)
+    seg: Segment = spool_segment(spool, DEV, start, 2.0, data)
     return seg
 
 

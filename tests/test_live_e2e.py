@@ -137,6 +137,17 @@ def ts_clip(seconds: float = 1.0) -> bytes:
     return buf.getvalue()
 
 
+def hls_frames(url: str, n: int = 40) -> list[np.ndarray]:
+    """The first ``n`` pictures (gray) an HLS client decodes, starting two segments back."""
+    frames: list[np.ndarray] = []
+    with av.open(url, options={"live_start_index": "-2"}, timeout=20) as c:
+        for f in c.decode(video=0):
+            frames.append(f.to_ndarray(format="gray"))
+            if len(frames) >= n:
+                break
+    return frames
+
+
 def changing(frames: list[np.ndarray]) -> float:
     """Largest share of pixels that changed by more than 30 levels between two of the frames."""
     return max(float((np.abs(a.astype(int) - frames[0].astype(int)) > 30).mean()) for a in frames[1:])
@@ -242,12 +253,7 @@ def test_playlist_slides_and_serves_segments(live: Setup) -> None:
 
 def test_hls_client_reads_changing_frames(live: Setup) -> None:
     url = f"{live.hub.url}{LIVE}/{CAMS[0]}/index.m3u8?token={live.hub.tokens['duty']}"
-    frames: list[np.ndarray] = []
-    with av.open(url, options={"live_start_index": "-2"}, timeout=20) as c:
-        for f in c.decode(video=0):
-            frames.append(f.to_ndarray(format="gray"))
-            if len(frames) >= 40:
-                break
+    frames = hls_frames(url)
     assert frames[0].shape == (180, 320)
     assert changing(frames) > 0.01  # objects move: the picture is live, not a still
 
@@ -407,12 +413,7 @@ def test_sub_stream_plays_over_hls(live: Setup) -> None:
     main_uri = next(ln for ln in live.get(f"{LIVE}/{cam}/index.m3u8").text.splitlines() if ln.startswith("segments/"))
     assert live.get(f"{LIVE}/{cam}/{main_uri}", params={"stream": "sub"}).status_code == 404
     url = f"{live.hub.url}{LIVE}/{cam}/index.m3u8?stream=sub&token={token}"
-    frames: list[np.ndarray] = []
-    with av.open(url, options={"live_start_index": "-2"}, timeout=20) as c:
-        for f in c.decode(video=0):
-            frames.append(f.to_ndarray(format="gray"))
-            if len(frames) >= 40:
-                break
+    frames = hls_frames(url)
     assert frames[0].shape == (90, 160)
     assert changing(frames) > 0.01
 

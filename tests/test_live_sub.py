@@ -9,7 +9,6 @@ again: the main stream's backlog arrives, the sub stream's stale segments never 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from camsim.sim import SYSTEM_PYTHON, Simulator, device_ids
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, CameraConfig
 from edge_agent.spool import Segment, Spool
-from tests.conftest import HubProcess, free_port, hub_config, write_config
+from tests.conftest import HubProcess, free_port, hub_config, spool_segment, write_config
 from vms.timeutil import iso
 
 MAIN = ClipParams(width=320, height=180, fps=25, gop_s=1.0, bitrate_kbps=300, bframes=2, duration_s=4.0)
@@ -37,12 +36,7 @@ LIVE = "/api/v1/live"
 
 
 def put_segment(spool: Spool, start: float, data: bytes) -> Segment:
-    """A finished segment in the spool, the way the segmenter leaves it (file renamed in, then added)."""
-    sha = hashlib.sha256(data).hexdigest()
-    path = spool.root / Segment.file_name(CAM, start, 1.0, sha)
-    path.write_bytes(data)
-    seg = Segment(path=path, device_id=CAM, start=start, duration=1.0, sha256=sha, size=len(data))
-    spool.added(seg)
+    seg: Segment = spool_segment(spool, CAM, start, 1.0, data)
     return seg
 
 

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from vms.api.deps import Comment, get_hub, require
+from vms.api.deps import Comment, DeviceIdPath, get_hub, require
 from vms.archive.clip import ClipError, find_gaps, gaps_json, precheck
 from vms.archive.exports import LiveExport
 from vms.auth import READERS, Principal, Role
@@ -32,7 +32,6 @@ from vms.timeutil import BadTime, iso, parse_time, window
 
 router = APIRouter(tags=["archive"])
 LIAISON = (Role.police, Role.admin)
-DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
 ExportIdPath = Path(pattern=r"^[0-9a-f]{32}$", description="Export job ID")
 CHUNK = 1 << 20
 #: At most this many gaps are listed in the ``X-VMS-Gaps`` header (all are in the manifest).

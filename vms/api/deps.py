@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from vms.auth import Principal, Role
 from vms.hub import Hub
+from vms.protocol import DEVICE_ID_PATTERN
 
 _bearer = HTTPBearer(auto_error=False, description="Token from `vms token create --role ...`")
 
@@ -50,3 +51,6 @@ class Comment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     comment: str = Field("", max_length=2000)
+
+#: The ``{device_id}`` path parameter of every route that names a device.
+DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")

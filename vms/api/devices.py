@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from vms import audit, ids
-from vms.api.deps import get_hub, require
+from vms.api.deps import DeviceIdPath, get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.centers import UnknownCenter
 from vms.db.models import StateInterval
@@ -20,7 +20,6 @@ from vms.protocol import DEVICE_ID_PATTERN
 from vms.timeutil import BadTime, iso, window
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
-DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
 State = Literal["offline", "degraded", "uploading", "online", "unknown"]
 
 

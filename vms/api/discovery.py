@@ -12,16 +12,16 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from vms import audit
-from vms.api.deps import Comment, get_hub, require
+from vms.api.deps import Comment, DeviceIdPath, get_hub, require
 from vms.auth import Principal, Role
 from vms.db.models import DiscoveredCamera
 from vms.hub import HELD, Hub
-from vms.protocol import DEVICE_ID_PATTERN, CameraDecision, CameraReport, CameraReportReply, ReportedCamera
+from vms.protocol import CameraDecision, CameraReport, CameraReportReply, ReportedCamera
 from vms.timeutil import iso
 
 router = APIRouter(prefix="/api/v1/discovered", tags=["discovery"])
@@ -178,7 +178,6 @@ def _decide(hub: Hub, who: Principal, device_id: str, state: State, comment: str
     return view
 
 
-DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
 
 
 @router.post("/{device_id}/accept", response_model=DiscoveredOut)

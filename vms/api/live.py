@@ -25,12 +25,11 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from vms.api.deps import _bearer, get_hub, require
+from vms.api.deps import DeviceIdPath, _bearer, get_hub, require
 from vms.auth import READERS, Principal
 from vms.hub import Hub
 from vms.live import NoLiveMedia
 from vms.live.window import render_playlist
-from vms.protocol import DEVICE_ID_PATTERN
 from vms.timeutil import iso
 
 
@@ -45,7 +44,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(prefix="/api/v1/live", tags=["live"], lifespan=_lifespan)
-DeviceIdPath = Path(pattern=DEVICE_ID_PATTERN, description="20-digit GB/T 28181 device ID")
 Stream = Literal["main", "sub"]
 StreamQuery = Query("main", description="main, or sub: the camera's sub stream (子码流) for multi-tile walls")
 _reader = require(*READERS)
