@@ -156,11 +156,6 @@ class CameraIngest:
                 self._stats.last_error = msg
                 log.warning("camera %s (%s): %s", self.device_id, self.safe_url, msg)
             finally:
-                try:
-                    self.segmenter.close()
-                except Exception as exc:
-                    log.error("camera %s: closing segment failed: %s", self.device_id,
-                              scrub(str(exc), self._url))
                 got_packets = self._stats.packets > packets_before
                 if got_packets:
                     self._stats.gaps += 1
@@ -209,4 +204,10 @@ class CameraIngest:
             if not self._stop.is_set():
                 log.warning("camera %s (%s): stream ended", self.device_id, self.safe_url)
         finally:
+            # The segmenter first: its held-back packet may start a new segment, whose output is
+            # made from the input stream's parameters (PyAV crashes on a closed container's stream).
+            try:
+                self.segmenter.close()
+            except Exception as exc:
+                log.error("camera %s: closing segment failed: %s", self.device_id, scrub(str(exc), self._url))
             container.close()

@@ -14,7 +14,7 @@ import pytest
 from edge_agent.ingest import CameraIngest, backoff_delay
 from edge_agent.segmenter import Segmenter
 from edge_agent.spool import Spool
-from tests.rtsp_fixture import GarbagePeer, RtspServer, clips_fixture, free_port, wait_for  # noqa: F401
+from tests.rtsp_fixture import GarbagePeer, RtspServer, clips_fixture, decode_count, free_port, wait_for  # noqa: F401
 
 DEV = "32058501001320000001"
 
@@ -140,3 +140,29 @@ def test_credentials_never_logged(
     text += str(bad.snapshot().last_error) + str(refused.snapshot().last_error)
     assert "s3cret-pw" not in text and "wr0ng-pw" not in text
     assert "rtsp://***@127.0.0.1" in caplog.text
+
+
+def test_stop_with_a_keyframe_held_back_finishes_cleanly(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """Stopped just after a keyframe that starts a new segment: the segmenter still holds it and
+    opens that segment on close, which must happen while the input is open (PyAV segfaulted)."""
+    spool = Spool(tmp_path / "spool", 10**9)
+    ing: CameraIngest | None = None
+
+    keyframes: set[int] = set()  # by PTS: a keyframe may come in several packets
+
+    class StopAtThirdKeyframe(Segmenter):
+        def feed(self, packet: av.Packet, stream: object) -> None:
+            super().feed(packet, stream)
+            if packet.is_keyframe and packet.pts is not None:
+                keyframes.add(packet.pts)
+            if len(keyframes) == 3 and ing is not None:
+                ing.stop()
+
+    seg = StopAtThirdKeyframe(DEV, spool, 1.0)  # the clip has a keyframe every second: each one cuts
+    with RtspServer({"/cam": clips["plain"]}) as srv:
+        ing = CameraIngest(DEV, srv.url("/cam"), seg)
+        ing.start()
+        assert ing.join(15)
+    assert len(keyframes) == 3 and seg.write_errors == 0
+    assert len(spool.segments()) == 3  # two whole seconds and the one-frame start of the third
+    assert [decode_count(s.path)[2] for s in spool.segments()] == [1, 1, 1]
