@@ -184,9 +184,11 @@ def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def run_one(d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float, stream: str) -> list[Result]:
+def run_one(
+    d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float, stream: str, batch: float | None = None
+) -> list[Result]:
     agent_token = hub.tokens["agent"]
-    cfg = d / f"agent-{stream}-{seg:g}.yaml"
+    cfg = d / f"agent-{stream}-{seg:g}-{batch}.yaml"
     sub = stream == "sub"
     camera = {"url": sim.rtsp_url(CAM), "device_id": CAM, **({"sub_url": sim.rtsp_url(CAM, sub=True)} if sub else {})}
     cfg.write_text(
@@ -194,14 +196,15 @@ def run_one(d: Path, hub: HubProcess, sim: Simulator, seg: float, seconds: float
             {
                 "hub_url": hub.url,
                 "token": agent_token,
-                "data_dir": str(d / f"agent-{stream}-{seg:g}"),
+                "data_dir": str(d / f"agent-{stream}-{seg:g}-{batch}"),
                 "segment_seconds": 2 if sub else seg,
                 **({"live_segment_seconds": seg} if sub else {}),
+                **({} if batch is None else {"read_batch_s": batch, "live_read_batch_s": batch}),
                 "cameras": [camera],
             }
         )
     )
-    log = (d / f"agent-{seg:g}.log").open("wb")
+    log = (d / f"agent-{stream}-{seg:g}-{batch}.log").open("wb")
     agent = subprocess.Popen(
         [sys.executable, "-c", "from edge_agent.cli import main; main()", "run", "--config", str(cfg)],
         stdout=log,
@@ -250,6 +253,8 @@ def main() -> None:
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--stream", choices=("main", "sub"), default="main", help="which of the camera's streams to watch")
     ap.add_argument("--sub-size", default="320x180")
+    ap.add_argument("--read-batch-s", default="", help="agent read batching to compare, e.g. 0,0.2 "
+                    "(read_batch_s and live_read_batch_s; default: the agent's defaults)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args()
     w, h = (int(x) for x in a.size.split("x"))
@@ -280,9 +285,13 @@ def main() -> None:
     with sim:
         hub.start()
         try:
+            batches = [float(x) for x in a.read_batch_s.split(",")] if a.read_batch_s else [None]
             for seg in (float(x) for x in a.segment_seconds.split(",")):
-                for r in run_one(d, hub, sim, seg, a.seconds, a.stream):
-                    print(r.line(seg), flush=True)
+                for batch in batches:
+                    if batch is not None:
+                        print(f"read_batch_s {batch:g}:", flush=True)
+                    for r in run_one(d, hub, sim, seg, a.seconds, a.stream, batch):
+                        print(r.line(seg), flush=True)
         finally:
             hub.stop()
     if a.keep:

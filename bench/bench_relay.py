@@ -141,8 +141,11 @@ def agent_worker(urls: list[str], work: Path) -> None:
     guarantees = (_time_guarantees(segmenter_module, ("sync_and_hash", "fsync_dir"))
                   if hasattr(segmenter_module, "sync_and_hash") else None)
     spool = Spool(work / "spool", quota_bytes=50 * 10**9, live_window_s=3 * SEGMENT_S)
-    ingests = [CameraIngest(f"3205850100132{i:07d}", url, Segmenter(f"3205850100132{i:07d}", spool, SEGMENT_S))
-               for i, url in enumerate(urls)]
+    kw = {}
+    if os.environ.get("VMS_BENCH_READ_BATCH_S"):  # --read-batch-s, for this worker only
+        kw["read_batch_s"] = float(os.environ["VMS_BENCH_READ_BATCH_S"])
+    ingests = [CameraIngest(f"3205850100132{i:07d}", url, Segmenter(f"3205850100132{i:07d}", spool, SEGMENT_S),
+                            **kw) for i, url in enumerate(urls)]
     _emit({"state": "base"})
     _wait_for_go()
     for ing in ingests:
@@ -220,11 +223,14 @@ def bare_worker(urls: list[str], work: Path) -> None:
 class Worker:
     """A worker child process speaking JSON lines; keeps the latest status."""
 
-    def __init__(self, kind: str, urls: list[str], work: Path, label: str = "", agent_src: str = "") -> None:
+    def __init__(self, kind: str, urls: list[str], work: Path, label: str = "", agent_src: str = "",
+                 env: dict[str, str] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         (work / "urls.json").write_text(json.dumps(urls))
         self.kind = label or kind  # the name in the report
-        env = dict(os.environ, VMS_BENCH_AGENT_SRC=agent_src) if agent_src else None
+        env = dict(os.environ, **(env or {}))
+        if agent_src:
+            env["VMS_BENCH_AGENT_SRC"] = agent_src
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--work", str(work)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      stderr=(work / "worker.log").open("w"), env=env)
@@ -321,7 +327,8 @@ def run_point(profile: str, n: int, args: argparse.Namespace, clip_params: Any) 
                     break
                 except (av.FFmpegError, StopIteration):
                     time.sleep(0.5 * (attempt + 1))
-        workers.append(Worker("agent", urls, work / "agent"))
+        batch = {} if args.read_batch_s is None else {"VMS_BENCH_READ_BATCH_S": str(args.read_batch_s)}
+        workers.append(Worker("agent", urls, work / "agent", env=batch))
         if args.before_src:
             workers.append(Worker("agent", urls, work / "before", label="before",
                                   agent_src=str(Path(args.before_src).resolve())))
@@ -446,6 +453,8 @@ def main() -> None:
                     "(e.g. an older checkout), for before/after figures")
     ap.add_argument("--before-src", help="directory holding another edge_agent package (e.g. a copy from before a "
                     "change) to measure alongside the current one, in the same run")
+    ap.add_argument("--read-batch-s", type=float, help="the agent's read_batch_s (default: the agent's default; "
+                    "0 reads every packet as it arrives)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()

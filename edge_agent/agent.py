@@ -201,14 +201,14 @@ class Agent:
             return
         src = self.sources[dev]
         seg = Segmenter(dev, self.spool, self.cfg.segment_seconds)
-        ing = CameraIngest(dev, src.url, seg, transport=src.transport,
-                           stall_timeout_s=self.cfg.stall_timeout_s, name=src.name, location=src.location)
+        ing = CameraIngest(dev, src.url, seg, transport=src.transport, stall_timeout_s=self.cfg.stall_timeout_s,
+                           read_batch_s=self.cfg.read_batch_s, name=src.name, location=src.location)
         ing.start()
         self.ingests.append(ing)
         if src.sub_url:
             sub = CameraIngest(dev, src.sub_url, Segmenter(dev, self.live_spool, self.cfg.live_segment_seconds),
                                transport=src.transport, stall_timeout_s=self.cfg.stall_timeout_s,
-                               name=src.name, location=src.location)
+                               read_batch_s=self.cfg.live_read_batch_s, name=src.name, location=src.location)
             sub.start()
             self.sub_ingests.append(sub)
 

@@ -8,11 +8,19 @@ camera's thread and read by anyone; a stall is judged by packet age at read time
 stuck in a read still shows its camera as down. The per-packet loop does only what must happen
 per packet (the segmenter measures fps, bit rate and keyframe interval as it cuts): Python run per
 packet, on many cameras' threads, cost more CPU than hashing every segment.
+
+Reading at the live edge one packet at a time costs a wake-up (poll, context switch, GIL) for
+every few RTP packets; that was a fifth of the relay's CPU. So once a read had to wait for the
+camera (the reader is at the live edge, see ``LiveEdge``), the thread sleeps ``read_batch_s`` and
+then drains what the socket buffered in one go. A camera that is behind (a burst after connecting,
+a slow disk) is never made to wait. The price is up to ``read_batch_s`` of added latency; 0 turns
+batching off.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -30,6 +38,12 @@ log = logging.getLogger(__name__)
 
 #: Delay before the first retry; it doubles per failure up to ``backoff_cap_s``.
 FIRST_RETRY_S = 0.2
+#: The live edge is estimated anew over windows this long (camera clocks drift against ours).
+EDGE_WINDOW_S = 5.0
+#: A read that waited this long for its packet waited for the camera: the socket was empty.
+EDGE_WAIT_S = 0.01
+#: A packet this much earlier than the edge predicts means the timestamps jumped (camera restart).
+MAX_EDGE_JUMP_S = 1.0
 #: A connection that delivered packets this long counts as healthy: the backoff restarts.
 HEALTHY_AFTER_S = 5.0
 
@@ -59,6 +73,38 @@ class IngestStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class LiveEdge:
+    """Tells whether the reader is at the live edge of its stream, with no backlog behind it.
+
+    At the edge a read waits for the camera (the next frame has not been sent yet); behind it, the
+    socket already holds the next packets and a read returns at once. A read can also look slow
+    when the thread waited for the GIL, so a second test bounds the harm: arrival time minus stream
+    time (DTS), whose least value over the previous window marks the edge, must show the packet no
+    more than ``2 x batch`` late. A camera that is behind is never made to sleep.
+    """
+
+    def __init__(self, tbf: float, batch: float, now: float) -> None:
+        self._tbf = tbf
+        self._late = 2 * batch
+        self._base: float | None = None  # unknown until one window has passed: no batching
+        self._low = math.inf
+        self._renew = now + EDGE_WINDOW_S
+
+    def fresh(self, now: float, waited: float, dts: int) -> bool:
+        stamp = now - dts * self._tbf
+        if stamp < self._low:
+            self._low = stamp
+        if now >= self._renew:
+            self._base, self._low, self._renew = self._low, math.inf, now + EDGE_WINDOW_S
+        if waited < EDGE_WAIT_S or self._base is None:
+            return False
+        lag = stamp - self._base
+        if lag < -MAX_EDGE_JUMP_S:  # the timestamps jumped: the edge is unknown again
+            self._base = None
+            return False
+        return lag < self._late
+
+
 def backoff_delay(failures: int, cap_s: float) -> float:
     """Exponential backoff with +-25% jitter: 0.2 s, 0.4 s, 0.8 s ... capped at ``cap_s``."""
     base = min(cap_s, FIRST_RETRY_S * (2 ** max(failures - 1, 0)))
@@ -77,6 +123,7 @@ class CameraIngest:
         transport: str = "tcp",
         stall_timeout_s: float = 5.0,
         backoff_cap_s: float = 10.0,
+        read_batch_s: float = 0.2,
         name: str = "",
         location: str = "",
     ) -> None:
@@ -89,6 +136,7 @@ class CameraIngest:
         self.backoff_cap_s = backoff_cap_s
         self.name = name
         self.location = location
+        self.read_batch_s = read_batch_s
         self._stats = IngestStats(device_id=device_id)
         self._stop = threading.Event()
         self._stopping = False  # the same as _stop, read per packet (cheaper than is_set())
@@ -191,6 +239,10 @@ class CameraIngest:
                      cc.name, cc.width, cc.height)
             feed = self.segmenter.feed
             monotonic = time.monotonic
+            sleep = time.sleep
+            batch = self.read_batch_s
+            fresh = LiveEdge(float(vs.time_base) if vs.time_base else 1 / 90000, batch, monotonic()).fresh
+            ready = monotonic()
             for packet in container.demux(vs):
                 if self._stopping:
                     break
@@ -198,9 +250,14 @@ class CameraIngest:
                     if packet.pts is None and packet.dts is None:
                         break  # demuxer flush packet: end of stream
                     continue
-                st.last_packet_mono = monotonic()
+                now = monotonic()
+                st.last_packet_mono = now
                 st.packets += 1
+                ts = packet.dts
                 feed(packet, vs)
+                if batch and ts is not None and fresh(now, now - ready, ts):
+                    sleep(batch)
+                ready = monotonic()
             if not self._stop.is_set():
                 log.warning("camera %s (%s): stream ended", self.device_id, self.safe_url)
         finally:

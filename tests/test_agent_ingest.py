@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -140,6 +141,59 @@ def test_credentials_never_logged(
     text += str(bad.snapshot().last_error) + str(refused.snapshot().last_error)
     assert "s3cret-pw" not in text and "wr0ng-pw" not in text
     assert "rtsp://***@127.0.0.1" in caplog.text
+
+
+class _Timed(Segmenter):
+    """A segmenter that notes when each packet reached it, and the packet's stream time."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.seen: list[tuple[float, float]] = []
+
+    def feed(self, packet: av.Packet, stream: object) -> None:
+        if packet.dts is not None:
+            self.seen.append((time.monotonic(), packet.dts / 90000))
+        super().feed(packet, stream)
+
+
+@pytest.mark.parametrize("batch", [0.0, 0.2])
+def test_live_edge_reads_in_batches_without_falling_behind(
+    tmp_path: Path, clips: dict[str, Path], batch: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With batching, packets at the live edge arrive a batch at a time, yet every one arrives and
+    none is later than a batch (plus a frame and some scheduling); without it they come one by one."""
+    import edge_agent.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "EDGE_WINDOW_S", 1.0)
+    spool = Spool(tmp_path / "spool", 10**9)
+    seg = _Timed(DEV, spool, 1.0)
+    with RtspServer({"/cam": clips["plain"]}) as srv:
+        ing = CameraIngest(DEV, srv.url("/cam"), seg, read_batch_s=batch)
+        ing.start()
+        try:
+            assert wait_for(lambda: len(seg.seen) > 0, 10)
+            time.sleep(7.0)
+        finally:
+            ing.stop()
+            assert ing.join(8)
+    t0 = seg.seen[0][0]
+    steady = [(t, ts) for t, ts in seg.seen if t - t0 >= 3.0]  # after the first edge estimate
+    span = steady[-1][0] - steady[0][0]
+    stream_span = steady[-1][1] - steady[0][1]
+    frames = len({ts for _, ts in steady})  # a keyframe may come in several packets
+    assert frames == pytest.approx(stream_span * 25 + 1, abs=2)  # every frame of the stream, none lost
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(steady)]
+    long_gaps = sum(g >= 0.15 for g in gaps)
+    stamps = [t - ts for t, ts in seg.seen]
+    edge = min(stamps)
+    late = max(t - ts - edge for t, ts in steady)
+    if batch:
+        assert long_gaps >= span / (2 * batch)  # woke about once per batch, not per packet
+        assert sum(g < 0.01 for g in gaps) > len(gaps) / 2  # and drained the socket in one go
+    else:
+        assert long_gaps == 0
+    assert late < batch + 0.15
+    assert len(spool.segments()) >= 6
 
 
 def test_stop_with_a_keyframe_held_back_finishes_cleanly(tmp_path: Path, clips: dict[str, Path]) -> None:
