@@ -50,6 +50,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """Terminate, wait ``timeout`` s, then kill: a helper that ignores SIGTERM must not hang the suite."""
+    proc.terminate()  # a no-op once it has exited
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
 def hub_config(data_dir: Path, database_url: str | None = None, **sections: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {"storage": {"data_dir": str(data_dir)}, "centers": CENTERS}
     if database_url:
@@ -123,12 +133,7 @@ class HubProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_process(self.proc, timeout=15)
             self.proc = None
 
 

@@ -22,6 +22,7 @@ from camsim.net import free_port_block
 from camsim.onvif import MANUFACTURER, MODEL, OnvifDevice, OnvifServer
 from camsim.sim import device_ids
 from edge_agent.discovery import DiscoveredCamera, query_onvif
+from tests.conftest import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "admin", "s3cret!pw"
@@ -139,9 +140,4 @@ def test_discover_cli_in_a_network_namespace(tmp_path: Path, netns_pair: Any) ->
         assert all(c["profiles"] == [] and "not authorized" in (c["error"] or "").lower() for c in listed)
     finally:
         if responder is not None:
-            responder.terminate()
-            try:
-                responder.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                responder.kill()
-                responder.wait(timeout=5)
+            stop_process(responder, timeout=5)

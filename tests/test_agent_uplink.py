@@ -18,6 +18,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, CameraConfig
 from edge_agent.spool import Segment, Spool
 from edge_agent.uplink import Outcome, Uplink
+from tests.conftest import stop_process
 from tests.rtsp_fixture import RtspServer, clips_fixture, free_port  # noqa: F401
 
 pytest.importorskip("vms.api", reason="the hub (vms.api) is not there yet")
@@ -59,8 +60,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             pytest.skip("hub did not start")
         yield Hub(url, token)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc, timeout=10)
 
 
 def segments_route_exists(hub: Hub) -> bool:

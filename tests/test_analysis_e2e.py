@@ -23,6 +23,7 @@ import yaml
 from camsim.clips import ClipParams
 from camsim.net import free_ports
 from camsim.sim import SYSTEM_PYTHON, Simulator, device_ids
+from tests.conftest import stop_process
 
 pytestmark = pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="system python3 with gi missing")
 
@@ -128,8 +129,7 @@ def test_camera_faults_raise_the_right_alert_within_10_s_and_clear(
             else:
                 assert hub_analysed > 0
     finally:
-        agent.terminate()
-        agent.wait(20)
+        stop_process(agent, timeout=20)
 
 
 def _metric(text: str, name: str) -> float:

@@ -27,6 +27,7 @@ import pytest
 from camsim.clips import VARIANTS, ClipParams, ensure_clips
 from camsim.net import free_port_block, free_ports, wait_until
 from camsim.sim import PROJECT_ROOT, SYSTEM_PYTHON, Simulator, device_ids
+from tests.conftest import stop_process
 
 pytestmark = pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="system python3 with gi missing")
 
@@ -423,8 +424,4 @@ def test_ws_discovery_across_network_namespaces(netns_pair: Any) -> None:
         assert sorted(result["serials"]) == sorted(f"SIM{d}" for d in ids)
     finally:
         if responder is not None:
-            responder.terminate()
-            try:
-                responder.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                responder.kill()
+            stop_process(responder, timeout=5)

@@ -27,7 +27,7 @@ import yaml
 
 from camsim.clips import ClipParams
 from camsim.sim import Simulator
-from tests.conftest import ROOT, HubProcess, free_port, hub_config, write_config
+from tests.conftest import ROOT, HubProcess, free_port, hub_config, stop_process, write_config
 
 AGENT_PREFIX = "320585"
 CONFIGURED = "32058501001320000001"
@@ -176,6 +176,23 @@ def test_only_admins_decide(make_hub_process: Any) -> None:
     assert bad_source.status_code == 422 and "source" in bad_source.text
 
 
+def test_422_never_echoes_credentials(make_hub_process: Any) -> None:
+    hub = make(make_hub_process)
+    password = "pw-9f3kq7"
+    r = call(hub, "POST", "/api/v1/agents/cameras", "edge-1",
+             {"cameras": [cam(OTHER, stream_uri=f"rtsp://admin:{password}@127.0.0.1/x")]})
+    assert r.status_code == 422, r.text
+    assert password not in r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", "cameras", 0, "stream_uri"] and "must not carry credentials" in err["msg"], err
+    assert set(err) == {"type", "loc", "msg"}, err
+    # Any other field's bad value is not sent back either: every validation error drops the input.
+    r = call(hub, "POST", "/api/v1/agents/cameras", "edge-1", {"cameras": [cam(password)]})
+    assert r.status_code == 422 and password not in r.text and "device_id" in r.text, r.text
+    hub.stop()  # flush the log
+    assert hub.log is not None and password not in hub.log.read_text(errors="replace")
+
+
 def test_rejected_stays_rejected_across_reports_and_restarts(make_hub_process: Any, database_url: str | None) -> None:
     hub = make(make_hub_process, database_url)
     assert report(hub, cam(FOUND))[FOUND]["state"] == "pending"
@@ -321,14 +338,6 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
             return subprocess.Popen(["ip", "netns", "exec", net.agent, sys.executable, "-m", "edge_agent.cli",
                                      "run", "--config", str(d / "agent.yaml")], stdout=log, stderr=log, env=env)
 
-    def stop_agent(p: subprocess.Popen[bytes]) -> None:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
     def log_tail() -> str:
         return "agent log:\n" + agent_log.read_text(errors="replace")[-4000:]
 
@@ -372,9 +381,8 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
 
         # Hub down and the camera not answering probes when the agent starts: it remembers the
         # acceptance and the camera's address, and keeps recording.
-        stop_agent(agent)
-        responder.terminate()
-        responder.wait(timeout=5)
+        stop_process(agent, timeout=20)
+        stop_process(responder, timeout=5)
         hub.stop()
         restarted = time.time()
         agent = start_agent()
@@ -394,14 +402,9 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
              context=log_tail)
     finally:
         if agent is not None:
-            stop_agent(agent)
+            stop_process(agent, timeout=20)
         if responder is not None:
-            responder.terminate()
-            try:
-                responder.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                responder.kill()
-                responder.wait(timeout=5)
+            stop_process(responder, timeout=5)
         hub.stop()
         sim.stop()
 

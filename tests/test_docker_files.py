@@ -29,7 +29,7 @@ import edge_agent.cli
 import vms.cli
 from camsim.sim import SYSTEM_PYTHON, device_ids
 from edge_agent import config as agent_config
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 from vms import config as hub_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,8 +264,7 @@ def test_camsim_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> Non
         cams = httpx.get(f"http://127.0.0.1:{control}/cameras", timeout=10).json()
         assert [c["device_id"] for c in cams] == device_ids(2)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, timeout=30)
 
 
 # -- Prometheus ---------------------------------------------------------------------------------

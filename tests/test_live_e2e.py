@@ -31,7 +31,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from camsim.clips import ClipParams
 from camsim.net import free_ports
 from camsim.sim import SYSTEM_PYTHON, Simulator, device_ids
-from tests.conftest import HubProcess, free_port, hub_config, write_config
+from tests.conftest import HubProcess, free_port, hub_config, stop_process, write_config
 from vms.live.window import probe
 from vms.timeutil import iso
 
@@ -118,8 +118,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             yield s
         finally:
             if agent is not None:
-                agent.terminate()
-                agent.wait(20)
+                stop_process(agent, timeout=20)
             hub.stop()
 
 
