@@ -170,8 +170,10 @@ class Uplink:
 
     async def heartbeat(self) -> HeartbeatReply:
         self._seq += 1
-        hb = Heartbeat(seq=self._seq, sent_at=time.time(), cameras=self.camera_stats(),
-                       spool=self.spool.stats())
+        spool = self.spool.stats()
+        if self.live_spool is not None:
+            spool.live_dropped_segments = self.live_spool.live_dropped
+        hb = Heartbeat(seq=self._seq, sent_at=time.time(), cameras=self.camera_stats(), spool=spool)
         r = await self._client.post(f"{self.hub_url}/api/v1/agents/heartbeat",
                                     content=hb.model_dump_json(), headers=self._json_headers())
         if r.status_code != 200:

@@ -177,6 +177,26 @@ def test_metrics_names_and_labels(hub: HubProcess) -> None:
     assert get(hub, "/metrics", "agent-a").status_code == 403
 
 
+def test_agent_spool_report_reaches_list_and_metrics(hub: HubProcess) -> None:
+    """What an agent's spool lost (quota drops: footage; live drops: live-view gaps) is reported,
+    not only counted on the agent: the agents list and the metrics show its last report."""
+    spool = {"queued_segments": 7, "queued_bytes": 7000, "dropped_segments": 3, "live_dropped_segments": 5}
+    assert heartbeat(hub, [CAM_A], spool=spool).status_code == 200
+    agents = {a["id"]: a for a in get(hub, "/api/v1/agents").json()["agents"]}
+    assert agents["agent-a"]["spool"] == spool
+    text = get(hub, "/metrics").text
+    for line in ('vms_agent_spool_queued_segments{agent="agent-a"} 7.0',
+                 'vms_agent_spool_queued_bytes{agent="agent-a"} 7000.0',
+                 'vms_agent_spool_dropped_segments_total{agent="agent-a"} 3.0',
+                 'vms_agent_live_dropped_segments_total{agent="agent-a"} 5.0'):
+        assert line in text, line
+    older = {k: v for k, v in spool.items() if k != "live_dropped_segments"}  # an agent before live drops
+    assert heartbeat(hub, [CAM_A], spool=older).status_code == 200
+    agents = {a["id"]: a for a in get(hub, "/api/v1/agents").json()["agents"]}
+    assert agents["agent-a"]["spool"]["live_dropped_segments"] == 0
+    assert heartbeat(hub, [CAM_A], spool={**spool, "dropped_segments": -1}).status_code == 422
+
+
 def test_tokens_and_audit_over_http(hub: HubProcess) -> None:
     r = post(hub, "/api/v1/tokens", "admin", {"role": "duty", "name": "wall-2"})
     assert r.status_code == 201

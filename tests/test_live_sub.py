@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from camsim.clips import ClipParams
 from camsim.net import free_ports
@@ -175,6 +176,8 @@ def test_hub_outage_drops_sub_segments_and_keeps_the_main_backlog(
 
     wait(lambda: status()["sub"]["live"] and agent.spool.stats().queued_segments <= 2, 60, "backlog sent, sub live")
     assert agent.uplink.stats.live_uploaded > sent_before
+    # The drops are not only counted on the agent: its heartbeats carry them to the hub's metrics.
+    wait(lambda: live_dropped_metric(hub, duty) >= dropped, 10, "the agent's sub-stream drops in the hub's metrics")
     # The main stream's outage footage reached the archive ...
     admin = {"Authorization": f"Bearer {hub.tokens['admin']}"}
     r = httpx.get(f"{hub.url}/api/v1/devices/{CAM}/recordings", headers=admin,
@@ -188,6 +191,12 @@ def test_hub_outage_drops_sub_segments_and_keeps_the_main_backlog(
     # The hub's ring was emptied at its start and holds only the newest few files.
     ring = {p.name for p in ring_dir.glob("*.ts")}
     assert 1 <= len(ring) <= 12 and not ring & ring_before
+
+
+def live_dropped_metric(hub: HubProcess, headers: dict[str, str]) -> float:
+    text = httpx.get(f"{hub.url}/metrics", headers=headers, timeout=5).text
+    return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "vms_agent_live_dropped_segments_total" and s.labels == {"agent": "agent"}), -1.0)
 
 
 def _ts(pdt: str) -> float:

@@ -35,7 +35,7 @@ from vms.events import EventBus
 from vms.health import Health, IntervalLog, Transition, defect_bit, rates, state_name
 from vms.live import LiveRelay
 from vms.notify import Outbox, Sender, enqueue
-from vms.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection
+from vms.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection, SpoolStats
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class Hub:
         self.agent_index: dict[str, int] = {}
         self.agent_last: list[float] = []
         self.agent_skew: list[float] = []
+        #: Each agent's spool as last reported (queue, quota drops, live drops); None until heard from
+        #: since this hub started, so a restart never shows a counter falling to 0 and jumping back.
+        self.agent_spool: list[SpoolStats | None] = []
         self.book = AlertBook(cfg.alerts, self.health, self._home, lambda a: self.agent_names[a], self.label)
         self.outbox = Outbox(cfg.alerts, self.sessions, sender)
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
@@ -199,6 +202,7 @@ class Hub:
             self.agent_index[name] = i
             self.agent_last.append(-math.inf)
             self.agent_skew.append(0.0)
+            self.agent_spool.append(None)
         return i
 
     def _add_device(self, dev: Device) -> int:
@@ -294,6 +298,8 @@ class Hub:
             a = self._agent_idx(who.name)
             self.agent_last[a] = now
             self.agent_skew[a] = skew
+            if hb.spool is not None:
+                self.agent_spool[a] = hb.spool
             h = self.health
             for cam in ok:
                 i = h.index[cam.device_id]

@@ -35,6 +35,7 @@ class HubCollector(Collector):
             open_alerts = len(hub.book.open)
             counts = {c.id: h.counts(hub.member_indices(c.id)) for c in hub.tree}
             defects = h.defects[:n].copy()
+            spools = [(name, st) for name, st in zip(hub.agent_names, hub.agent_spool, strict=True) if st]
         up = GaugeMetricFamily("vms_device_up", "1 if the device's signal is seen", labels=["device_id"])
         upl = GaugeMetricFamily("vms_device_uploading", "1 if live media reaches the hub", labels=["device_id"])
         seen = GaugeMetricFamily(
@@ -81,6 +82,20 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("vms_alerts_open", "Alerts not yet resolved", value=open_alerts)
         yield CounterMetricFamily("vms_heartbeats", "Agent heartbeats accepted", value=hub.heartbeats_total)
         yield CounterMetricFamily("vms_heartbeat_rejected_devices", "Device reports rejected", value=hub.rejected_total)
+        spool_families = (
+            (GaugeMetricFamily, "vms_agent_spool_queued_segments", "Segments waiting in the agent's spool",
+             "queued_segments"),
+            (GaugeMetricFamily, "vms_agent_spool_queued_bytes", "Bytes waiting in the agent's spool", "queued_bytes"),
+            (CounterMetricFamily, "vms_agent_spool_dropped_segments",
+             "Recorded segments the agent's spool quota forced out before upload: footage lost", "dropped_segments"),
+            (CounterMetricFamily, "vms_agent_live_dropped_segments",
+             "Sub-stream segments the agent dropped unsent since it started (live view gaps)", "live_dropped_segments"),
+        )
+        for family, metric, doc, key in spool_families:
+            fam = family(metric, doc, labels=["agent"])
+            for agent, st in spools:
+                fam.add_metric([agent], float(getattr(st, key)))
+            yield fam
         yield CounterMetricFamily(
             "vms_alert_deliveries_sent", "Alert notifications delivered", value=hub.outbox.sent_total
         )

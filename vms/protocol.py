@@ -55,6 +55,10 @@ class SpoolStats(_Msg):
     queued_segments: int = Field(0, ge=0)
     queued_bytes: int = Field(0, ge=0)
     dropped_segments: int = Field(0, ge=0, description="Segments the spool quota forced out, ever.")
+    live_dropped_segments: int = Field(
+        0, ge=0, description="Sub-stream (live-only) segments dropped unsent since the agent started: live view "
+        "had gaps, nothing recorded was lost. Absent from older agents, read as 0.",
+    )
 
 
 class Heartbeat(_Msg):

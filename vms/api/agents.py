@@ -75,6 +75,7 @@ def list_agents(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*REA
                     "devices": devices,
                     "last_heartbeat": iso(last) if math.isfinite(last) else None,
                     "clock_skew_s": round(hub.agent_skew[a], 3),
+                    "spool": None if (st := hub.agent_spool[a]) is None else st.model_dump(),
                 }
             )
     return {"agents": out}
