@@ -96,7 +96,8 @@ class AgentConfig(_Model):
     stall_timeout_s: float = Field(5.0, ge=1, le=120, description="No packet this long = stalled stream.")
     read_batch_s: float = Field(
         0.2, ge=0, le=1, description="At the live edge, read each camera this often in one batch instead of "
-        "waking per packet (about a fifth less CPU per camera; adds up to this much latency; 0 = off).",
+        "waking per packet (about a fifth less CPU per camera; adds up to this much latency; 0 = off). "
+        "RTSP over TCP only: UDP cameras are read per packet, since UDP has no flow control.",
     )
     live_read_batch_s: float = Field(
         0.05, ge=0, le=1, description="The same for sub streams, which serve live view: less delay, less saving.",
