@@ -28,6 +28,7 @@ import yaml
 from camsim.clips import ClipParams
 from camsim.sim import Simulator
 from tests.conftest import ROOT, HubProcess, free_port, hub_config, stop_process, write_config
+from vms.timeutil import iso
 
 AGENT_PREFIX = "320585"
 CONFIGURED = "32058501001320000001"
@@ -218,6 +219,49 @@ def test_rejected_stays_rejected_across_reports_and_restarts(make_hub_process: A
     assert report(hub, cam(FOUND))[FOUND]["state"] == "accepted" and FOUND in devices(hub)
     assert put_segment(hub, FOUND).status_code == 201
     assert [a["detail"]["previous"] for a in audit_rows(hub, "camera.accept")] == ["rejected"]
+
+
+def test_rejecting_an_accepted_camera_takes_it_out_of_service(
+    make_hub_process: Any, database_url: str | None
+) -> None:
+    """Rejected after it was accepted and recording: its open alert resolves, no new one opens, it
+    leaves the centers' counts, across a hub restart; accepted again, it is back in service."""
+    hub = make(make_hub_process, database_url, alerts={"resolve_hold_s": 0},
+               health={"offline_after_s": 2, "recover_after_s": 0, "startup_grace_s": 0})
+
+    def state() -> str:
+        return str(call(hub, "GET", f"/api/v1/devices/{CONFIGURED}", "duty").json()["state"])
+
+    def open_alerts() -> list[dict[str, Any]]:
+        r = call(hub, "GET", "/api/v1/alerts", "duty", state="active")
+        return [a for a in r.json()["alerts"] if CONFIGURED in (a["device_id"], *a.get("members", []))]
+
+    def counted() -> int:
+        return int(call(hub, "GET", "/api/v1/centers", "duty").json()["centers"][0]["counts"]["devices"])
+
+    assert report(hub, cam(CONFIGURED, "config"))[CONFIGURED]["state"] == "accepted"
+    wait(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online")
+    recorded_at = time.time()
+    assert put_segment(hub, CONFIGURED).status_code == 201
+    before = counted()
+    wait(lambda: open_alerts(), 15, "an offline alert once its heartbeats stop")
+    assert call(hub, "POST", f"/api/v1/discovered/{CONFIGURED}/reject", body={"comment": "removed"}).status_code == 200
+    wait(lambda: not open_alerts(), 10, "its alert resolved")
+    assert state() == "retired" and counted() == before - 1
+    assert call(hub, "GET", "/api/v1/devices", "duty", state="retired").json()["total"] == 1
+    assert f'device_id="{CONFIGURED}"' not in call(hub, "GET", "/metrics", "duty").text
+    hub.stop()
+    hub.start()
+    time.sleep(4)  # twice the offline delay: a device in service would alert again
+    assert state() == "retired" and not open_alerts() and counted() == before - 1
+    # Its recordings stay reachable (police pull clips by device ID).
+    r = call(hub, "GET", f"/api/v1/devices/{CONFIGURED}/recordings", "police",
+             start=iso(recorded_at - 5), end=iso(recorded_at + 5))
+    assert r.status_code == 200 and len(r.json()["segments"]) == 1, r.text
+
+    assert call(hub, "POST", f"/api/v1/discovered/{CONFIGURED}/accept", body={}).status_code == 200
+    assert state() != "retired" and counted() == before
+    wait(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online again")
 
 
 def test_auto_accept_from_the_hub_config(make_hub_process: Any) -> None:

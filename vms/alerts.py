@@ -106,6 +106,8 @@ class AlertBook:
 
     def _is_ok(self, alert: OpenAlert, idx: int) -> bool:
         h = self.health
+        if h.retired[idx]:  # out of service: nothing to repair, its alerts resolve
+            return True
         if alert.kind == "device_degraded":
             return bool(h.defects[idx] == 0)
         return bool(h.known[idx] and h.flags[idx] & ONLINE)
@@ -128,6 +130,8 @@ class AlertBook:
         ops: list[Op] = []
         down: list[Transition] = []
         for t in transitions:
+            if t.new is None:  # retired: its alerts resolve in _resolve
+                continue
             was_on = t.old is not None and t.old & ONLINE
             went_down = not t.new & ONLINE and (was_on or t.old is None)
             if went_down and t.idx not in self.outage_of and t.idx not in self.silenced:

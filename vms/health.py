@@ -63,11 +63,12 @@ def flags_of(online: bool, uploading: bool, intact: bool) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """A device's state changed at ``at``; ``old`` is None for its first known state."""
+    """A device's state changed at ``at``; ``old`` is None for its first known state, ``new`` is
+    None when the device left service (retired: its interval closes and no new one opens)."""
 
     idx: int
     old: int | None
-    new: int
+    new: int | None
     at: float
 
 
@@ -164,6 +165,7 @@ class Health:
     reconnects: npt.NDArray[np.int64]
     gaps: npt.NDArray[np.int64]
     agent: npt.NDArray[np.int32]  # index into the hub's agent list, -1 if none
+    retired: npt.NDArray[np.bool_]  # out of service (an admin rejected it): no state, alerts or figures
 
     def __init__(self, cfg: HealthConfig, started_at: float, capacity: int = 1024) -> None:
         self.cfg = cfg
@@ -191,6 +193,7 @@ class Health:
         ("reconnects", np.int64, 0),
         ("gaps", np.int64, 0),
         ("agent", np.int32, -1),
+        ("retired", np.bool_, False),
     )
 
     def _grow(self, need: int) -> None:
@@ -213,6 +216,28 @@ class Health:
         self.created_at[i] = created_at
         self.n += 1
         return i
+
+    def retire(self, idx: int, now: float) -> Transition | None:
+        """Take a device out of service: its open interval closes now and none opens until it is
+        reinstated, so it neither alerts nor counts in any figure; its history and media stay."""
+        if self.retired[idx]:
+            return None
+        self.retired[idx] = True
+        if not self.known[idx]:
+            return None
+        old = int(self.flags[idx])
+        at = max(now, float(self.open_start[idx]))
+        self.log.append(idx, float(self.open_start[idx]), at, old)
+        self.known[idx] = False
+        return Transition(idx, old, None, at)
+
+    def reinstate(self, idx: int) -> None:
+        """Back in service: the next evaluation gives it a state like a newly added device."""
+        self.retired[idx] = False
+
+    def in_service(self, members: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """``members`` without retired devices: the ones that count in a center's figures."""
+        return members[~self.retired[members]]
 
     def restore_open(self, idx: int, start: float, flags: int) -> None:
         """Resume an interval that is still open in the store (hub restarted in time)."""
@@ -276,8 +301,9 @@ class Health:
         changed = known & (new != prev)
         # A device never seen since start-up gets its first state once it is steady, or once it has
         # been silent for the whole offline delay; a signal that is fresh but not yet steady waits.
+        # A retired device has no open interval (not known) and gets none.
         grace_over = now - self.started_at >= max(c.offline_after_s, c.startup_grace_s)
-        first = ~known & (on | (~fresh & grace_over))
+        first = ~known & ~self.retired[:n] & (on | (~fresh & grace_over))
         out: list[Transition] = []
         for i in np.flatnonzero(changed | first).tolist():
             out.append(self._apply(i, int(new[i]), now))
@@ -350,7 +376,8 @@ class Health:
         )
 
     def counts(self, members: npt.NDArray[np.int64]) -> dict[str, int]:
-        """Devices by state right now among ``members``."""
+        """Devices by state right now among ``members`` (retired ones not counted)."""
+        members = self.in_service(members)
         fl = self.flags[members]
         kn = self.known[members]
         return {
@@ -362,4 +389,6 @@ class Health:
         }
 
     def state_of(self, idx: int) -> str:
+        if self.retired[idx]:
+            return "retired"
         return state_name(int(self.flags[idx]) if self.known[idx] else None)

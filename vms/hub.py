@@ -116,7 +116,9 @@ class Hub:
             for a in s.scalars(select(Agent)):
                 self._agent_idx(a.id)
             for dev in s.scalars(select(Device).order_by(Device.created_at, Device.id)):
-                self._add_device(dev)
+                idx = self._add_device(dev)
+                if dev.id in self.held:
+                    self.health.retired[idx] = True  # see hold()
             for iv in s.scalars(select(StateInterval).where(StateInterval.end_at.is_(None))):
                 if self.read_only:
                     if iv.device_id in self.health.index:
@@ -358,12 +360,27 @@ class Hub:
             return self._claim_problem(who, device_id, self.clock(), held=False)
 
     def hold(self, device_id: str, state: str) -> None:
-        """Record a camera's acceptance state: pending and rejected cameras are refused media and stats."""
+        """Record a camera's acceptance state: pending and rejected cameras are refused media and stats.
+
+        A held camera that is already a device (an admin rejected it after accepting it) leaves
+        service: no state, no alerts (open ones resolve), not in the centers' figures; its archive
+        stays. Accepting it again puts it back."""
+        changed: tuple[list[tuple[Transition, str]], list[Op]] | None = None
         with self.lock:
+            i = self.health.index.get(device_id)
             if state in HELD:
                 self.held[device_id] = HELD[state]
+                t = None if i is None else self.health.retire(i, self.clock())
+                if t is not None:
+                    changed = ([(t, device_id)], [])
             else:
                 self.held.pop(device_id, None)
+                if i is not None:
+                    self.health.reinstate(i)
+            if changed is not None:
+                self._pending.append(changed)
+        if i is not None:
+            self.events.publish("changed", {"devices": [device_id], "alerts": []})
 
     def admit(self, agent: str, device_id: str, name: str = "", location: str = "") -> None:
         """Register an accepted camera as a device of ``agent`` unless it is known already."""
@@ -506,12 +523,13 @@ class Hub:
                 .values(end_at=bindparam("t")),
                 closes,
             )
-        if named:
-            rows = [
-                {"device_id": did, "start_at": t.at, "end_at": None, "online": bool(t.new & 1),
-                 "uploading": bool(t.new & 2), "intact": bool(t.new & 4), "state": state_name(t.new)}
-                for t, did in named
-            ]
+        rows = [
+            {"device_id": did, "start_at": t.at, "end_at": None, "online": bool(t.new & 1),
+             "uploading": bool(t.new & 2), "intact": bool(t.new & 4), "state": state_name(t.new)}
+            for t, did in named
+            if t.new is not None  # retired: closed, nothing opens
+        ]
+        if rows:
             conn.execute(insert(StateInterval), rows)
 
     def _alert_detail(self, alert: OpenAlert) -> dict[str, Any]:
@@ -617,7 +635,7 @@ class Hub:
             return self.health.availability(start, end, now, lg)
 
     def center_figures(self, av: Any, center_id: str) -> dict[str, Any]:
-        m = self.member_indices(center_id)
+        m = self.health.in_service(self.member_indices(center_id))
         return rates(
             float(av.monitored_s[m].sum()),
             float(av.known_s[m].sum()),

@@ -35,6 +35,7 @@ class HubCollector(Collector):
             open_alerts = len(hub.book.open)
             counts = {c.id: h.counts(hub.member_indices(c.id)) for c in hub.tree}
             defects = h.defects[:n].copy()
+            retired = h.retired[:n].copy()
             spools = [(name, st) for name, st in zip(hub.agent_names, hub.agent_spool, strict=True) if st]
         up = GaugeMetricFamily("vms_device_up", "1 if the device's signal is seen", labels=["device_id"])
         upl = GaugeMetricFamily("vms_device_uploading", "1 if live media reaches the hub", labels=["device_id"])
@@ -48,6 +49,8 @@ class HubCollector(Collector):
         on = known & ((flags & ONLINE) != 0)
         uploading = known & ((flags & UPLOADING) != 0)
         for i, did in enumerate(ids):
+            if retired[i]:  # out of service: no series, so no rule on vms_device_up fires for it
+                continue
             up.add_metric([did], float(on[i]))
             upl.add_metric([did], float(uploading[i]))
             if np.isfinite(last[i]):

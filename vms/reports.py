@@ -58,14 +58,14 @@ def availability(
                     "center": c.id,
                     "name": c.name,
                     "level": c.level,
-                    "devices": len(hub.members[c.id]),
+                    "devices": len(hub.health.in_service(hub.member_indices(c.id))),
                     **fig,
                     "target_online": c.targets.online,
                     "target_upload": c.targets.upload,
                     "target_intact": c.targets.intact,
                 }
             )
-        idxs = hub.member_indices(scope.id) if scope is not None else np.arange(hub.health.n)
+        idxs = hub.health.in_service(hub.member_indices(scope.id) if scope is not None else np.arange(hub.health.n))
         mon = av.monitored_s[idxs]
         safe = np.where(mon > 0, mon, 1.0)
         online_rate, upload_rate = av.online_s[idxs] / safe, av.upload_s[idxs] / safe

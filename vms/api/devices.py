@@ -20,7 +20,7 @@ from vms.protocol import DEVICE_ID_PATTERN
 from vms.timeutil import BadTime, iso, window
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
-State = Literal["offline", "degraded", "uploading", "online", "unknown"]
+State = Literal["offline", "degraded", "uploading", "online", "unknown", "retired"]
 
 
 class DeviceOut(BaseModel):

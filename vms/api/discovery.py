@@ -194,5 +194,8 @@ def reject(
     body: Comment, device_id: str = DeviceIdPath, hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(Role.admin)),
 ) -> DiscoveredOut:
-    """Reject a camera: its agent never relays it, across restarts, until an admin accepts it."""
+    """Reject a camera: its agent never relays it, across restarts, until an admin accepts it.
+
+    One that was accepted before leaves service: state ``retired``, no alerts (open ones resolve),
+    not counted in the centers' figures; its archive stays."""
     return _decide(hub, who, device_id, "rejected", body.comment)
