@@ -197,6 +197,42 @@ def test_agent_spool_report_reaches_list_and_metrics(hub: HubProcess) -> None:
     assert heartbeat(hub, [CAM_A], spool={**spool, "dropped_segments": -1}).status_code == 422
 
 
+def spool_alerts(hub: HubProcess) -> list[dict[str, Any]]:
+    r = get(hub, "/api/v1/alerts", params={"kind": "spool_dropped", "state": "active"})
+    return [a for a in r.json()["alerts"] if a["agent_id"] == "agent-a"]
+
+
+def test_footage_an_agent_dropped_raises_one_alert_until_resolved(hub: HubProcess) -> None:
+    """Recorded segments the agent's spool quota forced out are footage lost: the maintenance crew
+    gets one alert per agent, updated while the count grows, and a new one after resolving it."""
+    def beat(dropped: int) -> None:
+        spool = {"queued_segments": 0, "queued_bytes": 0, "dropped_segments": dropped}
+        assert heartbeat(hub, [CAM_A], spool=spool).status_code == 200
+
+    beat(3)  # the previous test's report: the hub already knows of 3
+    for a in spool_alerts(hub):  # resolve what the previous test raised
+        assert post(hub, f"/api/v1/alerts/{a['id']}/resolve", "maintenance", {"comment": ""}).status_code == 200
+    beat(3)
+    assert spool_alerts(hub) == []  # nothing new lost
+    beat(5)
+    (alert,) = spool_alerts(hub)
+    assert alert["severity"] == "critical" and alert["detail"]["lost_segments"] == 2
+    assert "agent-a dropped 2 recorded segment(s)" in alert["title"], alert["title"]
+    beat(9)
+    (again,) = spool_alerts(hub)
+    assert again["id"] == alert["id"] and again["detail"] == {"lost_segments": 6, "agent_total": 9}
+    time.sleep(2)  # a few hub ticks: the outage book must not resolve it (no device is ok or not)
+    assert [a["id"] for a in spool_alerts(hub)] == [alert["id"]]
+    resolved = post(hub, f"/api/v1/alerts/{alert['id']}/resolve", "maintenance", {"comment": "disk replaced"})
+    assert resolved.status_code == 200
+    beat(9)
+    assert spool_alerts(hub) == []
+    beat(0)  # the agent's spool was reset: nothing lost
+    beat(1)
+    (fresh,) = spool_alerts(hub)
+    assert fresh["id"] != alert["id"] and fresh["detail"]["lost_segments"] == 1
+
+
 def test_tokens_and_audit_over_http(hub: HubProcess) -> None:
     r = post(hub, "/api/v1/tokens", "admin", {"role": "duty", "name": "wall-2"})
     assert r.status_code == 201
@@ -211,3 +247,31 @@ def test_tokens_and_audit_over_http(hub: HubProcess) -> None:
     assert audit["verified"] is True
     actions = [e["action"] for e in audit["entries"]]
     assert "token.create" in actions and "token.revoke" in actions and "agent.register" in actions
+
+
+def test_footage_lost_while_the_hub_was_down_alerts_once_across_restarts(make_hub_process: Any) -> None:
+    """The count last seen is stored: a restarted hub neither raises the alert twice nor lets the
+    outage book resolve it, and drops made while the hub was down still raise it."""
+    hub: HubProcess = make_hub_process()
+    hub.token("duty")
+    hub.token("agent", "320585", name="agent-a")
+    hub.start()
+    try:
+        def beat(dropped: int) -> None:
+            spool = {"queued_segments": 0, "queued_bytes": 0, "dropped_segments": dropped}
+            assert heartbeat(hub, [CAM_A], spool=spool).status_code == 200
+
+        beat(0)
+        assert spool_alerts(hub) == []
+        hub.stop()  # the hub is down long enough for the agent's spool to drop 4 segments
+        hub.start()
+        beat(4)
+        (alert,) = spool_alerts(hub)
+        assert alert["detail"]["lost_segments"] == 4
+        hub.stop()
+        hub.start()
+        beat(4)
+        time.sleep(2)
+        assert spool_alerts(hub) == [alert]
+    finally:
+        hub.stop()

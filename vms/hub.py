@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from vms import audit, ids
+from vms import audit, ids, spool_losses
 from vms.alerts import AddMembers, AlertBook, Op, Open, OpenAlert, Resolve
 from vms.analysis.results import QualityBook
 from vms.archive.service import STORAGE_ALERT, Archive
@@ -86,6 +86,7 @@ class Hub:
         #: since this hub started, so a restart never shows a counter falling to 0 and jumping back.
         self.agent_spool: list[SpoolStats | None] = []
         self.book = AlertBook(cfg.alerts, self.health, self._home, lambda a: self.agent_names[a], self.label)
+        self.spool_losses = spool_losses.SpoolLosses(self.sessions, cfg.alerts, lambda: self.public_url)
         self.outbox = Outbox(cfg.alerts, self.sessions, sender)
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
         self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s,
@@ -134,8 +135,10 @@ class Hub:
                 s.commit()
             horizon = now - self.cfg.health.report_cache_days * 86400
             self.health.log = self._read_log(s, horizon, math.inf)
-            # The archive owns its storage alert; the alert book owns device and site alerts.
-            for a_row in s.scalars(select(Alert).where(Alert.state != "resolved", Alert.kind != STORAGE_ALERT)):
+            # The archive owns its storage alert, SpoolLosses the agents' spool alerts; the alert
+            # book owns device, agent and site outages.
+            others = (STORAGE_ALERT, spool_losses.KIND)
+            for a_row in s.scalars(select(Alert).where(Alert.state != "resolved", Alert.kind.not_in(others))):
                 members = [self.health.index[m] for m in a_row.members if m in self.health.index]
                 self.book.adopt(
                     OpenAlert(
@@ -319,6 +322,10 @@ class Hub:
                 )
             self.heartbeats_total += 1
             self.rejected_total += len(rejected)
+        if hb.spool is not None:
+            lost = self.spool_losses.note(who.name, hb.spool.dropped_segments, now)
+            if lost is not None:
+                self.events.publish("changed", {"devices": [], "alerts": [lost]})
         q = self.quality
         for cam in ok:
             if cam.defects is not None or cam.device_id in q.agent_analysed:
