@@ -7,6 +7,7 @@ and H.264-encoded at test time, cut into segments and analysed as the hub does.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -171,3 +172,28 @@ def test_motion_boxes_and_recalibration_after_light_change() -> None:
     res = det.step(lights_on)
     assert res.recalibrated and res.ratio == 0.0  # light, not motion
     assert det.step(lights_on).ratio == 0.0
+
+
+def test_per_camera_exceptions_reach_that_cameras_analysis(
+    tmp_path: Path, black_segments: list[bytes]
+) -> None:
+    """The same black segments: the default camera raises black_screen, one whose checks leave it
+    out raises nothing, one with a lower black threshold sees a solid dark screen instead."""
+    from vms.analysis.sampler import SegmentSampler, Work
+
+    plain, no_black, strict = "32058501001320000001", "32058501001320000002", "32058501001320000003"
+    cfg = AnalysisConfig.model_validate({"workers": 1, "cameras": {
+        no_black: {"checks": ["signal_loss", "stripes"]},
+        strict: {"thresholds": {"black_max_luma": 0}},
+    }})
+    sampler = SegmentSampler(cfg)
+    raised: dict[str, set[str]] = {plain: set(), no_black: set(), strict: set()}
+    for k, data in enumerate(black_segments):
+        path = tmp_path / f"{k}.ts"
+        path.write_bytes(data)
+        for dev, seen in raised.items():
+            rep = sampler.analyse(Work(dev, str(path), 2.0 * k, 2.0 * (k + 1)))
+            seen.update(e.check for e in rep.events if e.raised)
+    assert "black_screen" in raised[plain]
+    assert raised[no_black] == set()
+    assert "black_screen" not in raised[strict] and raised[strict] & {"solid_screen", "too_dark"}

@@ -15,6 +15,10 @@ def test_example_config_loads() -> None:
     cfg = config.load(ROOT / "config" / "hub.example.yaml")
     assert cfg.centers[0].level == 1
     assert {c.id for c in cfg.centers[0].children} == {"chengxiang", "shaxi", "education"}
+    lane = cfg.analysis.for_device("32058501001320000001")
+    assert lane.thresholds.dark_max_luma == 12 and lane.checks == cfg.analysis.checks
+    assert "scene_change" not in cfg.analysis.for_device("32058502001320000002").checks
+    assert cfg.analysis.for_device("32058501001320000009") is cfg.analysis
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -41,6 +45,11 @@ def write(tmp_path: Path, text: str) -> Path:
         ("devices:\n  - {id: '32058501000990000001'}\n", "type '099'"),
         ("devices:\n  - {id: '32058501001320000001', center: nowhere}\n", "unknown center 'nowhere'"),
         ("alerts:\n  receivers:\n    - {name: x, kind: sms, url: 'http://127.0.0.1'}\n", "alerts.receivers.0"),
+        ("analysis:\n  cameras: {'3205': {}}\n", "must be 20 digits"),
+        ("analysis:\n  cameras: {'32058501001320000001': {thresholds: {dark_max: 3}}}\n",
+         "analysis.cameras.32058501001320000001.thresholds.dark_max: unknown key"),
+        ("analysis:\n  cameras: {'32058501001320000001': {checks: [too_dim]}}\n",
+         "cameras.32058501001320000001.checks.0"),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("server: [unclosed\n", "not valid YAML"),
     ],

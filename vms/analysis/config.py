@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vms import ids
 
 CheckName = Literal[
     "signal_loss",
@@ -113,6 +115,23 @@ class MotionConfig(_Model):
     )
 
 
+class CameraAnalysis(_Model):
+    """One camera's exceptions: a view dark by design, a fountain that never stops, a lens that fogs.
+    Without them such a camera alerts every night or never stops alerting, and the crew learns to
+    ignore the alerts."""
+
+    checks: list[CheckName] | None = Field(None, description="The checks run on this camera, instead of the list.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="Thresholds that differ for this camera, by name."
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        Thresholds.model_validate(v)  # unknown names and out-of-bounds values fail here, at load
+        return v
+
+
 _FROZEN_DEFAULT: dict[CheckName, Hysteresis] = {"frozen": Hysteresis(raise_after=1, clear_after=2)}
 
 
@@ -137,6 +156,30 @@ class AnalysisConfig(_Model):
     )
     snapshot_width: int = Field(640, ge=64, le=3840, description="Width of JPEG snapshots of raised defects.")
     motion: MotionConfig = Field(default_factory=MotionConfig)
+    cameras: dict[str, CameraAnalysis] = Field(
+        default_factory=dict,
+        max_length=100_000,
+        description="Per-camera exceptions by device ID: the checks to run, thresholds that differ.",
+    )
+
+    @field_validator("cameras")
+    @classmethod
+    def _cameras(cls, v: dict[str, CameraAnalysis]) -> dict[str, CameraAnalysis]:
+        for device_id in v:
+            ids.parse(device_id)
+        return v
 
     def hysteresis_for(self, check: CheckName) -> Hysteresis:
         return self.per_check.get(check, self.hysteresis)
+
+    def for_device(self, device_id: str) -> AnalysisConfig:
+        """The settings one camera is analysed with: these, with that camera's exceptions."""
+        own = self.cameras.get(device_id)
+        if own is None:
+            return self
+        update: dict[str, object] = {}
+        if own.checks is not None:
+            update["checks"] = own.checks
+        if own.thresholds:
+            update["thresholds"] = Thresholds.model_validate({**self.thresholds.model_dump(), **own.thresholds})
+        return self.model_copy(update=update)

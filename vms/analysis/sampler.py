@@ -126,7 +126,7 @@ class SegmentSampler:
     def analyser(self, device_id: str) -> DeviceAnalyzer:
         an = self.devices.get(device_id)
         if an is None:
-            an = self.devices[device_id] = DeviceAnalyzer(self.cfg)
+            an = self.devices[device_id] = DeviceAnalyzer(self.cfg.for_device(device_id))
         return an
 
     def analyse(self, work: Work) -> Report:
