@@ -125,3 +125,56 @@ def test_black_screen_becomes_an_alert_with_snapshot_and_clears(
         events = quality()["events"]
         assert [(e["check"], e["state"]) for e in events] == [("black_screen", "cleared"), ("black_screen", "raised")]
         wait_until(lambda: alerts("resolved"), 20, "alert resolved")
+
+
+def test_a_raised_defect_survives_a_hub_restart_without_flapping(
+    make_hub_process: Any, black_segments: list[bytes]
+) -> None:
+    """Black screen raised, hub restarted: the camera stays degraded and its alert open (no resolve
+    and re-open, no notifications for nothing), a further black segment raises nothing new, and the
+    picture coming back clears it once."""
+    hp = make_hub_process(analysis={"workers": 1}, alerts={"resolve_hold_s": 0})
+    agent = {"Authorization": f"Bearer {hp.token('agent', PREFIX, name='agent-1')}"}
+    duty = {"Authorization": f"Bearer {hp.token('duty')}"}
+    hp.start()
+    base = time.time() - 14  # segment 6 ends now: the camera is online, so degraded
+    with httpx.Client(base_url=hp.url, timeout=10) as c:
+
+        def upload(k: int) -> None:
+            data = black_segments[k]
+            r = c.put(f"/api/v1/agents/segments/{DEV}", params={"start": base + 2 * k, "duration": 2.0},
+                      content=data, headers={**agent, "X-VMS-SHA256": hashlib.sha256(data).hexdigest()})
+            assert r.status_code == 201, r.text
+
+        def events() -> list[tuple[str, str]]:
+            r = c.get(f"/api/v1/devices/{DEV}/quality", headers=duty)
+            return [(e["check"], e["state"]) for e in r.json()["events"]]
+
+        def degraded_alerts() -> list[tuple[int, str]]:
+            r = c.get("/api/v1/alerts", params={"kind": "device_degraded"}, headers=duty)
+            return [(a["id"], a["state"]) for a in r.json()["alerts"]]
+
+        def analysed() -> float:
+            text = c.get("/metrics", headers=duty).text
+            return next(float(line.split()[-1]) for line in text.splitlines()
+                        if line.startswith("vms_analysis_segments_analysed_total"))
+
+        for k in range(7):  # clean until 8 s, then black
+            upload(k)
+        wait_until(lambda: events() == [("black_screen", "raised")], 60, "black_screen raised")
+        (alert,) = wait_until(degraded_alerts, 20, "device_degraded alert")
+        assert alert[1] == "open"
+        hp.stop()
+        hp.start()
+        defects = c.get(f"/api/v1/devices/{DEV}/quality", headers=duty).json()["defects"]
+        assert [d["check"] for d in defects] == ["black_screen"]  # back from the store, before any segment
+        time.sleep(3)  # ticks with resolve_hold_s 0: a lost defect would resolve the alert now
+        assert degraded_alerts() == [alert]
+        upload(7)  # still black, analysed by a new worker
+        wait_until(lambda: analysed() >= 1, 60, "the segment analysed after the restart")
+        assert events() == [("black_screen", "raised")] and degraded_alerts() == [alert]
+        for k in range(9, 13):  # picture back
+            upload(k)
+        wait_until(lambda: ("black_screen", "cleared") in events(), 60, "black_screen cleared")
+        assert events() == [("black_screen", "cleared"), ("black_screen", "raised")]
+        wait_until(lambda: degraded_alerts() == [(alert[0], "resolved")], 20, "the same alert resolved")

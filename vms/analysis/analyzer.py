@@ -84,6 +84,13 @@ class DeviceAnalyzer:
         if self.cfg.motion.enabled:
             self.motion = MotionDetector(self.cfg.motion)
 
+    def resume(self, raised: dict[str, float]) -> None:
+        """Start with these checks raised (since when): they clear after ``clear_after`` good samples."""
+        for check, since in raised.items():
+            run = self.runs.get(check)
+            if run is not None:
+                run.raised, run.since = True, since
+
     @property
     def raised(self) -> dict[str, float]:
         """Raised checks and since when."""

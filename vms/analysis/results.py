@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from vms.analysis.config import CHECKS
 from vms.analysis.pool import AnalysisPool
@@ -65,11 +65,35 @@ class QualityBook:
         self._agent_inflight: set[tuple[str, str, bool]] = set()  # queued, not yet applied: never queue twice
 
     def start(self) -> None:
+        self._restore()
         if self.pool is not None:
             self.pool.start()
         if not self.hub.read_only:
             self._agent_thread = threading.Thread(target=self._agent_loop, name="vms-agent-quality", daemon=True)
             self._agent_thread.start()
+
+    def _restore(self) -> None:
+        """The defects raised when the hub last stopped, from each (device, check)'s newest event.
+
+        Without them a restarted hub would resolve every device_degraded alert at its first tick
+        and open it again once the analysis had seen enough keyframes: two notifications per
+        degraded camera per restart, for nothing. Analysers start from them too (``Work.raised``).
+        """
+        newest = (
+            select(func.max(QualityEvent.id))
+            .group_by(QualityEvent.device_id, QualityEvent.check)
+            .scalar_subquery()
+        )
+        with self.hub.sessions() as s:
+            rows = list(s.scalars(select(QualityEvent).where(QualityEvent.id.in_(newest),
+                                                              QualityEvent.state == "raised")))
+        with self.lock:
+            for r in rows:
+                self.current.setdefault(r.device_id, {})[r.check] = Current(r.at, r.value, r.id, r.snapshot)
+        for r in rows:
+            self.hub.set_quality(r.device_id, r.check, True)
+        if rows:
+            log.info("analysis: %d defect(s) still raised from before the restart", len(rows))
 
     def stop(self) -> None:
         if self.pool is not None:
@@ -97,7 +121,9 @@ class QualityBook:
                 self._queue_agent(device_id, (segment_id, motion_ratio))
         elif self.pool is not None:
             path = self.hub.segments.root / relative_path(device_id, start, sha256.lower())
-            self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id))
+            with self.lock:
+                raised = tuple((c, cur.since) for c, cur in self.current.get(device_id, {}).items())
+            self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id, raised=raised))
 
     # -- findings of agents that analyse their cameras ---------------------------------------------
     def agent_report(self, device_id: str, defects: Mapping[str, float] | None, now: float) -> None:

@@ -87,6 +87,9 @@ class Work:
     segment_id: int | None = None
     key: str | None = None  # the caller's name for the segment, returned in the report
     remove_after: bool = False  # ``path`` is a staged copy the worker deletes when done
+    #: The checks its owner holds raised for the camera, with since when: an analyser made anew (a
+    #: restarted hub or worker) starts from them instead of clearing and raising them again.
+    raised: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +126,16 @@ class SegmentSampler:
         self.cfg = cfg
         self.devices: dict[str, DeviceAnalyzer] = {}
 
-    def analyser(self, device_id: str) -> DeviceAnalyzer:
+    def analyser(self, device_id: str, raised: tuple[tuple[str, float], ...] = ()) -> DeviceAnalyzer:
         an = self.devices.get(device_id)
         if an is None:
             an = self.devices[device_id] = DeviceAnalyzer(self.cfg.for_device(device_id))
+            an.resume(dict(raised))
         return an
 
     def analyse(self, work: Work) -> Report:
         t0 = time.perf_counter()
-        an = self.analyser(work.device_id)
+        an = self.analyser(work.device_id, work.raised)
         rep = Report(work.device_id, work.segment_id, work.start, work.key)
         try:
             self._decode(work, an, rep)
