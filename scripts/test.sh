@@ -21,4 +21,4 @@ fi
 
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/pytest -q "$@"
+echo "== pytest"; .venv/bin/pytest -q --durations=15 "$@"
