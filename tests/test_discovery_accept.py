@@ -264,6 +264,31 @@ def test_rejecting_an_accepted_camera_takes_it_out_of_service(
     wait(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online again")
 
 
+def test_a_just_accepted_camera_gets_time_to_start_before_it_counts_as_offline(make_hub_process: Any) -> None:
+    """Accepting a camera on a hub that has run for a while: its agent needs seconds to start it,
+    so it is 'unknown' for the startup grace, not offline with an alert at the next tick; a camera
+    that never starts is offline after that grace."""
+    hub = make(make_hub_process, health={"offline_after_s": 2, "startup_grace_s": 4})
+    time.sleep(5)  # the hub's own startup grace is over
+    assert report(hub, cam(FOUND))[FOUND]["state"] == "pending"
+    accepted = time.monotonic()
+    assert call(hub, "POST", f"/api/v1/discovered/{FOUND}/accept", body={}).status_code == 200
+
+    def state() -> str:
+        return str(call(hub, "GET", f"/api/v1/devices/{FOUND}", "duty").json()["state"])
+
+    def offline_alerts() -> list[Any]:  # its agent is silent here too: it joins the agent_offline alert
+        r = call(hub, "GET", "/api/v1/alerts", "duty", state="active")
+        return [a for a in r.json()["alerts"] if FOUND in (a["device_id"], *a["members"])]
+
+    while time.monotonic() - accepted < 2.5:  # several ticks within the grace
+        assert state() == "unknown" and offline_alerts() == []
+        time.sleep(0.5)
+    wait(lambda: state() == "offline" and offline_alerts(), 6, "offline once the grace is over",
+         context=lambda: f"state {state()}, alerts {offline_alerts()}")
+    assert time.monotonic() - accepted >= 3.5
+
+
 def test_auto_accept_from_the_hub_config(make_hub_process: Any) -> None:
     hub = make(make_hub_process, discovery={"auto_accept": True})
     got = report(hub, cam(FOUND), cam(FOUND2))

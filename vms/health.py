@@ -156,6 +156,7 @@ class Health:
     last_upload: F64  # arrival of the newest live segment
     last_report: F64  # last heartbeat that mentioned the device
     created_at: F64
+    watched_from: F64  # when silence started to count: added, reinstated (the hub's start is later)
     open_start: F64  # start of the open interval
     flags: npt.NDArray[np.uint8]
     known: npt.NDArray[np.bool_]  # has an open interval
@@ -184,6 +185,7 @@ class Health:
         ("last_upload", np.float64, -math.inf),
         ("last_report", np.float64, -math.inf),
         ("created_at", np.float64, 0.0),
+        ("watched_from", np.float64, 0.0),
         ("open_start", np.float64, 0.0),
         ("flags", np.uint8, 0),
         ("known", np.bool_, False),
@@ -214,6 +216,7 @@ class Health:
         self.ids.append(device_id)
         self.index[device_id] = i
         self.created_at[i] = created_at
+        self.watched_from[i] = created_at
         self.n += 1
         return i
 
@@ -231,9 +234,10 @@ class Health:
         self.known[idx] = False
         return Transition(idx, old, None, at)
 
-    def reinstate(self, idx: int) -> None:
-        """Back in service: the next evaluation gives it a state like a newly added device."""
+    def reinstate(self, idx: int, now: float) -> None:
+        """Back in service: it gets a state like a newly added device (after the same grace)."""
         self.retired[idx] = False
+        self.watched_from[idx] = now
 
     def in_service(self, members: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """``members`` without retired devices: the ones that count in a center's figures."""
@@ -301,8 +305,12 @@ class Health:
         changed = known & (new != prev)
         # A device never seen since start-up gets its first state once it is steady, or once it has
         # been silent for the whole offline delay; a signal that is fresh but not yet steady waits.
+        # The delay runs from the hub's start or from when the device was added or reinstated,
+        # whichever is later: a camera an admin just accepted gets the time its agent needs to
+        # start relaying it, instead of an offline alert at the next tick.
         # A retired device has no open interval (not known) and gets none.
-        grace_over = now - self.started_at >= max(c.offline_after_s, c.startup_grace_s)
+        since = np.maximum(self.watched_from[:n], self.started_at)
+        grace_over = now - since >= max(c.offline_after_s, c.startup_grace_s)
         first = ~known & ~self.retired[:n] & (on | (~fresh & grace_over))
         out: list[Transition] = []
         for i in np.flatnonzero(changed | first).tolist():

@@ -383,7 +383,7 @@ class Hub:
             else:
                 self.held.pop(device_id, None)
                 if i is not None:
-                    self.health.reinstate(i)
+                    self.health.reinstate(i, self.clock())
             if changed is not None:
                 self._pending.append(changed)
         if i is not None:
