@@ -261,7 +261,9 @@ class RetentionConfig(_Model):
 
     default: RetentionPolicy = Field(default_factory=RetentionPolicy)
     centers: dict[str, RetentionPolicy] = Field(default_factory=dict, description="By center id (with sub-centers).")
-    devices: dict[str, RetentionPolicy] = Field(default_factory=dict, description="By device ID; wins over centers.")
+    devices: dict[ids.DeviceIdKey, RetentionPolicy] = Field(
+        default_factory=dict, description="By device ID; wins over centers."
+    )
     interval_s: float = Field(600.0, ge=1, le=86400, description="How often the retention pass runs.")
     batch_size: int = Field(500, ge=1, le=100_000, description="Segments deleted per transaction.")
     emergency_free_bytes: int = Field(
@@ -274,13 +276,6 @@ class RetentionConfig(_Model):
     accounting_window_s: float = Field(
         86400.0, ge=60, le=400 * 86400, description="Window of the recording-completeness metric."
     )
-
-    @field_validator("devices")
-    @classmethod
-    def _device_ids(cls, v: dict[str, RetentionPolicy]) -> dict[str, RetentionPolicy]:
-        for k in v:
-            ids.parse(k)
-        return v
 
     @model_validator(mode="after")
     def _targets(self) -> RetentionConfig:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 ID_LENGTH = 20
 #: Positions (0-based, end-exclusive) of each field in the 20-digit ID.
@@ -243,6 +246,16 @@ def parse(device_id: str) -> DeviceId:
     if parts["network"] == "9":
         raise InvalidDeviceId("network", "9", "network flag 9 is reserved; use 0-8")
     return DeviceId(raw=raw, **parts)
+
+
+def checked(device_id: str) -> str:
+    """``device_id`` itself if valid: for config keys (``DeviceIdKey``); raises like :func:`parse`."""
+    parse(device_id)
+    return device_id
+
+
+#: A device ID as a key of a config mapping (per-camera settings), checked at load.
+DeviceIdKey = Annotated[str, AfterValidator(checked)]
 
 
 def is_valid(device_id: str) -> bool:

@@ -156,18 +156,11 @@ class AnalysisConfig(_Model):
     )
     snapshot_width: int = Field(640, ge=64, le=3840, description="Width of JPEG snapshots of raised defects.")
     motion: MotionConfig = Field(default_factory=MotionConfig)
-    cameras: dict[str, CameraAnalysis] = Field(
+    cameras: dict[ids.DeviceIdKey, CameraAnalysis] = Field(
         default_factory=dict,
         max_length=100_000,
         description="Per-camera exceptions by device ID: the checks to run, thresholds that differ.",
     )
-
-    @field_validator("cameras")
-    @classmethod
-    def _cameras(cls, v: dict[str, CameraAnalysis]) -> dict[str, CameraAnalysis]:
-        for device_id in v:
-            ids.parse(device_id)
-        return v
 
     def hysteresis_for(self, check: CheckName) -> Hysteresis:
         return self.per_check.get(check, self.hysteresis)
