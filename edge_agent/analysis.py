@@ -11,12 +11,17 @@ A finished segment is hard-linked into ``<data_dir>/analysis/`` before it is que
 uplink may send and delete the spool's copy before a worker opens it; the worker removes the link.
 Like at the hub, a segment that finds its worker behind is dropped and counted, never waited for:
 analysis must never slow ingest or upload.
+
+The checks raised now are kept in ``<data_dir>/analysis-raised.json`` (written when they change):
+a restarted agent reports them again at once and its new analysers start from them, so a restart
+neither clears the hub's defects (resolving their alerts) nor raises them again seconds later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -25,7 +30,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from vms.analysis.config import AnalysisConfig
+from vms.analysis.config import CHECKS, AnalysisConfig
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Report, Work
 
@@ -34,6 +39,7 @@ from .spool import Segment
 log = logging.getLogger(__name__)
 
 _MOTION_KEEP = 4096  # motion ratios kept for segments not yet uploaded (about 4 h of one camera)
+STATE_FILE = "analysis-raised.json"
 
 
 class AgentAnalysis:
@@ -44,7 +50,8 @@ class AgentAnalysis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pool = AnalysisPool(cfg, self._on_report)
         self._lock = threading.Lock()
-        self._raised: dict[str, dict[str, float]] = {}  # device -> check -> raised at (monotonic)
+        self._state = data_dir / STATE_FILE
+        self._raised: dict[str, dict[str, float]] = self._load()  # device -> check -> raised at (monotonic)
         self._motion: OrderedDict[str, float | None] = OrderedDict()  # sha256 -> ratio
         self._pending: set[str] = set()  # sha256 of segments queued for analysis
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
@@ -52,6 +59,35 @@ class AgentAnalysis:
 
     def start(self) -> None:
         self.pool.start()
+
+    # -- what is raised, across restarts -----------------------------------------------------------
+    def _load(self) -> dict[str, dict[str, float]]:
+        try:
+            data = json.loads(self._state.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s (defects raised before the restart are raised again)", self._state, exc)
+            return {}
+        wall, mono = time.time(), time.monotonic()
+        out: dict[str, dict[str, float]] = {}
+        for device_id, checks in (data.items() if isinstance(data, dict) else ()):
+            if isinstance(checks, dict):
+                out[device_id] = {c: mono - max(0.0, wall - float(t)) for c, t in checks.items()
+                                  if c in CHECKS and isinstance(t, int | float)}
+        return out
+
+    def _save(self) -> None:
+        """Called with the lock held, when a device's raised checks changed (rare)."""
+        wall, mono = time.time(), time.monotonic()
+        data = {d: {c: round(wall - (mono - t), 3) for c, t in checks.items()}
+                for d, checks in self._raised.items() if checks}
+        tmp = self._state.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._state)
+        except OSError as exc:
+            log.warning("cannot keep the raised checks in %s: %s", self._state, exc)
 
     def stop(self) -> None:
         self.pool.stop()
@@ -65,10 +101,11 @@ class AgentAnalysis:
             self.link_errors += 1
             log.warning("cannot stage %s for analysis: %s", seg.path.name, exc)
             return
-        work = Work(seg.device_id, str(link), seg.start, seg.start + seg.duration, remove_after=True,
-                    key=seg.sha256)
         with self._lock:
             self._pending.add(seg.sha256)
+            raised = tuple((c, seg.start) for c in self._raised.get(seg.device_id, {}))
+        work = Work(seg.device_id, str(link), seg.start, seg.start + seg.duration, remove_after=True,
+                    key=seg.sha256, raised=raised)
         if not self.pool.submit(work):
             link.unlink(missing_ok=True)
             self._done(seg.sha256, None)
@@ -86,8 +123,10 @@ class AgentAnalysis:
                     log.warning("camera %s: %s raised (value %s)", rep.device_id, ev.check, ev.value)
                 elif ev.check in cur:
                     log.info("camera %s: %s cleared", rep.device_id, ev.check)
-            # The sampler's set of raised checks is the truth (a restarted worker starts afresh).
+            # The sampler's set of raised checks is the truth (a new analyser starts from ours).
             self._raised[rep.device_id] = {c: cur.get(c, now) for c in rep.raised}
+            if self._raised[rep.device_id].keys() != cur.keys():
+                self._save()
         if rep.key is not None:
             self._done(rep.key, rep.motion_ratio)
 

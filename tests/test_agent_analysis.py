@@ -120,3 +120,39 @@ def test_the_hub_takes_an_agents_findings_from_heartbeats(hub: Hub) -> None:
     wait_until(lambda: hub.quality.now(DEV) == {}, 5, "black_screen cleared")
     beat(None)  # the agent stopped analysing: the hub's own analysis takes the camera back
     assert DEV not in hub.quality.agent_analysed
+
+
+def test_an_agent_restart_keeps_its_raised_defects(tmp_path: Path, black_segments: list[bytes]) -> None:
+    """Black screen raised, agent restarted: the defect is reported again at once and the new
+    analysers start from it (a further black segment keeps it, nothing clears and raises it
+    again), and the picture coming back clears it."""
+    spool = Spool(tmp_path / "spool", 10**9)
+    t0 = 1_700_000_000.0
+
+    def feed(an: AgentAnalysis, k: int) -> None:
+        seg = enqueue(spool, black_segments[k], t0 + 2 * k)
+        spool.ack(seg)
+        assert asyncio.run(an.motion_for(seg.sha256, wait_s=20)) is not None, k
+
+    an = AgentAnalysis(AnalysisConfig(workers=1), tmp_path)
+    spool.on_added = an.segment_added
+    an.start()
+    try:
+        for k in range(7):  # clean until 8 s, then black
+            feed(an, k)
+        assert "black_screen" in an.defects(DEV)
+    finally:
+        an.stop()
+    again = AgentAnalysis(AnalysisConfig(workers=1), tmp_path)
+    assert "black_screen" in again.defects(DEV)  # the first heartbeat already carries it
+    spool.on_added = again.segment_added
+    again.start()
+    try:
+        feed(again, 7)  # still black, seen by a new analyser
+        assert "black_screen" in again.defects(DEV)
+        for k in range(9, 13):  # picture back
+            feed(again, k)
+        assert again.defects(DEV) == {}
+    finally:
+        again.stop()
+    assert AgentAnalysis(AnalysisConfig(workers=1), tmp_path).defects(DEV) == {}  # cleared is kept too
