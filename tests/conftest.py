@@ -332,14 +332,15 @@ def black_segments(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return [p.read_bytes() for p, _, _ in split(d / "clip.ts", d)]
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, context: Callable[[], str] = str) -> Any:
+    """``cond()``'s first true value; on timeout the error names ``what`` and adds ``context()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{context()}")
 
 
 def spool_segment(spool: Any, device_id: str, start: float, duration: float, data: bytes) -> Any:

@@ -23,7 +23,7 @@ import yaml
 from camsim.clips import ClipParams
 from camsim.net import free_ports
 from camsim.sim import SYSTEM_PYTHON, Simulator, device_ids
-from tests.conftest import stop_process
+from tests.conftest import stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="system python3 with gi missing")
 
@@ -81,16 +81,8 @@ def test_camera_faults_raise_the_right_alert_within_10_s_and_clear(
         with httpx.Client(base_url=hp.url, headers=duty, timeout=5) as c:
 
             def poll(cond: Any, timeout: float, what: str) -> Any:
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    v = cond()
-                    if v:
-                        return v
-                    time.sleep(0.2)
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; "
-                    f"quality: {c.get(f'/api/v1/devices/{dev}/quality').text}"
-                )
+                return wait_until(cond, timeout, what,
+                                  context=lambda: f"quality: {c.get(f'/api/v1/devices/{dev}/quality').text}")
 
             def degraded(state: str) -> list[dict[str, Any]]:
                 r = c.get("/api/v1/alerts", params={"state": state, "kind": "device_degraded"})

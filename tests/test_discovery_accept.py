@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import yaml
 
 from camsim.clips import ClipParams
 from camsim.sim import Simulator
-from tests.conftest import ROOT, HubProcess, free_port, hub_config, stop_process, write_config
+from tests.conftest import ROOT, HubProcess, free_port, hub_config, stop_process, wait_until, write_config
 from vms.timeutil import iso
 
 AGENT_PREFIX = "320585"
@@ -37,16 +37,6 @@ FOUND2 = "32058502001320000003"
 OUTSIDER = "11010000001320000001"
 OTHER = "32058502001320000009"
 PEOPLE = ("admin", "duty", "maintenance", "police")
-
-
-def wait(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.2,
-         context: Callable[[], str] = str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"{what}: not within {timeout} s\n{context()}")
 
 
 def call(hub: HubProcess, method: str, path: str, role: str = "admin", body: Any = None,
@@ -240,13 +230,13 @@ def test_rejecting_an_accepted_camera_takes_it_out_of_service(
         return int(call(hub, "GET", "/api/v1/centers", "duty").json()["centers"][0]["counts"]["devices"])
 
     assert report(hub, cam(CONFIGURED, "config"))[CONFIGURED]["state"] == "accepted"
-    wait(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online")
+    wait_until(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online")
     recorded_at = time.time()
     assert put_segment(hub, CONFIGURED).status_code == 201
     before = counted()
-    wait(lambda: open_alerts(), 15, "an offline alert once its heartbeats stop")
+    wait_until(lambda: open_alerts(), 15, "an offline alert once its heartbeats stop")
     assert call(hub, "POST", f"/api/v1/discovered/{CONFIGURED}/reject", body={"comment": "removed"}).status_code == 200
-    wait(lambda: not open_alerts(), 10, "its alert resolved")
+    wait_until(lambda: not open_alerts(), 10, "its alert resolved")
     assert state() == "retired" and counted() == before - 1
     assert call(hub, "GET", "/api/v1/devices", "duty", state="retired").json()["total"] == 1
     assert f'device_id="{CONFIGURED}"' not in call(hub, "GET", "/metrics", "duty").text
@@ -261,7 +251,7 @@ def test_rejecting_an_accepted_camera_takes_it_out_of_service(
 
     assert call(hub, "POST", f"/api/v1/discovered/{CONFIGURED}/accept", body={}).status_code == 200
     assert state() != "retired" and counted() == before
-    wait(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online again")
+    wait_until(lambda: heartbeat(hub, CONFIGURED) == {} and state() == "online", 10, "online again")
 
 
 def test_a_just_accepted_camera_gets_time_to_start_before_it_counts_as_offline(make_hub_process: Any) -> None:
@@ -284,8 +274,8 @@ def test_a_just_accepted_camera_gets_time_to_start_before_it_counts_as_offline(m
     while time.monotonic() - accepted < 2.5:  # several ticks within the grace
         assert state() == "unknown" and offline_alerts() == []
         time.sleep(0.5)
-    wait(lambda: state() == "offline" and offline_alerts(), 6, "offline once the grace is over",
-         context=lambda: f"state {state()}, alerts {offline_alerts()}")
+    wait_until(lambda: state() == "offline" and offline_alerts(), 6, "offline once the grace is over",
+               context=lambda: f"state {state()}, alerts {offline_alerts()}")
     assert time.monotonic() - accepted >= 3.5
 
 
@@ -415,7 +405,7 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
         hub.start()
         # The agent starts before the camera answers probes: it must find it on a later probe.
         agent = start_agent()
-        wait(lambda: stored(hub, CONFIGURED) >= 1, 60, "configured camera's first segment", context=log_tail)
+        wait_until(lambda: stored(hub, CONFIGURED) >= 1, 60, "configured camera's first segment", context=log_tail)
         responder = subprocess.Popen(
             ["ip", "netns", "exec", net.cam, sys.executable, "-m", "camsim.onvif", "--bind", net.cam_ip,
              "--base-port", "18090", "--rtsp-base", f"rtsp://{host}:{sim.rtsp_port}/cam", "--discovery",
@@ -426,15 +416,15 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
         def pending() -> list[dict[str, Any]]:
             return call(hub, "GET", "/api/v1/discovered", state="pending").json()["cameras"]
 
-        wait(pending, 60, "the discovered camera listed as pending (found by a later probe)", context=log_tail)
+        wait_until(pending, 60, "the discovered camera listed as pending (found by a later probe)", context=log_tail)
         (row,) = pending()
         found = row["device_id"]
         assert row["source"] == "onvif" and row["serial"] == f"SIM{onvif_cam}" and password not in str(row)
         assert row["stream_uri"] == f"rtsp://{host}:{sim.rtsp_port}/cam/{onvif_cam}"
         # The configured camera relays at once; the discovered one sends nothing while it waits.
-        wait(lambda: stored(hub, CONFIGURED) >= 3, 60, "configured camera's segments", context=log_tail)
+        wait_until(lambda: stored(hub, CONFIGURED) >= 3, 60, "configured camera's segments", context=log_tail)
         base = stored(hub, CONFIGURED)
-        wait(lambda: stored(hub, CONFIGURED) >= base + 3, 30, "more configured segments")
+        wait_until(lambda: stored(hub, CONFIGURED) >= base + 3, 30, "more configured segments")
         assert stored(hub, found) == 0 and found not in devices(hub)
         spool = d / "agent" / "spool"
         assert not list(spool.glob(f"{found}_*.ts")), "the agent recorded a camera nobody accepted"
@@ -442,8 +432,10 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
 
         t0 = time.monotonic()
         assert call(hub, "POST", f"/api/v1/discovered/{found}/accept", body={"comment": "ok"}).status_code == 200
-        took = wait(lambda: stored(hub, found) > 0, 30, "the accepted camera's first segment at the hub",
-                    context=log_tail)
+        t1 = time.monotonic()
+        wait_until(lambda: stored(hub, found) > 0, 30, "the accepted camera's first segment at the hub",
+                   context=log_tail)
+        took = time.monotonic() - t1
         print(f"accepted -> first segment stored at the hub: {took:.1f} s")
         assert took < 15, f"first segment {took:.1f} s after acceptance"
         assert time.monotonic() - t0 < 15
@@ -459,16 +451,16 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
         def spooled_since_restart() -> int:
             return sum(1 for p in spool.glob(f"{found}_*.ts") if int(p.name.split("_")[1]) / 1e6 >= restarted)
 
-        wait(lambda: spooled_since_restart() >= 2, 60, "the accepted camera spooled while the hub is down",
-             context=log_tail)
+        wait_until(lambda: spooled_since_restart() >= 2, 60, "the accepted camera spooled while the hub is down",
+                   context=log_tail)
         hub.start()
-        wait(lambda: stored(hub, found, after=restarted) >= 2, 90, "outage segments delivered once the hub is back",
-             context=log_tail)
+        wait_until(lambda: stored(hub, found, after=restarted) >= 2, 90,
+                   "outage segments delivered once the hub is back", context=log_tail)
 
         # A later rejection stops the camera at the agent.
         assert call(hub, "POST", f"/api/v1/discovered/{found}/reject", body={"comment": "moved"}).status_code == 200
-        wait(lambda: "rejected at the hub; not relaying it" in agent_log.read_text(), 30, "agent stops the camera",
-             context=log_tail)
+        wait_until(lambda: "rejected at the hub; not relaying it" in agent_log.read_text(), 30,
+                   "agent stops the camera", context=log_tail)
     finally:
         if agent is not None:
             stop_process(agent, timeout=20)
