@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from vms import ids
-from vms.protocol import CameraReportReply, CameraStats
-from vms.protocol import CameraSource as Source
+from vms.kernel import ids
+from vms.kernel.protocol import CameraReportReply, CameraStats
+from vms.kernel.protocol import CameraSource as Source
 
 from .analysis import AgentAnalysis
 from .config import AgentConfig, redact, strip_credentials

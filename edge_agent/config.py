@@ -14,11 +14,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vms import ids
 from vms.analysis.config import AnalysisConfig
-from vms.config import ConfigError as ConfigError  # re-exported: the agent reports config errors like the hub
-from vms.config import format_errors as format_errors
-from vms.config import load_model
+from vms.kernel import ids
+from vms.kernel.configio import ConfigError as ConfigError  # re-exported: the agent reports config errors like the hub
+from vms.kernel.configio import format_errors as format_errors
+from vms.kernel.configio import load_model
 
 
 class _Model(BaseModel):

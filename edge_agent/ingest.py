@@ -31,7 +31,7 @@ from typing import Any
 
 import av
 
-from vms.protocol import CameraStats
+from vms.kernel.protocol import CameraStats
 
 from .config import redact, scrub
 from .segmenter import Segmenter

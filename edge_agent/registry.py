@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vms import ids
+from vms.kernel import ids
 
 from .config import strip_credentials
 

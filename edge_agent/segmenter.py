@@ -30,7 +30,7 @@ from typing import Any
 
 import av
 
-from vms.fsutil import sync_and_hash
+from vms.kernel.fsutil import sync_and_hash
 
 from .spool import Segment, Spool, fsync_dir
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
-from vms.fsutil import fsync_dir as fsync_dir
-from vms.protocol import SpoolStats
+from vms.kernel.fsutil import fsync_dir as fsync_dir
+from vms.kernel.protocol import SpoolStats
 
 log = logging.getLogger(__name__)
 

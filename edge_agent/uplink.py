@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from vms.protocol import (
+from vms.kernel.protocol import (
     CameraReport,
     CameraReportReply,
     CameraStats,

@@ -19,7 +19,7 @@ from vms.auth import Principal, Role
 from vms.config import HubConfig
 from vms.db.models import QualityEvent
 from vms.hub import Hub
-from vms.protocol import CameraStats, Heartbeat
+from vms.kernel.protocol import CameraStats, Heartbeat
 
 DEV = "32058501001320000001"
 PREFIX = "32058501"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.registry import Registry, RegistryError
-from vms import ids
+from vms.kernel import ids
 
 P = "32058501001320"
 

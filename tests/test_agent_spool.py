@@ -116,7 +116,7 @@ def test_rejected_segments_count_against_the_quota(tmp_path: Path) -> None:
 
 
 def test_sync_and_hash_matches_the_file(tmp_path: Path) -> None:
-    from vms.fsutil import sync_and_hash
+    from vms.kernel.fsutil import sync_and_hash
 
     for size in (0, 1, 300_000, 1_000_003):  # empty, tiny, and across the read buffer
         p = tmp_path / f"{size}.ts"

@@ -28,7 +28,7 @@ import yaml
 from camsim.clips import ClipParams
 from camsim.sim import Simulator
 from tests.conftest import ROOT, HubProcess, free_port, hub_config, stop_process, wait_until, write_config
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 AGENT_PREFIX = "320585"
 CONFIGURED = "32058501001320000001"

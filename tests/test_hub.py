@@ -12,7 +12,7 @@ from vms import auth
 from vms.auth import Principal
 from vms.config import HubConfig
 from vms.hub import HeartbeatRejected, Hub
-from vms.protocol import CameraStats, Heartbeat
+from vms.kernel.protocol import CameraStats, Heartbeat
 
 CAM = "32058501001320000001"
 TOWN_A = "32058501"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vms import ids
+from vms.kernel import ids
 
 VALID = "32058501001320000001"
 

@@ -32,8 +32,8 @@ from camsim.clips import ClipParams
 from camsim.net import free_ports
 from camsim.sim import SYSTEM_PYTHON, Simulator, device_ids
 from tests.conftest import HubProcess, free_port, hub_config, stop_process, write_config
+from vms.kernel.timeutil import iso
 from vms.live.window import probe
-from vms.timeutil import iso
 
 pytestmark = pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="system python3 with gi missing")
 

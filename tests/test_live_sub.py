@@ -27,7 +27,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, CameraConfig
 from edge_agent.spool import Segment, Spool
 from tests.conftest import HubProcess, free_port, hub_config, spool_segment, write_config
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 MAIN = ClipParams(width=320, height=180, fps=25, gop_s=1.0, bitrate_kbps=300, bframes=2, duration_s=4.0)
 #: Asked with B-frames on purpose: the simulator serves every sub stream as Baseline regardless.

@@ -13,8 +13,8 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vms import ids
 from vms.db.models import Token
+from vms.kernel import ids
 
 
 class Role(StrEnum):

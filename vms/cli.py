@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from vms import config as config_mod
-from vms import ids
+from vms.kernel import ids
 
 app = typer.Typer(
     help="Video monitoring-center hub (GB/T 28181).", no_args_is_help=True, pretty_exceptions_enable=False
@@ -222,7 +222,7 @@ def report(
     from vms import reports
     from vms.centers import UnknownCenter
     from vms.hub import Hub
-    from vms.timeutil import BadTime, window
+    from vms.kernel.timeutil import BadTime, window
 
     if fmt not in ("csv", "json"):
         _die("--format must be csv or json", 2)

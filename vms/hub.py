@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from vms import audit, ids, spool_losses
+from vms import audit, spool_losses
 from vms.alerts import AddMembers, AlertBook, Op, Open, OpenAlert, Resolve
 from vms.analysis.results import QualityBook
 from vms.archive.service import STORAGE_ALERT, Archive
@@ -33,9 +33,10 @@ from vms.db import open_store
 from vms.db.models import Agent, Alert, AlertEvent, Center, Device, DiscoveredCamera, Meta, StateInterval
 from vms.events import EventBus
 from vms.health import Health, IntervalLog, Transition, defect_bit, rates, state_name
+from vms.kernel import ids
+from vms.kernel.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection, SpoolStats
 from vms.live import LiveRelay
 from vms.notify import Outbox, Sender, enqueue
-from vms.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection, SpoolStats
 
 log = logging.getLogger(__name__)
 

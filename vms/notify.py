@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vms.config import AlertsConfig, AppriseReceiver, WebhookReceiver
 from vms.db.models import Alert, Delivery
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 log = logging.getLogger(__name__)
 

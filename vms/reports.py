@@ -10,7 +10,7 @@ import numpy as np
 
 from vms.centers import UnknownCenter
 from vms.hub import Hub
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 DEVICE_COLUMNS = [
     "device_id",

@@ -10,7 +10,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vms import ids
+from vms.kernel import ids
 
 CheckName = Literal[
     "signal_loss",

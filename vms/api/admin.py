@@ -13,7 +13,7 @@ from vms.api.deps import get_hub, require
 from vms.auth import Principal, Role
 from vms.db.models import Token
 from vms.hub import Hub
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 

@@ -14,7 +14,7 @@ from vms.api import discovery
 from vms.api.deps import get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.hub import HeartbeatRejected, Hub
-from vms.protocol import (
+from vms.kernel.protocol import (
     DEVICE_ID_PATTERN,
     PROTOCOL_VERSION,
     CameraReport,
@@ -24,7 +24,7 @@ from vms.protocol import (
     Register,
     RegisterReply,
 )
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 

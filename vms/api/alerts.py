@@ -11,7 +11,7 @@ from vms.api.deps import Comment, get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.db.models import Alert, AlertEvent, Delivery
 from vms.hub import Hub
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 AlertState = Literal["open", "acknowledged", "resolved", "active"]

@@ -27,8 +27,8 @@ from vms.auth import READERS, Principal, Role
 from vms.centers import UnknownCenter
 from vms.db.models import Device, ExportJob, LegalHold, QualityEvent, Segment
 from vms.hub import Hub
-from vms.protocol import DEVICE_ID_PATTERN
-from vms.timeutil import BadTime, iso, parse_time, window
+from vms.kernel.protocol import DEVICE_ID_PATTERN
+from vms.kernel.timeutil import BadTime, iso, parse_time, window
 
 router = APIRouter(tags=["archive"])
 LIAISON = (Role.police, Role.admin)

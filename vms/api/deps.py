@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vms.auth import Principal, Role
 from vms.hub import Hub
-from vms.protocol import DEVICE_ID_PATTERN
+from vms.kernel.protocol import DEVICE_ID_PATTERN
 
 _bearer = HTTPBearer(auto_error=False, description="Token from `vms token create --role ...`")
 

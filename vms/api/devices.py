@@ -9,15 +9,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from vms import audit, ids
+from vms import audit
 from vms.api.deps import DeviceIdPath, get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.centers import UnknownCenter
 from vms.db.models import StateInterval
 from vms.health import defect_names
 from vms.hub import Hub
-from vms.protocol import DEVICE_ID_PATTERN
-from vms.timeutil import BadTime, iso, window
+from vms.kernel import ids
+from vms.kernel.protocol import DEVICE_ID_PATTERN
+from vms.kernel.timeutil import BadTime, iso, window
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 State = Literal["offline", "degraded", "uploading", "online", "unknown", "retired"]

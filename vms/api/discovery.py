@@ -21,8 +21,8 @@ from vms.api.deps import Comment, DeviceIdPath, get_hub, require
 from vms.auth import Principal, Role
 from vms.db.models import DiscoveredCamera
 from vms.hub import HELD, Hub
-from vms.protocol import CameraDecision, CameraReport, CameraReportReply, ReportedCamera
-from vms.timeutil import iso
+from vms.kernel.protocol import CameraDecision, CameraReport, CameraReportReply, ReportedCamera
+from vms.kernel.timeutil import iso
 
 router = APIRouter(prefix="/api/v1/discovered", tags=["discovery"])
 State = Literal["pending", "accepted", "rejected"]

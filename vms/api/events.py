@@ -40,7 +40,7 @@ from vms.auth import READERS, Principal
 from vms.db.models import Alert
 from vms.events import Event, EventBus
 from vms.hub import Hub
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 

@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from vms.api.deps import DeviceIdPath, _bearer, get_hub, require
 from vms.auth import READERS, Principal
 from vms.hub import Hub
+from vms.kernel.timeutil import iso
 from vms.live import NoLiveMedia
 from vms.live.window import render_playlist
-from vms.timeutil import iso
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from vms.api.devices import DeviceIdPath, _index
 from vms.auth import READERS, Principal
 from vms.db.models import QualityEvent
 from vms.hub import Hub
-from vms.timeutil import BadTime, iso, window
+from vms.kernel.timeutil import BadTime, iso, window
 
 router = APIRouter(prefix="/api/v1/devices", tags=["quality"])
 

@@ -12,7 +12,7 @@ from vms.api.deps import get_hub, require
 from vms.auth import READERS, Principal
 from vms.centers import UnknownCenter
 from vms.hub import Hub
-from vms.timeutil import BadTime, window
+from vms.kernel.timeutil import BadTime, window
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 

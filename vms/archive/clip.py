@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.db.models import Segment
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 #: Uncovered stretches shorter than this are timestamp jitter between segments, not gaps.
 GAP_TOLERANCE_S = 0.5

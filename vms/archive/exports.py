@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vms.archive.clip import ClipError, ClipPlan, ClipResult, build_clip, gaps_json
 from vms.db.models import ExportJob
-from vms.timeutil import iso
+from vms.kernel.timeutil import iso
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from vms.archive.retention import PassReport, RepairReport, Retention
 from vms.auth import Principal
 from vms.config import RetentionPolicy
 from vms.db.models import Alert, AlertEvent, Device, LegalHold
+from vms.kernel.timeutil import iso
 from vms.notify import enqueue
-from vms.timeutil import iso
 
 if TYPE_CHECKING:
     from vms.hub import Hub

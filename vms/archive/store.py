@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vms.config import ArchiveConfig
 from vms.db.models import Segment
-from vms.fsutil import fsync_dir
+from vms.kernel.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
