@@ -56,7 +56,7 @@ def bench_clip(minutes: float, work: Path) -> None:
     print(f"encoded 16 s of 1080p25 4 Mbps in {time.perf_counter() - t:.1f} s: {len(segs)} segments")
     hub = hub_in(work / "clip")
     dev = "32058501001320000001"
-    hub.add_device(dev)
+    hub.registry.add_device(dev)
     n = round(minutes * 60 / 4)
     for i in range(n):
         data, dur = segs[i % len(segs)]
@@ -116,7 +116,7 @@ def bench_retention(cameras: int, days: int, seg_s: float, work: Path) -> None:
     hub = hub_in(work / "ret")
     devs = [f"3205850100132{i:07d}" for i in range(1, cameras + 1)]
     for d in devs:
-        hub.add_device(d)
+        hub.registry.add_device(d)
     now = hub.clock()
     first = now - days * 86400 - 3600  # one hour past the 30 days
     per_dev = int((now - first) / seg_s)

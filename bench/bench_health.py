@@ -121,7 +121,7 @@ def main() -> None:
         h.last_signal[: h.n] = now
         h.signal_since[: h.n] = now - 60
         h.last_upload[: h.n] = now
-        hub.tick()
+        hub.monitor.tick()
         steady = timed(lambda: h.evaluate(time.time()), 20)
         print(f"tick, {h.n} devices, no change:          {steady:7.2f} ms  (target < 100 ms)")
         changed = rng.choice(h.n, h.n // 100, replace=False)
@@ -129,7 +129,7 @@ def main() -> None:
         def one_percent_flip() -> None:
             h.last_signal[changed] = time.time() - 60 if h.last_signal[changed[0]] > time.time() - 30 else time.time()
             h.signal_since[changed] = time.time() - 60
-            hub.tick()
+            hub.monitor.tick()
 
         print(f"tick with 1% of devices changing (incl. store): {timed(one_percent_flip, 6):7.2f} ms")
         print(f"memory: hub process RSS {rss_mb():.0f} MB with {h.n} devices and {h.log.n} intervals in memory "

@@ -92,7 +92,7 @@ def test_a_segment_the_analysis_never_saw_is_sent_without_waiting(agent_side: tu
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
     h = Hub(HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1})))
-    h.add_device(DEV)
+    h.registry.add_device(DEV)
     h.start()
     yield h
     h.stop()
@@ -103,7 +103,7 @@ def test_the_hub_takes_an_agents_findings_from_heartbeats(hub: Hub) -> None:
 
     def beat(defects: dict[str, float] | None) -> None:
         cam = CameraStats(device_id=DEV, connected=True, last_packet_age_s=0.1, fps=25, defects=defects)
-        hub.heartbeat(who, Heartbeat(sent_at=time.time(), cameras=[cam]))
+        hub.heartbeats.heartbeat(who, Heartbeat(sent_at=time.time(), cameras=[cam]))
 
     beat({"black_screen": 3.0, "a_check_from_a_newer_agent": 1.0})
     wait_until(lambda: "black_screen" in hub.quality.now(DEV), 5, "black_screen recorded")

@@ -28,7 +28,7 @@ PREFIX = "32058501"
 def hub(tmp_path: Path) -> Iterator[Hub]:
     cfg = HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1, "queue_per_worker": 1}))
     h = Hub(cfg)
-    h.add_device(DEV)
+    h.registry.add_device(DEV)
     h.start()
     yield h
     h.stop()
@@ -45,7 +45,7 @@ def test_a_saturated_analysis_drops_and_counts_but_never_delays_the_store(
     for k in range(30):
         data = black_segments[k % len(black_segments)]
         t0 = time.perf_counter()
-        out = hub.store_segment(who, DEV, base + 2 * k, 2.0, data, hashlib.sha256(data).hexdigest(), None)
+        out = hub.ingest.store(who.name, DEV, base + 2 * k, 2.0, data, hashlib.sha256(data).hexdigest(), None)
         took.append(time.perf_counter() - t0)
         assert out.result.name == "STORED"
     # The worker is still starting (a spawned process importing OpenCV and PyAV) and its queue holds

@@ -36,7 +36,7 @@ def make_hub(tmp_path: Path, clock: Clock, db_dir: Path | None = None, **section
     cfg = HubConfig.model_validate(hub_config(tmp_path / "data", url, **sections))
     hub = Hub(cfg, clock=clock)
     for d in (CAM, CAM2):
-        hub.add_device(d)
+        hub.registry.add_device(d)
     return hub
 
 

@@ -11,8 +11,9 @@ from tests.conftest import Clock, WebhookSink, hub_config
 from vms import auth
 from vms.auth import Principal
 from vms.config import HubConfig
-from vms.hub import HeartbeatRejected, Hub
+from vms.hub import Hub
 from vms.kernel.protocol import CameraStats, Heartbeat
+from vms.services.heartbeats import HeartbeatRejected
 
 CAM = "32058501001320000001"
 TOWN_A = "32058501"
@@ -25,13 +26,13 @@ def make_hub(tmp_path: Path, clock: Clock, database_url: str | None = None, **se
 
 def agent(hub: Hub, name: str = "agent-a", *prefixes: str) -> Principal:
     _, p = auth.create(hub.sessions, "agent", name, list(prefixes or (TOWN_A,)))
-    hub.register_agent(p, "test", "host")
+    hub.heartbeats.register(p, "test", "host")
     return p
 
 
 def beat(hub: Hub, who: Principal, cams: list[str], age: float = 0.0, fps: float = 25.0, **kw: Any) -> Any:
     stats = [CameraStats(device_id=c, connected=True, last_packet_age_s=age, fps=fps, bitrate_bps=2e6) for c in cams]
-    return hub.heartbeat(who, Heartbeat(sent_at=hub.clock() - kw.get("skew", 0.0), cameras=stats))
+    return hub.heartbeats.heartbeat(who, Heartbeat(sent_at=hub.clock() - kw.get("skew", 0.0), cameras=stats))
 
 
 def run(hub: Hub, clock: Clock, seconds: int, who: Principal | None = None, cams: list[str] | None = None) -> None:
@@ -40,7 +41,7 @@ def run(hub: Hub, clock: Clock, seconds: int, who: Principal | None = None, cams
         clock.advance(1)
         if who is not None and cams:
             beat(hub, who, cams)
-        hub.tick()
+        hub.monitor.tick()
 
 
 def alerts(hub: Hub) -> list[Any]:
@@ -104,38 +105,38 @@ def test_thirty_day_uptime_with_known_outages_is_exact(tmp_path: Path, clock: Cl
     a = agent(hub)
     t0 = clock.t
     beat(hub, a, [CAM])
-    hub.tick()
+    hub.monitor.tick()
     run(hub, clock, 3, a, [CAM])  # steady: online since t0
     outages = [(2 * 86400 + 0.0, 3600.0), (9 * 86400 + 500.0, 7200.0), (20 * 86400 + 77.0, 1800.0)]
     for start, length in outages:
         # online up to the outage: a heartbeat right before the tick keeps it fresh across the jump
         clock.t = t0 + start
         beat(hub, a, [CAM])
-        hub.tick()
+        hub.monitor.tick()
         run(hub, clock, 8)  # silence: goes offline at the last packet, t0 + start
         clock.t = t0 + start + length
-        hub.tick()
+        hub.monitor.tick()
         beat(hub, a, [CAM])  # signal back at exactly start + length
         run(hub, clock, 4, a, [CAM])
     clock.t = t0 + 30 * 86400
     beat(hub, a, [CAM])
-    hub.tick()
+    hub.monitor.tick()
     down = sum(length for _, length in outages)
-    av = hub.availability(t0, t0 + 30 * 86400)
-    fig = hub.device_figures(av, 0)
+    av = hub.monitor.availability(t0, t0 + 30 * 86400)
+    fig = hub.monitor.device_figures(av, 0)
     assert fig["monitored_s"] == pytest.approx(30 * 86400)
     assert fig["online_s"] == pytest.approx(30 * 86400 - down, abs=1e-6)
     assert fig["online_rate"] == pytest.approx(1 - down / (30 * 86400), abs=1e-12)
     hub.stop()
     # The same figure from the store after a restart (history read back, not kept in memory only).
     again = make_hub(tmp_path, clock, database_url)
-    fig2 = again.device_figures(again.availability(t0, t0 + 30 * 86400), 0)
+    fig2 = again.monitor.device_figures(again.monitor.availability(t0, t0 + 30 * 86400), 0)
     assert fig2["online_s"] == pytest.approx(30 * 86400 - down, abs=1e-6)
     # A window inside one outage and one with no outage.
-    av3 = again.availability(t0 + 2 * 86400 + 600, t0 + 2 * 86400 + 1200)
-    assert again.device_figures(av3, 0)["online_s"] == pytest.approx(0)
-    av4 = again.availability(t0 + 3 * 86400, t0 + 4 * 86400)
-    assert again.device_figures(av4, 0)["online_rate"] == pytest.approx(1.0)
+    av3 = again.monitor.availability(t0 + 2 * 86400 + 600, t0 + 2 * 86400 + 1200)
+    assert again.monitor.device_figures(av3, 0)["online_s"] == pytest.approx(0)
+    av4 = again.monitor.availability(t0 + 3 * 86400, t0 + 4 * 86400)
+    assert again.monitor.device_figures(av4, 0)["online_rate"] == pytest.approx(1.0)
     again.stop()
 
 
@@ -151,7 +152,7 @@ def test_restart_gap_counts_as_unknown_not_up(tmp_path: Path, clock: Clock) -> N
     hub2 = make_hub(tmp_path, clock)
     a2 = Principal(a.token_id, a.name, a.role, a.prefixes)
     run(hub2, clock, 100, a2, [CAM])
-    fig = hub2.device_figures(hub2.availability(t0, clock.t), 0)
+    fig = hub2.monitor.device_figures(hub2.monitor.availability(t0, clock.t), 0)
     # Monitored from the device's first report; the ten minutes plus the second before the first heartbeat
     # after the restart are unknown, and unknown time does not count as up.
     assert fig["monitored_s"] == pytest.approx(clock.t - online_from)
@@ -198,14 +199,14 @@ def test_low_frame_rate_degrades_and_opens_alert(tmp_path: Path, clock: Clock) -
     for _ in range(3):
         clock.advance(1)
         beat(hub, a, [CAM], fps=1.0)
-        hub.tick()
+        hub.monitor.tick()
     assert hub.health.state_of(0) == "degraded"
     rows = alerts(hub)
     assert [(r.kind, r.state) for r in rows] == [("device_degraded", "open")]
     assert "low_fps" in rows[0].title
     run(hub, clock, 10, a, [CAM])
     assert [(r.kind, r.state) for r in alerts(hub)] == [("device_degraded", "resolved")]
-    fig = hub.device_figures(hub.availability(clock.t - 19, clock.t), 0)
+    fig = hub.monitor.device_figures(hub.monitor.availability(clock.t - 19, clock.t), 0)
     assert fig["online_rate"] == pytest.approx(1.0)
     assert fig["intact_rate"] == pytest.approx(16 / 19, abs=0.06)
     hub.stop()
@@ -228,7 +229,7 @@ def test_agent_claims_outside_prefix_duplicates_and_skew(tmp_path: Path, clock: 
     # A skewed clock does not change freshness: packet ages are measured on the agent.
     run(hub, clock, 6)
     with pytest.raises(HeartbeatRejected, match="protocol 2"):
-        hub.heartbeat(a, Heartbeat(protocol=2, sent_at=clock.t))
+        hub.heartbeats.heartbeat(a, Heartbeat(protocol=2, sent_at=clock.t))
     hub.stop()
 
 
@@ -262,10 +263,10 @@ def test_acknowledge_and_resolve_by_hand(tmp_path: Path, clock: Clock) -> None:
     run(hub, clock, 6, a, [CAM])
     run(hub, clock, 10)
     (row,) = alerts(hub)
-    hub.acknowledge(row.id, crew, "on my way")
+    hub.alerts.acknowledge(row.id, crew, "on my way")
     with pytest.raises(ValueError, match="only open alerts"):
-        hub.acknowledge(row.id, crew, "again")
-    hub.resolve(row.id, crew, "camera replaced, will come back later")
+        hub.alerts.acknowledge(row.id, crew, "again")
+    hub.monitor.resolve_by_hand(row.id, crew, "camera replaced, will come back later")
     run(hub, clock, 30)  # still dark: silenced, no new alert
     assert [(r.state, r.acknowledged_by, r.resolved_by) for r in alerts(hub)] == [("resolved", "wang", "wang")]
     run(hub, clock, 12, a, [CAM])

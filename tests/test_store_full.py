@@ -32,10 +32,10 @@ def test_state_changes_survive_a_full_disk(small_disk: Any, clock: Clock) -> Non
     junk = fill(disk)
     run(hub, clock, 10)  # the camera goes dark while nothing can be written
     assert hub.health.state_of(0) == "offline"
-    assert hub._pending, "the change must be kept in memory while the store refuses writes"
+    assert hub.monitor._pending, "the change must be kept in memory while the store refuses writes"
     junk.unlink()
     run(hub, clock, 1)
-    assert not hub._pending
+    assert not hub.monitor._pending
     with hub.sessions() as s:
         states = [r.state for r in s.scalars(select(StateInterval).order_by(StateInterval.start_at))]
     assert states == ["online", "offline"]

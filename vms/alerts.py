@@ -15,23 +15,52 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from vms.config import AlertsConfig
 from vms.health import INTACT, ONLINE, Health, Transition, defect_names
 
-OFFLINE_KINDS = ("device_offline", "agent_offline", "site_offline")
+
+class AlertKind(StrEnum):
+    """Every kind of alert the hub raises; stored and sent as its string value."""
+
+    DEVICE_OFFLINE = "device_offline"
+    AGENT_OFFLINE = "agent_offline"
+    SITE_OFFLINE = "site_offline"
+    DEVICE_DEGRADED = "device_degraded"
+    STORAGE_LOW = "storage_low"  # the archive's emergency cleanup ran (vms/archive/service.py)
+    SPOOL_DROPPED = "spool_dropped"  # an agent's spool lost footage before upload (vms/services/spool_losses.py)
+
+
+class AlertState(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+
+
+GROUP_KINDS = (AlertKind.AGENT_OFFLINE, AlertKind.SITE_OFFLINE)
+OFFLINE_KINDS = (AlertKind.DEVICE_OFFLINE, *GROUP_KINDS)
+#: The kinds this book decides; the others are raised by the room that sees their cause.
+BOOK_KINDS = (*OFFLINE_KINDS, AlertKind.DEVICE_DEGRADED)
 SEVERITY = {
-    "device_offline": "critical",
-    "agent_offline": "critical",
-    "site_offline": "critical",
-    "device_degraded": "warning",
+    AlertKind.DEVICE_OFFLINE: Severity.CRITICAL,
+    AlertKind.AGENT_OFFLINE: Severity.CRITICAL,
+    AlertKind.SITE_OFFLINE: Severity.CRITICAL,
+    AlertKind.DEVICE_DEGRADED: Severity.WARNING,
+    AlertKind.STORAGE_LOW: Severity.CRITICAL,
+    AlertKind.SPOOL_DROPPED: Severity.CRITICAL,
 }
 
 
 @dataclass(eq=False)
 class OpenAlert:
     fingerprint: str
-    kind: str
+    kind: AlertKind
     since: float
     members: list[int]
     title: str
@@ -43,7 +72,7 @@ class OpenAlert:
     cause_cleared_at: float | None = None
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return SEVERITY[self.kind]
 
 
@@ -93,13 +122,13 @@ class AlertBook:
     def adopt(self, alert: OpenAlert) -> None:
         """Track an alert that is open in the store (at start-up) or was just opened."""
         self.open[alert.fingerprint] = alert
-        index = self.defect_of if alert.kind == "device_degraded" else self.outage_of
+        index = self.defect_of if alert.kind == AlertKind.DEVICE_DEGRADED else self.outage_of
         for m in alert.members:
             index[m] = alert
 
     def _drop(self, alert: OpenAlert) -> None:
         self.open.pop(alert.fingerprint, None)
-        index = self.defect_of if alert.kind == "device_degraded" else self.outage_of
+        index = self.defect_of if alert.kind == AlertKind.DEVICE_DEGRADED else self.outage_of
         for m in alert.members:
             if index.get(m) is alert:
                 del index[m]
@@ -108,13 +137,13 @@ class AlertBook:
         h = self.health
         if h.retired[idx]:  # out of service: nothing to repair, its alerts resolve
             return True
-        if alert.kind == "device_degraded":
+        if alert.kind == AlertKind.DEVICE_DEGRADED:
             return bool(h.defects[idx] == 0)
         return bool(h.known[idx] and h.flags[idx] & ONLINE)
 
-    def _device_alert(self, idx: int, since: float, kind: str = "device_offline") -> OpenAlert:
+    def _device_alert(self, idx: int, since: float, kind: AlertKind = AlertKind.DEVICE_OFFLINE) -> OpenAlert:
         did = self.health.ids[idx]
-        what = "offline" if kind == "device_offline" else "degraded"
+        what = "offline" if kind == AlertKind.DEVICE_OFFLINE else "degraded"
         return OpenAlert(
             fingerprint=f"{kind}:{did}",
             kind=kind,
@@ -140,7 +169,7 @@ class AlertBook:
                 self.silenced.discard(t.idx)
             degraded = bool(t.new & ONLINE) and not t.new & INTACT
             if degraded and t.idx not in self.defect_of and self.health.defects[t.idx]:
-                alert = self._device_alert(t.idx, t.at, "device_degraded")
+                alert = self._device_alert(t.idx, t.at, AlertKind.DEVICE_DEGRADED)
                 names = ", ".join(defect_names(int(self.health.defects[t.idx])))
                 alert.title = f"{self.label(t.idx)} degraded: {names}"
                 self.adopt(alert)
@@ -180,7 +209,7 @@ class AlertBook:
                     f"agent_offline:{name}",
                     lambda name=name, n=len(members): OpenAlert(  # type: ignore[misc]
                         fingerprint=f"agent_offline:{name}",
-                        kind="agent_offline",
+                        kind=AlertKind.AGENT_OFFLINE,
                         since=0.0,
                         members=[],
                         title=f"agent {name} silent: its cameras are unreachable",
@@ -200,7 +229,7 @@ class AlertBook:
                         fp,
                         lambda center=center: OpenAlert(  # type: ignore[misc]
                             fingerprint=f"site_offline:{center}",
-                            kind="site_offline",
+                            kind=AlertKind.SITE_OFFLINE,
                             since=0.0,
                             members=[],
                             title=f"many cameras of center {center} offline",
@@ -217,10 +246,10 @@ class AlertBook:
         return ops
 
     def _cause_cleared(self, alert: OpenAlert, agent_dark: Callable[[int], bool]) -> bool:
-        if alert.kind == "agent_offline":
+        if alert.kind == AlertKind.AGENT_OFFLINE:
             agents = {int(self.health.agent[m]) for m in alert.members}
             return not any(a >= 0 and agent_dark(a) for a in agents)
-        if alert.kind == "site_offline":
+        if alert.kind == AlertKind.SITE_OFFLINE:
             still = sum(1 for m in alert.members if not self._is_ok(alert, m))
             return still < self.cfg.group_min_devices
         return False
@@ -250,7 +279,7 @@ class AlertBook:
             if all_ok:
                 self._drop(alert)
                 ops.append(Resolve(alert, now))
-            elif alert.kind in ("agent_offline", "site_offline") and self._settled(alert, now, agent_dark):
+            elif alert.kind in GROUP_KINDS and self._settled(alert, now, agent_dark):
                 self._drop(alert)
                 ops.append(Resolve(alert, now))
                 for m in dict.fromkeys(alert.members):

@@ -22,7 +22,7 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         hub = self.hub
-        with hub.lock:
+        with hub.registry.lock:
             h = hub.health
             n = h.n
             ids = list(h.ids)
@@ -32,11 +32,11 @@ class HubCollector(Collector):
             fps = h.fps[:n].copy()
             bitrate = h.bitrate[:n].copy()
             reconnects = h.reconnects[:n].copy()
-            open_alerts = len(hub.book.open)
-            counts = {c.id: h.counts(hub.member_indices(c.id)) for c in hub.tree}
+            open_alerts = len(hub.monitor.book.open)
+            counts = {c.id: h.counts(hub.registry.member_indices(c.id)) for c in hub.tree}
             defects = h.defects[:n].copy()
             retired = h.retired[:n].copy()
-            spools = [(name, st) for name, st in zip(hub.agent_names, hub.agent_spool, strict=True) if st]
+        spools = [(a.name, a.spool) for a in hub.registry.agent_statuses() if a.spool]
         up = GaugeMetricFamily("vms_device_up", "1 if the device's signal is seen", labels=["device_id"])
         upl = GaugeMetricFamily("vms_device_uploading", "1 if live media reaches the hub", labels=["device_id"])
         seen = GaugeMetricFamily(
@@ -83,8 +83,9 @@ class HubCollector(Collector):
                 target.add_metric([center.id, kind], value)
         yield from (devs, r_on, r_up, r_in, target)
         yield GaugeMetricFamily("vms_alerts_open", "Alerts not yet resolved", value=open_alerts)
-        yield CounterMetricFamily("vms_heartbeats", "Agent heartbeats accepted", value=hub.heartbeats_total)
-        yield CounterMetricFamily("vms_heartbeat_rejected_devices", "Device reports rejected", value=hub.rejected_total)
+        hb = hub.heartbeats
+        yield CounterMetricFamily("vms_heartbeats", "Agent heartbeats accepted", value=hb.heartbeats_total)
+        yield CounterMetricFamily("vms_heartbeat_rejected_devices", "Device reports rejected", value=hb.rejected_total)
         spool_families = (
             (GaugeMetricFamily, "vms_agent_spool_queued_segments", "Segments waiting in the agent's spool",
              "queued_segments"),
@@ -105,7 +106,9 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "vms_alert_deliveries_failed", "Alert notifications given up", value=hub.outbox.failed_total
         )
-        yield GaugeMetricFamily("vms_tick_seconds", "Duration of the last state evaluation", value=hub.last_tick_s)
+        yield GaugeMetricFamily(
+            "vms_tick_seconds", "Duration of the last state evaluation", value=hub.monitor.last_tick_s
+        )
         yield from hub.archive.metrics()
         yield from hub.quality.collect()
         yield GaugeMetricFamily("vms_live_webrtc_viewers", "WebRTC live viewers now", value=hub.live.viewer_count())

@@ -47,25 +47,26 @@ def availability(
 ) -> dict[str, Any]:
     """Figures for ``[start, end)``; raises :class:`UnknownCenter` for an unknown ``center``."""
     scope = hub.tree.get(center) if center is not None else None
-    av = hub.availability(start, end)
-    with hub.lock:
+    av = hub.monitor.availability(start, end)
+    with hub.registry.lock:
         centers = [c for c in hub.tree if scope is None or c is scope or scope in c.ancestors()]
         center_rows = []
         for c in centers:
-            fig = hub.center_figures(av, c.id)
+            fig = hub.monitor.center_figures(av, c.id)
             center_rows.append(
                 {
                     "center": c.id,
                     "name": c.name,
                     "level": c.level,
-                    "devices": len(hub.health.in_service(hub.member_indices(c.id))),
+                    "devices": len(hub.health.in_service(hub.registry.member_indices(c.id))),
                     **fig,
                     "target_online": c.targets.online,
                     "target_upload": c.targets.upload,
                     "target_intact": c.targets.intact,
                 }
             )
-        idxs = hub.health.in_service(hub.member_indices(scope.id) if scope is not None else np.arange(hub.health.n))
+        pool = hub.registry.member_indices(scope.id) if scope is not None else np.arange(hub.health.n)
+        idxs = hub.health.in_service(pool)
         mon = av.monitored_s[idxs]
         safe = np.where(mon > 0, mon, 1.0)
         online_rate, upload_rate = av.online_s[idxs] / safe, av.upload_s[idxs] / safe
@@ -99,7 +100,7 @@ def _device_rows(hub: Hub, av: Any, idx: Any, mon: Any, online: Any, upload: Any
         np.where(has, np.minimum(intact, 1.0), np.nan).tolist(),
         strict=True,
     )
-    ids, info, state = hub.health.ids, hub.info, hub.health.state_of
+    ids, info, state = hub.health.ids, hub.registry.info, hub.health.state_of
     return [
         {
             "device_id": ids[i],

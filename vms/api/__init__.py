@@ -26,6 +26,7 @@ from vms.api import (
     system,
     web,
 )
+from vms.errors import Conflict, DomainError, NotFound
 from vms.hub import Hub
 from vms.metrics import registry_for
 
@@ -93,6 +94,15 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": [{k: e[k] for k in ERROR_KEYS if k in e} for e in exc.errors()]}, status_code=422)
 
 
+#: Domain errors (vms/errors.py) as HTTP status codes: the one place where they are mapped.
+DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = ((NotFound, 404), (Conflict, 409))
+
+
+async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = next((code for kind, code in DOMAIN_STATUS if isinstance(exc, kind)), 400)
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
 def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...] = ()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +119,7 @@ def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...
         version="1",
         lifespan=lifespan,
         description="Three-level video monitoring center hub (GB/T 28181 device IDs).",
-        exception_handlers={RequestValidationError: validation_error},
+        exception_handlers={RequestValidationError: validation_error, DomainError: domain_error},
     )
     app.state.hub = hub
     app.state.registry = registry_for(hub)

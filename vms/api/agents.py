@@ -13,7 +13,7 @@ from vms import audit
 from vms.api import discovery
 from vms.api.deps import get_hub, require
 from vms.auth import READERS, Principal, Role
-from vms.hub import HeartbeatRejected, Hub
+from vms.hub import Hub
 from vms.kernel.protocol import (
     DEVICE_ID_PATTERN,
     PROTOCOL_VERSION,
@@ -25,6 +25,7 @@ from vms.kernel.protocol import (
     RegisterReply,
 )
 from vms.kernel.timeutil import iso
+from vms.services.heartbeats import HeartbeatRejected
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
@@ -35,7 +36,7 @@ def register(
 ) -> RegisterReply:
     if body.protocol != PROTOCOL_VERSION:
         raise HTTPException(426, f"protocol {body.protocol} not supported; this hub speaks {PROTOCOL_VERSION}")
-    hub.register_agent(who, body.version, body.hostname)
+    hub.heartbeats.register(who, body.version, body.hostname)
     audit.record(
         hub.sessions,
         who,
@@ -55,29 +56,24 @@ def heartbeat(
 ) -> HeartbeatReply:
     """Per-camera stats; devices outside the agent's prefixes are rejected one by one, not the batch."""
     try:
-        return hub.heartbeat(who, body)
+        return hub.heartbeats.heartbeat(who, body)
     except HeartbeatRejected as exc:
         raise HTTPException(426, str(exc)) from None
 
 
 @router.get("")
 def list_agents(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
-    now = hub.clock()
-    with hub.lock:
-        out = []
-        for a, name in enumerate(hub.agent_names):
-            last = hub.agent_last[a]
-            devices = int((hub.health.agent[: hub.health.n] == a).sum())
-            out.append(
-                {
-                    "id": name,
-                    "online": not hub.agent_dark(a, now),
-                    "devices": devices,
-                    "last_heartbeat": iso(last) if math.isfinite(last) else None,
-                    "clock_skew_s": round(hub.agent_skew[a], 3),
-                    "spool": None if (st := hub.agent_spool[a]) is None else st.model_dump(),
-                }
-            )
+    out = [
+        {
+            "id": a.name,
+            "online": a.online,
+            "devices": a.devices,
+            "last_heartbeat": iso(a.last_seen) if math.isfinite(a.last_seen) else None,
+            "clock_skew_s": round(a.skew, 3),
+            "spool": None if a.spool is None else a.spool.model_dump(),
+        }
+        for a in hub.registry.agent_statuses()
+    ]
     return {"agents": out}
 
 
@@ -111,20 +107,20 @@ async def put_segment(
     who: Principal = Depends(require(Role.agent)),
 ) -> JSONResponse:
     """A relayed MPEG-TS segment (body), checksummed; stored atomically and indexed."""
-    reason = await asyncio.to_thread(hub.claim, who, device_id)
+    reason = await asyncio.to_thread(hub.registry.claim, who, device_id)
     if reason:
         raise HTTPException(403, reason)
     data = await request.body()
     if stream == "sub":
         sub = await asyncio.to_thread(
-            hub.store_sub_segment, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at
+            hub.ingest.store_sub, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at
         )
         return JSONResponse(
             {"result": sub.result.name.lower(), "detail": sub.message, "segment_id": sub.segment_id, "stream": "sub"},
             status_code=sub.result.value,
         )
     out = await asyncio.to_thread(
-        hub.store_segment, who, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at, x_vms_motion_ratio
+        hub.ingest.store, who.name, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at, x_vms_motion_ratio
     )
     return JSONResponse(
         {"result": out.result.name.lower(), "detail": out.message, "segment_id": out.segment_id},

@@ -60,8 +60,7 @@ def list_alerts(
     with hub.sessions() as s:
         rows = s.scalars(q.order_by(Alert.id.desc()).limit(limit if not center else 100_000)).all()
         if center:
-            with hub.lock:
-                in_center = {hub.health.ids[i] for i in hub.member_indices(center)} if center in hub.members else set()
+            in_center = set(hub.registry.center_devices(center)) if center in hub.registry.members else set()
             rows = [r for r in rows if r.center_id == center or in_center.intersection(r.members or [])][:limit]
         total_active = s.scalar(select(func.count()).select_from(Alert).where(Alert.state != "resolved"))
     return {"active": total_active, "alerts": [alert_view(r) for r in rows]}
@@ -94,12 +93,7 @@ def get_alert(
 
 
 def _act(fn: Any, alert_id: int, who: Principal, comment: str) -> dict[str, Any]:
-    try:
-        return alert_view(fn(alert_id, who, comment))
-    except KeyError:
-        raise HTTPException(404, f"no alert {alert_id}") from None
-    except ValueError as exc:
-        raise HTTPException(409, str(exc)) from None
+    return alert_view(fn(alert_id, who, comment))  # NotFound -> 404, Conflict -> 409 (vms/api/__init__.py)
 
 
 @router.post("/{alert_id}/ack")
@@ -109,7 +103,7 @@ def acknowledge(
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(Role.maintenance, Role.admin)),
 ) -> dict[str, Any]:
-    return _act(hub.acknowledge, alert_id, who, body.comment)
+    return _act(hub.alerts.acknowledge, alert_id, who, body.comment)
 
 
 @router.post("/{alert_id}/resolve")
@@ -119,4 +113,4 @@ def resolve(
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(Role.maintenance, Role.admin)),
 ) -> dict[str, Any]:
-    return _act(hub.resolve, alert_id, who, body.comment)
+    return _act(hub.monitor.resolve_by_hand, alert_id, who, body.comment)

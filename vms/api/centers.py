@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1/centers", tags=["centers"])
 
 
 def center_view(hub: Hub, c: Center, deep: bool = True) -> dict[str, Any]:
-    counts = hub.health.counts(hub.member_indices(c.id))
+    counts = hub.health.counts(hub.registry.member_indices(c.id))
     total = counts["devices"]
     ratios = {k: (counts[k] / total if total else None) for k in ("online", "uploading", "intact")}
     targets = c.targets.model_dump()
@@ -47,7 +47,7 @@ def center_view(hub: Hub, c: Center, deep: bool = True) -> dict[str, Any]:
 @router.get("")
 def list_centers(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The three-level tree; each center's figures include its sub-centers' devices once."""
-    with hub.lock:
+    with hub.registry.lock:
         return {"centers": [center_view(hub, r) for r in hub.tree.roots]}
 
 
@@ -55,7 +55,7 @@ def list_centers(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*RE
 def get_center(
     center_id: str, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))
 ) -> dict[str, Any]:
-    with hub.lock:
+    with hub.registry.lock:
         try:
             c = hub.tree.get(center_id)
         except UnknownCenter as exc:

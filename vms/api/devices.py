@@ -54,7 +54,7 @@ class DeviceIn(BaseModel):
 
 def device_view(hub: Hub, i: int) -> DeviceOut:
     h = hub.health
-    inf = hub.info[i]
+    inf = hub.registry.info[i]
     a = int(h.agent[i])
     last = float(h.last_signal[i])
     return DeviceOut(
@@ -64,7 +64,7 @@ def device_view(hub: Hub, i: int) -> DeviceOut:
         state=h.state_of(i),
         since=iso(float(h.open_start[i])) if h.known[i] else None,
         centers=list(inf.homes),
-        agent=hub.agent_names[a] if a >= 0 else None,
+        agent=hub.registry.agent_name(a) if a >= 0 else None,
         last_seen=iso(last) if math.isfinite(last) else None,
         fps=float(h.fps[i]),
         bitrate_bps=float(h.bitrate[i]),
@@ -93,13 +93,13 @@ def list_devices(
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*READERS)),
 ) -> DeviceList:
-    with hub.lock:
+    with hub.registry.lock:
         if center is not None:
             try:
                 hub.tree.get(center)
             except UnknownCenter as exc:
                 raise HTTPException(404, str(exc)) from None
-            pool = [int(x) for x in hub.member_indices(center)]
+            pool = [int(x) for x in hub.registry.member_indices(center)]
         else:
             pool = list(range(hub.health.n))
         if state is not None:
@@ -111,7 +111,7 @@ def list_devices(
 @router.post("", response_model=DeviceOut, status_code=201)
 def add_device(body: DeviceIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.admin))) -> DeviceOut:
     try:
-        hub.add_device(body.id, body.name, body.location, body.center)
+        hub.registry.add_device(body.id, body.name, body.location, body.center)
     except ids.InvalidDeviceId as exc:
         raise HTTPException(422, f"invalid device ID: {exc}") from None
     except UnknownCenter as exc:
@@ -126,7 +126,7 @@ def add_device(body: DeviceIn, hub: Hub = Depends(get_hub), who: Principal = Dep
         target=body.id,
         detail=body.model_dump(),
     )
-    with hub.lock:
+    with hub.registry.lock:
         return device_view(hub, hub.health.index[body.id])
 
 
@@ -134,12 +134,12 @@ def add_device(body: DeviceIn, hub: Hub = Depends(get_hub), who: Principal = Dep
 def get_device(
     device_id: str = DeviceIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))
 ) -> dict[str, Any]:
-    with hub.lock:
+    with hub.registry.lock:
         i = _index(hub, device_id)
         view = device_view(hub, i).model_dump()
         now = hub.clock()
         av = {k: hub.health.availability(now - s, now, now) for k, s in (("24h", 86400), ("7d", 7 * 86400))}
-        view["availability"] = {k: hub.device_figures(a, i) for k, a in av.items()}
+        view["availability"] = {k: hub.monitor.device_figures(a, i) for k, a in av.items()}
     view["id_fields"] = ids.parse(device_id).describe()
     return view
 
@@ -154,7 +154,7 @@ def device_history(
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """The device's state intervals in a window, with its rates: its uptime timeline."""
-    with hub.lock:
+    with hub.registry.lock:
         i = _index(hub, device_id)
     try:
         start, end = window(period, from_, to, hub.clock(), hub.cfg.server.timezone)
@@ -170,12 +170,12 @@ def device_history(
             )
             .order_by(StateInterval.start_at)
         ).all()
-    av = hub.availability(start, end)
+    av = hub.monitor.availability(start, end)
     return {
         "device_id": device_id,
         "from": iso(start),
         "to": iso(end),
-        "figures": hub.device_figures(av, i),
+        "figures": hub.monitor.device_figures(av, i),
         "intervals": [
             {
                 "state": r.state,

@@ -20,9 +20,10 @@ from vms import audit
 from vms.api.deps import Comment, DeviceIdPath, get_hub, require
 from vms.auth import Principal, Role
 from vms.db.models import DiscoveredCamera
-from vms.hub import HELD, Hub
+from vms.hub import Hub
 from vms.kernel.protocol import CameraDecision, CameraReport, CameraReportReply, ReportedCamera
 from vms.kernel.timeutil import iso
+from vms.services.registry import HELD
 
 router = APIRouter(prefix="/api/v1/discovered", tags=["discovery"])
 State = Literal["pending", "accepted", "rejected"]
@@ -101,7 +102,7 @@ def handle_report(hub: Hub, who: Principal, report: CameraReport) -> CameraRepor
         rows = {r.device_id: r for r in s.scalars(wanted)}
         for cam in report.cameras:
             dev = cam.device_id
-            problem = "device listed twice in one report" if dev in seen else hub.claim_problem(who, dev)
+            problem = "device listed twice in one report" if dev in seen else hub.registry.claim_problem(who, dev)
             seen.add(dev)
             if problem:
                 out.append(CameraDecision(device_id=dev, state="refused", reason=problem))
@@ -112,7 +113,7 @@ def handle_report(hub: Hub, who: Principal, report: CameraReport) -> CameraRepor
                                        state="pending", comment="")
                 rows[dev] = row
                 s.add(row)
-                with hub.lock:
+                with hub.registry.lock:
                     known = dev in hub.health.index
             else:
                 known = False  # the row's state decides; a device predating the row was accepted then
@@ -122,13 +123,13 @@ def handle_report(hub: Hub, who: Principal, report: CameraReport) -> CameraRepor
                 if why:
                     row.state, row.decided_by, row.decided_at, row.comment = "accepted", "hub", now, why
                     auto.setdefault(why, []).append(dev)
-            hub.hold(dev, row.state)  # before the commit: a pending camera is refused from now on
+            hub.monitor.hold(dev, row.state)  # before the commit: a pending camera is refused from now on
             if row.state == "accepted":
                 admitted.append((dev, row.name, row.location))
             out.append(CameraDecision(device_id=dev, state=row.state, reason=_reason(row)))
         s.commit()
     for dev, name, location in admitted:
-        hub.admit(who.name, dev, name, location)
+        hub.registry.admit(who.name, dev, name, location)
     for why, devices in auto.items():
         audit.record(hub.sessions, who, at=now, action="camera.auto_accept", target=who.name,
                      detail={"why": why, "devices": devices})
@@ -166,12 +167,12 @@ def _decide(hub: Hub, who: Principal, device_id: str, state: State, comment: str
         previous = row.state
         row.state, row.decided_by, row.decided_at, row.comment = state, who.name, now, comment
         if state == "rejected":
-            hub.hold(device_id, state)  # refused from before the commit on
+            hub.monitor.hold(device_id, state)  # refused from before the commit on
         s.commit()
         view = _view(row)
     if state == "accepted":
-        hub.hold(device_id, state)
-        hub.admit(view.agent, device_id, view.name, view.location)
+        hub.monitor.hold(device_id, state)
+        hub.registry.admit(view.agent, device_id, view.name, view.location)
     audit.record(hub.sessions, who, at=now, action=f"camera.{'accept' if state == 'accepted' else 'reject'}",
                  target=device_id, detail={"agent": view.agent, "source": view.source, "previous": previous,
                                            "comment": comment})

@@ -72,7 +72,7 @@ def sse(kind: str, data: Any) -> str:
 # -- payloads ------------------------------------------------------------------------------------
 def summary(hub: Hub) -> dict[str, Any]:
     """The center tree, counters and the dark or degraded cameras, longest first."""
-    with hub.lock:
+    with hub.registry.lock:
         h = hub.health
         n = h.n
         bad = [i for i in range(n) if h.state_of(i) in ("offline", "degraded")]
@@ -109,7 +109,7 @@ def render_change(hub: Hub, data: dict[str, Any], at: float) -> list[str]:
     if len(changed) > MAX_DEVICES_PER_EVENT:
         return [sse("resync", {"reason": f"{len(changed)} devices changed at once"})]
     if changed:
-        with hub.lock:
+        with hub.registry.lock:
             views = [device_view(hub, hub.health.index[d]).model_dump() for d in changed if d in hub.health.index]
         out.append(sse("devices", {"at": at, "devices": views}))
         out.append(sse("summary", summary(hub)))

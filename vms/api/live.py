@@ -64,7 +64,7 @@ media_reader.roles = _reader.roles  # type: ignore[attr-defined]
 
 
 def _known(hub: Hub, device_id: str) -> None:
-    with hub.lock:
+    with hub.registry.lock:
         known = device_id in hub.health.index
     if not known:
         raise HTTPException(404, f"unknown device {device_id}")

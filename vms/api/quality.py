@@ -29,7 +29,7 @@ def device_quality(
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """Quality defects raised now (with metric and snapshot) and raised/cleared events, newest first."""
-    with hub.lock:
+    with hub.registry.lock:
         _index(hub, device_id)
     try:
         start, end = window(period or (None if from_ or to else "7d"), from_, to, hub.clock(), hub.cfg.server.timezone)

@@ -18,7 +18,7 @@ PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "
 def healthz(request: Request) -> dict[str, object]:
     """Liveness for load balancers and compose health checks; reveals no data."""
     hub = get_hub(request)
-    return {"status": "ok", "ticks": hub.ticks}
+    return {"status": "ok", "ticks": hub.monitor.ticks}
 
 
 @router.get("/metrics", response_class=Response)

@@ -1,7 +1,9 @@
 """The archive as the hub runs it: retention thread, storage alert, holds, clips, accounting views.
 
-One object per hub (``hub.archive``). Retention runs in its own thread (started and stopped with
-the hub) and every call is also usable directly, which is how the tests drive it with a clock.
+One object per hub (``hub.archive``), given the store, the center tree, the clock, lookups of
+devices (``ArchiveLookups``) and the one alert writer. Retention runs in its own thread (started and
+stopped with the hub) and every call is also usable directly, which is how the tests drive it with
+a clock.
 """
 
 from __future__ import annotations
@@ -9,30 +11,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from vms import audit
+from vms.alerts import AlertKind
 from vms.archive import accounting
 from vms.archive.clip import MAX_CLIP_SECONDS, MAX_EXPORT_SECONDS, ClipError, ClipPlan, gaps_json, plan_clip
 from vms.archive.exports import Exports, LiveExport
 from vms.archive.retention import PassReport, RepairReport, Retention
+from vms.archive.store import SegmentStore
 from vms.auth import Principal
-from vms.config import RetentionPolicy
-from vms.db.models import Alert, AlertEvent, Device, LegalHold
+from vms.centers import CenterTree
+from vms.config import HubConfig, RetentionPolicy
+from vms.db.models import Device, LegalHold
 from vms.kernel.timeutil import iso
-from vms.notify import enqueue
-
-if TYPE_CHECKING:
-    from vms.hub import Hub
+from vms.services.alerting import AlertWriter, NewAlert
 
 log = logging.getLogger(__name__)
 
-STORAGE_ALERT = "storage_low"
+STORAGE_ALERT = AlertKind.STORAGE_LOW
 _FINGERPRINT = "storage_low:archive"
 #: Footage span counted as meeting a retention of N days: N days less this slack.
 COMPLIANCE_SLACK_S = 3600.0
@@ -50,17 +53,32 @@ class Snapshot:
     free_bytes: int
 
 
+@dataclass(frozen=True)
+class ArchiveLookups:
+    """What the archive asks of the device registry."""
+
+    known: Callable[[str], bool]  # is this a registered device?
+    homes_of: Callable[[str], tuple[str, ...]]  # a device's home centers, nearest first
+    center_devices: Callable[[str], list[str]]  # the devices counted in a center
+
+
 class Archive:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.cfg = hub.cfg.retention
+    def __init__(self, cfg: HubConfig, sessions: sessionmaker[Session], segments: SegmentStore, tree: CenterTree,
+                 lookups: ArchiveLookups, alerts: AlertWriter, clock: Callable[[], float]) -> None:
+        self.cfg = cfg.retention
+        self.min_free_bytes = cfg.archive.min_free_bytes
+        self.tree = tree
         for cid in self.cfg.centers:
-            hub.tree.get(cid)  # an unknown center in the retention policies is a start-up error
-        self.sessions = hub.sessions
-        self.root = hub.segments.root
-        self.exports = Exports(hub.cfg.storage.data_dir / "exports", self.root, hub.sessions, hub.clock)
+            tree.get(cid)  # an unknown center in the retention policies is a start-up error
+        self.sessions = sessions
+        self.segments = segments
+        self.lookups = lookups
+        self.alerts = alerts
+        self.clock = clock
+        self.root = segments.root
+        self.exports = Exports(cfg.storage.data_dir / "exports", self.root, sessions, clock)
         self.retention = Retention(
-            self.cfg, hub.sessions, self.root, self.policy_of, self._center_devices, hub.segments.free_bytes
+            self.cfg, sessions, self.root, self.policy_of, lookups.center_devices, segments.free_bytes
         )
         self.snapshot: Snapshot | None = None
         self.last_pass: PassReport | None = None
@@ -71,19 +89,13 @@ class Archive:
         """The device's own policy, else its nearest center's, else the default; with where it came from."""
         if device_id in self.cfg.devices:
             return self.cfg.devices[device_id], f"device:{device_id}"
-        i = self.hub.health.index.get(device_id)
-        homes = self.hub.info[i].homes if i is not None else tuple(c.id for c in self.hub.tree.homes(device_id))
-        for home in homes:
-            c = self.hub.tree.by_id.get(home)
+        for home in self.lookups.homes_of(device_id):
+            c = self.tree.by_id.get(home)
             while c is not None:
                 if c.id in self.cfg.centers:
                     return self.cfg.centers[c.id], f"center:{c.id}"
                 c = c.parent
         return self.cfg.default, "default"
-
-    def _center_devices(self, center_id: str) -> list[str]:
-        with self.hub.lock:
-            return [self.hub.health.ids[int(i)] for i in self.hub.member_indices(center_id)]
 
     # -- the retention thread ------------------------------------------------------------------
     def startup(self) -> RepairReport:
@@ -98,7 +110,7 @@ class Archive:
         next_at = 0.0
         while not stop.is_set():
             try:
-                low = self.hub.segments.free_bytes() < self.cfg.emergency_free_bytes
+                low = self.segments.free_bytes() < self.cfg.emergency_free_bytes
                 if low or time.monotonic() >= next_at:
                     self.run_pass()
                     next_at = time.monotonic() + self.cfg.interval_s
@@ -109,7 +121,7 @@ class Archive:
 
     def run_pass(self) -> PassReport:
         with self._pass_lock:
-            now = self.hub.clock()
+            now = self.clock()
             t0 = time.perf_counter()
             rep = self.retention.run(now)
             self.exports.expire(now, self.cfg.exports_keep_days)
@@ -128,41 +140,28 @@ class Archive:
 
     def _storage_alert(self, rep: PassReport, now: float) -> None:
         """Open a ``storage_low`` alert when an emergency cleanup ran; resolve it once space is back."""
-        hub = self.hub
-        with self.sessions() as s:
-            row = s.scalars(select(Alert).where(Alert.fingerprint == _FINGERPRINT, Alert.state != "resolved")).first()
+        with self.alerts.transaction(now) as tx:
+            row = tx.find_active(_FINGERPRINT)
             if rep.emergency and row is None:
-                row = Alert(
+                row = tx.open(NewAlert(
                     fingerprint=_FINGERPRINT,
                     kind=STORAGE_ALERT,
-                    severity="critical",
                     title=(
                         f"archive disk low: {rep.free_bytes_before} bytes free (threshold "
                         f"{self.cfg.emergency_free_bytes}); emergency cleanup deleted "
                         f"{rep.by_reason.get('emergency', 0)} segments, now {rep.free_bytes_after} free"
                     ),
+                    since=now,
                     detail={
                         "free_bytes_before": rep.free_bytes_before,
                         "free_bytes_after": rep.free_bytes_after,
                         "deleted_segments": rep.by_reason.get("emergency", 0),
                         "held_segments_kept": rep.held_skipped,
                     },
-                    members=[],
-                    state="open",
-                    since_at=now,
-                    opened_at=now,
-                )
-                s.add(row)
-                s.flush()
-                s.add(AlertEvent(alert_id=row.id, at=now, action="opened", actor="system", comment=""))
-                enqueue(s, row, "firing", hub.cfg.alerts, hub.public_url, now)
-                s.commit()
+                ))
                 log.error("%s", row.title)
             elif row is not None and not rep.emergency:
-                row.state, row.resolved_at, row.resolved_by = "resolved", now, "system"
-                s.add(AlertEvent(alert_id=row.id, at=now, action="resolved", actor="system", comment="space back"))
-                enqueue(s, row, "resolved", hub.cfg.alerts, hub.public_url, now)
-                s.commit()
+                tx.resolve(row, "system", "space back")
 
     # -- accounting ----------------------------------------------------------------------------
     def refresh(self, now: float) -> Snapshot:
@@ -176,9 +175,10 @@ class Archive:
             expected = now - max(now - win, c)
             if expected > 0:
                 completeness[d] = min(rec.get(d, 0.0) / expected, 1.0)
-        center_bytes = {c.id: sum(tot[d].bytes for d in self._center_devices(c.id) if d in tot) for c in self.hub.tree}
+        devices = self.lookups.center_devices
+        center_bytes = {c.id: sum(tot[d].bytes for d in devices(c.id) if d in tot) for c in self.tree}
         oldest = {d: now - t.oldest for d, t in tot.items() if t.oldest is not None}
-        self.snapshot = Snapshot(now, center_bytes, completeness, oldest, self.hub.segments.free_bytes())
+        self.snapshot = Snapshot(now, center_bytes, completeness, oldest, self.segments.free_bytes())
         return self.snapshot
 
     def metrics(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -234,14 +234,14 @@ class Archive:
 
     def storage(self, center_id: str | None, now: float) -> dict[str, Any]:
         """Per center and per device: bytes, hours, completeness over the window, oldest and newest."""
-        centers = [self.hub.tree.get(center_id)] if center_id else list(self.hub.tree)
+        centers = [self.tree.get(center_id)] if center_id else list(self.tree)
         tot = accounting.totals(self.sessions)
         win = self.cfg.accounting_window_s
         rec = accounting.recorded_in(self.sessions, now - win, now)
         created = self._created()
         out = []
         for c in centers:
-            devs = self._center_devices(c.id)
+            devs = self.lookups.center_devices(c.id)
             rows: list[dict[str, Any]] = []
             for d in devs:
                 t = tot.get(d)
@@ -268,20 +268,20 @@ class Archive:
             )
         return {
             "window_s": win,
-            "free_bytes": self.hub.segments.free_bytes(),
+            "free_bytes": self.segments.free_bytes(),
             "last_pass": asdict(self.last_pass) if self.last_pass else None,
             "centers": out,
         }
 
     def compliance(self, center_id: str | None, now: float) -> dict[str, Any]:
         """Per center: which devices meet their retention, and how much footage each actually has."""
-        centers = [self.hub.tree.get(center_id)] if center_id else list(self.hub.tree)
+        centers = [self.tree.get(center_id)] if center_id else list(self.tree)
         tot = accounting.totals(self.sessions)
         created = self._created()
         out = []
         for c in centers:
             rows: list[dict[str, Any]] = []
-            for d in self._center_devices(c.id):
+            for d in self.lookups.center_devices(c.id):
                 policy, source = self.policy_of(d)
                 t = tot.get(d)
                 span_days = (now - t.oldest) / 86400 if t and t.oldest is not None else 0.0
@@ -328,7 +328,7 @@ class Archive:
     def add_hold(
         self, who: Principal, device_id: str, start: float, end: float, case_number: str, reason: str
     ) -> LegalHold:
-        now = self.hub.clock()
+        now = self.clock()
         with self.sessions() as s:
             row = LegalHold(
                 device_id=device_id,
@@ -353,7 +353,7 @@ class Archive:
         return row
 
     def release_hold(self, who: Principal, hold_id: int, comment: str) -> LegalHold:
-        now = self.hub.clock()
+        now = self.clock()
         with self.sessions() as s:
             row = s.get(LegalHold, hold_id)
             if row is None:
@@ -382,15 +382,15 @@ class Archive:
         if end - start > limit:
             hint = "" if export else "; long ranges are export jobs: POST /api/v1/exports"
             raise ClipError(422, f"range of {end - start:.0f} s is longer than the {limit:.0f} s allowed{hint}")
-        if device_id not in self.hub.health.index:
+        if not self.lookups.known(device_id):
             with self.sessions() as s:
                 if s.get(Device, device_id) is None:
                     raise ClipError(404, f"unknown device {device_id}")
         plan = plan_clip(self.sessions, device_id, start, end)
         if not plan.pieces:
             raise ClipError(404, f"no recordings of {device_id} between {iso(start)} and {iso(end)}")
-        free = self.hub.segments.free_bytes()
-        reserve = self.hub.cfg.archive.min_free_bytes
+        free = self.segments.free_bytes()
+        reserve = self.min_free_bytes
         if free - plan.estimated_bytes < reserve:
             raise ClipError(
                 507,
@@ -406,7 +406,7 @@ class Archive:
         audit.record(
             self.sessions,
             who,
-            at=self.hub.clock(),
+            at=self.clock(),
             action="export.create" if background else "clip.request",
             target=plan.device_id,
             detail={
@@ -441,7 +441,7 @@ class Archive:
         entry = audit.record(
             self.sessions,
             who,
-            at=self.hub.clock(),
+            at=self.clock(),
             action="clip.served",
             target=device_id,
             detail={

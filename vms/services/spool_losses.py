@@ -14,18 +14,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vms.config import AlertsConfig
-from vms.db.models import Alert, AlertEvent, Meta
-from vms.notify import enqueue
+from vms.alerts import AlertKind
+from vms.db.models import Meta
+from vms.services.alerting import AlertTx, AlertWriter, NewAlert
 
 log = logging.getLogger(__name__)
 
-KIND = "spool_dropped"
+KIND = AlertKind.SPOOL_DROPPED
 
 
 def _meta_key(agent: str) -> str:
@@ -36,10 +34,9 @@ def _meta_key(agent: str) -> str:
 class SpoolLosses:
     """Compares each agent's reported drop count with the last one stored; alerts on growth."""
 
-    def __init__(self, sessions: sessionmaker[Session], cfg: AlertsConfig, public_url: Callable[[], str]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], writer: AlertWriter) -> None:
         self.sessions = sessions
-        self.cfg = cfg
-        self.public_url = public_url
+        self.writer = writer
         self._known: dict[str, int] = {}  # agent -> drop count stored
         self._lock = threading.Lock()
 
@@ -51,35 +48,27 @@ class SpoolLosses:
             known = self._known.get(agent)
             if known == dropped:
                 return None
-            with self.sessions() as s:
+            with self.writer.transaction(now) as tx:
                 if known is None:
-                    row = s.get(Meta, _meta_key(agent))
+                    row = tx.session.get(Meta, _meta_key(agent))
                     known = int(row.value) if row is not None else 0
                 if dropped != known:
-                    s.merge(Meta(key=_meta_key(agent), value=str(dropped)))
+                    tx.session.merge(Meta(key=_meta_key(agent), value=str(dropped)))
                     if dropped > known:  # smaller: the agent's spool was reset, nothing more lost
-                        alert_id = self._raise(s, agent, dropped - known, dropped, now)
-                    s.commit()
+                        alert_id = self._raise(tx, agent, dropped - known, dropped)
             self._known[agent] = dropped
         return alert_id
 
-    def _raise(self, s: Session, agent: str, new: int, total: int, now: float) -> int:
+    def _raise(self, tx: AlertTx, agent: str, new: int, total: int) -> int:
         fingerprint = f"{KIND}:{agent}"
-        row = s.scalars(select(Alert).where(Alert.fingerprint == fingerprint, Alert.state != "resolved")).first()
+        row = tx.find_active(fingerprint)
         lost = (row.detail or {}).get("lost_segments", 0) + new if row is not None else new
         title = (f"agent {agent} dropped {lost} recorded segment(s) before upload: footage lost "
                  f"(spool quota full; {total} dropped in all)")
         detail = {"lost_segments": lost, "agent_total": total}
         log.error("%s", title)
         if row is not None:
-            row.title, row.detail = title, detail
-            s.add(AlertEvent(alert_id=row.id, at=now, action="updated", actor="system",
-                             comment=f"{new} more segment(s) dropped"))
+            tx.update(row, title=title, detail=detail, comment=f"{new} more segment(s) dropped")
             return row.id
-        row = Alert(fingerprint=fingerprint, kind=KIND, severity="critical", title=title, detail=detail,
-                    members=[], agent_id=agent, state="open", since_at=now, opened_at=now)
-        s.add(row)
-        s.flush()
-        s.add(AlertEvent(alert_id=row.id, at=now, action="opened", actor="system", comment=""))
-        enqueue(s, row, "firing", self.cfg, self.public_url(), now)
-        return row.id
+        return tx.open(NewAlert(fingerprint=fingerprint, kind=KIND, title=title, since=tx.now, detail=detail,
+                                agent_id=agent)).id

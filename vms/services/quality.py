@@ -14,23 +14,21 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from vms.analysis.config import CHECKS
+from vms.analysis.config import CHECKS, AnalysisConfig
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Event, Report, Work, first_keyframe_jpeg
 from vms.archive.store import relative_path
 from vms.db.models import QualityEvent, Segment
 from vms.health import defect_bit
-
-if TYPE_CHECKING:
-    from vms.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +47,22 @@ class Current:
 
 
 class QualityBook:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.data_dir = Path(hub.cfg.storage.data_dir)
+    def __init__(self, cfg: AnalysisConfig, data_dir: Path, sessions: sessionmaker[Session], recordings: Path,
+                 set_quality: Callable[[str, str, bool], None], public_url: Callable[[], str],
+                 read_only: bool = False) -> None:
+        """``set_quality(device, check, raised)`` sets the device's defect bit in the health table."""
+        self.cfg = cfg
+        self.data_dir = Path(data_dir)
+        self.sessions = sessions
+        self.recordings = recordings
+        self.set_quality = set_quality
+        self.public_url = public_url
+        self.read_only = read_only
         self.lock = threading.Lock()
         self.current: dict[str, dict[str, Current]] = {}
         self.raised_total: dict[str, int] = dict.fromkeys(CHECKS, 0)
         self.cleared_total: dict[str, int] = dict.fromkeys(CHECKS, 0)
-        cfg = hub.cfg.analysis
-        self.pool = AnalysisPool(cfg, self.on_report) if cfg.enabled and not hub.read_only else None
+        self.pool = AnalysisPool(cfg, self.on_report) if cfg.enabled and not read_only else None
         self.agent_analysed: set[str] = set()  # devices whose agent runs the analysis itself
         self.agent_dropped = 0  # agent findings that did not fit the queue (re-sent by the next heartbeat)
         self._agent_q: queue.Queue[tuple[str, Event | tuple[int, float]] | None] = queue.Queue(10_000)
@@ -68,7 +73,7 @@ class QualityBook:
         self._restore()
         if self.pool is not None:
             self.pool.start()
-        if not self.hub.read_only:
+        if not self.read_only:
             self._agent_thread = threading.Thread(target=self._agent_loop, name="vms-agent-quality", daemon=True)
             self._agent_thread.start()
 
@@ -84,14 +89,14 @@ class QualityBook:
             .group_by(QualityEvent.device_id, QualityEvent.check)
             .scalar_subquery()
         )
-        with self.hub.sessions() as s:
+        with self.sessions() as s:
             rows = list(s.scalars(select(QualityEvent).where(QualityEvent.id.in_(newest),
                                                               QualityEvent.state == "raised")))
         with self.lock:
             for r in rows:
                 self.current.setdefault(r.device_id, {})[r.check] = Current(r.at, r.value, r.id, r.snapshot)
         for r in rows:
-            self.hub.set_quality(r.device_id, r.check, True)
+            self.set_quality(r.device_id, r.check, True)
         if rows:
             log.info("analysis: %d defect(s) still raised from before the restart", len(rows))
 
@@ -120,7 +125,7 @@ class QualityBook:
             if segment_id is not None and motion_ratio is not None:
                 self._queue_agent(device_id, (segment_id, motion_ratio))
         elif self.pool is not None:
-            path = self.hub.segments.root / relative_path(device_id, start, sha256.lower())
+            path = self.recordings / relative_path(device_id, start, sha256.lower())
             with self.lock:
                 raised = tuple((c, cur.since) for c, cur in self.current.get(device_id, {}).items())
             self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id, raised=raised))
@@ -171,7 +176,7 @@ class QualityBook:
                             self._agent_inflight.discard((device_id, item.check, item.raised))
                 else:
                     segment_id, ratio = item
-                    with self.hub.sessions() as s:
+                    with self.sessions() as s:
                         s.execute(update(Segment).where(Segment.id == segment_id).values(motion_ratio=ratio))
                         s.commit()
             except Exception:
@@ -179,7 +184,7 @@ class QualityBook:
 
     def _newest_snapshot(self, device_id: str) -> bytes | None:
         """A JPEG of the newest stored segment's first keyframe: what the agent flagged, as the hub has it."""
-        with self.hub.sessions() as s:
+        with self.sessions() as s:
             rel = s.scalar(
                 select(Segment.path)
                 .where(Segment.device_id == device_id, Segment.deleting.is_(False))
@@ -188,7 +193,7 @@ class QualityBook:
             )
         if rel is None:
             return None
-        return first_keyframe_jpeg(self.hub.segments.root / rel, self.hub.cfg.analysis.snapshot_width)
+        return first_keyframe_jpeg(self.recordings / rel, self.cfg.snapshot_width)
 
     # -- reports from the pool ---------------------------------------------------------------------
     def on_report(self, rep: Report) -> None:
@@ -202,7 +207,7 @@ class QualityBook:
         for check in stale:
             self.apply(rep.device_id, Event(check, False, rep.start, None), reason="analysis state was reset")
         if rep.segment_id is not None and rep.motion_ratio is not None:
-            with self.hub.sessions() as s:
+            with self.sessions() as s:
                 s.execute(update(Segment).where(Segment.id == rep.segment_id).values(motion_ratio=rep.motion_ratio))
                 s.commit()
 
@@ -214,7 +219,7 @@ class QualityBook:
                 return  # nothing changes (a repeated report)
         rel = self._write_snapshot(device_id, ev) if ev.raised and ev.snapshot else None
         detail: dict[str, Any] = {"reason": reason} if reason else {}
-        with self.hub.sessions() as s:
+        with self.sessions() as s:
             row = QualityEvent(
                 device_id=device_id,
                 check=ev.check,
@@ -234,7 +239,7 @@ class QualityBook:
             else:
                 known.pop(ev.check, None)
                 self.cleared_total[ev.check] = self.cleared_total.get(ev.check, 0) + 1
-        self.hub.set_quality(device_id, ev.check, ev.raised)
+        self.set_quality(device_id, ev.check, ev.raised)
 
     def _write_snapshot(self, device_id: str, ev: Event) -> str | None:
         rel = f"snapshots/{device_id}/{round(ev.at * 1_000_000)}-{ev.check}.jpg"
@@ -255,7 +260,7 @@ class QualityBook:
             return dict(self.current.get(device_id, {}))
 
     def snapshot_url(self, device_id: str, event_id: int) -> str:
-        return f"{self.hub.public_url}/api/v1/devices/{device_id}/quality/events/{event_id}/snapshot"
+        return f"{self.public_url()}/api/v1/devices/{device_id}/quality/events/{event_id}/snapshot"
 
     def alert_detail(self, device_id: str) -> dict[str, Any]:
         """Snapshot link and metrics of the defects raised now, for a ``device_degraded`` alert."""
