@@ -6,8 +6,10 @@ small tmpfs so that free space and ENOSPC are the kernel's, not a mock's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from sqlalchemy import select
 
 from tests.conftest import Clock, hub_config
 from tests.rtsp_fixture import make_clip
+from vms.api.events import render_change
 from vms.archive.clip import ClipError, build_clip, plan_clip
 from vms.auth import Principal, Role
 from vms.config import HubConfig
@@ -235,3 +238,31 @@ def test_full_disk_emergency_cleanup_alert_and_holds_kept(tmpfs: Path, tmp_path:
     assert not out.exists()
     with contextlib.suppress(Exception):
         hub.engine.dispose()
+
+
+async def test_storage_low_alert_reaches_the_event_stream(tmpfs: Path, tmp_path: Path, clock: Clock) -> None:
+    """The archive's own alert goes through the one alert writer, so the pages learn of it live."""
+    hub = make_hub(tmpfs, clock, db_dir=tmp_path, archive={"min_free_bytes": 0},
+                   retention={"emergency_free_bytes": 1_500_000, "emergency_target_free_bytes": 2_500_000})
+    media = make_clip(tmp_path / "seg.ts", seconds=4, gop=25, bitrate=200_000).read_bytes()
+    i = 0
+    while hub.segments.free_bytes() > 600_000:
+        put(hub, CAM, clock.t + 4 * i, data=media)
+        i += 1
+    sub = hub.events.subscribe()
+
+    async def alerts_sent() -> list[dict[str, Any]]:
+        ev = await asyncio.wait_for(sub.get(), 5)
+        msgs = render_change(hub, ev.data, ev.at)  # what the pages' feed sends for this notice
+        sent = [json.loads(m.split("data: ", 1)[1]) for m in msgs if m.startswith("event: alerts\n")]
+        assert sent, f"no alerts message for {ev.data}"
+        return [a for payload in sent for a in payload["alerts"]]
+
+    assert (await asyncio.to_thread(hub.archive.run_pass)).emergency
+    opened = await alerts_sent()
+    assert [(a["kind"], a["state"]) for a in opened] == [("storage_low", "open")]
+    assert not (await asyncio.to_thread(hub.archive.run_pass)).emergency
+    resolved = await alerts_sent()
+    assert [(a["id"], a["kind"], a["state"]) for a in resolved] == [(opened[0]["id"], "storage_low", "resolved")]
+    hub.events.unsubscribe(sub)
+    hub.stop()

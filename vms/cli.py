@@ -234,7 +234,7 @@ def report(
         return
     hub = Hub(cfg, read_only=True)
     try:
-        rep = reports.availability(hub, start, end, center)
+        rep = reports.availability(hub.monitor, start, end, center)
     except UnknownCenter as exc:
         _die(str(exc), 2)
         return

@@ -23,6 +23,7 @@ from vms.events import EventBus
 from vms.health import Health
 from vms.live import LiveRelay
 from vms.notify import Outbox, Sender
+from vms.services.acceptance import Acceptance
 from vms.services.alerting import AlertWriter
 from vms.services.heartbeats import Heartbeats
 from vms.services.ingest import SegmentIngest
@@ -70,6 +71,8 @@ class Hub:
                                      lambda d: d in q.agent_analysed)
         self.ingest = SegmentIngest(self.segments, self.live, reg.observe_upload, q.segment_stored, clock,
                                     cfg.health.max_clock_skew_s)
+        self.acceptance = Acceptance(self.sessions, cfg.discovery.auto_accept, reg.claim_problem, reg.known,
+                                     self.monitor.hold, reg.admit, clock)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         with self.sessions() as s:

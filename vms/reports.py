@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from vms.centers import UnknownCenter
-from vms.hub import Hub
 from vms.kernel.timeutil import iso
+from vms.services.monitor import Monitor
+from vms.services.registry import Registry
 
 DEVICE_COLUMNS = [
     "device_id",
@@ -43,30 +44,31 @@ CENTER_COLUMNS = [
 
 
 def availability(
-    hub: Hub, start: float, end: float, center: str | None = None, device_limit: int | None = None
+    monitor: Monitor, start: float, end: float, center: str | None = None, device_limit: int | None = None
 ) -> dict[str, Any]:
     """Figures for ``[start, end)``; raises :class:`UnknownCenter` for an unknown ``center``."""
-    scope = hub.tree.get(center) if center is not None else None
-    av = hub.monitor.availability(start, end)
-    with hub.registry.lock:
-        centers = [c for c in hub.tree if scope is None or c is scope or scope in c.ancestors()]
+    reg = monitor.reg
+    scope = reg.tree.get(center) if center is not None else None
+    av = monitor.availability(start, end)
+    with reg.lock:
+        centers = [c for c in reg.tree if scope is None or c is scope or scope in c.ancestors()]
         center_rows = []
         for c in centers:
-            fig = hub.monitor.center_figures(av, c.id)
+            fig = monitor.center_figures(av, c.id)
             center_rows.append(
                 {
                     "center": c.id,
                     "name": c.name,
                     "level": c.level,
-                    "devices": len(hub.health.in_service(hub.registry.member_indices(c.id))),
+                    "devices": len(reg.health.in_service(reg.member_indices(c.id))),
                     **fig,
                     "target_online": c.targets.online,
                     "target_upload": c.targets.upload,
                     "target_intact": c.targets.intact,
                 }
             )
-        pool = hub.registry.member_indices(scope.id) if scope is not None else np.arange(hub.health.n)
-        idxs = hub.health.in_service(pool)
+        pool = reg.member_indices(scope.id) if scope is not None else np.arange(reg.health.n)
+        idxs = reg.health.in_service(pool)
         mon = av.monitored_s[idxs]
         safe = np.where(mon > 0, mon, 1.0)
         online_rate, upload_rate = av.online_s[idxs] / safe, av.upload_s[idxs] / safe
@@ -75,7 +77,7 @@ def availability(
         if device_limit:
             order = order[:device_limit]
         device_rows = _device_rows(
-            hub, av, idxs[order], mon[order], online_rate[order], upload_rate[order], (av.intact_s[idxs] / safe)[order]
+            reg, av, idxs[order], mon[order], online_rate[order], upload_rate[order], (av.intact_s[idxs] / safe)[order]
         )
     return {
         "from": iso(start),
@@ -87,7 +89,9 @@ def availability(
     }
 
 
-def _device_rows(hub: Hub, av: Any, idx: Any, mon: Any, online: Any, upload: Any, intact: Any) -> list[dict[str, Any]]:
+def _device_rows(
+    reg: Registry, av: Any, idx: Any, mon: Any, online: Any, upload: Any, intact: Any
+) -> list[dict[str, Any]]:
     """One row per device, built from whole columns (a Python call per device is too slow at 100,000)."""
     has = mon > 0
     cols = zip(
@@ -100,7 +104,7 @@ def _device_rows(hub: Hub, av: Any, idx: Any, mon: Any, online: Any, upload: Any
         np.where(has, np.minimum(intact, 1.0), np.nan).tolist(),
         strict=True,
     )
-    ids, info, state = hub.health.ids, hub.registry.info, hub.health.state_of
+    ids, info, state = reg.health.ids, reg.info, reg.health.state_of
     return [
         {
             "device_id": ids[i],

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import JSONResponse
 
 from vms import audit
-from vms.api import discovery
 from vms.api.deps import get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.hub import Hub
@@ -133,4 +132,4 @@ def report_cameras(
     body: CameraReport, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.agent))
 ) -> CameraReportReply:
     """Cameras an agent has; per camera: accepted (relay it), pending (an admin decides) or rejected, with why."""
-    return discovery.handle_report(hub, who, body)
+    return hub.acceptance.report(who, body)

@@ -30,7 +30,7 @@ def availability(
 ) -> dict[str, Any] | PlainTextResponse:
     try:
         start, end = window(period, from_, to, hub.clock(), hub.cfg.server.timezone)
-        rep = reports.availability(hub, start, end, center, limit)
+        rep = reports.availability(hub.monitor, start, end, center, limit)
     except BadTime as exc:
         raise HTTPException(422, str(exc)) from None
     except UnknownCenter as exc:
