@@ -1,13 +1,13 @@
 # The edge agent: edge-agent run. Build from the repository root:  docker build -f docker/agent.Dockerfile .
-# FFmpeg comes inside the PyAV wheel, so no Debian media packages are needed.
+# FFmpeg comes inside the PyAV wheel, so no Debian media packages are needed. Only the `agent` extra
+# is installed (vms supplies its shared kernel and analysis core, none of the hub's frameworks).
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/vms
 COPY pyproject.toml README.md /src/
 COPY vms /src/vms
 COPY edge_agent /src/edge_agent
-COPY camsim /src/camsim
-RUN /opt/vms/bin/pip install /src
+RUN /opt/vms/bin/pip install "/src[agent]"
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/vms/bin:$PATH PYTHONUNBUFFERED=1

@@ -1,6 +1,6 @@
 # The camera simulator: vms camsim. Build from the repository root:  docker build -f docker/camsim.Dockerfile .
 # Clips are made with PyAV in the venv; the RTSP server runs under Debian's /usr/bin/python3, which
-# has the GStreamer bindings, so the venv is made from that same interpreter.
+# has the GStreamer bindings, so the venv is made from that same interpreter. The `sim` extra only.
 FROM debian:bookworm-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
@@ -9,9 +9,8 @@ RUN apt-get update \
 RUN /usr/bin/python3 -m venv /opt/vms
 COPY pyproject.toml README.md /src/
 COPY vms /src/vms
-COPY edge_agent /src/edge_agent
 COPY camsim /src/camsim
-RUN /opt/vms/bin/pip install /src
+RUN /opt/vms/bin/pip install "/src[sim]"
 
 FROM debian:bookworm-slim
 RUN apt-get update \

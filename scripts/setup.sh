@@ -29,11 +29,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Every part (pyproject.toml's extras): the demo runs hub, agent and simulator; the tests need all.
+EXTRAS="hub,agent,sim,dev"
+stamp=".venv/.installed-$({ cat pyproject.toml; echo "$EXTRAS"; } | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q -e ".[$EXTRAS]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

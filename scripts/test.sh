@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: lint, type-check, and the whole test suite against real peers on loopback
-# (SQLite and a PostgreSQL server started here, GStreamer RTSP cameras, a real hub process).
+# The test command: lint, type-check, the import rules (pyproject.toml's [tool.importlinter]), and
+# the whole test suite against real peers on loopback (SQLite and a PostgreSQL server started here,
+# GStreamer RTSP cameras, a real hub process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -21,4 +22,5 @@ fi
 
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
+echo "== import rules"; .venv/bin/lint-imports
 echo "== pytest"; .venv/bin/pytest -q --durations=15 "$@"

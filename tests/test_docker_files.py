@@ -2,8 +2,9 @@
 
 The hub and agent configs validate against the real models; the compose commands parse with the
 real CLIs; the Dockerfiles copy only what exists; the entrypoint scripts run here as they run in
-the containers; the Prometheus files pass the real promtool (alert unit tests included); and every
-metric the alert rules and the Grafana dashboard use is one a real hub exposes.
+the containers; the Prometheus files pass the real promtool (alert unit tests included); every
+metric the alert rules and the Grafana dashboard use is one a real hub exposes; and each image
+installs only its own extra of pyproject.toml, which holds every package its part imports.
 """
 
 from __future__ import annotations
@@ -11,18 +12,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
 import sys
 import time
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import grimp
 import httpx
 import pytest
 import typer.main
 import yaml
+from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
 
 import edge_agent.cli
@@ -38,6 +44,17 @@ PROM = DOCKER / "prometheus"
 SERVICES = {"hub", "agent", "camsim", "prometheus", "grafana"}
 BASES = {"python:3.11-slim-bookworm", "debian:bookworm-slim"}
 AGENT_PREFIX = "32058501001320"
+#: image -> (its extra in pyproject.toml, the packages of this repository it copies, what its command imports)
+PARTS = {
+    "hub": ("hub", {"vms"}, ["vms.cli"]),
+    "agent": ("agent", {"vms", "edge_agent"}, ["edge_agent"]),
+    "camsim": ("sim", {"vms", "camsim"}, ["camsim"]),
+}
+#: The hub's frameworks: no other image installs them.
+HUB_ONLY = {"fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "aiortc", "apprise",
+            "prometheus-client"}
+#: Imported modules that come from Debian packages the image installs with apt-get, not from pip.
+FROM_DEBIAN = {"camsim": {"gi"}}
 
 
 def compose() -> dict[str, Any]:
@@ -71,6 +88,34 @@ def dockerfile(name: str) -> list[tuple[str, str]]:
             word, _, rest = line.partition(" ")
             out.append((word.upper(), rest.strip()))
     return out
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def installs(extra: str) -> set[str]:
+    """The distributions `pip install ".[EXTRA]"` brings (normalized names): the core and the extra,
+    and what they require in turn, read from this environment's metadata."""
+    project = pyproject()["project"]
+    todo = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        req = todo.pop()
+        key = (norm(req.name), frozenset(req.extras))
+        if key in done:
+            continue
+        done.add(key)
+        for line in metadata.requires(req.name) or []:
+            child = Requirement(line)
+            if child.marker is None or any(child.marker.evaluate({"extra": e}) for e in ("", *req.extras)):
+                todo.append(child)
+    return {name for name, _ in done}
 
 
 def tokens_env(tmp: Path) -> tuple[dict[str, str], Path]:
@@ -229,6 +274,42 @@ def test_dockerfiles_copy_only_what_exists_and_run_unprivileged() -> None:
                       "gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad"}
             assert needed <= installed
             assert installed - {"ca-certificates", "python3-venv"} <= setup_packages
+
+
+def test_each_image_installs_only_its_own_extra() -> None:
+    extras = pyproject()["project"]["optional-dependencies"]
+    setup = re.search(r'^EXTRAS="([^"]*)"$', (ROOT / "scripts/setup.sh").read_text(encoding="utf-8"), re.M)
+    assert setup and set(setup.group(1).split(",")) == set(extras), "scripts/setup.sh installs every extra"
+    for svc, (extra, packages, _imports) in PARTS.items():
+        name = f"{svc}.Dockerfile"
+        ins = dockerfile(name)
+        pips = [a for i, a in ins if i == "RUN" and "pip install" in a]
+        assert len(pips) == 1, f"{name}: one pip install"
+        targets = [w for w in shlex.split(pips[0].split("pip install", 1)[1]) if not w.startswith("-")]
+        assert targets == [f"/src[{extra}]"], f"{name}: installs {targets}, not the {extra} extra alone"
+        assert extra in extras
+        copied = {src.rstrip("/") for i, a in ins if i == "COPY" and "--from=" not in a
+                  for src in [w for w in a.split() if not w.startswith("--")][:-1]}
+        assert copied & {"vms", "edge_agent", "camsim"} == packages, f"{name}: copies {sorted(copied)}"
+        allowed = {line[1:] for line in (DOCKER / f"{name}.dockerignore").read_text(encoding="utf-8").splitlines()
+                   if line.startswith("!")}
+        assert allowed == copied, f"{name}.dockerignore lets in what the image does not copy"
+        if svc != "hub":
+            assert not installs(extra) & HUB_ONLY, f"the {extra} extra brings hub frameworks"
+    assert installs("hub") >= HUB_ONLY
+
+
+def test_each_extra_holds_what_its_part_imports() -> None:
+    """Every third-party module a part imports (at any depth, lazy imports too) comes with its extra."""
+    graph = grimp.build_graph("vms", "edge_agent", "camsim", include_external_packages=True, cache_dir=None)
+    dists = {mod: {norm(d) for d in names} for mod, names in metadata.packages_distributions().items()}
+    ours = {"vms", "edge_agent", "camsim"}
+    for svc, (extra, _packages, roots) in PARTS.items():
+        imported = {m for r in roots for m in graph.find_upstream_modules(r, as_package=True)}
+        external = {m for m in imported if m.split(".")[0] not in ours and m not in sys.stdlib_module_names}
+        have = installs(extra)
+        missing = {m for m in external if not dists.get(m, set()) & have} - FROM_DEBIAN.get(svc, set())
+        assert not missing, f"the {extra} extra lacks what {', '.join(roots)} imports: {sorted(missing)}"
 
 
 def healthcheck(name: str) -> list[str]:
