@@ -1,5 +1,6 @@
 """Domain errors: what a service refuses, without HTTP. The API maps each kind to a status code in
-one place (``vms/api/__init__.py``), so services stay usable from the CLI, threads and tests."""
+one place (``DOMAIN_STATUS`` in ``vms/api/__init__.py``), so services stay usable from the CLI,
+threads and tests, and a service never decides how a refusal looks on the wire."""
 
 from __future__ import annotations
 
@@ -14,3 +15,19 @@ class NotFound(DomainError, LookupError):
 
 class Conflict(DomainError, ValueError):
     """The thing exists but is not in a state that allows this (HTTP 409)."""
+
+
+class Invalid(DomainError, ValueError):
+    """The request names something impossible, e.g. a range that ends before it starts (HTTP 422)."""
+
+
+class TooLarge(DomainError):
+    """More than the hub takes at once (HTTP 413)."""
+
+
+class NoSpace(DomainError):
+    """The hub's disk cannot hold it now; retry later (HTTP 507)."""
+
+
+class Unavailable(DomainError):
+    """A part the request needs is down for now, e.g. the store (HTTP 503)."""

@@ -26,7 +26,7 @@ from vms.api import (
     system,
     web,
 )
-from vms.errors import Conflict, DomainError, NotFound
+from vms.errors import Conflict, DomainError, Invalid, NoSpace, NotFound, TooLarge, Unavailable
 from vms.hub import Hub
 from vms.metrics import registry_for
 
@@ -95,7 +95,9 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
 
 
 #: Domain errors (vms/errors.py) as HTTP status codes: the one place where they are mapped.
-DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = ((NotFound, 404), (Conflict, 409))
+DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (NotFound, 404), (Conflict, 409), (Invalid, 422), (TooLarge, 413), (NoSpace, 507), (Unavailable, 503),
+)
 
 
 async def domain_error(_request: Request, exc: Exception) -> JSONResponse:

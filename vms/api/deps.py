@@ -12,7 +12,7 @@ from vms.auth import Principal, Role
 from vms.hub import Hub
 from vms.kernel.protocol import DEVICE_ID_PATTERN
 
-_bearer = HTTPBearer(auto_error=False, description="Token from `vms token create --role ...`")
+bearer = HTTPBearer(auto_error=False, description="Token from `vms token create --role ...`")
 
 
 def get_hub(request: Request) -> Hub:
@@ -24,7 +24,7 @@ def require(*roles: Role) -> Callable[..., Principal]:
     """A dependency admitting only ``roles``; anything else is 401 (no/bad token) or 403."""
     allowed = frozenset(roles)
 
-    def dep(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    def dep(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}

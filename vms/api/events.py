@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 
 from vms.api.alerts import alert_view
 from vms.api.centers import center_view
-from vms.api.deps import _bearer, get_hub, require
+from vms.api.deps import bearer, get_hub, require
 from vms.api.devices import device_view
 from vms.auth import READERS, Principal
 from vms.db.models import Alert
@@ -55,7 +55,7 @@ _check_reader = require(*READERS)
 def reader_by_header_or_query(
     request: Request,
     token: str | None = Query(None, max_length=200, description="Bearer token (EventSource cannot send headers)"),
-    creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Principal:
     if creds is None and token:
         creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from vms.api.deps import DeviceIdPath, _bearer, get_hub, require
+from vms.api.deps import DeviceIdPath, bearer, get_hub, require
 from vms.auth import READERS, Principal
 from vms.hub import Hub
 from vms.kernel.timeutil import iso
@@ -52,7 +52,7 @@ _reader = require(*READERS)
 def media_reader(
     request: Request,
     token: str | None = Query(None, max_length=4096, description="Bearer token, for players that cannot set headers"),
-    creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Principal:
     """``require(*READERS)`` that also takes the token from ``?token=`` (live media routes only)."""
     if creds is None and token:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from vms.api.deps import _bearer, get_hub
+from vms.api.deps import bearer, get_hub
 from vms.auth import Role
 from vms.metrics import render
 
@@ -22,7 +22,7 @@ def healthz(request: Request) -> dict[str, object]:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Response:
+def metrics(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
     """Prometheus exposition. Needs a token (any human role) unless ``metrics.public`` is set."""
     hub = get_hub(request)
     if not hub.cfg.metrics.public:
