@@ -21,6 +21,6 @@ if [ -z "${VMS_TEST_PG_URL:-}" ] && command -v pg_lsclusters >/dev/null; then
 fi
 
 echo "== ruff"; .venv/bin/ruff check .
-echo "== mypy"; .venv/bin/mypy
+echo "== mypy"; .venv/bin/mypy && .venv/bin/mypy tests/unit
 echo "== import rules"; .venv/bin/lint-imports
 echo "== pytest"; .venv/bin/pytest -q --durations=15 "$@"

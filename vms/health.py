@@ -320,7 +320,9 @@ class Health:
     def _apply(self, i: int, new: int, now: float) -> Transition:
         was_known = bool(self.known[i])
         old = int(self.flags[i]) if was_known else None
-        floor = float(self.open_start[i]) if was_known else max(self.started_at, float(self.created_at[i]))
+        # A first interval never starts before the device was watched: added, or reinstated after a
+        # retirement (whose interval closed then), nor before this hub started.
+        floor = float(self.open_start[i]) if was_known else max(self.started_at, float(self.watched_from[i]))
         went_down = old is not None and old & ONLINE and not new & ONLINE
         came_up = (old is None or not old & ONLINE) and new & ONLINE
         if went_down:
