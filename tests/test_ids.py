@@ -10,24 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.strategies import valid_ids
 from vms.kernel import ids
 
 VALID = "32058501001320000001"
 
 digits = st.text(alphabet="0123456789", min_size=1, max_size=1)
-
-
-@st.composite
-def valid_ids(draw: st.DrawFn) -> str:
-    province = draw(st.sampled_from(sorted(ids.PROVINCES)))
-    city = draw(st.integers(0, 99))
-    district = 0 if city == 0 else draw(st.integers(0, 99))
-    grassroots = 0 if district == 0 else draw(st.integers(0, 99))
-    industry = draw(st.integers(0, 99))
-    typ = draw(st.integers(111, 999))
-    network = draw(st.integers(0, 8))
-    serial = draw(st.integers(0, 999_999))
-    return f"{province}{city:02d}{district:02d}{grassroots:02d}{industry:02d}{typ:03d}{network}{serial:06d}"
 
 
 @given(valid_ids())

@@ -6,23 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import valid_ids
 from vms.kernel import ids
 
 PROPS = settings(max_examples=200, deadline=None)
 FIXED = 14  # positions 0-13 are fields with rules; 14-19 are the serial number
-
-
-@st.composite
-def valid_ids(draw: st.DrawFn) -> str:
-    province = draw(st.sampled_from(sorted(ids.PROVINCES)))
-    city = draw(st.integers(0, 99))
-    district = 0 if city == 0 else draw(st.integers(0, 99))
-    grassroots = 0 if district == 0 else draw(st.integers(0, 99))
-    industry = draw(st.integers(0, 99))
-    typ = draw(st.integers(111, 999))
-    network = draw(st.integers(0, 8))
-    serial = draw(st.integers(0, 999_999))
-    return f"{province}{city:02d}{district:02d}{grassroots:02d}{industry:02d}{typ:03d}{network}{serial:06d}"
 
 
 def rule_broken(device_id: str) -> str | None:
