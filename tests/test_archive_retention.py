@@ -21,6 +21,7 @@ from sqlalchemy import select
 from tests.conftest import Clock, hub_config
 from tests.rtsp_fixture import make_clip
 from vms.api.events import render_change
+from vms.api.status import error_status
 from vms.archive.clip import ClipError, build_clip, plan_clip
 from vms.auth import Principal, Role
 from vms.config import HubConfig
@@ -230,11 +231,11 @@ def test_full_disk_emergency_cleanup_alert_and_holds_kept(tmpfs: Path, tmp_path:
     end = t0 + 4 * i
     with pytest.raises(ClipError, match="not enough disk") as exc:
         hub.archive.plan(CAM, t0, end, export=True)  # refused before a byte is written
-    assert exc.value.status == 507
+    assert error_status(exc.value) == 507
     out = tmpfs / "data" / "exports" / "x.mp4"
     with pytest.raises(ClipError, match="disk full") as exc2:
         build_clip(plan_clip(hub.sessions, CAM, t0, end), hub.segments.root, out)  # ENOSPC half-way
-    assert exc2.value.status == 507
+    assert error_status(exc2.value) == 507
     assert not out.exists()
     with contextlib.suppress(Exception):
         hub.engine.dispose()

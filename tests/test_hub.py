@@ -26,7 +26,7 @@ def make_hub(tmp_path: Path, clock: Clock, database_url: str | None = None, **se
 
 def agent(hub: Hub, name: str = "agent-a", *prefixes: str) -> Principal:
     _, p = auth.create(hub.sessions, "agent", name, list(prefixes or (TOWN_A,)))
-    hub.heartbeats.register(p, "test", "host")
+    hub.heartbeats.register(p, 1, "test", "host")
     return p
 
 

@@ -110,8 +110,15 @@ def verify(sessions: sessionmaker[Session], batch: int = 5000) -> Verdict:
                 prev, expected_seq, count, last_seq = r.hash, expected_seq + 1, count + 1, r.seq
 
 
-def export(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
+def export(sessions: sessionmaker[Session], last: int | None = None) -> list[dict[str, Any]]:
+    """Every entry, oldest first; with ``last``, only the newest ``last`` of them (still oldest first)."""
+    q = select(AuditEntry).order_by(AuditEntry.seq)
+    if last is not None:
+        q = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(last)
     with sessions() as s:
+        rows = list(s.scalars(q))
+        if last is not None:
+            rows.reverse()
         return [
             {
                 "seq": r.seq,
@@ -124,5 +131,5 @@ def export(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
                 "prev_hash": r.prev_hash,
                 "hash": r.hash,
             }
-            for r in s.scalars(select(AuditEntry).order_by(AuditEntry.seq))
+            for r in rows
         ]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vms.config import CenterConfig, Targets
+from vms.errors import NotFound
 
 LEVEL_NAMES = {1: "district", 2: "town", 3: "industry/unit"}
 
@@ -44,7 +45,7 @@ class Center:
         return [c.id for c in reversed([self, *self.ancestors()])]
 
 
-class UnknownCenter(KeyError):
+class UnknownCenter(NotFound, KeyError):
     def __str__(self) -> str:
         return f"unknown center {self.args[0]!r}"
 

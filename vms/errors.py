@@ -1,5 +1,5 @@
 """Domain errors: what a service refuses, without HTTP. The API maps each kind to a status code in
-one place (``DOMAIN_STATUS`` in ``vms/api/__init__.py``), so services stay usable from the CLI,
+one place (``DOMAIN_STATUS`` in ``vms/api/status.py``), so services stay usable from the CLI,
 threads and tests, and a service never decides how a refusal looks on the wire."""
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ class TooLarge(DomainError):
 
 class NoSpace(DomainError):
     """The hub's disk cannot hold it now; retry later (HTTP 507)."""
+
+
+class Unsupported(DomainError):
+    """A protocol version this hub does not speak; the peer must upgrade (HTTP 426)."""
 
 
 class Unavailable(DomainError):

@@ -30,6 +30,7 @@ from vms.services.ingest import SegmentIngest
 from vms.services.monitor import Monitor
 from vms.services.quality import QualityBook
 from vms.services.registry import Registry
+from vms.services.snapshots import Snapshots
 from vms.services.spool_losses import SpoolLosses
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Hub:
                                      lambda d: d in q.agent_analysed)
         self.ingest = SegmentIngest(self.segments, self.live, reg.observe_upload, q.segment_stored, clock,
                                     cfg.health.max_clock_skew_s)
+        self.snapshots = Snapshots(reg, self.monitor)  # what views read
         self.acceptance = Acceptance(self.sessions, cfg.discovery.auto_accept, reg.claim_problem, reg.known,
                                      self.monitor.hold, reg.admit, clock)
         self._stop = threading.Event()

@@ -22,20 +22,10 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         hub = self.hub
-        with hub.registry.lock:
-            h = hub.health
-            n = h.n
-            ids = list(h.ids)
-            known = h.known[:n].copy()
-            flags = h.flags[:n].copy()
-            last = h.last_signal[:n].copy()
-            fps = h.fps[:n].copy()
-            bitrate = h.bitrate[:n].copy()
-            reconnects = h.reconnects[:n].copy()
-            open_alerts = len(hub.monitor.book.open)
-            counts = {c.id: h.counts(hub.registry.member_indices(c.id)) for c in hub.tree}
-            defects = h.defects[:n].copy()
-            retired = h.retired[:n].copy()
+        col = hub.snapshots.columns()
+        ids, known, flags, last, fps = col.ids, col.known, col.flags, col.last_signal, col.fps
+        bitrate, reconnects, defects, retired = col.bitrate, col.reconnects, col.defects, col.retired
+        open_alerts, counts = col.open_alerts, col.counts
         spools = [(a.name, a.spool) for a in hub.registry.agent_statuses() if a.spool]
         up = GaugeMetricFamily("vms_device_up", "1 if the device's signal is seen", labels=["device_id"])
         upl = GaugeMetricFamily("vms_device_uploading", "1 if live media reaches the hub", labels=["device_id"])

@@ -1,4 +1,8 @@
-"""Availability reports: per center and per device, for any window, worst cameras first."""
+"""Availability reports: per center and per device, for any window, worst cameras first.
+
+Refusals are domain errors: an unreadable window is :class:`BadWindow` (422), an unknown center
+:class:`UnknownCenter` (404).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from vms.centers import UnknownCenter
-from vms.kernel.timeutil import iso
+from vms.errors import Invalid
+from vms.kernel.timeutil import BadTime, iso, window
 from vms.services.monitor import Monitor
 from vms.services.registry import Registry
 
@@ -41,6 +46,20 @@ CENTER_COLUMNS = [
     "target_upload",
     "target_intact",
 ]
+
+
+class BadWindow(Invalid, BadTime):
+    """A report window that cannot be read: a bad period or time, or one that ends before it starts."""
+
+
+def report_window(
+    period: str | None, from_: str | None, to: str | None, now: float, timezone: str
+) -> tuple[float, float]:
+    """``[start, end)`` of a report from a period (``24h``, ``2026-11``) or from/to; raises :class:`BadWindow`."""
+    try:
+        return window(period, from_, to, now, timezone)
+    except BadTime as exc:
+        raise BadWindow(str(exc)) from None
 
 
 def availability(
@@ -134,4 +153,4 @@ def to_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-__all__ = ["CENTER_COLUMNS", "DEVICE_COLUMNS", "UnknownCenter", "availability", "to_csv"]
+__all__ = ["CENTER_COLUMNS", "DEVICE_COLUMNS", "BadWindow", "UnknownCenter", "availability", "report_window", "to_csv"]

@@ -26,7 +26,8 @@ from vms.api import (
     system,
     web,
 )
-from vms.errors import Conflict, DomainError, Invalid, NoSpace, NotFound, TooLarge, Unavailable
+from vms.api.status import error_status
+from vms.errors import DomainError
 from vms.hub import Hub
 from vms.metrics import registry_for
 
@@ -94,15 +95,10 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": [{k: e[k] for k in ERROR_KEYS if k in e} for e in exc.errors()]}, status_code=422)
 
 
-#: Domain errors (vms/errors.py) as HTTP status codes: the one place where they are mapped.
-DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = (
-    (NotFound, 404), (Conflict, 409), (Invalid, 422), (TooLarge, 413), (NoSpace, 507), (Unavailable, 503),
-)
-
-
 async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
-    status = next((code for kind, code in DOMAIN_STATUS if isinstance(exc, kind)), 400)
-    return JSONResponse({"detail": str(exc)}, status_code=status)
+    """A refusal from a service (vms/errors.py), answered with its kind's status."""
+    assert isinstance(exc, DomainError)
+    return JSONResponse({"detail": str(exc)}, status_code=error_status(exc))
 
 
 def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...] = ()) -> FastAPI:

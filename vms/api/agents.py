@@ -4,46 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from vms import audit
 from vms.api.deps import get_hub, require
+from vms.api.status import http_status
 from vms.auth import READERS, Principal, Role
 from vms.hub import Hub
 from vms.kernel.protocol import (
     DEVICE_ID_PATTERN,
-    PROTOCOL_VERSION,
     CameraReport,
     CameraReportReply,
     Heartbeat,
     HeartbeatReply,
     Register,
     RegisterReply,
+    SpoolStats,
 )
 from vms.kernel.timeutil import iso
-from vms.services.heartbeats import HeartbeatRejected
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
+
+
+class AgentOut(BaseModel):
+    id: str
+    online: bool
+    devices: int = Field(description="Devices last reported by this agent")
+    last_heartbeat: str | None
+    clock_skew_s: float = Field(description="Hub clock minus agent clock at the last heartbeat")
+    spool: SpoolStats | None = Field(description="The agent's store-and-forward spool, as last reported")
+
+
+class AgentList(BaseModel):
+    agents: list[AgentOut]
+
+
+class SegmentReply(BaseModel):
+    result: str = Field(
+        description="stored, duplicate, bad_checksum, conflict, too_large, bad_range, disk_full or store_error"
+    )
+    detail: str
+    segment_id: int | None
+
+
+class SubSegmentReply(SegmentReply):
+    stream: Literal["sub"]
 
 
 @router.post("/register", response_model=RegisterReply)
 def register(
     body: Register, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.agent))
 ) -> RegisterReply:
-    if body.protocol != PROTOCOL_VERSION:
-        raise HTTPException(426, f"protocol {body.protocol} not supported; this hub speaks {PROTOCOL_VERSION}")
-    hub.heartbeats.register(who, body.version, body.hostname)
-    audit.record(
-        hub.sessions,
-        who,
-        at=hub.clock(),
-        action="agent.register",
-        target=who.name,
-        detail={"version": body.version, "hostname": body.hostname},
-    )
+    hub.heartbeats.register(who, body.protocol, body.version, body.hostname)  # HeartbeatRejected -> 426
     return RegisterReply(
         agent_id=who.name, prefixes=list(who.prefixes), heartbeat_interval_s=hub.cfg.health.heartbeat_interval_s
     )
@@ -54,26 +69,24 @@ def heartbeat(
     body: Heartbeat, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.agent))
 ) -> HeartbeatReply:
     """Per-camera stats; devices outside the agent's prefixes are rejected one by one, not the batch."""
-    try:
-        return hub.heartbeats.heartbeat(who, body)
-    except HeartbeatRejected as exc:
-        raise HTTPException(426, str(exc)) from None
+    return hub.heartbeats.heartbeat(who, body)  # HeartbeatRejected -> 426
 
 
-@router.get("")
-def list_agents(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
-    out = [
-        {
-            "id": a.name,
-            "online": a.online,
-            "devices": a.devices,
-            "last_heartbeat": iso(a.last_seen) if math.isfinite(a.last_seen) else None,
-            "clock_skew_s": round(a.skew, 3),
-            "spool": None if a.spool is None else a.spool.model_dump(),
-        }
-        for a in hub.registry.agent_statuses()
-    ]
-    return {"agents": out}
+@router.get("", response_model=AgentList)
+def list_agents(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))) -> AgentList:
+    return AgentList(
+        agents=[
+            AgentOut(
+                id=a.name,
+                online=a.online,
+                devices=a.devices,
+                last_heartbeat=iso(a.last_seen) if math.isfinite(a.last_seen) else None,
+                clock_skew_s=round(a.skew, 3),
+                spool=a.spool,
+            )
+            for a in hub.registry.agent_statuses()
+        ]
+    )
 
 
 SEGMENTS_PREFIX = "/api/v1/agents/segments/"
@@ -82,8 +95,9 @@ SEGMENTS_PREFIX = "/api/v1/agents/segments/"
 @router.put(
     "/segments/{device_id}",
     status_code=201,
+    response_model=SegmentReply | SubSegmentReply,
     responses={
-        200: {"description": "already stored (same checksum)"},
+        200: {"model": SegmentReply | SubSegmentReply, "description": "already stored (same checksum)"},
         400: {"description": "checksum mismatch"},
         403: {"description": "device outside the agent's prefixes"},
         409: {"description": "different content stored"},
@@ -116,14 +130,14 @@ async def put_segment(
         )
         return JSONResponse(
             {"result": sub.result.name.lower(), "detail": sub.message, "segment_id": sub.segment_id, "stream": "sub"},
-            status_code=sub.result.value,
+            status_code=http_status(sub.result),
         )
     out = await asyncio.to_thread(
         hub.ingest.store, who.name, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at, x_vms_motion_ratio
     )
     return JSONResponse(
         {"result": out.result.name.lower(), "detail": out.message, "segment_id": out.segment_id},
-        status_code=out.result.value,
+        status_code=http_status(out.result),
     )
 
 

@@ -13,19 +13,20 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from vms.api.deps import Comment, DeviceIdPath, get_hub, require
-from vms.archive.clip import ClipError, find_gaps, gaps_json, precheck
-from vms.archive.exports import LiveExport
+from vms.archive.clip import find_gaps, gaps_json, precheck
+from vms.archive.exports import BuildError, LiveExport
 from vms.auth import READERS, Principal, Role
-from vms.centers import UnknownCenter
+from vms.config import RetentionPolicy
 from vms.db.models import Device, ExportJob, LegalHold, QualityEvent, Segment
+from vms.errors import Conflict, DomainError, Invalid, NotFound
 from vms.hub import Hub
 from vms.kernel.protocol import DEVICE_ID_PATTERN
 from vms.kernel.timeutil import BadTime, iso, parse_time, window
@@ -37,25 +38,57 @@ CHUNK = 1 << 20
 #: At most this many gaps are listed in the ``X-VMS-Gaps`` header (all are in the manifest).
 HEADER_GAPS = 50
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+
+
+class Gap(BaseModel):
+    """A stretch of the range with no footage."""
+
+    start: str
+    end: str
+    seconds: float
 
 
 def _times(start: str, end: str) -> tuple[float, float]:
     try:
         s, e = parse_time(start, "start"), parse_time(end, "end")
     except BadTime as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise Invalid(str(exc)) from None
     if e <= s:
-        raise HTTPException(422, f"end {iso(e)} must be after start {iso(s)}")
+        raise Invalid(f"end {iso(e)} must be after start {iso(s)}")
     return s, e
 
 
 def _why(reason: str, case: str) -> None:
     if not reason.strip() and not case.strip():
-        raise HTTPException(422, "state a reason or a case number: every clip is audited with it")
+        raise Invalid("state a reason or a case number: every clip is audited with it")
+
+
+def _require_device(hub: Hub, device_id: str) -> None:
+    with hub.sessions() as s:
+        if s.get(Device, device_id) is None:
+            raise NotFound(f"unknown device {device_id}")
+
+
+def _failed(err: BuildError | None) -> Exception:
+    """A build that ended without a clip, as the caller sees it: a refusal is a domain error, a fault a 500."""
+    return err if isinstance(err, DomainError) else HTTPException(500, str(err))
 
 
 # -- clips ---------------------------------------------------------------------------------------
-@router.get("/api/v1/devices/{device_id}/clip.mp4", response_model=None)
+@router.get(
+    "/api/v1/devices/{device_id}/clip.mp4",
+    response_model=None,
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": _MP4, "description": "Fragmented MP4, streamed while it is built"},
+        206: {"content": _MP4, "description": "The byte range asked for (served once the clip is built)"},
+        404: {"description": "unknown device, or nothing playable in the range"},
+        416: {"description": "Range outside the clip, or malformed"},
+        422: {"description": "impossible or too long a range, or neither reason nor case"},
+        507: {"description": "not enough disk for the clip"},
+    },
+)
 async def clip(
     request: Request,
     device_id: str = DeviceIdPath,
@@ -73,10 +106,7 @@ async def clip(
     """
     s, e = _times(start, end)
     _why(reason, case)
-    try:
-        plan = await asyncio.to_thread(hub.archive.plan, device_id, s, e, export=False)
-    except ClipError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+    plan = await asyncio.to_thread(hub.archive.plan, device_id, s, e, export=False)  # ClipError: its kind's status
     damaged = precheck(plan, hub.archive.root)
     live = await asyncio.to_thread(hub.archive.start_clip, who, plan, reason, case, background=False)
     bad = {d.path for d in damaged}
@@ -94,11 +124,11 @@ async def clip(
         while not (await asyncio.to_thread(live.wait, live.written, 5.0))[1]:
             pass
         if live.error is not None or live.result is None:
-            raise HTTPException(live.error.status if live.error else 500, str(live.error))
+            raise _failed(live.error)
         return await _serve_file(live.final, request.headers["range"], ctx, live.result.sha256, headers)
     _, finished = await asyncio.to_thread(live.wait, 0, 60.0)
     if finished and live.error is not None and live.written == 0:
-        raise HTTPException(live.error.status, str(live.error))
+        raise _failed(live.error)
     return StreamingResponse(_follow(live, ctx), media_type="video/mp4", headers=headers)
 
 
@@ -223,58 +253,93 @@ class ExportIn(BaseModel):
     case: str = Field("", max_length=100)
 
 
-def export_view(r: ExportJob) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "device_id": r.device_id,
-        "start": iso(r.start_at),
-        "end": iso(r.end_at),
-        "requested_by": r.requested_by,
-        "reason": r.reason,
-        "case": r.case_number,
-        "status": r.status,
-        "progress": r.progress,
-        "bytes": r.bytes,
-        "sha256": r.sha256,
-        "gaps": r.gaps,
-        "error": r.error or None,
-        "created_at": iso(r.created_at),
-        "finished_at": iso(r.finished_at),
-        "download": f"/api/v1/exports/{r.id}/clip.mp4" if r.status == "done" else None,
-        "manifest": f"/api/v1/exports/{r.id}/manifest.json" if r.status == "done" else None,
-    }
+class ExportGap(Gap):
+    """A gap of a built clip; ``skipped`` (only then) says why a damaged segment left it."""
+
+    skipped: str | None = None
 
 
-@router.post("/api/v1/exports", status_code=202)
+class ExportOut(BaseModel):
+    id: str
+    device_id: str
+    start: str
+    end: str
+    requested_by: str
+    reason: str
+    case: str
+    status: Literal["queued", "running", "done", "failed", "expired"]
+    progress: float = Field(description="0 to 1")
+    bytes: int | None
+    sha256: str | None
+    gaps: list[ExportGap]
+    error: str | None
+    created_at: str
+    finished_at: str | None
+    download: str | None = Field(description="The clip's URL once the export is done")
+    manifest: str | None = Field(description="The manifest's URL once the export is done")
+
+
+def export_view(r: ExportJob) -> ExportOut:
+    return ExportOut.model_validate(
+        {
+            "id": r.id,
+            "device_id": r.device_id,
+            "start": iso(r.start_at),
+            "end": iso(r.end_at),
+            "requested_by": r.requested_by,
+            "reason": r.reason,
+            "case": r.case_number,
+            "status": r.status,
+            "progress": r.progress,
+            "bytes": r.bytes,
+            "sha256": r.sha256,
+            "gaps": r.gaps,
+            "error": r.error or None,
+            "created_at": iso(r.created_at),
+            "finished_at": iso(r.finished_at),
+            "download": f"/api/v1/exports/{r.id}/clip.mp4" if r.status == "done" else None,
+            "manifest": f"/api/v1/exports/{r.id}/manifest.json" if r.status == "done" else None,
+        }
+    )
+
+
+@router.post(
+    "/api/v1/exports",
+    status_code=202,
+    response_model=ExportOut,
+    responses={
+        404: {"description": "unknown device, or no recordings in the range"},
+        422: {"description": "impossible or too long a range, or neither reason nor case"},
+        507: {"description": "not enough disk for the clip"},
+    },
+    response_model_exclude_unset=True,  # a gap has "skipped" only where a damaged segment made it
+)
 async def create_export(
     body: ExportIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
-) -> dict[str, Any]:
+) -> ExportOut:
     """Build a clip of up to a day in the background; poll it, then download it (with Range)."""
     s, e = _times(body.start, body.end)
     _why(body.reason, body.case)
-    try:
-        plan = await asyncio.to_thread(hub.archive.plan, body.device_id, s, e, export=True)
-    except ClipError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+    plan = await asyncio.to_thread(hub.archive.plan, body.device_id, s, e, export=True)  # ClipError: its kind's status
     live = await asyncio.to_thread(hub.archive.start_clip, who, plan, body.reason, body.case, background=True)
     return _job(hub, live.id)
 
 
-def _job(hub: Hub, job_id: str) -> dict[str, Any]:
+def _job(hub: Hub, job_id: str) -> ExportOut:
     with hub.sessions() as s:
         row = s.get(ExportJob, job_id)
         if row is None:
-            raise HTTPException(404, f"no export {job_id}")
+            raise NotFound(f"no export {job_id}")
         return export_view(row)
 
 
-@router.get("/api/v1/exports")
+@router.get("/api/v1/exports", response_model=list[ExportOut], response_model_exclude_unset=True)
 def list_exports(
     device_id: str | None = Query(None, pattern=DEVICE_ID_PATTERN),
     limit: int = Query(100, ge=1, le=1000),
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*LIAISON)),
-) -> list[dict[str, Any]]:
+) -> list[ExportOut]:
     q = select(ExportJob).order_by(ExportJob.created_at.desc()).limit(limit)
     if device_id:
         q = q.where(ExportJob.device_id == device_id)
@@ -282,10 +347,15 @@ def list_exports(
         return [export_view(r) for r in s.scalars(q)]
 
 
-@router.get("/api/v1/exports/{export_id}")
+@router.get(
+    "/api/v1/exports/{export_id}",
+    response_model=ExportOut,
+    responses={404: {"description": "no such export"}},
+    response_model_exclude_unset=True,
+)
 def get_export(
     export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*LIAISON))
-) -> dict[str, Any]:
+) -> ExportOut:
     return _job(hub, export_id)
 
 
@@ -293,17 +363,34 @@ def _done(hub: Hub, export_id: str) -> ExportJob:
     with hub.sessions() as s:
         row = s.get(ExportJob, export_id)
     if row is None:
-        raise HTTPException(404, f"no export {export_id}")
+        raise NotFound(f"no export {export_id}")
     if row.status == "expired":
         raise HTTPException(410, f"export {export_id} expired; its file was removed")
     if row.status == "failed":
-        raise HTTPException(409, f"export {export_id} failed: {row.error}")
+        raise Conflict(f"export {export_id} failed: {row.error}")
     if row.status != "done":
-        raise HTTPException(409, f"export {export_id} is {row.status} ({row.progress:.0%} done)")
+        raise Conflict(f"export {export_id} is {row.status} ({row.progress:.0%} done)")
     return row
 
 
-@router.get("/api/v1/exports/{export_id}/clip.mp4", response_model=None)
+_DONE_ONLY: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such export"},
+    409: {"description": "the export failed or is not done yet"},
+    410: {"description": "the export expired: its file was removed"},
+}
+
+
+@router.get(
+    "/api/v1/exports/{export_id}/clip.mp4",
+    response_model=None,
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": _MP4, "description": "The finished clip"},
+        206: {"content": _MP4, "description": "The byte range asked for"},
+        **_DONE_ONLY,
+        416: {"description": "Range outside the clip, or malformed"},
+    },
+)
 async def download_export(
     request: Request,
     export_id: str = ExportIdPath,
@@ -322,7 +409,12 @@ async def download_export(
     )
 
 
-@router.get("/api/v1/exports/{export_id}/manifest.json", response_model=None)
+@router.get(
+    "/api/v1/exports/{export_id}/manifest.json",
+    response_model=None,
+    response_class=FileResponse,
+    responses={200: {"content": {"application/json": {}}, "description": "The clip's JSON sidecar"}, **_DONE_ONLY},
+)
 def export_manifest(
     export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*LIAISON))
 ) -> Response:
@@ -341,41 +433,57 @@ class HoldIn(BaseModel):
     reason: str = Field("", max_length=2000)
 
 
-def hold_view(h: LegalHold) -> dict[str, Any]:
-    return {
-        "id": h.id,
-        "device_id": h.device_id,
-        "start": iso(h.start_at),
-        "end": iso(h.end_at),
-        "case_number": h.case_number,
-        "reason": h.reason,
-        "created_by": h.created_by,
-        "created_at": iso(h.created_at),
-        "released_at": iso(h.released_at),
-        "released_by": h.released_by,
-        "active": h.released_at is None,
-    }
+class HoldOut(BaseModel):
+    id: int
+    device_id: str
+    start: str
+    end: str
+    case_number: str
+    reason: str
+    created_by: str
+    created_at: str
+    released_at: str | None
+    released_by: str | None
+    active: bool = Field(description="Not released yet: retention keeps the footage")
 
 
-@router.post("/api/v1/holds", status_code=201)
+def hold_view(h: LegalHold) -> HoldOut:
+    return HoldOut.model_validate(
+        {
+            "id": h.id,
+            "device_id": h.device_id,
+            "start": iso(h.start_at),
+            "end": iso(h.end_at),
+            "case_number": h.case_number,
+            "reason": h.reason,
+            "created_by": h.created_by,
+            "created_at": iso(h.created_at),
+            "released_at": iso(h.released_at),
+            "released_by": h.released_by,
+            "active": h.released_at is None,
+        }
+    )
+
+
+@router.post(
+    "/api/v1/holds", status_code=201, response_model=HoldOut, responses={404: {"description": "unknown device"}}
+)
 def create_hold(
     body: HoldIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
-) -> dict[str, Any]:
+) -> HoldOut:
     """Keep a device's footage in a range for a case; retention never deletes it until released."""
     s, e = _times(body.start, body.end)
-    with hub.sessions() as ss:
-        if ss.get(Device, body.device_id) is None:
-            raise HTTPException(404, f"unknown device {body.device_id}")
+    _require_device(hub, body.device_id)
     return hold_view(hub.archive.add_hold(who, body.device_id, s, e, body.case_number.strip(), body.reason))
 
 
-@router.get("/api/v1/holds")
+@router.get("/api/v1/holds", response_model=list[HoldOut])
 def list_holds(
     device_id: str | None = Query(None, pattern=DEVICE_ID_PATTERN),
     active: bool = Query(True, description="Only holds not yet released"),
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*LIAISON)),
-) -> list[dict[str, Any]]:
+) -> list[HoldOut]:
     q = select(LegalHold).order_by(LegalHold.created_at)
     if device_id:
         q = q.where(LegalHold.device_id == device_id)
@@ -385,23 +493,50 @@ def list_holds(
         return [hold_view(h) for h in s.scalars(q)]
 
 
-@router.post("/api/v1/holds/{hold_id}/release")
+@router.post(
+    "/api/v1/holds/{hold_id}/release",
+    response_model=HoldOut,
+    responses={404: {"description": "no such hold"}, 409: {"description": "released already"}},
+)
 def release_hold(
     body: Comment,
     hold_id: int = Path(ge=1, le=2**62),
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(*LIAISON)),
-) -> dict[str, Any]:
-    try:
-        return hold_view(hub.archive.release_hold(who, hold_id, body.comment))
-    except KeyError:
-        raise HTTPException(404, f"no hold {hold_id}") from None
-    except ValueError as exc:
-        raise HTTPException(409, str(exc)) from None
+) -> HoldOut:
+    return hold_view(hub.archive.release_hold(who, hold_id, body.comment))
 
 
 # -- search --------------------------------------------------------------------------------------
-@router.get("/api/v1/devices/{device_id}/recordings")
+class SegmentOut(BaseModel):
+    start: str
+    end: str
+    bytes: int
+    motion: float | None = Field(description="Peak share of the picture in motion (None: not analysed)")
+
+
+class QualityMark(BaseModel):
+    at: str
+    check: str
+    state: str = Field(description="raised or cleared")
+    value: float | None
+
+
+class Recordings(BaseModel):
+    device_id: str
+    start: str
+    end: str
+    segments_total: int
+    recorded_s: float
+    segments: list[SegmentOut]
+    truncated: bool = Field(description="More segments matched than ``limit``")
+    gaps: list[Gap]
+    quality_events: list[QualityMark]
+    holds: list[HoldOut] = Field(description="Active legal holds overlapping the range")
+
+
+@router.get("/api/v1/devices/{device_id}/recordings", response_model=Recordings,
+            responses={404: {"description": "unknown device"}})
 def recordings(
     device_id: str = DeviceIdPath,
     start: str = Query(max_length=40),
@@ -414,10 +549,9 @@ def recordings(
     """The device's segments in a range with motion and quality markers, and the gaps between them."""
     s, e = _times(start, end)
     if e - s > 400 * 86400:
-        raise HTTPException(422, "range longer than 400 days")
+        raise Invalid("range longer than 400 days")
+    _require_device(hub, device_id)
     with hub.sessions() as ss:
-        if ss.get(Device, device_id) is None:
-            raise HTTPException(404, f"unknown device {device_id}")
         q = (
             select(Segment.start_at, Segment.end_at, Segment.bytes, Segment.motion_ratio)
             .where(
@@ -460,33 +594,126 @@ def recordings(
 
 
 # -- storage and compliance ----------------------------------------------------------------------
-@router.get("/api/v1/storage")
+class DeviceBytes(BaseModel):
+    device_id: str
+    bytes: int
+    hours: float
+    oldest: str | None
+    newest: str | None
+    completeness: float | None = Field(description="Recorded / expected seconds over the window (0 to 1)")
+
+
+class CenterBytes(BaseModel):
+    center: str
+    name: str
+    bytes: int
+    hours: float
+    devices: list[DeviceBytes] = Field(description="Least complete first")
+
+
+class PassOut(BaseModel):
+    """A retention pass (``vms/archive/retention.py`` ``PassReport``, every field of it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    at: float
+    deleted_segments: int
+    deleted_bytes: int
+    by_reason: dict[str, int] = Field(description="Deleted per reason: age, device_quota, center_quota, emergency")
+    held_skipped: int = Field(description="Segments kept because a legal hold covers them")
+    emergency: bool = Field(description="Free space was under retention.emergency_free_bytes")
+    free_bytes_before: int
+    free_bytes_after: int
+    seconds: float
+
+
+class Storage(BaseModel):
+    window_s: float = Field(description="retention.accounting_window_s")
+    free_bytes: int
+    last_pass: PassOut | None = Field(description="The last retention pass (None before the first)")
+    centers: list[CenterBytes]
+
+
+class DeviceCompliance(BaseModel):
+    device_id: str
+    keep_days: int
+    policy_source: str = Field(description="device:ID, center:ID or default")
+    footage_days: float
+    recorded_hours: float
+    oldest: str | None
+    meets_retention: bool
+    status: Literal["compliant", "policy_below_30_days", "no_footage", "short"]
+
+
+class CenterCompliance(BaseModel):
+    center: str
+    name: str
+    devices: int
+    meeting_retention: int
+    ratio: float | None = Field(description="meeting_retention / devices (None without devices)")
+    device_rows: list[DeviceCompliance]
+
+
+class Compliance(BaseModel):
+    at: str
+    regulation_days: int
+    centers: list[CenterCompliance]
+
+
+class Window(BaseModel):
+    start: str
+    end: str
+    expected_s: float
+
+
+class RetentionOut(RetentionPolicy):
+    """The device's retention policy, and where it comes from."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent
+
+    source: str = Field(description="device:ID, center:ID or default")
+
+
+class DeviceStorage(BaseModel):
+    device_id: str
+    bytes: int
+    segments: int
+    hours: float
+    oldest: str | None
+    newest: str | None
+    window: Window
+    recorded_s: float
+    completeness: float | None = Field(description="recorded_s / window.expected_s (None for an empty window)")
+    gaps: list[Gap]
+    retention: RetentionOut
+
+
+@router.get("/api/v1/storage", response_model=Storage, responses={404: {"description": "unknown center"}})
 def storage(
     center: str | None = Query(None, max_length=64),
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """Bytes, hours, completeness (over ``retention.accounting_window_s``), oldest and newest per device."""
-    try:
-        return hub.archive.storage(center, hub.clock())
-    except UnknownCenter as exc:
-        raise HTTPException(404, str(exc)) from None
+    return hub.archive.storage(center, hub.clock())  # UnknownCenter: 404
 
 
-@router.get("/api/v1/storage/compliance")
+@router.get(
+    "/api/v1/storage/compliance", response_model=Compliance, responses={404: {"description": "unknown center"}}
+)
 def compliance(
     center: str | None = Query(None, max_length=64),
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """Per center: devices meeting their retention days (30 by regulation) and their actual footage."""
-    try:
-        return hub.archive.compliance(center, hub.clock())
-    except UnknownCenter as exc:
-        raise HTTPException(404, str(exc)) from None
+    return hub.archive.compliance(center, hub.clock())  # UnknownCenter: 404
 
 
-@router.get("/api/v1/devices/{device_id}/storage")
+@router.get(
+    "/api/v1/devices/{device_id}/storage",
+    response_model=DeviceStorage,
+    responses={404: {"description": "unknown device"}},
+)
 def device_storage(
     device_id: str = DeviceIdPath,
     period: str | None = Query(None, max_length=16, description="1h, 24h, 7d, 30d or a month like 2026-11"),
@@ -499,15 +726,12 @@ def device_storage(
     try:
         s, e = window(period, from_, to, hub.clock(), hub.cfg.server.timezone)
     except BadTime as exc:
-        raise HTTPException(422, str(exc)) from None
-    with hub.sessions() as ss:
-        if ss.get(Device, device_id) is None:
-            raise HTTPException(404, f"unknown device {device_id}")
+        raise Invalid(str(exc)) from None
+    _require_device(hub, device_id)
     return hub.archive.device_storage(device_id, s, e)
 
 
-@router.post("/api/v1/storage/retention/run")
-async def run_retention(hub: Hub = Depends(get_hub), _: Principal = Depends(require(Role.admin))) -> JSONResponse:
+@router.post("/api/v1/storage/retention/run", response_model=PassOut)
+async def run_retention(hub: Hub = Depends(get_hub), _: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
     """Run a retention pass now (it also runs every ``retention.interval_s``)."""
-    rep = await asyncio.to_thread(hub.archive.run_pass)
-    return JSONResponse(asdict(rep))
+    return asdict(await asyncio.to_thread(hub.archive.run_pass))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,34 +13,13 @@ from vms.api.deps import DeviceIdPath, get_hub, require
 from vms.auth import READERS, Principal, Role
 from vms.centers import UnknownCenter
 from vms.db.models import StateInterval
-from vms.health import defect_names
 from vms.hub import Hub
 from vms.kernel import ids
 from vms.kernel.protocol import DEVICE_ID_PATTERN
 from vms.kernel.timeutil import BadTime, iso, window
+from vms.services.snapshots import DeviceList, DeviceOut, State
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
-State = Literal["offline", "degraded", "uploading", "online", "unknown", "retired"]
-
-
-class DeviceOut(BaseModel):
-    id: str
-    name: str
-    location: str
-    state: State
-    since: str | None
-    centers: list[str]
-    agent: str | None
-    last_seen: str | None
-    fps: float
-    bitrate_bps: float
-    reconnects: int
-    defects: list[str]
-
-
-class DeviceList(BaseModel):
-    total: int
-    devices: list[DeviceOut]
 
 
 class DeviceIn(BaseModel):
@@ -50,38 +28,6 @@ class DeviceIn(BaseModel):
     name: str = Field("", max_length=200)
     location: str = Field("", max_length=200)
     center: str | None = Field(None, max_length=64)
-
-
-def device_view(hub: Hub, i: int) -> DeviceOut:
-    h = hub.health
-    inf = hub.registry.info[i]
-    a = int(h.agent[i])
-    last = float(h.last_signal[i])
-    return DeviceOut(
-        id=h.ids[i],
-        name=inf.name,
-        location=inf.location,
-        state=h.state_of(i),
-        since=iso(float(h.open_start[i])) if h.known[i] else None,
-        centers=list(inf.homes),
-        agent=hub.registry.agent_name(a) if a >= 0 else None,
-        last_seen=iso(last) if math.isfinite(last) else None,
-        fps=float(h.fps[i]),
-        bitrate_bps=float(h.bitrate[i]),
-        reconnects=int(h.reconnects[i]),
-        defects=defect_names(int(h.defects[i])),
-    )
-
-
-def _index(hub: Hub, device_id: str) -> int:
-    i = hub.health.index.get(device_id)
-    if i is None:
-        try:
-            ids.parse(device_id)
-        except ids.InvalidDeviceId as exc:
-            raise HTTPException(422, f"invalid device ID: {exc}") from None
-        raise HTTPException(404, f"unknown device {device_id}")
-    return i
 
 
 @router.get("", response_model=DeviceList)
@@ -93,19 +39,7 @@ def list_devices(
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*READERS)),
 ) -> DeviceList:
-    with hub.registry.lock:
-        if center is not None:
-            try:
-                hub.tree.get(center)
-            except UnknownCenter as exc:
-                raise HTTPException(404, str(exc)) from None
-            pool = [int(x) for x in hub.registry.member_indices(center)]
-        else:
-            pool = list(range(hub.health.n))
-        if state is not None:
-            pool = [i for i in pool if hub.health.state_of(i) == state]
-        page = [device_view(hub, i) for i in pool[offset : offset + limit]]
-    return DeviceList(total=len(pool), devices=page)
+    return hub.snapshots.devices(center, state, offset, limit)  # UnknownCenter -> 404
 
 
 @router.post("", response_model=DeviceOut, status_code=201)
@@ -126,20 +60,14 @@ def add_device(body: DeviceIn, hub: Hub = Depends(get_hub), who: Principal = Dep
         target=body.id,
         detail=body.model_dump(),
     )
-    with hub.registry.lock:
-        return device_view(hub, hub.health.index[body.id])
+    return hub.snapshots.device(body.id)
 
 
 @router.get("/{device_id}")
 def get_device(
     device_id: str = DeviceIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))
 ) -> dict[str, Any]:
-    with hub.registry.lock:
-        i = _index(hub, device_id)
-        view = device_view(hub, i).model_dump()
-        now = hub.clock()
-        av = {k: hub.health.availability(now - s, now, now) for k, s in (("24h", 86400), ("7d", 7 * 86400))}
-        view["availability"] = {k: hub.monitor.device_figures(a, i) for k, a in av.items()}
+    view = hub.snapshots.device_detail(device_id, hub.clock())
     view["id_fields"] = ids.parse(device_id).describe()
     return view
 
@@ -154,8 +82,7 @@ def device_history(
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """The device's state intervals in a window, with its rates: its uptime timeline."""
-    with hub.registry.lock:
-        i = _index(hub, device_id)
+    i = hub.snapshots.index(device_id)
     try:
         start, end = window(period, from_, to, hub.clock(), hub.cfg.server.timezone)
     except BadTime as exc:

@@ -33,9 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 
 from vms.api.alerts import alert_view
-from vms.api.centers import center_view
 from vms.api.deps import bearer, get_hub, require
-from vms.api.devices import device_view
 from vms.auth import READERS, Principal
 from vms.db.models import Alert
 from vms.events import Event, EventBus
@@ -72,20 +70,13 @@ def sse(kind: str, data: Any) -> str:
 # -- payloads ------------------------------------------------------------------------------------
 def summary(hub: Hub) -> dict[str, Any]:
     """The center tree, counters and the dark or degraded cameras, longest first."""
-    with hub.registry.lock:
-        h = hub.health
-        n = h.n
-        bad = [i for i in range(n) if h.state_of(i) in ("offline", "degraded")]
-        bad.sort(key=lambda i: float(h.open_start[i]))
-        problems = [device_view(hub, i).model_dump() for i in bad[:PROBLEMS_SHOWN]]
-        states = [h.state_of(i) for i in range(n)]
-        return {
-            "now": iso(hub.clock()),
-            "centers": [center_view(hub, r) for r in hub.tree.roots],
-            "counts": {s: states.count(s) for s in ("online", "uploading", "degraded", "offline", "unknown")}
-            | {"devices": n},
-            "problems": {"total": len(bad), "devices": problems},
-        }
+    total, problems, counts = hub.snapshots.problems(PROBLEMS_SHOWN)
+    return {
+        "now": iso(hub.clock()),
+        "centers": hub.snapshots.centers(),
+        "counts": counts,
+        "problems": {"total": total, "devices": [d.model_dump() for d in problems]},
+    }
 
 
 def alerts_payload(hub: Hub, ids: list[int] | None) -> dict[str, Any]:
@@ -109,8 +100,7 @@ def render_change(hub: Hub, data: dict[str, Any], at: float) -> list[str]:
     if len(changed) > MAX_DEVICES_PER_EVENT:
         return [sse("resync", {"reason": f"{len(changed)} devices changed at once"})]
     if changed:
-        with hub.registry.lock:
-            views = [device_view(hub, hub.health.index[d]).model_dump() for d in changed if d in hub.health.index]
+        views = [d.model_dump() for d in hub.snapshots.devices_by_id(changed)]
         out.append(sse("devices", {"at": at, "devices": views}))
         out.append(sse("summary", summary(hub)))
     alert_ids = [a for a in (data.get("alerts") or []) if a is not None]

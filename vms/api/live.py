@@ -18,7 +18,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vms.api.deps import DeviceIdPath, bearer, get_hub, require
 from vms.auth import READERS, Principal
+from vms.errors import Conflict, NotFound
 from vms.hub import Hub
 from vms.kernel.timeutil import iso
 from vms.live import NoLiveMedia
@@ -64,10 +65,8 @@ media_reader.roles = _reader.roles  # type: ignore[attr-defined]
 
 
 def _known(hub: Hub, device_id: str) -> None:
-    with hub.registry.lock:
-        known = device_id in hub.health.index
-    if not known:
-        raise HTTPException(404, f"unknown device {device_id}")
+    if not hub.registry.known(device_id):
+        raise NotFound(f"unknown device {device_id}")
 
 
 @router.get(
@@ -89,21 +88,18 @@ async def playlist(
 ) -> Response:
     """The newest segments as a live HLS playlist; with ``_HLS_msn`` waits until that segment exists."""
     _known(hub, device_id)
-    try:
-        seen = hub.live.version(device_id, stream)
-        entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
-        if hls_msn is not None:
+    seen = hub.live.version(device_id, stream)
+    entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)  # NoLiveMedia: 409
+    if hls_msn is not None:
+        last = entries[-1].seq
+        if hls_msn > last + 2:
+            raise HTTPException(400, f"_HLS_msn {hls_msn} is too far ahead of the newest segment {last}")
+        deadline = asyncio.get_running_loop().time() + 3 * target
+        while hls_msn > last and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await hub.live.wait_news(device_id, left, since=seen, stream=stream)
+            seen = hub.live.version(device_id, stream)
+            entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
             last = entries[-1].seq
-            if hls_msn > last + 2:
-                raise HTTPException(400, f"_HLS_msn {hls_msn} is too far ahead of the newest segment {last}")
-            deadline = asyncio.get_running_loop().time() + 3 * target
-            while hls_msn > last and (left := deadline - asyncio.get_running_loop().time()) > 0:
-                await hub.live.wait_news(device_id, left, since=seen, stream=stream)
-                seen = hub.live.version(device_id, stream)
-                entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
-                last = entries[-1].seq
-    except NoLiveMedia as exc:
-        raise HTTPException(409, str(exc)) from None
     return Response(
         render_playlist(entries, target, token, stream),
         media_type="application/vnd.apple.mpegurl",
@@ -127,9 +123,9 @@ async def segment(
     _known(hub, device_id)
     path = hub.live.segment_path(device_id, segment_id, stream)
     if path is None:
-        raise HTTPException(404, f"segment {segment_id} is not in the live window of {device_id} ({stream} stream)")
+        raise NotFound(f"segment {segment_id} is not in the live window of {device_id} ({stream} stream)")
     if not path.is_file():
-        raise HTTPException(404, f"segment {segment_id} of {device_id} is gone (deleted by retention?)")
+        raise NotFound(f"segment {segment_id} of {device_id} is gone (deleted by retention?)")
     return FileResponse(path, media_type="video/mp2t", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -163,30 +159,50 @@ async def webrtc(
 ) -> Answer:
     """WebRTC signalling in one round trip: post the offer (ICE gathered), get the answer."""
     _known(hub, device_id)
-    try:
-        entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
-    except NoLiveMedia as exc:
-        raise HTTPException(409, str(exc)) from None
+    entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)  # NoLiveMedia: 409
     fmt = entries[-1].fmt
     if fmt is not None and fmt.bframes:
         sub = "" if stream == "sub" else " or ask for its sub stream (stream=sub)"
-        raise HTTPException(
-            409,
+        raise Conflict(
             f"the {stream} stream of {device_id} has B-frames, which browsers' WebRTC decoders show only at "
             f"keyframes, so the hub does not offer it over WebRTC: play it over HLS{sub}",
         )
-    from vms.live.webrtc import OfferError, ViewerLimit
-
-    try:
-        sdp = await hub.live.viewers.answer(device_id, body.sdp, stream)
-    except OfferError as exc:
-        raise HTTPException(400, str(exc)) from None
-    except ViewerLimit as exc:
-        raise HTTPException(503, str(exc)) from None
+    sdp = await hub.live.viewers.answer(device_id, body.sdp, stream)  # OfferError: 400, ViewerLimit: 503
     return Answer(sdp=sdp)
 
 
-async def _stream_status(hub: Hub, device_id: str, stream: Stream) -> dict[str, Any]:
+class StreamStatus(BaseModel):
+    """One stream of a camera: live or why not, its newest segment, and where to play it."""
+
+    live: bool
+    reason: str | None = Field(description="Why the stream is not live (None when it is)")
+    newest_segment_end: str | None
+    age_s: float | None = Field(description="Seconds since the newest segment's end")
+    width: int | None
+    height: int | None
+    bframes: bool | None = Field(description="True: WebRTC refuses this stream, play it over HLS")
+    hls: str
+    webrtc: str
+
+
+class LiveStatus(BaseModel):
+    """The main stream's status at the top level, the sub stream's under ``sub``."""
+
+    device_id: str
+    live: bool
+    reason: str | None
+    newest_segment_end: str | None
+    age_s: float | None
+    width: int | None
+    height: int | None
+    bframes: bool | None
+    hls: str
+    webrtc: str
+    webrtc_viewers: int
+    sub: StreamStatus
+
+
+async def _stream_status(hub: Hub, device_id: str, stream: Stream) -> StreamStatus:
     live, reason, newest = True, None, None
     try:
         entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
@@ -198,27 +214,28 @@ async def _stream_status(hub: Hub, device_id: str, stream: Stream) -> dict[str, 
     seg, fmt = (newest.seg, newest.fmt) if newest else (None, None)
     age = hub.clock() - seg.end if seg else None
     query = "" if stream == "main" else "?stream=sub"
-    return {
-        "live": live,
-        "reason": reason,
-        "newest_segment_end": iso(seg.end) if seg else None,
-        "age_s": round(age, 3) if age is not None and math.isfinite(age) else None,
-        "width": fmt.width if fmt else None,
-        "height": fmt.height if fmt else None,
-        "bframes": fmt.bframes if fmt else None,
-        "hls": f"/api/v1/live/{device_id}/index.m3u8{query}",
-        "webrtc": f"/api/v1/live/{device_id}/webrtc{query}",
-    }
+    return StreamStatus(
+        live=live,
+        reason=reason,
+        newest_segment_end=iso(seg.end) if seg else None,
+        age_s=round(age, 3) if age is not None and math.isfinite(age) else None,
+        width=fmt.width if fmt else None,
+        height=fmt.height if fmt else None,
+        bframes=fmt.bframes if fmt else None,
+        hls=f"/api/v1/live/{device_id}/index.m3u8{query}",
+        webrtc=f"/api/v1/live/{device_id}/webrtc{query}",
+    )
 
 
-@router.get("/{device_id}")
+@router.get("/{device_id}", response_model=LiveStatus, responses={404: {"description": "unknown device"}})
 async def status(
     device_id: str = DeviceIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*READERS))
-) -> dict[str, Any]:
+) -> LiveStatus:
     """Whether the camera has live media now (main stream at the top level, ``sub`` for its sub stream).
 
     ``bframes`` true means WebRTC refuses that stream (browsers show it at keyframes only): use HLS.
     """
     _known(hub, device_id)
     main, sub = await _stream_status(hub, device_id, "main"), await _stream_status(hub, device_id, "sub")
-    return {"device_id": device_id, **main, "webrtc_viewers": hub.live.viewer_count(device_id), "sub": sub}
+    viewers = hub.live.viewer_count(device_id)
+    return LiveStatus(device_id=device_id, **main.model_dump(), webrtc_viewers=viewers, sub=sub)

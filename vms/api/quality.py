@@ -4,21 +4,58 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from vms.api.deps import get_hub, require
-from vms.api.devices import DeviceIdPath, _index
+from vms.api.deps import DeviceIdPath, get_hub, require
 from vms.auth import READERS, Principal
 from vms.db.models import QualityEvent
+from vms.errors import Invalid, NotFound
 from vms.hub import Hub
 from vms.kernel.timeutil import BadTime, iso, window
 
 router = APIRouter(prefix="/api/v1/devices", tags=["quality"])
 
 
-@router.get("/{device_id}/quality")
+class DefectOut(BaseModel):
+    """A defect raised now."""
+
+    check: str
+    since: str
+    value: float | None = Field(description="The check's metric when it was raised")
+    snapshot_url: str | None
+
+
+class QualityEventOut(BaseModel):
+    """A defect raised or cleared; ``detail`` only when the event has one."""
+
+    id: int
+    check: str
+    state: str = Field(description="raised or cleared")
+    at: str
+    value: float | None
+    snapshot_url: str | None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceQuality(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    device_id: str
+    analysis: bool = Field(description="Whether the hub's video-quality analysis is enabled")
+    defects: list[DefectOut]
+    from_: str | None = Field(alias="from")
+    to: str | None
+    events: list[QualityEventOut]
+
+
+@router.get(
+    "/{device_id}/quality",
+    response_model=DeviceQuality,
+    response_model_exclude_unset=True,  # an event without detail has no "detail" key
+    responses={404: {"description": "unknown device"}},
+)
 def device_quality(
     device_id: str = DeviceIdPath,
     period: str | None = Query(None, max_length=16, description="24h, 7d, 30d or a month like 2026-11"),
@@ -29,12 +66,11 @@ def device_quality(
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """Quality defects raised now (with metric and snapshot) and raised/cleared events, newest first."""
-    with hub.registry.lock:
-        _index(hub, device_id)
+    hub.snapshots.index(device_id)  # Invalid -> 422, UnknownDevice -> 404
     try:
         start, end = window(period or (None if from_ or to else "7d"), from_, to, hub.clock(), hub.cfg.server.timezone)
     except BadTime as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise Invalid(str(exc)) from None
     with hub.sessions() as s:
         q = select(QualityEvent).where(QualityEvent.device_id == device_id, QualityEvent.at >= start)
         if to:  # open-ended otherwise: media time may run a little ahead of the hub's clock
@@ -70,7 +106,14 @@ def device_quality(
     }
 
 
-@router.get("/{device_id}/quality/events/{event_id}/snapshot", response_class=FileResponse)
+@router.get(
+    "/{device_id}/quality/events/{event_id}/snapshot",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The JPEG taken when the defect was raised"},
+        404: {"description": "no such event, or it has no snapshot (any more)"},
+    },
+)
 def event_snapshot(
     device_id: str = DeviceIdPath,
     event_id: int = Path(ge=1, le=2**62),
@@ -81,11 +124,11 @@ def event_snapshot(
     with hub.sessions() as s:
         row = s.get(QualityEvent, event_id)
     if row is None or row.device_id != device_id:
-        raise HTTPException(404, f"no quality event {event_id} for device {device_id}")
+        raise NotFound(f"no quality event {event_id} for device {device_id}")
     if not row.snapshot:
-        raise HTTPException(404, f"quality event {event_id} has no snapshot")
+        raise NotFound(f"quality event {event_id} has no snapshot")
     root = hub.cfg.storage.data_dir.resolve()
     path = (root / row.snapshot).resolve()
     if root not in path.parents or not path.is_file():
-        raise HTTPException(404, f"snapshot of quality event {event_id} is gone")
+        raise NotFound(f"snapshot of quality event {event_id} is gone")
     return FileResponse(path, media_type="image/jpeg", filename=path.name)

@@ -9,11 +9,11 @@ like ``/docs`` and are mounted on the app by :func:`install` rather than listed 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 from vms.api.deps import require
 from vms.auth import READERS, Principal, Role
@@ -32,16 +32,22 @@ VIEWS: dict[Role, list[str]] = {
 router = APIRouter(prefix="/api/v1", tags=["web"])
 
 
-@router.get("/session")
-def session(who: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+class SessionOut(BaseModel):
+    name: str = Field(description="The token's name")
+    role: Role
+    views: list[str] = Field(description="The pages this role may open")
+
+
+@router.get("/session", response_model=SessionOut)
+def session(who: Principal = Depends(require(*READERS))) -> SessionOut:
     """The caller's name, role and the views the pages offer it."""
-    return {"name": who.name, "role": who.role.value, "views": VIEWS[who.role]}
+    return SessionOut(name=who.name, role=who.role, views=VIEWS[who.role])
 
 
 def install(app: FastAPI) -> None:
     """Mount the static pages at ``/web/`` and send ``/`` there."""
     app.mount(WEB_PREFIX, StaticFiles(directory=WEB_DIR, html=True), name="web")
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, response_class=RedirectResponse)
     def root() -> RedirectResponse:
         return RedirectResponse(f"{WEB_PREFIX}/", status_code=307)

@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.db.models import Segment
+from vms.errors import DomainError, Invalid, NoSpace, NotFound
 from vms.kernel.timeutil import iso
 
 #: Uncovered stretches shorter than this are timestamp jitter between segments, not gaps.
@@ -42,12 +43,24 @@ OUT_TB = Fraction(1, 90000)
 _WRAP = 1 << 33  # MPEG-TS timestamps are 33-bit
 
 
-class ClipError(Exception):
-    """A clip that cannot be made; ``status`` is the HTTP status that says why."""
+class ClipError(DomainError):
+    """A clip that cannot be made; the kind (vms/errors.py) says why, the message says what."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+
+class ClipNotFound(ClipError, NotFound):
+    """Nothing to cut: an unknown device, no recordings in the range, or none of them playable."""
+
+
+class ClipInvalid(ClipError, Invalid):
+    """The range asked for is impossible: it ends before it starts, or is longer than allowed."""
+
+
+class ClipNoSpace(ClipError, NoSpace):
+    """The disk cannot hold the clip (refused up front, or filled up while writing)."""
+
+
+class ClipFailed(RuntimeError):
+    """A build the hub accepted broke (an I/O or demuxer fault): not a refusal, so no domain kind."""
 
 
 @dataclass(frozen=True)
@@ -257,13 +270,13 @@ def build_clip(plan: ClipPlan, root: Path, out_path: Path, progress: Progress | 
 
     Starts at the last keyframe at or before ``plan.start`` and stops at the first packet decoded
     at or after ``plan.end``, so every frame before ``end`` is decodable. ``progress`` gets
-    (bytes written, fraction of the range done). Raises :class:`ClipError`: 404 when no segment
-    is usable, 507 when the disk fills up.
+    (bytes written, fraction of the range done). Raises :class:`ClipNotFound` when no segment
+    is usable, :class:`ClipNoSpace` when the disk fills up.
     """
     reader = _VerifiedSegments(plan, root)
     if not reader.load_next():  # the first usable segment, or a clear refusal
         reasons = "; ".join(f"{iso(s.start)} {s.reason}" for s in reader.skipped[:5])
-        raise ClipError(404, f"no playable recordings in the range ({len(reader.skipped)} damaged: {reasons})")
+        raise ClipNotFound(f"no playable recordings in the range ({len(reader.skipped)} damaged: {reasons})")
     f: Any = None
     try:
         f = open(out_path, "wb", buffering=0)  # noqa: SIM115 - closed below, also on errors
@@ -275,7 +288,7 @@ def build_clip(plan: ClipPlan, root: Path, out_path: Path, progress: Progress | 
     except OSError as exc:
         _discard(f, out_path)
         if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise ClipError(507, f"disk full while writing the clip: {exc.strerror}") from None
+            raise ClipNoSpace(f"disk full while writing the clip: {exc.strerror}") from None
         raise
     except BaseException:
         _discard(f, out_path)
@@ -345,7 +358,7 @@ def _remux(plan: ClipPlan, reader: _VerifiedSegments, sink: _HashingSink, state:
                 frames += 1
             state["fraction"] = min(max((w_dts - plan.start) / max(plan.end - plan.start, 1e-9), 0.0), 1.0)
         if out is None:
-            raise ClipError(404, "no keyframe in the range: nothing playable to cut")
+            raise ClipNotFound("no keyframe in the range: nothing playable to cut")
         out.close()
         out = None
     finally:

@@ -23,11 +23,14 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vms.archive.clip import ClipError, ClipPlan, ClipResult, build_clip, gaps_json
+from vms.archive.clip import ClipError, ClipFailed, ClipNoSpace, ClipPlan, ClipResult, build_clip, gaps_json
 from vms.db.models import ExportJob
 from vms.kernel.timeutil import iso
 
 log = logging.getLogger(__name__)
+
+#: Why a build ended without a clip: a refusal (a domain error) or a fault of the hub's.
+BuildError = ClipError | ClipFailed
 
 #: Progress is written to the store at most this often.
 PROGRESS_EVERY_S = 1.0
@@ -43,7 +46,7 @@ class LiveExport:
         self.written = 0
         self.finished = False
         self.result: ClipResult | None = None
-        self.error: ClipError | None = None
+        self.error: BuildError | None = None
         self._cond = threading.Condition()
 
     def advance(self, n: int) -> None:
@@ -51,7 +54,7 @@ class LiveExport:
             self.written = n
             self._cond.notify_all()
 
-    def finish(self, result: ClipResult | None, error: ClipError | None) -> None:
+    def finish(self, result: ClipResult | None, error: BuildError | None) -> None:
         """End the build; a result's file is renamed into place under the same lock readers open with."""
         with self._cond:
             if result is not None:
@@ -145,12 +148,12 @@ class Exports:
             self._fail(live, exc)
             return
         except OSError as exc:
-            err = ClipError(507 if exc.errno in (28, 122) else 500, f"cannot write the clip: {exc.strerror or exc}")
-            self._fail(live, err)
+            message = f"cannot write the clip: {exc.strerror or exc}"
+            self._fail(live, ClipNoSpace(message) if exc.errno in (28, 122) else ClipFailed(message))  # ENOSPC, EDQUOT
             return
         except Exception as exc:
             log.exception("export %s failed", live.id)
-            self._fail(live, ClipError(500, f"clip failed: {exc}"))
+            self._fail(live, ClipFailed(f"clip failed: {exc}"))
             return
         gaps = gaps_json(result.gaps)
         for sk in result.skipped:
@@ -174,7 +177,7 @@ class Exports:
         )
         self._forget_later(live.id)
 
-    def _fail(self, live: LiveExport, err: ClipError) -> None:
+    def _fail(self, live: LiveExport, err: BuildError) -> None:
         live.part.unlink(missing_ok=True)
         self.manifest_path(live.id).unlink(missing_ok=True)
         self._update(live.id, status="failed", error=str(err), path=None, finished_at=self.clock())

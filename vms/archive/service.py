@@ -22,7 +22,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from vms import audit
 from vms.alerts import AlertKind
 from vms.archive import accounting
-from vms.archive.clip import MAX_CLIP_SECONDS, MAX_EXPORT_SECONDS, ClipError, ClipPlan, gaps_json, plan_clip
+from vms.archive.clip import (
+    MAX_CLIP_SECONDS,
+    MAX_EXPORT_SECONDS,
+    ClipInvalid,
+    ClipNoSpace,
+    ClipNotFound,
+    ClipPlan,
+    gaps_json,
+    plan_clip,
+)
 from vms.archive.exports import Exports, LiveExport
 from vms.archive.retention import PassReport, RepairReport, Retention
 from vms.archive.store import SegmentStore
@@ -30,6 +39,7 @@ from vms.auth import Principal
 from vms.centers import CenterTree
 from vms.config import HubConfig, RetentionPolicy
 from vms.db.models import Device, LegalHold
+from vms.errors import Conflict, NotFound
 from vms.kernel.timeutil import iso
 from vms.services.alerting import AlertWriter, NewAlert
 
@@ -357,9 +367,9 @@ class Archive:
         with self.sessions() as s:
             row = s.get(LegalHold, hold_id)
             if row is None:
-                raise KeyError(hold_id)
+                raise NotFound(f"no hold {hold_id}")
             if row.released_at is not None:
-                raise ValueError(f"hold {hold_id} was released already at {iso(row.released_at)}")
+                raise Conflict(f"hold {hold_id} was released already at {iso(row.released_at)}")
             row.released_at, row.released_by = now, who.name
             s.commit()
             s.refresh(row)
@@ -375,25 +385,24 @@ class Archive:
 
     # -- clips ---------------------------------------------------------------------------------
     def plan(self, device_id: str, start: float, end: float, *, export: bool) -> ClipPlan:
-        """Check the range and find the footage; :class:`ClipError` says precisely what is wrong."""
+        """Check the range and find the footage; a :class:`ClipError` says precisely what is wrong."""
         if end <= start:
-            raise ClipError(422, f"end {iso(end)} must be after start {iso(start)}")
+            raise ClipInvalid(f"end {iso(end)} must be after start {iso(start)}")
         limit = MAX_EXPORT_SECONDS if export else MAX_CLIP_SECONDS
         if end - start > limit:
             hint = "" if export else "; long ranges are export jobs: POST /api/v1/exports"
-            raise ClipError(422, f"range of {end - start:.0f} s is longer than the {limit:.0f} s allowed{hint}")
+            raise ClipInvalid(f"range of {end - start:.0f} s is longer than the {limit:.0f} s allowed{hint}")
         if not self.lookups.known(device_id):
             with self.sessions() as s:
                 if s.get(Device, device_id) is None:
-                    raise ClipError(404, f"unknown device {device_id}")
+                    raise ClipNotFound(f"unknown device {device_id}")
         plan = plan_clip(self.sessions, device_id, start, end)
         if not plan.pieces:
-            raise ClipError(404, f"no recordings of {device_id} between {iso(start)} and {iso(end)}")
+            raise ClipNotFound(f"no recordings of {device_id} between {iso(start)} and {iso(end)}")
         free = self.segments.free_bytes()
         reserve = self.min_free_bytes
         if free - plan.estimated_bytes < reserve:
-            raise ClipError(
-                507,
+            raise ClipNoSpace(
                 f"not enough disk for the clip: it needs about {plan.estimated_bytes} bytes, {free} are free and "
                 f"{reserve} stay reserved for recording",
             )

@@ -29,14 +29,16 @@ log = logging.getLogger(__name__)
 
 
 class Result(Enum):
-    STORED = 201
-    DUPLICATE = 200
-    BAD_CHECKSUM = 400
-    CONFLICT = 409
-    TOO_LARGE = 413
-    BAD_RANGE = 422
-    DISK_FULL = 507
-    STORE_ERROR = 503
+    """What became of an uploaded segment. The API answers each with a status (``vms/api/status.py``)."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    BAD_CHECKSUM = "bad_checksum"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+    BAD_RANGE = "bad_range"
+    DISK_FULL = "disk_full"
+    STORE_ERROR = "store_error"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vms.archive.store import Outcome, Result
 from vms.config import LiveConfig
 from vms.db.models import Segment
+from vms.errors import Conflict
 from vms.live.ring import SubRing
 from vms.live.window import Entry, LiveWindow, SegmentRef, probe, render_playlist
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (device ID, stream)
 
 
-class NoLiveMedia(Exception):
+class NoLiveMedia(Conflict):
     """The camera is known but nothing it sent recently can be shown."""
 
 

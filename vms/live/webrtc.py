@@ -38,6 +38,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
+from vms.errors import DomainError, Unavailable
+
 if TYPE_CHECKING:
     from vms.live.relay import LiveRelay
 
@@ -54,12 +56,12 @@ MAX_STEP = 5 * 90_000
 CONNECT_TIMEOUT_S = 20.0
 
 
-class OfferError(ValueError):
-    """The offer cannot be answered; the message says why (400)."""
+class OfferError(DomainError, ValueError):
+    """The offer cannot be answered; the message says why (a plain refusal: HTTP 400)."""
 
 
-class ViewerLimit(Exception):
-    """Too many viewers (503)."""
+class ViewerLimit(Unavailable):
+    """Too many viewers for now."""
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from vms import audit
 from vms.auth import Principal
 from vms.config import HealthConfig
 from vms.db.models import Agent
-from vms.kernel.protocol import CameraStats, Heartbeat, HeartbeatReply, Rejection
+from vms.errors import Unsupported
+from vms.kernel.protocol import PROTOCOL_VERSION, CameraStats, Heartbeat, HeartbeatReply, Rejection
 from vms.services.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
-class HeartbeatRejected(Exception):
-    """The whole heartbeat is unusable (e.g. unsupported protocol)."""
+class HeartbeatRejected(Unsupported):
+    """The whole registration or heartbeat is unusable (an unsupported protocol)."""
 
 
 class Heartbeats:
@@ -41,7 +43,10 @@ class Heartbeats:
         self.heartbeats_total = 0
         self.rejected_total = 0
 
-    def register(self, who: Principal, version: str, hostname: str) -> None:
+    def register(self, who: Principal, protocol: int, version: str, hostname: str) -> None:
+        """An agent (re)starts: recorded and audited."""
+        if protocol != PROTOCOL_VERSION:
+            raise HeartbeatRejected(f"protocol {protocol} not supported; this hub speaks {PROTOCOL_VERSION}")
         now = self.reg.clock()
         with self.reg.sessions() as s:
             row = s.get(Agent, who.name)
@@ -53,13 +58,15 @@ class Heartbeats:
             s.commit()
         with self.reg.lock:
             self.reg.agent(who.name)
+        audit.record(self.reg.sessions, who, at=now, action="agent.register", target=who.name,
+                     detail={"version": version, "hostname": hostname})
         log.info("agent %s registered (version %s, host %s)", who.name, version, hostname)
 
     def heartbeat(self, who: Principal, hb: Heartbeat) -> HeartbeatReply:
         reg = self.reg
         now = reg.clock()
-        if hb.protocol != 1:
-            raise HeartbeatRejected(f"protocol {hb.protocol} not supported; this hub speaks 1")
+        if hb.protocol != PROTOCOL_VERSION:
+            raise HeartbeatRejected(f"protocol {hb.protocol} not supported; this hub speaks {PROTOCOL_VERSION}")
         skew = now - hb.sent_at
         warning = None
         if abs(skew) > self.cfg.max_clock_skew_s:
