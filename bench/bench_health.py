@@ -21,7 +21,6 @@ import numpy as np
 from sqlalchemy import insert
 
 from vms import reports
-from vms.api.centers import center_view
 from vms.config import HubConfig
 from vms.db.models import Device, StateInterval
 from vms.health import INTACT, ONLINE, UPLOADING, state_name
@@ -134,7 +133,7 @@ def main() -> None:
         print(f"tick with 1% of devices changing (incl. store): {timed(one_percent_flip, 6):7.2f} ms")
         print(f"memory: hub process RSS {rss_mb():.0f} MB with {h.n} devices and {h.log.n} intervals in memory "
               f"(interpreter and libraries alone: {base_rss:.0f} MB; target < 500 MB)")
-        summary = timed(lambda: [center_view(hub, r) for r in hub.tree.roots])
+        summary = timed(hub.snapshots.centers)
         print(f"center summary (tree with counts and ratios):   {summary:7.2f} ms  (target < 200 ms)")
         end = time.time()
         rep = timed(lambda: reports.availability(hub.monitor, end - args.days * 86400, end, device_limit=100), 5)
