@@ -27,6 +27,7 @@ from vms.kernel.protocol import CameraSource as Source
 
 from .analysis import AgentAnalysis
 from .config import AgentConfig, redact, strip_credentials
+from .discovery import host_of, stream_problem
 from .ingest import CameraIngest
 from .registry import Registry
 from .segmenter import Segmenter
@@ -67,13 +68,30 @@ class CameraSource:
 LIVE_SPOOL_QUOTA_BYTES = 256_000_000
 
 
-def with_credentials(url: str, username: str, password: str) -> str:
-    """Put ONVIF credentials into a stream URI that has none (cameras use the same account)."""
+def with_credentials(url: str, username: str, password: str, host: str | None = None) -> str:
+    """Put ONVIF credentials into a stream URI that has none (cameras use the same account).
+
+    Given the ONVIF device's ``host``, a URI for any other host (or not rtsp/rtsps) never gets them.
+    """
     parts = urlsplit(url)
     if not username or "@" in parts.netloc:
         return url
+    if host is not None:
+        problem = stream_problem(url, host_of(host))
+        if problem:
+            log.error("not giving the ONVIF credentials to %s: %s", redact(url), problem)
+            return url
     userinfo = quote(username, safe="") + (":" + quote(password, safe="") if password else "")
     return urlunsplit((parts.scheme, f"{userinfo}@{parts.netloc}", parts.path, parts.query, parts.fragment))
+
+
+def _same_host(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and host_of(a or "") == host_of(b or "")
+
+
+def _source_host(s: CameraSource) -> str:
+    """Where a camera answers: its ONVIF address's host, else its stream URL's."""
+    return host_of(s.address) if s.address else (urlsplit(s.url).hostname or "").lower()
 
 
 class Agent:
@@ -137,15 +155,45 @@ class Agent:
         for cam in discover(o.username, o.password, d.timeout_s):
             uri = cam.main_stream()
             if uri is None:
-                log.warning("ONVIF camera at %s has no usable stream (%s)", cam.address, cam.error)
+                refused = "; ".join(p.refused_uri for p in cam.profiles if p.refused_uri)
+                log.warning("ONVIF camera at %s has no usable stream (%s)", cam.address,
+                            cam.error or (f"stream URIs refused: {refused}" if refused else "no stream URI"))
                 continue
             sub = cam.sub_stream()
-            out.append(CameraSource(url=with_credentials(uri, o.username, o.password),
+            host = host_of(cam.address)
+            out.append(CameraSource(url=with_credentials(uri, o.username, o.password, host),
                                     name=" ".join(x for x in (cam.manufacturer, cam.model) if x),
                                     serial=cam.serial, manufacturer=cam.manufacturer, model=cam.model,
                                     address=cam.address,
-                                    sub_url=with_credentials(sub, o.username, o.password)
+                                    sub_url=with_credentials(sub, o.username, o.password, host)
                                     if sub and sub != uri else None, source="onvif"))
+        return self.one_per_serial(out)
+
+    def one_per_serial(self, found: list[CameraSource]) -> list[CameraSource]:
+        """One source per serial number: a serial is only what a device says about itself.
+
+        When several devices claim one serial, the one at the address the camera is known at is kept
+        (else the first); the others are left out, loudly, and never relayed under its ID.
+        """
+        by_serial: dict[str, list[CameraSource]] = {}
+        out: list[CameraSource] = []
+        for src in found:
+            key = (src.serial or "").strip().lower()
+            if key:
+                by_serial.setdefault(key, []).append(src)
+                if len(by_serial[key]) > 1:
+                    continue
+            out.append(src)
+        for claims in by_serial.values():
+            if len(claims) < 2:
+                continue
+            dev = self.registry.lookup(serial=claims[0].serial)
+            known = next((e for e in self.registry.entries() if e.device_id == dev), None)
+            keep = next((c for c in claims if known is not None and _same_host(c.address, known.address)), claims[0])
+            if keep is not claims[0]:
+                out[out.index(claims[0])] = keep
+            log.error("%d devices claim serial %r (%s); relaying none but the one at %s under its ID",
+                      len(claims), keep.serial, ", ".join(c.address or redact(c.url) for c in claims), keep.address)
         return out
 
     def remembered_sources(self, found: list[CameraSource]) -> list[CameraSource]:
@@ -163,10 +211,11 @@ class Agent:
                 continue
             log.warning("accepted camera %s (%s) did not answer discovery; relaying it from %s", e.device_id,
                         e.name or "unnamed", e.url)
-            out.append(CameraSource(url=with_credentials(e.url, o.username, o.password), name=e.name,
-                                    serial=e.serial, source="onvif",
-                                    sub_url=with_credentials(e.sub_url, o.username, o.password) if e.sub_url
-                                    else None))
+            host = host_of(e.address) if e.address else None
+            out.append(CameraSource(url=with_credentials(e.url, o.username, o.password, host), name=e.name,
+                                    serial=e.serial, source="onvif", address=e.address,
+                                    sub_url=with_credentials(e.sub_url, o.username, o.password, host)
+                                    if e.sub_url else None))
         return out
 
     def assign_ids(self, sources: list[CameraSource], prefix: str | None) -> None:
@@ -175,7 +224,7 @@ class Agent:
         for src in sorted(sources, key=lambda s: s.device_id is None):
             dev = self.registry.assign(prefix=prefix, url=src.url, serial=src.serial,
                                        fixed_id=src.device_id, name=src.name, source=src.source,
-                                       sub_url=src.sub_url)
+                                       sub_url=src.sub_url, address=src.address)
             if dev in seen:
                 log.info("camera %s is the same device as %s (%s); relaying it once",
                          redact(src.url), seen[dev], dev)
@@ -236,11 +285,14 @@ class Agent:
             if not await asyncio.to_thread(ing.join, 8.0):
                 log.warning("camera %s: ingest thread did not stop in time", dev)
 
+    def _address(self, dev: str) -> str:
+        s = self.sources[dev]
+        return s.address or urlsplit(s.url).netloc.rsplit("@", 1)[-1]
+
     def camera_report(self, devices: set[str] | None = None) -> list[dict[str, Any]]:
         return [{"device_id": dev, "source": s.source, "name": s.name, "location": s.location,
                  "manufacturer": s.manufacturer, "model": s.model, "serial": s.serial,
-                 "address": s.address or urlsplit(s.url).netloc.rsplit("@", 1)[-1],
-                 "stream_uri": strip_credentials(s.url)}
+                 "address": self._address(dev), "stream_uri": strip_credentials(s.url)}
                 for dev, s in self.sources.items() if devices is None or dev in devices]
 
     # --- run ------------------------------------------------------------------------------------
@@ -282,23 +334,30 @@ class Agent:
 
     async def _report_cameras(self, devices: set[str] | None = None) -> None:
         """Report cameras (all, or ``devices``) and act on the answer; a failure waits for the next round."""
+        cameras = self.camera_report(devices)
         try:
-            reply = await self.uplink.report_cameras(self.camera_report(devices))
+            reply = await self.uplink.report_cameras(cameras)
         except Exception as exc:
             log.warning("could not report cameras to the hub: %s", exc)
             return
         if reply is not None:
-            await self.apply(reply)
+            await self.apply(reply, {c["device_id"]: c["address"] for c in cameras})
 
-    async def apply(self, reply: CameraReportReply) -> None:
-        """Start cameras the hub accepts, stop the ones an admin rejected, remember both on disk."""
-        states = {d.device_id: d.state for d in reply.cameras if d.device_id in self.sources and d.state != "refused"}
+    async def apply(self, reply: CameraReportReply, reported: dict[str, str] | None = None) -> None:
+        """Start cameras the hub accepts, stop the ones an admin rejected, remember both on disk.
+
+        An answer about a camera that has moved since it was reported (``reported``: device -> address
+        sent) is stale and left for the next report."""
+        stale = {dev for dev, address in (reported or {}).items()
+                 if dev in self.sources and self._address(dev) != address}
+        states = {d.device_id: d.state for d in reply.cameras
+                  if d.device_id in self.sources and d.state != "refused" and d.device_id not in stale}
         before = {dev: self.registry.acceptance(dev) for dev in states}
         await asyncio.to_thread(self.registry.set_acceptance, states)
         running = self.relaying()
         for d in reply.cameras:
             dev, src = d.device_id, self.sources.get(d.device_id)
-            if src is None:
+            if src is None or dev in stale:
                 continue
             if d.state == "refused":
                 if self._refused.get(dev) != d.reason:
@@ -311,12 +370,18 @@ class Agent:
                 log.warning("camera %s (%s) rejected at the hub; not relaying it: %s", dev,
                             src.name or redact(src.url), d.reason)
                 await self.stop_camera(dev)
-            elif d.state == "pending" and before[dev] != "pending":
-                log.warning("camera %s (%s at %s) waits for an admin to accept it at the hub; not relaying it yet",
-                            dev, src.name or "unnamed", src.address or redact(src.url))
+            elif d.state == "pending" and (dev in running or before[dev] != "pending"):
+                log.warning("camera %s (%s at %s) waits for an admin to accept it at the hub; not relaying it yet%s",
+                            dev, src.name or "unnamed", src.address or redact(src.url),
+                            f": {d.reason}" if dev in running else "")
+                if dev in running:
+                    await self.stop_camera(dev)
 
     async def rediscover_loop(self, stop: asyncio.Event) -> None:
-        """Probe again every ``discovery.interval_s``: report new cameras, follow cameras that moved address."""
+        """Probe again every ``discovery.interval_s``: report new cameras and cameras at another address.
+
+        A camera streaming from another path on the same host is followed; one answering at another
+        host (moved, or another device claiming its serial) stops and waits for an admin at the hub."""
         if not self.cfg.discovery.enabled:
             return
         while not stop.is_set():
@@ -335,19 +400,26 @@ class Agent:
                 if dev is None or dev not in self.sources:
                     new.append(src)
                 elif strip_credentials(self.sources[dev].url) != strip_credentials(src.url):
-                    moved.append(src)
+                    moved.append((src, self.sources[dev]))
             if not (new or moved):
                 continue
-            self.assign_ids(new + moved, self.prefix)
-            for src in moved:
+            self.assign_ids(new + [src for src, _ in moved], self.prefix)
+            for src, old in moved:
                 dev = src.device_id or ""
-                log.warning("camera %s now answers at %s; relaying it from there", dev, redact(src.url))
-                if dev in self.relaying():
-                    await self.stop_camera(dev)
-                    self.start_camera(dev)
+                if _source_host(src) == _source_host(old):  # same host, another path: followed
+                    log.warning("camera %s now streams from %s; relaying it from there", dev, redact(src.url))
+                    if dev in self.relaying():
+                        await self.stop_camera(dev)
+                        self.start_camera(dev)
+                    continue
+                # Another address: maybe the camera moved, maybe another device claims its serial.
+                log.warning("camera %s (serial %s) answers at %s instead of %s; not relaying it until an admin "
+                            "accepts it at its new address", dev, src.serial, src.address or redact(src.url),
+                            old.address or redact(old.url))
+                await self.stop_camera(dev)
             if new:
                 log.info("discovery found %d new camera(s)", len(new))
-                await self._report_cameras({s.device_id for s in new if s.device_id})
+            await self._report_cameras({s.device_id for s in new + [m for m, _ in moved] if s.device_id})
 
     async def report_loop(self, stop: asyncio.Event) -> None:
         """Report cameras not relayed (and any the hub refused stats for) often, every camera now and then."""

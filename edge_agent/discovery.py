@@ -19,6 +19,8 @@ from .config import redact, strip_credentials
 log = logging.getLogger(__name__)
 
 ONVIF_NVT_NS = "http://www.onvif.org/ver10/network/wsdl"
+#: Stream URI schemes the agent relays; anything else an ONVIF device names is refused.
+STREAM_SCHEMES = ("rtsp", "rtsps")
 
 
 class Profile(BaseModel):
@@ -28,6 +30,9 @@ class Profile(BaseModel):
     width: int | None = None
     height: int | None = None
     stream_uri: str | None = Field(None, description="RTSP URI without credentials.")
+    refused_uri: str | None = Field(
+        None, description="Why the stream URI the device named was refused (not rtsp/rtsps, or not on the "
+        "ONVIF device's own host); stream_uri is then empty.")
 
 
 class DiscoveredCamera(BaseModel):
@@ -100,7 +105,14 @@ def query_onvif(xaddr: str, username: str = "", password: str = "", timeout_s: f
                 req.ProfileToken = prof.token
                 req.StreamSetup = {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}
                 uri = media.GetStreamUri(req).Uri
-                p.stream_uri = strip_credentials(str(uri)) if uri else None
+                stream = strip_credentials(str(uri)) if uri else None
+                problem = stream_problem(stream, host) if stream else None
+                if problem:
+                    p.refused_uri = problem
+                    log.error("ONVIF %s profile %s: refusing its stream URI %s: %s", cam.address, p.token,
+                              redact(stream or ""), problem)
+                else:
+                    p.stream_uri = stream
             except Exception as exc:
                 log.warning("ONVIF %s profile %s: GetStreamUri failed: %s", cam.address, p.token, exc)
             cam.profiles.append(p)
@@ -108,6 +120,32 @@ def query_onvif(xaddr: str, username: str = "", password: str = "", timeout_s: f
         cam.error = describe_error(exc, username)
         log.warning("ONVIF %s: %s", redact(xaddr), cam.error)
     return cam
+
+
+def stream_problem(uri: str, onvif_host: str) -> str | None:
+    """Why a stream URI an ONVIF device names may not be relayed, or None if it may.
+
+    Only ``rtsp``/``rtsps`` on the device's own host: a device must not send the agent (and the
+    site's ONVIF credentials, which go into the URI) to another host or another kind of URL.
+    """
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme.lower() not in STREAM_SCHEMES:
+        return f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(STREAM_SCHEMES)}"
+    if not host or host.lower() != onvif_host.strip("[]").lower():
+        return f"host {host or '(none)'!r} is not the ONVIF device's own address {onvif_host!r}"
+    return None
+
+
+def host_of(address: str) -> str:
+    """The host of ``host[:port]`` (IPv6 in brackets), lower case; the address itself if it has none."""
+    try:
+        return (urlsplit("//" + address).hostname or address).lower()
+    except ValueError:
+        return address.lower()
 
 
 def describe_error(exc: BaseException, username: str = "") -> str:

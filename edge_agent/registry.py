@@ -4,6 +4,10 @@ A camera is known by its ONVIF serial number when we have one, otherwise by its 
 credentials stripped; both are kept per entry, so a camera first configured by URL and later
 discovered with a serial keeps its ID. The file is replaced atomically (tmp + fsync + rename),
 so a crash leaves the old or the new registry, never a torn one.
+
+A serial number is only what a device says about itself: a discovered camera that turns up at
+another address keeps its ID, but an acceptance it had goes back to pending, so nothing at a new
+address is relayed under an accepted ID until an admin has looked at it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vms.kernel import ids
 
@@ -40,6 +45,20 @@ class Entry:
     #: misses a later probe is still relayed from what was last found.
     source: str = ""
     sub_url: str | None = None
+    #: Where the ONVIF device answered (host:port); its stream URIs must be on this host.
+    address: str | None = None
+
+
+def entry_host(e: Entry) -> str | None:
+    """The host a camera was last known at: its ONVIF address, else its stream URL's host."""
+    where = f"//{e.address}" if e.address else e.url
+    if not where:
+        return None
+    try:
+        host = urlsplit(where).hostname
+    except ValueError:
+        return None
+    return host.lower() if host else None
 
 
 def _serial_key(serial: str | None) -> str | None:
@@ -135,8 +154,12 @@ class Registry:
         name: str = "",
         source: str = "",
         sub_url: str | None = None,
+        address: str | None = None,
     ) -> str:
-        """The camera's device ID: its fixed ID, its known ID, or a new one under ``prefix``."""
+        """The camera's device ID: its fixed ID, its known ID, or a new one under ``prefix``.
+
+        A discovered camera found (by its serial) at another host than before keeps its ID, but an
+        acceptance goes back to pending: see :meth:`moved`."""
         if not url and not _serial_key(serial):
             raise RegistryError("a camera needs a URL or a serial number to be identified")
         if fixed_id is not None:
@@ -180,6 +203,7 @@ class Registry:
                 entry = Entry(device_id=new_id)
                 self._entries.append(entry)
                 log.info("camera %s: new device ID %s", ukey or serial, new_id)
+            before = Entry(**asdict(entry))
             # Learn the other half of the identity (serial or address) for future lookups.
             if ukey:
                 for other in self._entries:
@@ -193,5 +217,19 @@ class Registry:
             if source:
                 entry.source = source
                 entry.sub_url = strip_credentials(sub_url) if sub_url else None
+                entry.address = address or (None if source == "onvif" else entry.address)
+            if moved(before, entry) and entry.acceptance == "accepted":
+                log.warning("camera %s (serial %s) now answers at %s, not %s: its acceptance goes back to "
+                            "pending until an admin accepts the new address", entry.device_id, entry.serial,
+                            entry.address or entry.url, before.address or before.url)
+                entry.acceptance = "pending"
             self._write()
             return entry.device_id
+
+
+def moved(before: Entry, after: Entry) -> bool:
+    """A discovered camera now at another host than it was known at (its ONVIF address or stream host)."""
+    if before.source != "onvif" or after.source != "onvif":
+        return False
+    old, new = entry_host(before), entry_host(after)
+    return old is not None and new is not None and old != new

@@ -383,6 +383,7 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
                     onvif_base_port=None, host=host, params=ClipParams(duration_s=4.0, bitrate_kbps=600))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     responder: subprocess.Popen[str] | None = None
+    onvif_service: subprocess.Popen[str] | None = None
     agent: subprocess.Popen[bytes] | None = None
     agent_cfg = {"hub_url": f"http://{host}:{hub.port}", "token": agent_token, "data_dir": str(d / "agent"),
                  "id_prefix": "32058501001320", "segment_seconds": 2,
@@ -406,9 +407,19 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
         # The agent starts before the camera answers probes: it must find it on a later probe.
         agent = start_agent()
         wait_until(lambda: stored(hub, CONFIGURED) >= 1, 60, "configured camera's first segment", context=log_tail)
+        # The camera's ONVIF service answers on the simulator's host, where its RTSP stream is (the
+        # agent relays a stream only from the ONVIF device's own host); its WS-Discovery answers
+        # come from the second namespace, where the agent's multicast probe reaches.
+        onvif_port = free_port()
+        onvif_service = subprocess.Popen(
+            [sys.executable, "-m", "camsim.onvif", "--bind", host, "--base-port", str(onvif_port),
+             "--rtsp-base", f"rtsp://{host}:{sim.rtsp_port}/cam", "--username", user, "--password", password,
+             "--device-id", onvif_cam],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        assert onvif_service.stdout is not None and onvif_service.stdout.readline().strip() == "ready"
         responder = subprocess.Popen(
             ["ip", "netns", "exec", net.cam, sys.executable, "-m", "camsim.onvif", "--bind", net.cam_ip,
-             "--base-port", "18090", "--rtsp-base", f"rtsp://{host}:{sim.rtsp_port}/cam", "--discovery",
+             "--advertise-host", host, "--base-port", str(onvif_port), "--discovery",
              "--username", user, "--password", password, "--device-id", onvif_cam],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
@@ -466,6 +477,8 @@ def test_agent_relays_a_discovered_camera_only_once_accepted(tmp_path: Path, age
             stop_process(agent, timeout=20)
         if responder is not None:
             stop_process(responder, timeout=5)
+        if onvif_service is not None:
+            stop_process(onvif_service, timeout=5)
         hub.stop()
         sim.stop()
 

@@ -30,6 +30,7 @@ class AlertKind(StrEnum):
     DEVICE_DEGRADED = "device_degraded"
     STORAGE_LOW = "storage_low"  # the archive's emergency cleanup ran (vms/archive/service.py)
     SPOOL_DROPPED = "spool_dropped"  # an agent's spool lost footage before upload (vms/services/spool_losses.py)
+    RECEIVER_DOWN = "receiver_down"  # an alert receiver keeps failing; the others hear of it (vms/notify.py)
 
 
 class AlertState(StrEnum):
@@ -54,6 +55,8 @@ SEVERITY = {
     AlertKind.DEVICE_DEGRADED: Severity.WARNING,
     AlertKind.STORAGE_LOW: Severity.CRITICAL,
     AlertKind.SPOOL_DROPPED: Severity.CRITICAL,
+    # Critical: while it lasts, a crew hears of no outage at all (the notifications wait, none is lost).
+    AlertKind.RECEIVER_DOWN: Severity.CRITICAL,
 }
 
 

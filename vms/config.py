@@ -110,6 +110,11 @@ class AlertsConfig(_Model):
     retry_max_attempts: int = Field(
         0, ge=0, le=100000, description="0 retries forever; otherwise give up after this many."
     )
+    receiver_down_after_s: float = Field(
+        60.0, gt=0, le=86400,
+        description="A receiver failing this long raises one receiver_down alert (sent to the others); "
+        "its next delivery resolves it.",
+    )
 
 
 class Targets(_Model):
@@ -200,6 +205,11 @@ class ArchiveConfig(_Model):
     max_segment_seconds: float = Field(60.0, gt=0, le=600)
     min_free_bytes: int = Field(
         500_000_000, ge=0, le=10**13, description="Below this much free disk, new segments are refused (507)."
+    )
+    max_uploads_per_agent: int = Field(
+        8, ge=1, le=256,
+        description="Segment uploads (main and sub) one agent may have in progress at once; more are answered "
+        "429 with Retry-After, which the agent retries after a pause.",
     )
 
 

@@ -56,7 +56,7 @@ class Hub:
         self.health = Health(cfg.health, self.started_at)
         self.registry = Registry(self.health, self.tree, cfg.health, self.sessions, clock)
         self.alerts = AlertWriter(self.sessions, cfg.alerts, lambda: self.public_url, self.events, clock)
-        self.outbox = Outbox(cfg.alerts, self.sessions, sender)
+        self.outbox = Outbox(cfg.alerts, self.sessions, sender, self.alerts.raise_kind, self.alerts.resolve_active)
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
         self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s,
                               ring_dir=cfg.storage.data_dir / "live-sub")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from vms.api.deps import get_hub, require
 from vms.api.status import http_status
+from vms.archive.store import Incoming, Outcome, Result
 from vms.auth import READERS, Principal, Role
 from vms.hub import Hub
 from vms.kernel.protocol import (
@@ -90,6 +91,57 @@ def list_agents(hub: Hub = Depends(get_hub), _: Principal = Depends(require(*REA
 
 
 SEGMENTS_PREFIX = "/api/v1/agents/segments/"
+#: Body pieces gathered before one worker-thread write into the upload's temporary file (hash + write).
+UPLOAD_WRITE_BYTES = 1 << 20
+#: Seconds an agent over its upload limit is asked to wait (its uplink backs off on 429 anyway).
+BUSY_RETRY_AFTER_S = 1
+
+
+def _segment_reply(out: Outcome, sub: bool) -> JSONResponse:
+    body: dict[str, object] = {"result": out.result.name.lower(), "detail": out.message, "segment_id": out.segment_id}
+    if sub:
+        body["stream"] = "sub"
+    return JSONResponse(body, status_code=http_status(out.result))
+
+
+def _declared_length(request: Request) -> int | None:
+    try:
+        return int(request.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _write_error(exc: OSError) -> Outcome:
+    result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
+    return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+
+
+async def _receive_into(request: Request, body: Incoming, limit: int) -> bool:
+    """Stream the request body into ``body`` (written and hashed off the event loop, about 1 MB at a
+    time); False as soon as it is larger than ``limit`` (the rest is not read)."""
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if body.size + size > limit:
+            return False
+        pending.append(chunk)
+        if size >= UPLOAD_WRITE_BYTES:
+            await asyncio.to_thread(body.write, b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        await asyncio.to_thread(body.write, b"".join(pending))
+    return True
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes | None:
+    """The whole body if it is at most ``limit`` bytes, else None (the rest is not read)."""
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            return None
+    return bytes(buf)
 
 
 @router.put(
@@ -101,7 +153,10 @@ SEGMENTS_PREFIX = "/api/v1/agents/segments/"
         400: {"description": "checksum mismatch"},
         403: {"description": "device outside the agent's prefixes"},
         409: {"description": "different content stored"},
-        413: {"description": "too large"},
+        413: {"description": "too large (from Content-Length, before the body is read)"},
+        422: {"description": "duration out of range, or a start beyond the clock-skew bound in the future"},
+        429: {"description": "the agent has archive.max_uploads_per_agent uploads in progress: retry after "
+                             "Retry-After seconds"},
         507: {"description": "hub storage full: keep it and retry later"},
     },
 )
@@ -119,26 +174,54 @@ async def put_segment(
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(Role.agent)),
 ) -> JSONResponse:
-    """A relayed MPEG-TS segment (body), checksummed; stored atomically and indexed."""
+    """A relayed MPEG-TS segment (body), checksummed; streamed to disk while hashed, stored atomically and
+    indexed, and answered 201 only once its index row is committed durably."""
     reason = await asyncio.to_thread(hub.registry.claim, who, device_id)
     if reason:
         raise HTTPException(403, reason)
-    data = await request.body()
-    if stream == "sub":
-        sub = await asyncio.to_thread(
-            hub.ingest.store_sub, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at
-        )
-        return JSONResponse(
-            {"result": sub.result.name.lower(), "detail": sub.message, "segment_id": sub.segment_id, "stream": "sub"},
-            status_code=http_status(sub.result),
-        )
-    out = await asyncio.to_thread(
-        hub.ingest.store, who.name, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at, x_vms_motion_ratio
+    sub = stream == "sub"
+    limit, limit_name = (
+        (hub.cfg.live.sub_max_segment_bytes, "live.sub_max_segment_bytes") if sub
+        else (hub.cfg.archive.max_segment_bytes, "max_segment_bytes")
     )
-    return JSONResponse(
-        {"result": out.result.name.lower(), "detail": out.message, "segment_id": out.segment_id},
-        status_code=http_status(out.result),
-    )
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        return _segment_reply(Outcome(Result.TOO_LARGE, f"{declared} bytes > {limit_name} {limit}"), sub)
+    too_large = Outcome(Result.TOO_LARGE, f"more than {limit_name} {limit} bytes")
+    with hub.ingest.upload_slot(who.name) as ok:
+        if not ok:
+            raise HTTPException(
+                429, f"agent {who.name} has {hub.cfg.archive.max_uploads_per_agent} segment uploads in progress "
+                "(archive.max_uploads_per_agent); retry later", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+            )
+        if sub:
+            data = await _read_bounded(request, limit)
+            if data is None:
+                return _segment_reply(too_large, sub)
+            out = await asyncio.to_thread(
+                hub.ingest.store_sub, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at
+            )
+            return _segment_reply(out, sub)
+        try:
+            body = await asyncio.to_thread(hub.ingest.receive)
+        except OSError as exc:
+            return _segment_reply(_write_error(exc), sub)
+        handed = False
+        try:
+            try:
+                if not await _receive_into(request, body, limit):
+                    return _segment_reply(too_large, sub)
+            except OSError as exc:
+                return _segment_reply(_write_error(exc), sub)
+            handed = True  # from here the store moves the file into place or removes it
+            out = await asyncio.to_thread(
+                hub.ingest.store_file, who.name, device_id, start, duration, body, x_vms_sha256, x_vms_sent_at,
+                x_vms_motion_ratio,
+            )
+        finally:
+            if not handed:
+                body.discard()  # too large, a write error or the client gone: nothing was stored
+        return _segment_reply(out, sub)
 
 
 @router.post("/cameras", response_model=CameraReportReply)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from vms.api.deps import Comment, DeviceIdPath, get_hub, require
@@ -38,6 +38,9 @@ class DiscoveredOut(BaseModel):
     decided_by: str | None
     decided_at: str | None
     comment: str
+    moved_from: str | None = Field(
+        None, description="Set while an accepted camera reported at another address waits for an admin: the "
+        "address it was accepted at (``address`` is where it is now).")
 
 
 class DiscoveredList(BaseModel):
@@ -50,7 +53,7 @@ def _view(r: DiscoveredCamera) -> DiscoveredOut:
         device_id=r.device_id, agent=r.agent_id, source=r.source, name=r.name, location=r.location,
         manufacturer=r.manufacturer, model=r.model, serial=r.serial, address=r.address, stream_uri=r.stream_uri,
         first_seen=iso(r.first_seen_at), last_seen=iso(r.last_seen_at), state=r.state,
-        decided_by=r.decided_by, decided_at=iso(r.decided_at), comment=r.comment,
+        decided_by=r.decided_by, decided_at=iso(r.decided_at), comment=r.comment, moved_from=r.moved_from,
     )
 
 

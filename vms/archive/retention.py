@@ -2,28 +2,43 @@
 
 Deletion keeps the index and the disk consistent through crashes: a batch of rows is first marked
 ``deleting`` (committed), then the files are unlinked, then the rows deleted. Readers ignore marked
-rows, and :func:`repair` (run at start-up) finishes any marked batch and removes index rows whose
-file is gone and files that no row names (uploads cut off between rename and commit; the agent
-still has those in its spool and sends them again).
+rows, and :func:`repair` (run at start-up) finishes any marked batch, removes index rows whose
+file is gone and re-indexes files that no row names from what their names and contents say
+(device, start, sha256 and duration): after a power cut that lost the newest commits, or an upload
+cut off between rename and commit, footage the agent may already have deleted is never lost. A
+file that cannot be re-indexed (torn, unreadable, conflicting) is moved to ``.quarantine/`` and
+counted, never deleted; only temporary files of unfinished uploads are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import logging
+import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.archive.clip import safe_path
+from vms.archive.store import INCOMING, QUARANTINE, relative_path
 from vms.config import RetentionConfig, RetentionPolicy
 from vms.db.models import Device, LegalHold, Segment
 
 log = logging.getLogger(__name__)
+
+#: ``START_US-SHA12.ts``, as :func:`vms.archive.store.relative_path` names a segment file.
+_SEGMENT_NAME = re.compile(r"^(\d{1,20})-([0-9a-f]{12})\.ts$")
+#: The longest segment the API takes (``duration`` of an upload).
+_MAX_SEGMENT_S = 600.0
 
 Holds = dict[str, list[tuple[float, float]]]
 
@@ -50,7 +65,10 @@ class PassReport:
 class RepairReport:
     finished_deletions: int = 0
     rows_without_file: int = 0
-    files_without_row: int = 0
+    files_without_row: int = 0  # all of them: re-indexed + quarantined + temporary files removed
+    reindexed: int = 0
+    quarantined: int = 0
+    temp_removed: int = 0  # unfinished uploads' temporary files (never acknowledged to an agent)
 
 
 def active_holds(s: Session, device_id: str | None = None) -> Holds:
@@ -247,7 +265,13 @@ class Retention:
             rep.finished_deletions += len(marked)
         if not self.root.is_dir():
             return rep
-        for dev_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        incoming = self.root / INCOMING
+        if incoming.is_dir():
+            for p in incoming.iterdir():
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    rep.temp_removed += 1
+        for dev_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             on_disk = {str(p.relative_to(self.root)): p for p in dev_dir.rglob("*") if p.is_file()}
             with self.sessions() as s:
                 indexed = dict(
@@ -259,23 +283,125 @@ class Retention:
                     s.execute(delete(Segment).where(Segment.id.in_(gone[k : k + self.cfg.batch_size])))
                     s.commit()
             rep.rows_without_file += len(gone)
-            for rel, p in on_disk.items():
-                if rel not in indexed:
+            for rel, p in sorted(on_disk.items()):
+                if rel in indexed:
+                    continue
+                rep.files_without_row += 1
+                if p.name.endswith(".part"):  # an upload cut off before its rename: the agent still has it
                     p.unlink(missing_ok=True)
-                    rep.files_without_row += 1
+                    rep.temp_removed += 1
+                    continue
+                why = self._reindex(dev_dir.name, rel, p)
+                if why is None:
+                    rep.reindexed += 1
+                else:
+                    self._quarantine(rel, p, why)
+                    rep.quarantined += 1
         with self.sessions() as s:  # rows of devices whose whole directory is gone
-            dirs = {p.name for p in self.root.iterdir() if p.is_dir()}
+            dirs = {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
             orphans = [d for d in s.scalars(select(Segment.device_id).distinct()) if d not in dirs]
             for d in orphans:
                 n = s.execute(delete(Segment).where(Segment.device_id == d)).rowcount  # type: ignore[attr-defined]
                 rep.rows_without_file += int(n or 0)
             s.commit()
-        if rep.finished_deletions or rep.rows_without_file or rep.files_without_row:
+        if rep.finished_deletions or rep.rows_without_file or rep.files_without_row or rep.temp_removed:
             log.warning(
                 "archive repaired: %d interrupted deletions finished, %d rows without file removed, "
-                "%d files without row removed",
+                "%d files without row: %d re-indexed, %d quarantined in %s; %d temporary files removed",
                 rep.finished_deletions,
                 rep.rows_without_file,
                 rep.files_without_row,
+                rep.reindexed,
+                rep.quarantined,
+                self.root / QUARANTINE,
+                rep.temp_removed,
             )
         return rep
+
+    def _reindex(self, device_id: str, rel: str, path: Path) -> str | None:
+        """Index a segment file no row names, from its name (device, day, start, sha256 prefix) and
+        its content (the full sha256, the duration its packets span); None if done, else why not."""
+        parts = rel.split("/")
+        m = _SEGMENT_NAME.match(parts[-1]) if len(parts) == 3 else None
+        if m is None:
+            return "not named DEVICE/YYYYMMDD/START_US-SHA12.ts"
+        start = int(m.group(1)) / 1_000_000
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            st = path.stat()
+        except OSError as exc:
+            return f"unreadable: {exc}"
+        if not digest.startswith(m.group(2)):
+            return f"content (sha256 {digest[:12]}) does not match its name: torn or altered"
+        try:
+            if relative_path(device_id, start, digest) != rel:
+                return "its day directory does not match its start"
+        except (OverflowError, OSError, ValueError):
+            return "start out of range"
+        duration = media_duration(path)
+        if duration is None or not 0 < duration <= _MAX_SEGMENT_S:
+            return "not readable as MPEG-TS media (no timed packets)"
+        try:
+            with self.sessions() as s:
+                if s.get(Device, device_id) is None:
+                    return f"no device {device_id} in the store"
+                if s.scalars(
+                    select(Segment.id).where(Segment.device_id == device_id, Segment.start_at == start)
+                ).first() is not None:
+                    return "another segment is indexed at this device and start"
+                s.add(Segment(device_id=device_id, start_at=start, end_at=start + duration, bytes=st.st_size,
+                              path=rel, sha256=digest, received_at=st.st_mtime, agent_id=None))
+                s.commit()
+        except SQLAlchemyError as exc:
+            return f"index write failed: {exc}"
+        log.info("re-indexed %s (%.3f s from %s)", rel, duration, dt.datetime.fromtimestamp(start, dt.UTC).isoformat())
+        return None
+
+    def _quarantine(self, rel: str, path: Path, why: str) -> None:
+        """Move a file aside (never delete it) and note why in ``.quarantine/reasons.log``."""
+        q = self.root / QUARANTINE
+        dest = q / rel
+        n = 1
+        while dest.exists():
+            dest = q / f"{rel}.{n}"
+            n += 1
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            with open(q / "reasons.log", "a", encoding="utf-8") as f:
+                f.write(f"{dt.datetime.now(dt.UTC).isoformat()}\t{rel}\t{why}\n")
+        except OSError as exc:
+            log.error("cannot quarantine %s (%s): %s; left in place", rel, why, exc)
+            return
+        log.warning("segment file %s quarantined: %s", rel, why)
+
+
+def media_duration(path: Path) -> float | None:
+    """Seconds spanned by the packets of a segment's first video stream (else its first stream), or None."""
+    try:
+        with av.open(str(path), format="mpegts") as c:
+            streams = c.streams.video or c.streams
+            if not streams:
+                return None
+            st = streams[0]
+            lo = hi = None
+            step = 0.0
+            n = 0
+            for pkt in c.demux(st):
+                if pkt.pts is None or pkt.time_base is None:
+                    continue
+                tb = pkt.time_base
+                a = float(pkt.pts * tb)
+                b = float((pkt.pts + (pkt.duration or 0)) * tb)
+                lo = a if lo is None else min(lo, a)
+                hi = b if hi is None else max(hi, b)
+                step = max(step, float((pkt.duration or 0) * tb))
+                n += 1
+            if lo is None or hi is None or n == 0:
+                return None
+            if step == 0 and n > 1:  # no packet durations: one more frame at the average interval
+                hi += (hi - lo) / (n - 1)
+            return hi - lo if hi > lo else None
+    except (OSError, av.FFmpegError):
+        return None

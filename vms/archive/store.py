@@ -1,9 +1,18 @@
 """Segment store: verify, write atomically, index.
 
-A file is written under a temporary name, fsynced, renamed into place and its directory fsynced
-before its index row is committed, so the index never points at a half-written file. If the
-index write fails, the file is removed again and the agent (which still has the segment in its
-spool) is told to retry.
+A body arrives in a temporary file of its own (``.incoming/``, a unique name per upload, hashed as
+it is written, so an upload is never held in memory and two uploads never share a file). It is
+fsynced, renamed into place and its directory fsynced before its index row is committed, and that
+commit is durable (``synchronous=FULL``, see ``vms/db``) before the agent hears "stored" and
+deletes its copy. If the index write fails, the file is removed again and the agent (which still
+has the segment in its spool) is told to retry.
+
+A segment is the same as one stored when its device and (hub) start match, or when its device,
+content (sha256) and start *as the agent sent it* match: the hub's clock-skew correction moves a
+retry's start by a slightly different amount each time, and such a retry is answered
+``duplicate``, never stored twice. Identical bytes at another agent start are another segment (a
+simulator's looped clip after a reconnect): they are stored, never answered "duplicate", which
+would make the agent delete footage the hub does not have.
 """
 
 from __future__ import annotations
@@ -13,9 +22,12 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +38,12 @@ from vms.db.models import Segment
 from vms.kernel.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
+
+#: Upload bodies being received, under the recordings directory (one file system: renames are atomic).
+INCOMING = ".incoming"
+#: Files start-up repair could not index (torn, unreadable, conflicting), kept for a person to look at.
+QUARANTINE = ".quarantine"
+_STRIPES = 64
 
 
 class Result(Enum):
@@ -54,74 +72,190 @@ def relative_path(device_id: str, start: float, sha256: str) -> str:
     return f"{device_id}/{day}/{round(start * 1_000_000)}-{sha256[:12]}.ts"
 
 
+class Incoming:
+    """An upload's body on its way to disk: a temporary file of its own, hashed as it is written.
+
+    Either handed to :meth:`SegmentStore.ingest_file` (which moves it into place or removes it) or
+    :meth:`discard`-ed; never both needed, both harmless.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="up-", suffix=".part", dir=directory)
+        self.path = Path(name)
+        self._f: IO[bytes] | None = os.fdopen(fd, "wb")
+        self._h = hashlib.sha256()
+        self.size = 0
+        self.moved = False
+
+    def write(self, data: bytes) -> None:
+        """Append a piece of the body (blocking: call from a worker thread for large pieces)."""
+        assert self._f is not None, "incoming segment already closed"
+        self._f.write(data)
+        self._h.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._h.hexdigest()
+
+    def close(self, sync: bool) -> None:
+        if self._f is None:
+            return
+        f, self._f = self._f, None
+        try:
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            f.close()
+
+    def move_to(self, final: Path) -> None:
+        """Make the body durable and rename it to ``final`` (same file system). Raises OSError."""
+        self.close(sync=True)
+        os.replace(self.path, final)
+        self.moved = True
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing once it was moved into place)."""
+        try:
+            self.close(sync=False)
+        finally:
+            if not self.moved:
+                self.path.unlink(missing_ok=True)
+
+
 class SegmentStore:
     def __init__(self, root: Path, cfg: ArchiveConfig, sessions: sessionmaker[Session]) -> None:
         self.root = root
         self.cfg = cfg
         self.sessions = sessions
         root.mkdir(parents=True, exist_ok=True)
+        self.incoming_dir = root / INCOMING
         self.stored_total = 0
         self.stored_bytes_total = 0
         self.refused_total = 0
+        # Uploads of one content wait for each other: the second finds the first's row (a duplicate).
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def receive(self) -> Incoming:
+        """A fresh temporary file for one upload's body (its name is unique)."""
+        return Incoming(self.incoming_dir)
+
     def ingest(
         self, device_id: str, start: float, duration: float, data: bytes, sha256: str, agent_id: str | None, now: float
     ) -> Outcome:
-        if not 0 < duration <= self.cfg.max_segment_seconds:
-            return Outcome(Result.BAD_RANGE, f"duration {duration} s outside (0, {self.cfg.max_segment_seconds}]")
-        if len(data) > self.cfg.max_segment_bytes:
-            return Outcome(Result.TOO_LARGE, f"{len(data)} bytes > max_segment_bytes {self.cfg.max_segment_bytes}")
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256.lower():
-            return Outcome(Result.BAD_CHECKSUM, f"body sha256 {digest} does not match X-VMS-SHA256 {sha256}")
-        with self.sessions() as s:
-            existing = s.scalars(
-                select(Segment).where(Segment.device_id == device_id, Segment.start_at == start)
-            ).first()
-            if existing is not None:
-                if existing.sha256 == digest:
-                    return Outcome(Result.DUPLICATE, "already stored", existing.id)
-                return Outcome(Result.CONFLICT, f"a different segment is stored for {device_id} at {start}")
-        if self.free_bytes() - len(data) < self.cfg.min_free_bytes:
-            self.refused_total += 1
-            return Outcome(Result.DISK_FULL, f"archive disk has less than {self.cfg.min_free_bytes} bytes free")
-        rel = relative_path(device_id, start, digest)
-        final = self.root / rel
-        tmp = final.with_name(final.name + ".part")
+        """Store a body held in memory (tests, tools); uploads stream through :meth:`ingest_file`."""
+        body: Incoming | None = None
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            body = self.receive()
+            body.write(data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if body is not None:
+                body.discard()
             self.refused_total += 1
-            log.error("cannot write segment %s: %s", rel, exc)
             result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
             return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+        return self.ingest_file(device_id, start, duration, body, sha256, agent_id, now)
+
+    def ingest_file(
+        self,
+        device_id: str,
+        start: float,
+        duration: float,
+        body: Incoming,
+        sha256: str,
+        agent_id: str | None,
+        now: float,
+        agent_start: float | None = None,
+    ) -> Outcome:
+        """Verify and store a received body; ``body`` is moved into place or removed, whatever the outcome.
+
+        ``agent_start``: the start as the agent sent it, before the skew correction moved it to
+        ``start``; a stored segment of this device with the same sha256 and agent start is this one.
+        """
+        try:
+            return self._ingest_file(device_id, start, duration, body, sha256, agent_id, now, agent_start)
+        finally:
+            body.discard()  # a no-op once the file was renamed into place
+
+    def _ingest_file(
+        self,
+        device_id: str,
+        start: float,
+        duration: float,
+        body: Incoming,
+        sha256: str,
+        agent_id: str | None,
+        now: float,
+        agent_start: float | None,
+    ) -> Outcome:
+        if not 0 < duration <= self.cfg.max_segment_seconds:
+            return Outcome(Result.BAD_RANGE, f"duration {duration} s outside (0, {self.cfg.max_segment_seconds}]")
+        size = body.size
+        if size > self.cfg.max_segment_bytes:
+            return Outcome(Result.TOO_LARGE, f"{size} bytes > max_segment_bytes {self.cfg.max_segment_bytes}")
+        digest = body.sha256
+        if digest != sha256.lower():
+            return Outcome(Result.BAD_CHECKSUM, f"body sha256 {digest} does not match X-VMS-SHA256 {sha256}")
+        with self._stripes[int(digest[:8], 16) % _STRIPES]:
+            with self.sessions() as s:
+                if agent_start is not None:
+                    same = s.scalars(
+                        select(Segment.id).where(
+                            Segment.device_id == device_id, Segment.sha256 == digest, Segment.agent_start == agent_start
+                        ).limit(1)
+                    ).first()
+                    if same is not None:
+                        return Outcome(Result.DUPLICATE, "already stored", same)
+                existing = s.scalars(
+                    select(Segment).where(Segment.device_id == device_id, Segment.start_at == start)
+                ).first()
+                if existing is not None:
+                    if existing.sha256 == digest:
+                        return Outcome(Result.DUPLICATE, "already stored", existing.id)
+                    return Outcome(Result.CONFLICT, f"a different segment is stored for {device_id} at {start}")
+            if self.free_bytes() < self.cfg.min_free_bytes:  # the body is on this disk already
+                self.refused_total += 1
+                return Outcome(Result.DISK_FULL, f"archive disk has less than {self.cfg.min_free_bytes} bytes free")
+            rel = relative_path(device_id, start, digest)
+            final = self.root / rel
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                body.move_to(final)
+                fsync_dir(final.parent)
+            except OSError as exc:
+                self.refused_total += 1
+                log.error("cannot write segment %s: %s", rel, exc)
+                result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
+                return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+            return self._index(final, rel, device_id, start, duration, size, digest, agent_id, now, agent_start)
+
+    def _index(
+        self, final: Path, rel: str, device_id: str, start: float, duration: float, size: int, digest: str,
+        agent_id: str | None, now: float, agent_start: float | None,
+    ) -> Outcome:
         try:
             with self.sessions() as s:
                 row = Segment(
                     device_id=device_id,
                     start_at=start,
                     end_at=start + duration,
-                    bytes=len(data),
+                    bytes=size,
                     path=rel,
                     sha256=digest,
                     received_at=now,
                     agent_id=agent_id,
+                    agent_start=agent_start,
                 )
                 s.add(row)
-                s.commit()
+                s.commit()  # durable before the caller answers "stored" (synchronous=FULL)
                 seg_id = row.id
         except IntegrityError:
-            # A concurrent upload of the same segment won the race; judge against what it stored.
+            # A concurrent upload of the same segment (another process) won the race; judge against what it stored.
             with self.sessions() as s:
                 other = s.scalars(
                     select(Segment).where(Segment.device_id == device_id, Segment.start_at == start)
@@ -135,5 +269,5 @@ class SegmentStore:
             log.error("cannot index segment %s: %s", rel, exc)
             return Outcome(Result.STORE_ERROR, "index write failed; retry")
         self.stored_total += 1
-        self.stored_bytes_total += len(data)
+        self.stored_bytes_total += size
         return Outcome(Result.STORED, "stored", seg_id)

@@ -1,4 +1,12 @@
-"""The store: engine set-up and migrations. SQLite (WAL) by default, PostgreSQL by URL."""
+"""The store: engine set-up and migrations. SQLite (WAL) by default, PostgreSQL by URL.
+
+Every SQLite commit is durable when it returns (``synchronous=FULL``: the WAL is fsynced at each
+commit): the hub answers "stored" to an agent, which then deletes its copy, only after the segment's
+index row is committed, and the audit log's and the alerts' newest rows must survive a power cut
+too. The store is written by the tick once a second and per upload, never per heartbeat, so the
+fsync per commit is affordable (``synchronous=NORMAL`` could lose the last commits on a power cut).
+PostgreSQL is durable at commit by default (``synchronous_commit=on``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +19,14 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Durable at each commit (see the module doc); tests assert it on the connections that commit.
+SQLITE_SYNCHRONOUS = "FULL"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

@@ -176,6 +176,11 @@ class Segment(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     agent_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    agent_start: Mapped[float | None] = mapped_column(
+        Float, nullable=True,
+        doc="The start as the agent sent it (its clock), before the hub's skew correction: with the sha256 it "
+        "names an upload, so a retry whose start the correction moved is known as a duplicate.",
+    )
     deleting: Mapped[bool] = mapped_column(
         Boolean, default=False, doc="Marked before its file is removed; a start-up check finishes the job."
     )
@@ -186,6 +191,7 @@ class Segment(Base):
     __table_args__ = (
         Index("ux_segments_device_start", "device_id", "start_at", unique=True),
         Index("ix_segments_start", "start_at"),
+        Index("ix_segments_device_sha", "device_id", "sha256"),  # a retried upload (with agent_start)
     )
 
 
@@ -247,7 +253,8 @@ class DiscoveredCamera(Base):
     """A camera an agent reported, and whether it may be relayed: an admin's decision (or the config's).
 
     ``stream_uri`` never holds credentials. A rejected camera stays rejected, whatever its agent
-    reports later, until an admin accepts it.
+    reports later, until an admin accepts it. An accepted discovered camera reported at another
+    address goes back to pending, with the address it was accepted at in ``moved_from``.
     """
 
     __tablename__ = "discovered_cameras"
@@ -267,5 +274,7 @@ class DiscoveredCamera(Base):
     decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     comment: Mapped[str] = mapped_column(Text, default="")
+    #: The address it was accepted at, while it waits for an admin at a new one (None otherwise).
+    moved_from: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
     __table_args__ = (Index("ix_discovered_state", "state"),)

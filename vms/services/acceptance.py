@@ -5,6 +5,11 @@ waits (pending) until an admin accepts it, unless the hub's ``discovery.auto_acc
 rejected camera stays rejected, whatever its agent reports, until an admin accepts it. The hub
 itself refuses stats and media of pending and rejected cameras (``Registry.held``, set through
 ``hold``), so acceptance does not rest on agents behaving. Every decision is audited.
+
+An accepted discovered camera reported at another host than the one it was accepted at goes back
+to pending (audited as ``camera.moved``; ``moved_from`` keeps the old address until an admin
+accepts it): its serial is only what a device says about itself, so a device elsewhere claiming
+it must not take over the accepted ID. ``discovery.auto_accept`` does not accept it again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Literal
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,6 +65,7 @@ class Acceptance:
         out: list[CameraDecision] = []
         admitted: list[tuple[str, str, str]] = []
         auto: dict[str, list[str]] = {}  # why -> device IDs accepted without an admin in this report
+        moves: list[tuple[str, dict[str, str | None]]] = []  # accepted cameras reported at a new address
         seen: set[str] = set()
         with self._lock, self.sessions() as s:
             wanted = select(DiscoveredCamera).where(
@@ -80,8 +87,14 @@ class Acceptance:
                     known = self.known(dev)
                 else:
                     known = False  # the row's state decides; a device predating the row was accepted then
+                moved_from = row.address if _moved(row, cam) else None
                 _describe(row, cam, who, now)
-                if row.state == "pending":
+                if moved_from is not None:
+                    row.state, row.decided_by, row.decided_at, row.moved_from = "pending", "hub", now, moved_from
+                    row.comment = f"moved: accepted at {moved_from}, now reported at {row.address}"
+                    moves.append((dev, {"agent": who.name, "from": moved_from, "to": row.address,
+                                        "serial": row.serial, "stream_uri": row.stream_uri, "previous": "accepted"}))
+                if row.state == "pending" and not row.moved_from:
                     why = (WHY_CONFIG if row.source == "config" else WHY_AUTO if self.auto_accept
                            else WHY_KNOWN if known else "")
                     if why:
@@ -97,6 +110,8 @@ class Acceptance:
         for why, devices in auto.items():
             audit.record(self.sessions, who, at=now, action="camera.auto_accept", target=who.name,
                          detail={"why": why, "devices": devices})
+        for dev, detail in moves:
+            audit.record(self.sessions, who, at=now, action="camera.moved", target=dev, detail=detail)
         return CameraReportReply(cameras=out)
 
     def decide(self, who: Principal, device_id: str, state: Decision, comment: str) -> DiscoveredCamera:
@@ -106,24 +121,30 @@ class Acceptance:
             row = s.get(DiscoveredCamera, device_id)
             if row is None:
                 raise NotFound(f"no agent has reported camera {device_id}")
-            previous = row.state
+            previous, moved_from = row.state, row.moved_from
             row.state, row.decided_by, row.decided_at, row.comment = state, who.name, now, comment
+            if state == "accepted":
+                row.moved_from = None  # accepted where it is now
             if state == "rejected":
                 self.hold(device_id, state)  # refused from before the commit on
             s.commit()
         if state == "accepted":
             self.hold(device_id, state)
             self.admit(row.agent_id, device_id, row.name, row.location)
+        detail: dict[str, str | None] = {"agent": row.agent_id, "source": row.source, "previous": previous,
+                                         "comment": comment}
+        if moved_from:
+            detail |= {"moved_from": moved_from, "address": row.address}
         audit.record(self.sessions, who, at=now, action=f"camera.{'accept' if state == 'accepted' else 'reject'}",
-                     target=device_id, detail={"agent": row.agent_id, "source": row.source, "previous": previous,
-                                               "comment": comment})
+                     target=device_id, detail=detail)
         return row
 
 
 def reason(r: DiscoveredCamera) -> str:
     """Why a reported camera is in its state, as the agent is told."""
     if r.state == "pending":
-        return f"{HELD['pending']} (web page 'discovered' or POST /api/v1/discovered/{r.device_id}/accept)"
+        moved = f": accepted at {r.moved_from}, now reported at {r.address}" if r.moved_from else ""
+        return f"{HELD['pending']}{moved} (web page 'discovered' or POST /api/v1/discovered/{r.device_id}/accept)"
     if r.state == "rejected":
         return f"{HELD['rejected']} ({r.decided_by})" + (f": {r.comment}" if r.comment else "")
     return r.comment
@@ -140,3 +161,18 @@ def _describe(row: DiscoveredCamera, cam: ReportedCamera, who: Principal, now: f
         v = getattr(cam, f)
         if v:
             setattr(row, f, v)
+
+
+def _moved(row: DiscoveredCamera, cam: ReportedCamera) -> bool:
+    """An accepted discovered camera reported at another host than the one it was accepted at."""
+    if row.state != "accepted" or row.source == "config" or cam.source == "config":
+        return False
+    return bool(row.address and cam.address) and _host(row.address or "") != _host(cam.address or "")
+
+
+def _host(address: str) -> str:
+    """``host`` of ``host[:port]`` (IPv6 in brackets), lower case: a camera's port may change, its host may not."""
+    try:
+        return (urlsplit("//" + address.strip()).hostname or address).lower()
+    except ValueError:
+        return address.strip().lower()

@@ -168,6 +168,12 @@ class AlertWriter:
                 tx.update(row, title=title, detail=detail, comment=comment)
             return row.id
 
+    def raise_kind(self, kind: AlertKind, fingerprint: str, title: str, since: float,
+                   detail: dict[str, Any]) -> int:
+        """``raise_or_update(NewAlert(...))`` without an update, for the outbox: it cannot build a
+        ``NewAlert`` (this module imports it, not the other way round)."""
+        return self.raise_or_update(NewAlert(fingerprint, kind, title, since, detail))
+
     def resolve_active(self, fingerprint: str, by: str, comment: str) -> int | None:
         """Resolve the active alert with ``fingerprint``, if there is one."""
         with self.transaction() as tx:

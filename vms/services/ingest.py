@@ -2,13 +2,20 @@
 
 A stored main-stream segment makes its device count as uploading, wakes live viewers and is
 offered to the analysis; a sub-stream segment only feeds live view (never indexed or analysed).
+
+A segment that would start further in the future than the clock-skew bound (after the skew
+correction) is refused (``bad_range``): it would become a camera's "newest" segment, freeze its
+live view and escape retention. Each agent has a bounded number of uploads in progress at once
+(``archive.max_uploads_per_agent``); the API answers the rest "busy, retry".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from vms.archive.store import Outcome, Result, SegmentStore
+from vms.archive.store import Incoming, Outcome, Result, SegmentStore
 from vms.live import LiveRelay
 
 
@@ -30,13 +37,67 @@ class SegmentIngest:
         self.analyse = analyse
         self.clock = clock
         self.max_skew = max_clock_skew_s
+        self._uploads: dict[str, int] = {}
+        self._uploads_lock = threading.Lock()
+        self.busy_total = 0
+
+    @contextmanager
+    def upload_slot(self, agent: str) -> Iterator[bool]:
+        """One of the agent's ``archive.max_uploads_per_agent`` upload slots: True while held, False if
+        all are taken (nothing held then). Never blocks."""
+        limit = self.segments.cfg.max_uploads_per_agent
+        with self._uploads_lock:
+            n = self._uploads.get(agent, 0)
+            ok = n < limit
+            if ok:
+                self._uploads[agent] = n + 1
+            else:
+                self.busy_total += 1
+        try:
+            yield ok
+        finally:
+            if ok:
+                with self._uploads_lock:
+                    left = self._uploads[agent] - 1
+                    if left:
+                        self._uploads[agent] = left
+                    else:
+                        del self._uploads[agent]
+
+    def receive(self) -> Incoming:
+        """A temporary file of its own for one upload's body, on the archive's disk (blocking)."""
+        return self.segments.receive()
 
     def store(self, agent: str, device_id: str, start: float, duration: float, data: bytes, sha256: str,
               sent_at: float | None, motion_ratio: float | None = None) -> Outcome:
-        """Store a relayed segment; ``motion_ratio`` comes from an agent that analyses the camera itself."""
+        """Store a relayed segment held in memory; see :meth:`store_file`."""
+        body: Incoming | None = None
+        try:
+            body = self.segments.receive()
+            body.write(data)
+        except OSError as exc:
+            if body is not None:
+                body.discard()
+            result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
+            return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+        return self.store_file(agent, device_id, start, duration, body, sha256, sent_at, motion_ratio)
+
+    def store_file(self, agent: str, device_id: str, start: float, duration: float, body: Incoming, sha256: str,
+                   sent_at: float | None, motion_ratio: float | None = None) -> Outcome:
+        """Store a relayed segment received into ``body`` (moved into the archive or removed);
+        ``motion_ratio`` comes from an agent that analyses the camera itself.
+
+        The skew correction may move a retry's start by a slightly different amount than the first
+        try's, so a retry is known by its device, content (sha256) and start as the agent sent it.
+        """
         now = self.clock()
+        agent_start = start
         start = self.hub_time(start, sent_at, now)
-        outcome = self.segments.ingest(device_id, start, duration, data, sha256, agent, now)
+        if (refused := self.too_new(device_id, start, duration, now)) is not None:
+            body.discard()
+            return refused
+        outcome = self.segments.ingest_file(device_id, start, duration, body, sha256, agent, now,
+                                            agent_start=agent_start)
         if outcome.result is Result.STORED:
             self.observe_upload(device_id, start + duration)
             self.live.segment_stored(device_id)
@@ -46,10 +107,25 @@ class SegmentIngest:
     def store_sub(self, device_id: str, start: float, duration: float, data: bytes, sha256: str,
                   sent_at: float | None) -> Outcome:
         """A sub-stream segment: live view only; not indexed, recorded or analysed, and no health signal."""
-        return self.live.store_sub(device_id, self.hub_time(start, sent_at, self.clock()), duration, data, sha256)
+        now = self.clock()
+        start = self.hub_time(start, sent_at, now)
+        if (refused := self.too_new(device_id, start, duration, now)) is not None:
+            return refused
+        return self.live.store_sub(device_id, start, duration, data, sha256)
 
     def hub_time(self, start: float, sent_at: float | None, now: float) -> float:
         """A segment's start on the hub's time line: moved by the skew when the agent's clock is off."""
         if sent_at is not None and abs(now - sent_at) > self.max_skew:
             return start + now - sent_at
         return start
+
+    def too_new(self, device_id: str, start: float, duration: float, now: float) -> Outcome | None:
+        """``bad_range`` for a segment ending beyond the skew bound from now (hub time), else None."""
+        ahead = start + duration - now
+        if ahead > self.max_skew:
+            return Outcome(
+                Result.BAD_RANGE,
+                f"segment of {device_id} ends {ahead:.1f} s in the future (hub clock), beyond the "
+                f"{self.max_skew:g} s clock-skew bound (health.max_clock_skew_s): check the agent's clock",
+            )
+        return None
