@@ -9,7 +9,7 @@ APT_PACKAGES=(
   ffmpeg gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
-  iproute2 postgresql chromium prometheus
+  iproute2 postgresql chromium prometheus sip-tester
 )
 
 missing=()

@@ -306,6 +306,59 @@ class DiscoveryConfig(_Model):
     )
 
 
+class Gb28181Config(_Model):
+    """GB/T 28181 access: cameras, NVRs and platforms register with this center by SIP (vms/gb28181)."""
+
+    enabled: bool = Field(False, description="Run the SIP server (UDP and TCP on one port).")
+    server_id: ids.DeviceIdKey | None = Field(
+        None, description="This center's own 20-digit ID (type 200, center signaling server); devices are "
+        "configured with it as their SIP server ID.")
+    domain: str | None = Field(None, pattern=r"^[0-9]{10}$",
+                               description="SIP domain (realm); default: the first 10 digits of server_id.")
+    host: str = Field("127.0.0.1", max_length=100, description="Address the SIP server listens on.")
+    port: int = Field(5060, ge=1, le=65535)
+    password: str = Field("", max_length=128, description="Password of devices that have none of their own.")
+    passwords: dict[ids.DeviceIdKey, str] = Field(default_factory=dict,
+                                                  description="Passwords by device ID (each at most 128 characters).")
+    prefixes: list[str] = Field(
+        default_factory=list, max_length=1000,
+        description="ID prefixes this center serves; a device outside them is refused (403). Empty: the IDs "
+        "that some center of the tree covers.")
+    auto_accept: bool = Field(False, description="Accept registering devices and their channels without an admin.")
+    digest_algorithm: Literal["MD5", "SHA-256"] = Field(
+        "MD5", description="Challenge algorithm: MD5 (RFC 2617) is what the field uses; SHA-256 (RFC 7616) for "
+        "GB/T 28181-2022 devices that ask for it.")
+    keepalive_interval_s: float = Field(60.0, ge=5, le=3600,
+                                        description="The keepalive interval configured on the devices.")
+    keepalive_misses: float = Field(2.0, ge=1, le=10, description="Missed keepalives after which a device is "
+                                    "offline (a de-registration or closed TCP connection is seen at once).")
+    min_expires_s: int = Field(60, ge=10, le=3600, description="Shortest registration accepted (423 below).")
+    max_expires_s: int = Field(86400, ge=60, le=604800, description="Longest registration granted.")
+    catalog_timeout_s: float = Field(30.0, ge=1, le=600, description="How long a catalog answer may take in all.")
+    register_rate: float = Field(20.0, gt=0, le=10000, description="REGISTERs per second taken from one address "
+                                 "(burst twice that); the rest are dropped and counted.")
+
+    @model_validator(mode="after")
+    def _ids(self) -> Gb28181Config:
+        if self.enabled and self.server_id is None:
+            raise ValueError("gb28181.server_id is required when gb28181 is enabled")
+        if self.server_id is not None and ids.parse(self.server_id).type != "200":
+            raise ValueError(f"gb28181.server_id {self.server_id} must have type code 200 (center signaling server)")
+        if any(len(p) > 128 for p in self.passwords.values()):
+            raise ValueError("gb28181.passwords: at most 128 characters each")
+        for p in self.prefixes:
+            ids.check_prefix(p)
+        return self
+
+    @property
+    def realm(self) -> str:
+        return self.domain or (self.server_id or "")[:10]
+
+    @property
+    def keepalive_timeout_s(self) -> float:
+        return self.keepalive_interval_s * self.keepalive_misses
+
+
 class MetricsConfig(_Model):
     public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
 
@@ -321,6 +374,7 @@ class HubConfig(_Model):
     live: LiveConfig = Field(default_factory=LiveConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    gb28181: Gb28181Config = Field(default_factory=Gb28181Config)
     centers: list[CenterConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
 

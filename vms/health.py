@@ -167,6 +167,9 @@ class Health:
     gaps: npt.NDArray[np.int64]
     agent: npt.NDArray[np.int32]  # index into the hub's agent list, -1 if none
     retired: npt.NDArray[np.bool_]  # out of service (an admin rejected it): no state, alerts or figures
+    #: The device's own silence limit (s), for sources that report less often than agents (a GB/T
+    #: 28181 device's keepalive); NaN means the config's ``offline_after_s``.
+    offline_after: F64
 
     def __init__(self, cfg: HealthConfig, started_at: float, capacity: int = 1024) -> None:
         self.cfg = cfg
@@ -196,6 +199,7 @@ class Health:
         ("gaps", np.int64, 0),
         ("agent", np.int32, -1),
         ("retired", np.bool_, False),
+        ("offline_after", np.float64, math.nan),
     )
 
     def _grow(self, need: int) -> None:
@@ -256,9 +260,19 @@ class Health:
         last = float(self.last_signal[idx])
         if t <= last:
             return
-        if t - last > self.cfg.offline_after_s:
+        if t - last > self.silence_limit(idx):
             self.signal_since[idx] = t
         self.last_signal[idx] = t
+
+    def silence_limit(self, idx: int) -> float:
+        """Seconds without signal after which device ``idx`` is offline."""
+        own = float(self.offline_after[idx])
+        return self.cfg.offline_after_s if math.isnan(own) else own
+
+    def set_silence_limit(self, idx: int, seconds: float | None) -> None:
+        """Give device ``idx`` its own silence limit (None: the config's); 0 makes it offline at the
+        next tick, dated at its last signal (a device that said goodbye or whose connection closed)."""
+        self.offline_after[idx] = math.nan if seconds is None else seconds
 
     def observe_upload(self, idx: int, content_end: float, now: float) -> None:
         """Media of device ``idx`` covering up to ``content_end`` arrived at ``now``.
@@ -294,7 +308,9 @@ class Health:
         if n == 0:
             return []
         c = self.cfg
-        fresh = (now - self.last_signal[:n]) <= c.offline_after_s
+        own = self.offline_after[:n]
+        limit = np.where(np.isnan(own), c.offline_after_s, own)
+        fresh = (now - self.last_signal[:n]) <= limit
         prev = self.flags[:n]
         known = self.known[:n]
         steady = (now - self.signal_since[:n]) >= c.recover_after_s
@@ -310,7 +326,7 @@ class Health:
         # start relaying it, instead of an offline alert at the next tick.
         # A retired device has no open interval (not known) and gets none.
         since = np.maximum(self.watched_from[:n], self.started_at)
-        grace_over = now - since >= max(c.offline_after_s, c.startup_grace_s)
+        grace_over = now - since >= np.maximum(limit, c.startup_grace_s)
         first = ~known & ~self.retired[:n] & (on | (~fresh & grace_over))
         out: list[Transition] = []
         for i in np.flatnonzero(changed | first).tolist():

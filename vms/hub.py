@@ -20,6 +20,7 @@ from vms.centers import CenterTree
 from vms.config import HubConfig
 from vms.db import open_store
 from vms.events import EventBus
+from vms.gb28181.service import GbService, HubLink
 from vms.health import Health
 from vms.live import LiveRelay
 from vms.notify import Outbox, Sender
@@ -73,8 +74,16 @@ class Hub:
         self.ingest = SegmentIngest(self.segments, self.live, reg.observe_upload, q.segment_stored, clock,
                                     cfg.health.max_clock_skew_s)
         self.snapshots = Snapshots(reg, self.monitor)  # what views read
-        self.acceptance = Acceptance(self.sessions, cfg.discovery.auto_accept, reg.claim_problem, reg.known,
+        self.acceptance = Acceptance(self.sessions, cfg.discovery.auto_accept, cfg.gb28181.auto_accept,
+                                     reg.claim_problem, reg.known,
                                      self.monitor.hold, reg.admit, clock)
+        self.gb28181: GbService | None = None
+        if cfg.gb28181.enabled:
+            gb_link = HubLink(
+                report=lambda who, rep: self.acceptance.report(who, rep),  # built below, used once started
+                signal=reg.signal, silence=reg.silence, agent_seen=reg.agent_seen, set_quality=reg.set_quality,
+            )
+            self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         with self.sessions() as s:
@@ -93,6 +102,8 @@ class Hub:
         self._stop.clear()
         self.archive.startup()  # index and recordings agree before anything is served
         self.quality.start()
+        if self.gb28181 is not None:
+            self.gb28181.start()
         loops: tuple[tuple[str, Callable[[], None]], ...] = (
             ("tick", self._tick_loop), ("outbox", self._outbox_loop),
             ("retention", functools.partial(self.archive.loop, self._stop)),
@@ -123,6 +134,8 @@ class Hub:
         for th in self._threads:
             th.join(timeout=10)
         self._threads.clear()
+        if self.gb28181 is not None:
+            self.gb28181.stop()
         self.quality.stop()
         self.archive.close()
         self.monitor.flush(self.clock())

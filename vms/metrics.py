@@ -101,6 +101,8 @@ class HubCollector(Collector):
         )
         yield from hub.archive.metrics()
         yield from hub.quality.collect()
+        if hub.gb28181 is not None:
+            yield from hub.gb28181.collect()
         yield GaugeMetricFamily("vms_live_webrtc_viewers", "WebRTC live viewers now", value=hub.live.viewer_count())
         yield CounterMetricFamily(
             "vms_live_stalls", "Live WebRTC segments that arrived later than their turn", value=hub.live.stalls_total()

@@ -20,6 +20,7 @@ from vms.api import (
     devices,
     discovery,
     events,
+    gb28181,
     live,
     quality,
     reports,
@@ -32,7 +33,7 @@ from vms.hub import Hub
 from vms.metrics import registry_for
 
 ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router,
-           events.router, web.router, live.router, archive.router, quality.router, discovery.router)
+           events.router, gb28181.router, web.router, live.router, archive.router, quality.router, discovery.router)
 
 
 class BodyLimit:

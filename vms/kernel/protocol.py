@@ -96,7 +96,7 @@ class RegisterReply(_Msg):
     heartbeat_interval_s: float
 
 
-CameraSource = Literal["config", "onvif"]
+CameraSource = Literal["config", "onvif", "gb28181"]
 Acceptance = Literal["accepted", "pending", "rejected", "refused"]
 
 
@@ -107,7 +107,8 @@ class ReportedCamera(_Msg):
     source: CameraSource = Field(
         "config",
         description="config: typed into the agent's YAML (accepted as before); onvif: found by discovery, "
-        "relayed only once accepted. Absent means config: agents before this field relayed every camera.",
+        "relayed only once accepted; gb28181: registered with the hub by SIP (vms/gb28181), accepted like onvif. "
+        "Absent means config: agents before this field relayed every camera.",
     )
     name: str | None = Field(None, max_length=200)
     location: str | None = Field(None, max_length=200)

@@ -33,6 +33,7 @@ Decision = Literal["accepted", "rejected"]
 
 WHY_CONFIG = "listed in the agent's config"
 WHY_AUTO = "discovery.auto_accept is on"
+WHY_AUTO_GB = "gb28181.auto_accept is on"
 WHY_KNOWN = "registered before discovered cameras needed acceptance"
 
 
@@ -41,6 +42,7 @@ class Acceptance:
         self,
         sessions: sessionmaker[Session],
         auto_accept: bool,
+        gb_auto_accept: bool,
         claim_problem: Callable[[Principal, str], str | None],
         known: Callable[[str], bool],
         hold: Callable[[str, str], None],
@@ -51,6 +53,7 @@ class Acceptance:
         accepted one in); ``admit(agent, device, name, location)`` registers an accepted camera."""
         self.sessions = sessions
         self.auto_accept = auto_accept
+        self.gb_auto_accept = gb_auto_accept  # devices registering by GB/T 28181 have their own switch
         self.claim_problem = claim_problem
         self.known = known
         self.hold = hold
@@ -95,7 +98,9 @@ class Acceptance:
                     moves.append((dev, {"agent": who.name, "from": moved_from, "to": row.address,
                                         "serial": row.serial, "stream_uri": row.stream_uri, "previous": "accepted"}))
                 if row.state == "pending" and not row.moved_from:
-                    why = (WHY_CONFIG if row.source == "config" else WHY_AUTO if self.auto_accept
+                    auto_on = self.gb_auto_accept if row.source == "gb28181" else self.auto_accept
+                    why = (WHY_CONFIG if row.source == "config" else
+                           (WHY_AUTO_GB if row.source == "gb28181" else WHY_AUTO) if auto_on
                            else WHY_KNOWN if known else "")
                     if why:
                         row.state, row.decided_by, row.decided_at, row.comment = "accepted", "hub", now, why
@@ -164,8 +169,11 @@ def _describe(row: DiscoveredCamera, cam: ReportedCamera, who: Principal, now: f
 
 
 def _moved(row: DiscoveredCamera, cam: ReportedCamera) -> bool:
-    """An accepted discovered camera reported at another host than the one it was accepted at."""
-    if row.state != "accepted" or row.source == "config" or cam.source == "config":
+    """An accepted discovered camera reported at another host than the one it was accepted at.
+
+    Not a GB/T 28181 device: it proves who it is with its password at every registration, and its
+    address changes with NAT and DHCP."""
+    if row.state != "accepted" or "config" in (row.source, cam.source) or "gb28181" in (row.source, cam.source):
         return False
     return bool(row.address and cam.address) and _host(row.address or "") != _host(cam.address or "")
 

@@ -68,6 +68,8 @@ class AgentRecord:
     #: The spool as last reported (queue, quota drops, live drops); None until heard from since this
     #: hub started, so a restart never shows a counter falling to 0 and jumping back.
     spool: SpoolStats | None = None
+    #: Silence after which it is dark, if not the config's (a GB/T 28181 device reports by keepalive).
+    offline_after: float | None = None
 
 
 @dataclass
@@ -131,9 +133,18 @@ class Registry:
             self.agent_index[name] = i
         return self.agents[i]
 
+    def agent_seen(self, name: str, at: float, offline_after: float | None = None) -> None:
+        """An agent-like source (a GB/T 28181 device) was heard from at ``at``; dark after ``offline_after``."""
+        with self.lock:
+            rec = self.agent(name)
+            rec.last_seen = max(rec.last_seen, at)
+            rec.offline_after = offline_after
+
     def agent_dark(self, a: int, now: float | None = None) -> bool:
         t = self.clock() if now is None else now
-        return t - self.agents[a].last_seen > self.health_cfg.offline_after_s
+        rec = self.agents[a]
+        limit = self.health_cfg.offline_after_s if rec.offline_after is None else rec.offline_after
+        return t - rec.last_seen > limit
 
     def agent_statuses(self, now: float | None = None) -> list[AgentStatus]:
         t = self.clock() if now is None else now
@@ -181,6 +192,27 @@ class Registry:
             i = self.health.index.get(device_id)
             if i is not None:
                 self.health.observe_upload(i, content_end, self.clock())
+
+    def signal(self, device_ids: list[str], seen_at: float, silence_limit: float | None = None) -> None:
+        """Devices reported alive at ``seen_at`` by a source other than an agent's heartbeat (e.g. a
+        GB/T 28181 keepalive), each with that silence limit; pending and rejected ones are ignored."""
+        now = self.clock()
+        with self.lock:
+            for d in device_ids:
+                i = self.health.index.get(d)
+                if i is None or d in self.held:
+                    continue
+                self.health.set_silence_limit(i, silence_limit)
+                self.health.observe_signal(i, seen_at, now)
+
+    def silence(self, device_ids: list[str]) -> None:
+        """These devices' signal ended now (a goodbye, a closed connection): offline at the next tick,
+        dated at their last signal."""
+        with self.lock:
+            for d in device_ids:
+                i = self.health.index.get(d)
+                if i is not None:
+                    self.health.set_silence_limit(i, 0.0)
 
     def set_quality(self, device_id: str, check: str, raised: bool) -> None:
         """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""

@@ -1,0 +1,44 @@
+"""GB/T 28181 devices registered with this center now: where they are, until when, their channels."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from vms.api.deps import get_hub, require
+from vms.auth import Principal, Role
+from vms.hub import Hub
+from vms.kernel.timeutil import iso
+
+router = APIRouter(prefix="/api/v1/gb28181", tags=["gb28181"])
+
+
+class Registered(BaseModel):
+    device_id: str
+    peer: str = Field(description="transport:host:port the device registered from (answers go there)")
+    registered_at: str | None
+    expires_at: str | None
+    channels: dict[str, str] = Field(description="channel ID -> catalog status (ON, OFF, VLOST ...)")
+
+
+class Registrations(BaseModel):
+    enabled: bool
+    server_id: str | None
+    domain: str | None
+    devices: list[Registered]
+
+
+@router.get("/devices", response_model=Registrations)
+def registrations(
+    hub: Hub = Depends(get_hub), _: Principal = Depends(require(Role.admin, Role.maintenance))
+) -> Registrations:
+    gb = hub.gb28181
+    cfg = hub.cfg.gb28181
+    if gb is None:
+        return Registrations(enabled=False, server_id=cfg.server_id, domain=cfg.realm or None, devices=[])
+    return Registrations(
+        enabled=True, server_id=cfg.server_id, domain=cfg.realm,
+        devices=[Registered(device_id=r.device_id, peer=str(r.peer), registered_at=iso(r.registered_at),
+                            expires_at=iso(r.expires_at), channels=dict(r.channels))
+                 for r in gb.registrations_now()],
+    )

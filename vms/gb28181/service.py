@@ -1,0 +1,478 @@
+"""The center's GB/T 28181 side: devices and NVRs register, keep alive and tell their catalog.
+
+- **REGISTER** is challenged with a digest (``digest.Nonces``: stateless nonces, replay refused),
+  checked against the device's password (or the domain's), refused (403) for IDs outside what the
+  center serves; ``Expires: 0`` or an expired registration is a goodbye.
+- A registered device is reported to the hub's **acceptance** like a discovered ONVIF camera
+  (pending until an admin accepts it, or ``gb28181.auto_accept``), and so is every channel of its
+  **catalog**, which the center asks for after each new registration.
+- **Keepalive** messages are signal for the device and for each channel whose catalog status is ON;
+  silence longer than ``keepalive_interval_s × keepalive_misses`` makes them offline, and a
+  goodbye, an expired registration or a closed TCP connection does at once. Catalog events OFF and
+  VLOST darken a channel, ON lights it, DEFECT raises a ``device_defect`` defect (so a
+  ``device_degraded`` alert through the one alert writer).
+
+The SIP side runs its own asyncio loop in one thread (``start``/``stop`` with the hub); the hub's
+services are reached only through the callables given here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from vms.auth import Principal, Role
+from vms.centers import CenterTree
+from vms.config import Gb28181Config
+from vms.gb28181 import digest, manscdp, sip
+from vms.gb28181.transport import Peer, Transport
+from vms.kernel import ids
+from vms.kernel.protocol import CameraReport, CameraReportReply, ReportedCamera
+
+log = logging.getLogger(__name__)
+
+DEFECT = "device_defect"  # the defect a device's own DEFECT catalog event raises
+
+
+@dataclass
+class Registration:
+    device_id: str
+    peer: Peer
+    contact: str
+    expires_at: float
+    registered_at: float
+    channels: dict[str, str] = field(default_factory=dict)  # channel ID -> catalog status (ON, OFF, VLOST ...)
+    catalog_sn: int | None = None
+
+
+@dataclass
+class _Catalog:
+    """Catalog answers being gathered for one query (several MESSAGEs: SumNum, DeviceList Num)."""
+
+    device_id: str
+    expected: int | None = None
+    items: dict[str, manscdp.CatalogItem] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class HubLink:
+    """What the GB/T 28181 side asks of the hub's services."""
+
+    report: Callable[[Principal, CameraReport], CameraReportReply]  # Acceptance.report
+    signal: Callable[[list[str], float, float | None], None]  # Registry.signal
+    silence: Callable[[list[str]], None]  # Registry.silence
+    agent_seen: Callable[[str, float, float], None]  # (name, at, offline_after): the device as an "agent"
+    set_quality: Callable[[str, str, bool], None]  # Registry.set_quality
+
+
+class RateLimit:
+    """A token bucket per source address (bounded: the oldest address is forgotten first)."""
+
+    def __init__(self, rate: float, burst: float, max_sources: int = 10_000) -> None:
+        self.rate, self.burst, self.max_sources = rate, burst, max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self.dropped = 0
+
+    def allow(self, source: str, now: float) -> bool:
+        tokens, at = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._buckets) > self.max_sources:
+            self._buckets.pop(next(iter(self._buckets)))
+        if not ok:
+            self.dropped += 1
+        return ok
+
+
+class GbService:
+    def __init__(self, cfg: Gb28181Config, tree: CenterTree, hub: HubLink, clock: Callable[[], float] = time.time,
+                 secret: bytes | None = None) -> None:
+        self.cfg = cfg
+        self.tree = tree
+        self.hub = hub
+        self.clock = clock
+        self.server_id = cfg.server_id or ""
+        self.realm = cfg.realm
+        self.nonces = digest.Nonces(secret or secrets.token_bytes(32))
+        self.limit = RateLimit(cfg.register_rate, 2 * cfg.register_rate)
+        self.registrations: dict[str, Registration] = {}
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("registered", "refused", "bad_password", "replayed_nonces", "keepalives", "unregistered_messages",
+             "catalog_items", "catalog_incomplete"), 0)
+        self.transport = Transport(cfg.host, cfg.port, self._handle, self._closed)
+        self._catalogs: dict[int, _Catalog] = {}
+        self._sn = secrets.randbelow(10_000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()  # registrations are read by views from other threads
+        self._reports = ThreadPoolExecutor(1, thread_name_prefix="vms-gb28181-report")
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Listen on UDP and TCP; raises if the port cannot be bound (a clear start-up error)."""
+        self._thread = threading.Thread(target=self._run, name="vms-gb28181", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise RuntimeError(f"GB/T 28181: cannot listen on {self.cfg.host}:{self.cfg.port}: {self._error}")
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self.transport.start())
+        except OSError as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        expiry = loop.create_task(self._expire_loop())
+        try:
+            loop.run_forever()
+        finally:
+            expiry.cancel()
+            tasks = asyncio.all_tasks(loop)
+            for t in tasks:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(self.transport.close())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._reports.shutdown(wait=True)
+
+    # -- requests -----------------------------------------------------------------------------------
+    def _handle(self, req: sip.Request, peer: Peer) -> sip.Response | None:
+        if req.method == "REGISTER":
+            return self._register(req, peer)
+        if req.method == "MESSAGE":
+            return self._message(req, peer)
+        if req.method in ("NOTIFY", "OPTIONS", "BYE", "INFO", "SUBSCRIBE"):
+            return sip.response_to(req, 200) if req.method == "OPTIONS" else sip.response_to(req, 501)
+        if req.method == "ACK":
+            return None
+        return sip.response_to(req, 405)
+
+    def _register(self, req: sip.Request, peer: Peer) -> sip.Response | None:
+        now = self.clock()
+        if not self.limit.allow(peer.host, now):
+            self.transport.counters.warn("register-flood", "SIP: REGISTER flood from %s: dropping (%d so far)",
+                                         peer.host, self.limit.dropped)
+            return None
+        device_id = sip.uri_user(sip.parse_name_addr(req.headers.get("To") or "").uri)
+        try:
+            ids.parse(device_id)
+        except ids.InvalidDeviceId as exc:
+            self.counters["refused"] += 1
+            return sip.response_to(req, 400, f"Bad Request (invalid device ID: {exc})"[:120])
+        if not self._serves(device_id):
+            self.counters["refused"] += 1
+            log.warning("GB/T 28181: %s from %s refused: outside the IDs this center serves", device_id, peer)
+            return sip.response_to(req, 403, "Forbidden (ID outside this center)")
+        auth_value = req.headers.get("Authorization")
+        if auth_value is None:
+            return self._challenge(req, now)
+        try:
+            auth = digest.parse_authorization(auth_value)
+        except digest.DigestError as exc:
+            return sip.response_to(req, 400, f"Bad Request ({exc})"[:120])
+        if auth.get("username") != device_id or auth.get("realm") != self.realm:
+            self.counters["refused"] += 1
+            return sip.response_to(req, 403, "Forbidden (username or realm does not match)")
+        if not digest.verify(auth, "REGISTER", self.cfg.passwords.get(device_id, self.cfg.password)):
+            self.counters["bad_password"] += 1
+            log.warning("GB/T 28181: %s from %s: wrong password", device_id, peer)
+            return sip.response_to(req, 403, "Forbidden (wrong password)")
+        # Only after the response is right: checking records the nonce count, which a stranger must not burn.
+        verdict = self.nonces.check(auth.get("nonce", ""), auth.get("nc"), now)
+        if verdict == "stale":
+            return self._challenge(req, now, stale=True)
+        if verdict != "ok":  # forged or replayed: a fresh challenge, never a registration
+            self.counters["replayed_nonces"] += 1
+            log.warning("GB/T 28181: %s from %s: %s nonce", device_id, peer, verdict)
+            return self._challenge(req, now)
+        expires = _expires(req)
+        if expires == 0:
+            self._goodbye(device_id, "de-registered")
+            return self._ok(req, 0)
+        if expires < self.cfg.min_expires_s:
+            resp = sip.response_to(req, 423)
+            resp.headers.set("Min-Expires", str(self.cfg.min_expires_s))
+            return resp
+        expires = min(expires, self.cfg.max_expires_s)
+        contact = req.headers.get("Contact") or ""
+        with self._lock:
+            known = self.registrations.get(device_id)
+            fresh = known is None or known.peer != peer
+            reg = Registration(device_id, peer, contact, now + expires, now)
+            if known is not None:
+                reg.channels = dict(known.channels)
+                reg.registered_at = now if fresh else known.registered_at
+            self.registrations[device_id] = reg
+        if fresh:
+            self.counters["registered"] += 1
+            log.info("GB/T 28181: %s registered from %s for %d s", device_id, peer, expires)
+            self._report(device_id, [ReportedCamera(device_id=device_id, source="gb28181",
+                                                    address=f"{peer.host}:{peer.port}")])
+            assert self._loop is not None
+            self._loop.create_task(self._ask_catalog(device_id))
+        self._alive(reg, now)
+        return self._ok(req, expires)
+
+    def _challenge(self, req: sip.Request, now: float, stale: bool = False) -> sip.Response:
+        ch = digest.Challenge(self.realm, self.nonces.issue(now), self.cfg.digest_algorithm, stale=stale)
+        resp = sip.response_to(req, 401, to_tag=sip.new_tag())
+        resp.headers.set("WWW-Authenticate", ch.header())
+        return resp
+
+    def _ok(self, req: sip.Request, expires: int) -> sip.Response:
+        resp = sip.response_to(req, 200, to_tag=sip.new_tag())
+        resp.headers.set("Expires", str(expires))
+        # GB/T 28181 devices set their clocks from the Date of the 200 (local time, milliseconds).
+        resp.headers.set("Date", dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3])
+        return resp
+
+    def _message(self, req: sip.Request, peer: Peer) -> sip.Response:
+        device_id = sip.uri_user(sip.parse_name_addr(req.headers.get("From") or "").uri)
+        try:
+            body = manscdp.parse(req.body)
+        except manscdp.ManscdpError as exc:
+            return sip.response_to(req, 400, f"Bad Request ({exc})"[:120])
+        with self._lock:
+            reg = self.registrations.get(device_id)
+        if reg is None:
+            # Answered so that the device registers again (e.g. after this hub restarted).
+            self.counters["unregistered_messages"] += 1
+            return sip.response_to(req, 404, "Not Found (not registered)")
+        now = self.clock()
+        if body.cmd == "Keepalive":
+            self.counters["keepalives"] += 1
+            self._alive(reg, now)
+        elif body.cmd == "Catalog":
+            self._catalog_message(reg, body)
+        else:
+            log.debug("GB/T 28181: %s from %s not handled yet", body.cmd, device_id)
+        return sip.response_to(req, 200)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _serves(self, device_id: str) -> bool:
+        if self.cfg.prefixes:
+            return ids.matches_prefix(device_id, self.cfg.prefixes)
+        return bool(self.tree.homes(device_id))
+
+    def _principal(self, device_id: str) -> Principal:
+        """The device speaks for itself and its channels, as an agent speaks for its cameras."""
+        prefixes = tuple(self.cfg.prefixes) or tuple(c.civil_code for c in self.tree.roots)
+        token = hashlib.sha256(device_id.encode()).hexdigest()[:16]
+        return Principal(token, f"gb:{device_id}", Role.agent, prefixes)
+
+    def _report(self, device_id: str, cams: list[ReportedCamera]) -> None:
+        """Hand cameras to the hub's acceptance, off the SIP loop (it writes the store), in order."""
+        self._reports.submit(self._report_now, device_id, cams)
+
+    def _report_now(self, device_id: str, cams: list[ReportedCamera]) -> None:
+        try:
+            reply = self.hub.report(self._principal(device_id), CameraReport(cameras=cams))
+        except Exception:
+            log.exception("GB/T 28181: acceptance report for %s failed", device_id)
+            return
+        for d in reply.cameras:
+            if d.state == "refused":
+                log.warning("GB/T 28181: %s refused: %s", d.device_id, d.reason)
+
+    def _alive(self, reg: Registration, now: float) -> None:
+        limit = self.cfg.keepalive_timeout_s
+        self.hub.agent_seen(f"gb:{reg.device_id}", now, limit)
+        lit = [reg.device_id, *(c for c, st in reg.channels.items() if st == "ON")]
+        self.hub.signal(lit, now, limit)
+
+    def _goodbye(self, device_id: str, why: str) -> None:
+        with self._lock:
+            reg = self.registrations.pop(device_id, None)
+        if reg is not None:
+            log.info("GB/T 28181: %s %s", device_id, why)
+            self.hub.silence([device_id, *reg.channels])
+
+    def _closed(self, peer: Peer) -> None:
+        with self._lock:
+            gone = [d for d, r in self.registrations.items() if r.peer == peer]
+        for d in gone:
+            self._goodbye(d, f"connection {peer} closed")
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock()
+            with self._lock:
+                expired = [d for d, r in self.registrations.items() if r.expires_at <= now]
+            for d in expired:
+                self._goodbye(d, "registration expired")
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    def next_sn(self) -> int:
+        self._sn = self._sn % 999_999 + 1
+        return self._sn
+
+    def _query(self, reg: Registration, cmd: str) -> tuple[sip.Request, int]:
+        sn = self.next_sn()
+        body = manscdp.build("Query", cmd, sn, reg.device_id)
+        target = f"sip:{reg.device_id}@{reg.device_id[:10]}"
+        req = sip.Request("MESSAGE", target, sip.Headers())
+        h = req.headers
+        h.set("Via", f"SIP/2.0/{reg.peer.transport} {self.cfg.host}:{self.cfg.port};rport;branch={sip.new_branch()}")
+        h.set("From", f"<sip:{self.server_id}@{self.realm}>;tag={sip.new_tag()}")
+        h.set("To", f"<{target}>")
+        h.set("Call-ID", sip.new_call_id())
+        h.set("CSeq", f"{sn} MESSAGE")
+        h.set("Max-Forwards", "70")
+        h.set("Content-Type", "Application/MANSCDP+xml")
+        req.body = body
+        return req, sn
+
+    async def _ask_catalog(self, device_id: str) -> None:
+        with self._lock:
+            reg = self.registrations.get(device_id)
+        if reg is None:
+            return
+        req, sn = self._query(reg, "Catalog")
+        cat = _Catalog(device_id)
+        self._catalogs[sn] = cat
+        reg.catalog_sn = sn
+        try:
+            resp = await self.transport.request(reg.peer, req)
+            if resp.status >= 300:
+                log.warning("GB/T 28181: %s answered the catalog query %d %s", device_id, resp.status, resp.reason)
+                return
+            await asyncio.wait_for(cat.done.wait(), self.cfg.catalog_timeout_s)
+        except (TimeoutError, ConnectionError) as exc:
+            if cat.items:
+                self.counters["catalog_incomplete"] += 1
+                log.warning("GB/T 28181: %s: catalog incomplete (%d of %s items): keeping what arrived",
+                            device_id, len(cat.items), cat.expected)
+            else:
+                log.warning("GB/T 28181: %s: no catalog (%s)", device_id, type(exc).__name__)
+        finally:
+            self._catalogs.pop(sn, None)
+        if cat.items:
+            self._apply_catalog(reg, list(cat.items.values()))
+
+    def _catalog_message(self, reg: Registration, msg: manscdp.Message) -> None:
+        items = manscdp.catalog_items(msg)
+        cat = self._catalogs.get(msg.sn)
+        if msg.root == "Response" and cat is not None and cat.device_id == reg.device_id:
+            for it in items:
+                cat.items[it.device_id] = it
+            cat.expected = msg.sum_num
+            if cat.expected is not None and len(cat.items) >= cat.expected:
+                cat.done.set()
+            return
+        if msg.root == "Notify":
+            self._catalog_events(reg, msg)
+
+    def _channels(self, reg: Registration, items: list[manscdp.CatalogItem]) -> list[manscdp.CatalogItem]:
+        """Catalog items that are video channels (front-end device types), not groups or the device."""
+        out = []
+        for it in items:
+            try:
+                parsed = ids.parse(it.device_id)
+            except ids.InvalidDeviceId:
+                log.warning("GB/T 28181: %s: catalog item with invalid ID %r skipped", reg.device_id, it.device_id)
+                continue
+            if parsed.is_device and it.device_id != reg.device_id:
+                out.append(it)
+        return out
+
+    def _apply_catalog(self, reg: Registration, items: list[manscdp.CatalogItem]) -> None:
+        chans = self._channels(reg, items)
+        self.counters["catalog_items"] += len(chans)
+        with self._lock:
+            reg.channels = {it.device_id: (it.status or "ON").upper() for it in chans}
+        self._report(reg.device_id, [_reported(it) for it in chans])
+        self._alive(reg, self.clock())
+        self.hub.silence([c for c, st in reg.channels.items() if st != "ON"])
+
+    def _catalog_events(self, reg: Registration, msg: manscdp.Message) -> None:
+        """Catalog notifications: ON / OFF / VLOST / DEFECT / ADD / DEL / UPDATE per item."""
+        now = self.clock()
+        for it in manscdp.catalog_items(msg):
+            event = it.event.upper()
+            ch = it.device_id
+            if event in ("ON", "OFF", "VLOST"):
+                with self._lock:
+                    reg.channels[ch] = event
+                if event == "ON":
+                    self.hub.signal([ch], now, self.cfg.keepalive_timeout_s)
+                else:
+                    self.hub.silence([ch])
+            elif event == "DEFECT":
+                self.hub.set_quality(ch, DEFECT, True)
+            elif event in ("ADD", "UPDATE"):
+                if self._channels(reg, [it]):
+                    with self._lock:
+                        reg.channels[ch] = (it.status or "ON").upper()
+                    self._report(reg.device_id, [_reported(it)])
+            elif event == "DEL":
+                with self._lock:
+                    reg.channels.pop(ch, None)
+                self.hub.silence([ch])
+
+    # -- views -----------------------------------------------------------------------------------------
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Prometheus figures of the SIP side."""
+        with self._lock:
+            registered = len(self.registrations)
+        yield GaugeMetricFamily("vms_gb28181_registered_devices", "GB/T 28181 devices registered now",
+                                value=registered)
+        events = CounterMetricFamily("vms_gb28181_events", "GB/T 28181 signaling events by kind", labels=["kind"])
+        for kind, n in self.counters.items():
+            events.add_metric([kind], n)
+        events.add_metric(["register_flood_dropped"], self.limit.dropped)
+        t = self.transport.counters
+        for kind, n in (("malformed", t.malformed), ("retransmissions_absorbed", t.retransmissions_absorbed),
+                        ("requests_timed_out", t.requests_timed_out)):
+            events.add_metric([kind], n)
+        yield events
+
+    def registrations_now(self) -> list[Registration]:
+        """A copy of the registrations, for views."""
+        with self._lock:
+            return [replace(r, channels=dict(r.channels)) for r in self.registrations.values()]
+
+
+def _reported(it: manscdp.CatalogItem) -> ReportedCamera:
+    return ReportedCamera(device_id=it.device_id, source="gb28181", name=it.name[:200] or None,
+                          location=it.address[:200] or None, manufacturer=it.manufacturer[:200] or None,
+                          model=it.model[:200] or None)
+
+
+def _expires(req: sip.Request) -> int:
+    """The registration's asked lifetime: the Contact's ``expires`` parameter, else ``Expires``."""
+    contact = req.headers.get("Contact") or ""
+    if contact.strip() == "*":
+        return 0
+    for part in contact.split(";")[1:]:
+        k, _, v = part.partition("=")
+        if k.strip().lower() == "expires" and v.strip().isdigit():
+            return int(v.strip())
+    value = (req.headers.get("Expires") or "3600").strip()
+    if not value.isdigit():
+        raise sip.SipError(f"Expires {value[:20]!r} is not a number")
+    return int(value)
