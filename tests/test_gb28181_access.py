@@ -278,3 +278,42 @@ def test_a_device_that_leaves_is_offline_at_the_next_tick(gb_hub: Any, leave: st
         assert time.monotonic() - left < 3.0  # the next 1 s tick, not 180 s of missed keepalives
     finally:
         dev.close()
+
+
+def test_catalog_events_darken_light_and_flag_a_channel(gb_hub: Any) -> None:
+    """VLOST (video lost) and OFF darken a channel while its device keeps alive; ON lights it again;
+    DEFECT raises a defect, so the channel is degraded (an alert through the one alert writer), until ON."""
+    hub = gb_hub(auto_accept=True, keepalive_interval_s=60, keepalive_misses=3)
+    dev = Device(port_of(hub))
+    try:
+        assert dev.register().status == 200
+        dev.answer_catalog([item(CHANNEL, "西门")])
+
+        def state() -> str:
+            return hub.snapshots.device(CHANNEL).state if hub.registry.known(CHANNEL) else "absent"
+
+        def beat_until(want: str) -> bool:
+            dev.keepalive()
+            return state() == want
+
+        def notify(event: str) -> None:
+            body = manscdp.build("Notify", "Catalog", 7, IPC, {"SumNum": "1"},
+                                 items=[{**item(CHANNEL, "西门"), "Event": event}])
+            dev.send(dev.request("MESSAGE", body=body))
+            assert dev.response().status == 200
+
+        wait_until(lambda: beat_until("online"), 15, "channel online", state)
+        notify("VLOST")
+        wait_until(lambda: beat_until("offline"), 5, "channel offline on VLOST although keepalives go on", state)
+        notify("ON")
+        wait_until(lambda: beat_until("online"), 10, "channel online again on ON", state)
+        notify("DEFECT")
+        wait_until(lambda: beat_until("degraded"), 5, "channel degraded on DEFECT", state)
+        assert "device_defect" in hub.snapshots.device(CHANNEL).defects
+        book = hub.monitor.book
+        wait_until(lambda: any(a.kind == "device_degraded" and a.device_id == CHANNEL for a in book.open.values()),
+                   5, "a device_degraded alert")
+        notify("ON")  # the device says the channel is fine again
+        wait_until(lambda: beat_until("online"), 5, "channel online once the defect is cleared", state)
+    finally:
+        dev.close()

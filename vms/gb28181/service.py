@@ -9,8 +9,8 @@
 - **Keepalive** messages are signal for the device and for each channel whose catalog status is ON;
   silence longer than ``keepalive_interval_s × keepalive_misses`` makes them offline, and a
   goodbye, an expired registration or a closed TCP connection does at once. Catalog events OFF and
-  VLOST darken a channel, ON lights it, DEFECT raises a ``device_defect`` defect (so a
-  ``device_degraded`` alert through the one alert writer).
+  VLOST darken a channel, ON lights it (and clears a defect), DEFECT raises a ``device_defect``
+  defect (so a ``device_degraded`` alert through the one alert writer).
 
 The SIP side runs its own asyncio loop in one thread (``start``/``stop`` with the hub); the hub's
 services are reached only through the callables given here.
@@ -419,6 +419,7 @@ class GbService:
                 with self._lock:
                     reg.channels[ch] = event
                 if event == "ON":
+                    self.hub.set_quality(ch, DEFECT, False)  # the device says the channel is fine again
                     self.hub.signal([ch], now, self.cfg.keepalive_timeout_s)
                 else:
                     self.hub.silence([ch])
