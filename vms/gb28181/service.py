@@ -52,7 +52,6 @@ class Registration:
     expires_at: float
     registered_at: float
     channels: dict[str, str] = field(default_factory=dict)  # channel ID -> catalog status (ON, OFF, VLOST ...)
-    catalog_sn: int | None = None
 
 
 @dataclass
@@ -355,7 +354,6 @@ class GbService:
         req, sn = self._query(reg, "Catalog")
         cat = _Catalog(device_id)
         self._catalogs[sn] = cat
-        reg.catalog_sn = sn
         try:
             resp = await self.transport.request(reg.peer, req)
             if resp.status >= 300:

@@ -183,11 +183,6 @@ class AlertWriter:
             tx.resolve(row, by, comment)
             return row.id
 
-    def is_active(self, fingerprint: str) -> bool:
-        with self.sessions() as s:
-            q = select(Alert.id).where(Alert.fingerprint == fingerprint, Alert.state != AlertState.RESOLVED)
-            return s.scalar(q) is not None
-
     # -- people (each action audited) -------------------------------------------------------------
     def acknowledge(self, alert_id: int, who: Principal, comment: str) -> Alert:
         with self.transaction() as tx:
