@@ -168,7 +168,7 @@ class Health:
     agent: npt.NDArray[np.int32]  # index into the hub's agent list, -1 if none
     retired: npt.NDArray[np.bool_]  # out of service (an admin rejected it): no state, alerts or figures
     #: The device's own silence limit (s), for sources that report less often than agents (a GB/T
-    #: 28181 device's keepalive); NaN means the config's ``offline_after_s``.
+    #: 28181 device's keepalive); the config's ``offline_after_s`` unless set.
     offline_after: F64
 
     def __init__(self, cfg: HealthConfig, started_at: float, capacity: int = 1024) -> None:
@@ -199,7 +199,7 @@ class Health:
         ("gaps", np.int64, 0),
         ("agent", np.int32, -1),
         ("retired", np.bool_, False),
-        ("offline_after", np.float64, math.nan),
+        ("offline_after", np.float64, 0.0),  # set to the config's by add()
     )
 
     def _grow(self, need: int) -> None:
@@ -221,6 +221,7 @@ class Health:
         self.index[device_id] = i
         self.created_at[i] = created_at
         self.watched_from[i] = created_at
+        self.offline_after[i] = self.cfg.offline_after_s
         self.n += 1
         return i
 
@@ -266,13 +267,12 @@ class Health:
 
     def silence_limit(self, idx: int) -> float:
         """Seconds without signal after which device ``idx`` is offline."""
-        own = float(self.offline_after[idx])
-        return self.cfg.offline_after_s if math.isnan(own) else own
+        return float(self.offline_after[idx])
 
     def set_silence_limit(self, idx: int, seconds: float | None) -> None:
         """Give device ``idx`` its own silence limit (None: the config's); 0 makes it offline at the
         next tick, dated at its last signal (a device that said goodbye or whose connection closed)."""
-        self.offline_after[idx] = math.nan if seconds is None else seconds
+        self.offline_after[idx] = self.cfg.offline_after_s if seconds is None else seconds
 
     def observe_upload(self, idx: int, content_end: float, now: float) -> None:
         """Media of device ``idx`` covering up to ``content_end`` arrived at ``now``.
@@ -308,8 +308,7 @@ class Health:
         if n == 0:
             return []
         c = self.cfg
-        own = self.offline_after[:n]
-        limit = np.where(np.isnan(own), c.offline_after_s, own)
+        limit = self.offline_after[:n]
         fresh = (now - self.last_signal[:n]) <= limit
         prev = self.flags[:n]
         known = self.known[:n]
