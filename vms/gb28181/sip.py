@@ -241,7 +241,7 @@ def _parse_start(line: str) -> Request | Response:
         m = _STATUS_LINE.fullmatch(line)
         if m is None:
             raise SipError(f"line 1: bad status line: {_snip(line)}")
-        return Response(int(m.group(1)), (m.group(2) or "").strip(), Headers())
+        return Response(int(m.group(1)), (m.group(2) or "").strip(" \t"), Headers())  # SP/HTAB only (RFC 3261)
     m = _REQUEST_LINE.fullmatch(line)
     if m is None:
         raise SipError(f"line 1: bad request line: {_snip(line)}")
