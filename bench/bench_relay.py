@@ -9,7 +9,7 @@ camera looping a pre-encoded 1080p25 4 Mbps H.264 clip) serves N mounts. At the 
 same mounts:
 
 - the agent: one worker process running the agent's own ingest threads, segmenters and spool
-  (`edge_agent.ingest.CameraIngest`, `edge_agent.segmenter.Segmenter`, `edge_agent.spool.Spool`),
+  (`edge_agent.ingest.CameraIngest`, `vms.media.segmenter.Segmenter`, `edge_agent.spool.Spool`),
   cutting 4 s MPEG-TS segments with temp name, fsync, sha256 and rename. There is **no uplink**
   (the segments are acked once the bench has deleted them, see below);
 - with `--before-src DIR`, a second agent worker running the `edge_agent` package found in DIR (a
@@ -131,10 +131,10 @@ def _time_guarantees(module: Any, names: tuple[str, ...]) -> list[float]:
 def agent_worker(urls: list[str], work: Path) -> None:
     """The agent's ingest path for every URL, with a local ack thread instead of an uplink."""
     import edge_agent
-    import edge_agent.segmenter as segmenter_module
+    import vms.media.segmenter as segmenter_module
     from edge_agent.ingest import CameraIngest
-    from edge_agent.segmenter import Segmenter
     from edge_agent.spool import Spool
+    from vms.media.segmenter import Segmenter
 
     print(f"edge_agent from {list(edge_agent.__path__)}", file=sys.stderr, flush=True)
     # What plain ffmpeg does not do: the segment's sha256 and fdatasync, and the directory fsync.

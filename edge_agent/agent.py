@@ -24,13 +24,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from vms.kernel import ids
 from vms.kernel.protocol import CameraReportReply, CameraStats
 from vms.kernel.protocol import CameraSource as Source
+from vms.media.segmenter import Segmenter
 
 from .analysis import AgentAnalysis
 from .config import AgentConfig, redact, strip_credentials
 from .discovery import host_of, stream_problem
 from .ingest import CameraIngest
 from .registry import Registry
-from .segmenter import Segmenter
 from .spool import Segment, Spool
 from .uplink import Uplink
 

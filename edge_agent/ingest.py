@@ -32,9 +32,9 @@ from typing import Any
 import av
 
 from vms.kernel.protocol import CameraStats
+from vms.media.segmenter import Segmenter
 
 from .config import redact, scrub
-from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 

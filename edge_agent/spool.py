@@ -19,53 +19,17 @@ import heapq
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Container
-from dataclasses import dataclass
 from pathlib import Path
 
 from vms.kernel.fsutil import fsync_dir as fsync_dir
 from vms.kernel.protocol import SpoolStats
+from vms.media.segment import Segment as Segment
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^(?P<dev>[0-9]{20})_(?P<start>[0-9]{1,17})_(?P<dur>[0-9]{1,12})_(?P<sha>[0-9a-f]{64})\.ts$")
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One finished MPEG-TS segment in the queue."""
-
-    path: Path
-    device_id: str
-    start: float  # Unix seconds of the first packet
-    duration: float  # seconds
-    sha256: str
-    size: int
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @staticmethod
-    def file_name(device_id: str, start: float, duration: float, sha256: str) -> str:
-        return f"{device_id}_{round(start * 1e6):d}_{round(max(duration, 0.0) * 1e6):d}_{sha256}.ts"
-
-    @classmethod
-    def from_path(cls, path: Path) -> Segment | None:
-        m = _NAME.match(path.name)
-        if not m:
-            return None
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return None
-        return cls(path=path, device_id=m["dev"], start=int(m["start"]) / 1e6,
-                   duration=int(m["dur"]) / 1e6, sha256=m["sha"], size=size)
-
 
 class Spool:
     """Queue directory + in-memory index; thread-safe (ingest threads add, the uplink takes)."""

@@ -13,9 +13,9 @@ import av
 import pytest
 
 from edge_agent.ingest import CameraIngest, backoff_delay
-from edge_agent.segmenter import Segmenter
 from edge_agent.spool import Spool
 from tests.rtsp_fixture import GarbagePeer, RtspServer, clips_fixture, decode_count, free_port, wait_for  # noqa: F401
+from vms.media.segmenter import Segmenter
 
 DEV = "32058501001320000001"
 

@@ -17,9 +17,9 @@ import av
 import pytest
 
 from edge_agent.ingest import CameraIngest
-from edge_agent.segmenter import Segmenter, parameter_sets
 from edge_agent.spool import Spool
 from tests.rtsp_fixture import RtspServer, clips_fixture, decode_count, wait_for  # noqa: F401
+from vms.media.segmenter import Segmenter, parameter_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_A = "32058501001320000001"
@@ -103,7 +103,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from edge_agent.ingest import CameraIngest
-    from edge_agent.segmenter import Segmenter
+    from vms.media.segmenter import Segmenter
     from edge_agent.spool import Spool
     spool = Spool(Path(sys.argv[2]), 10**9)
     CameraIngest(sys.argv[3], sys.argv[1], Segmenter(sys.argv[3], spool, 1.0)).start()

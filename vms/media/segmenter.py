@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 
-from vms.kernel.fsutil import sync_and_hash
+from vms.kernel.fsutil import fsync_dir, sync_and_hash
 
-from .spool import Segment, Spool, fsync_dir
+from .segment import Segment
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ FORCE_CUT_FACTOR = 3.0
 RATE_WINDOW_S = 2.0
 #: Lower than any timestamp: with no segment open, every packet takes the full decision path.
 _NO_BOUND = -(1 << 63)
+
+
+class SegmentSink(Protocol):
+    """Where finished segments go: the agent's spool, or the hub's archive for media it receives."""
+
+    root: Path
+
+    def tmp_path(self, device_id: str, start: float) -> Path: ...
+    def note_write_error(self) -> None: ...
+    def added(self, seg: Segment) -> None: ...
 
 
 def parameter_sets(data: bytes, codec: str) -> frozenset[bytes]:
@@ -99,7 +109,7 @@ class Segmenter:
     def __init__(
         self,
         device_id: str,
-        spool: Spool,
+        spool: SegmentSink,
         segment_seconds: float = 4.0,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -1,0 +1,1 @@
+"""Media shared by hub, agent and simulator: segments, the segmenter, RTP and MPEG-PS."""
