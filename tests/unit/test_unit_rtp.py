@@ -1,0 +1,192 @@
+"""vms/media/rtp.py: RFC 3550 headers, RFC 4571 framing, and the reorder buffer under shuffles and drops."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vms.media import rtp
+from vms.media.rtp import Reorder, RtpError, RtpPacket, TcpDeframer
+
+PROPS = settings(max_examples=200, deadline=None)
+
+
+def test_build_then_parse() -> None:
+    data = rtp.build(b"abc", seq=65535, timestamp=0xFFFFFFFF, ssrc=123456789, marker=True, payload_type=96)
+    assert data[:2] == b"\x80\xe0" and len(data) == 15
+    assert rtp.parse(data) == RtpPacket(96, True, 65535, 0xFFFFFFFF, 123456789, b"abc")
+
+
+def test_parse_csrc_extension_and_padding() -> None:
+    # V=2, P=1, X=1, CC=2; two CSRCs, an extension of 1 word, 3 payload bytes, 4 padding bytes.
+    head = struct.pack("!BBHII", 0x80 | 0x20 | 0x10 | 2, 0x60, 7, 9000, 42)
+    data = head + b"\x00\x00\x00\x01" * 2 + b"\xbe\xde\x00\x01" + b"EXT!" + b"pay" + b"\x00\x00\x00\x04"
+    assert rtp.parse(data) == RtpPacket(0x60, False, 7, 9000, 42, b"pay")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x80\x60\x00", "shorter than the 12-byte header"),
+        (b"\x40" + bytes(11), "RTP version 1, expected 2"),
+        (b"\x83" + bytes(11) + bytes(8), "shorter than its 3 CSRCs"),
+        (b"\x90" + bytes(11) + b"\xbe", "ends inside its header extension"),
+        (b"\x90" + bytes(11) + b"\xbe\xde\x00\x02" + bytes(4), "extension of 2 words runs past"),
+        (b"\xa0" + bytes(11), "no payload to hold the padding count"),
+        (b"\xa0" + bytes(11) + b"ab\x00", "padding count is 0"),
+        (b"\xa0" + bytes(11) + b"ab\x04", "padding of 4 bytes is longer than the 3 bytes"),
+    ],
+)
+def test_parse_refuses_malformed(data: bytes, message: str) -> None:
+    with pytest.raises(RtpError, match=message):
+        rtp.parse(data)
+
+
+def test_build_refuses_out_of_range() -> None:
+    with pytest.raises(RtpError, match="payload type 128"):
+        rtp.build(b"", seq=0, timestamp=0, ssrc=0, marker=False, payload_type=128)
+    with pytest.raises(RtpError, match="sequence number 65536"):
+        rtp.build(b"", seq=65536, timestamp=0, ssrc=0, marker=False)
+    with pytest.raises(RtpError, match="timestamp"):
+        rtp.build(b"", seq=0, timestamp=1 << 32, ssrc=0, marker=False)
+
+
+@PROPS
+@given(
+    frame=st.binary(min_size=0, max_size=5000),
+    seq=st.integers(0, 65535),
+    ts=st.integers(0, (1 << 32) - 1),
+    mtu=st.integers(1, 1500),
+)
+def test_packetize_round_trip(frame: bytes, seq: int, ts: int, mtu: int) -> None:
+    packets = rtp.packetize(frame, seq=seq, timestamp=ts, ssrc=0xDEADBEEF, mtu=mtu)
+    parsed = [rtp.parse(p) for p in packets]
+    assert b"".join(p.payload for p in parsed) == frame
+    assert len(packets) == -(-len(frame) // mtu)
+    assert all(len(p.payload) <= mtu for p in parsed)
+    assert [p.marker for p in parsed] == [i == len(parsed) - 1 for i in range(len(parsed))]
+    assert [p.seq for p in parsed] == [(seq + i) % 65536 for i in range(len(parsed))]
+    assert {(p.timestamp, p.ssrc, p.payload_type) for p in parsed} <= {(ts, 0xDEADBEEF, 96)}
+
+
+def test_packetize_1400_byte_payloads() -> None:
+    packets = rtp.packetize(bytes(3000), seq=65535, timestamp=1, ssrc=2)
+    assert [len(p) - 12 for p in packets] == [1400, 1400, 200]
+    assert [rtp.parse(p).seq for p in packets] == [65535, 0, 1]
+
+
+@PROPS
+@given(packets=st.lists(st.binary(min_size=1, max_size=3000), max_size=20), cuts=st.lists(st.integers(0, 70000)))
+def test_tcp_framing_round_trip_any_split(packets: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(rtp.frame_tcp(p) for p in packets)
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    d = TcpDeframer()
+    out: list[bytes] = []
+    for a, b in itertools.pairwise(bounds):
+        out += d.feed(stream[a:b])
+    assert out == packets
+    assert d.pending == 0
+
+
+def test_tcp_deframer_keeps_partial_and_refuses_zero_length() -> None:
+    d = TcpDeframer()
+    assert d.feed(b"\x00\x03ab") == []
+    assert d.pending == 4
+    assert d.feed(b"c\x00") == [b"abc"]
+    with pytest.raises(RtpError, match="length 0"):
+        d.feed(b"\x00")
+    with pytest.raises(RtpError, match=r"1\.\.65535"):
+        rtp.frame_tcp(b"")
+
+
+def pkt(seq: int) -> RtpPacket:
+    return RtpPacket(96, False, seq % 65536, 0, 1, b"")
+
+
+def test_reorder_in_order_fast_path_and_wrap() -> None:
+    r = Reorder()
+    got = [p.seq for s in range(65530, 65540) for p in r.push(pkt(s))]
+    assert got == [s % 65536 for s in range(65530, 65540)]
+    assert (r.received, r.lost, r.reordered, r.duplicates, r.late) == (10, 0, 0, 0, 0)
+
+
+def test_reorder_gap_filled_duplicate_and_late() -> None:
+    r = Reorder(window=3)
+    assert [p.seq for p in r.push(pkt(10))] == [10]
+    assert r.push(pkt(12)) == [] and r.push(pkt(13)) == []
+    assert [p.seq for p in r.push(pkt(11))] == [11, 12, 13]
+    assert r.reordered == 1
+    assert r.push(pkt(12)) == [] and r.duplicates == 1
+    # 14 lost: after 3 wait behind it, a 4th gives it up.
+    for s in (15, 16, 17):
+        assert r.push(pkt(s)) == []
+    assert [p.seq for p in r.push(pkt(18))] == [15, 16, 17, 18]
+    assert r.lost == 1
+    assert r.push(pkt(14)) == [] and r.late == 1
+    assert r.push(pkt(14)) == [] and r.duplicates == 2  # late once, a duplicate after that
+    assert r.push(pkt(30)) == [] and [p.seq for p in r.flush()] == [30]
+    assert r.lost == 1 + 11
+
+
+def test_reorder_resyncs_after_a_jump() -> None:
+    r = Reorder()
+    r.push(pkt(100))
+    assert [p.seq for p in r.push(pkt(40000))] == [40000]
+    assert [p.seq for p in r.push(pkt(40001))] == [40001]
+    assert r.resyncs == 1 and r.lost == 0
+
+
+@PROPS
+@given(
+    start=st.integers(0, 65535),
+    n=st.integers(1, 400),
+    window=st.integers(1, 64),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_reorder_restores_order_under_bounded_shuffles(start: int, n: int, window: int, seed: int) -> None:
+    """A packet displaced by less than the window is never lost and everything comes out in order."""
+    rnd = random.Random(seed)
+    # Shuffle within blocks of `window` packets: no packet is more than window-1 places from home.
+    order = list(range(n))
+    for i in range(1, n, window):  # the first packet sets the base, so it goes first
+        block = order[i : i + window]
+        rnd.shuffle(block)
+        order[i : i + window] = block
+    r = Reorder(window)
+    out = [p for i in order for p in r.push(pkt(start + i))] + r.flush()
+    assert [p.seq for p in out] == [(start + i) % 65536 for i in range(n)]
+    assert (r.lost, r.late, r.duplicates) == (0, 0, 0)
+    assert r.received == n
+
+
+@PROPS
+@given(
+    start=st.integers(0, 65535),
+    n=st.integers(1, 600),
+    window=st.integers(1, 32),
+    drop=st.floats(0, 0.5),
+    dup=st.floats(0, 0.2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_reorder_accounts_for_every_packet(
+    start: int, n: int, window: int, drop: float, dup: float, seed: int
+) -> None:
+    """Under drops, duplicates and any reordering: output strictly increasing, every number either
+    released once or counted lost, and every push counted exactly once."""
+    rnd = random.Random(seed)
+    sent = [0] + [i for i in range(1, n) if rnd.random() >= drop]
+    sent += [rnd.choice(sent) for _ in range(int(len(sent) * dup))]
+    head, rest = sent[:1], sent[1:]
+    rnd.shuffle(rest)
+    r = Reorder(window)
+    out = [p for i in head + rest for p in r.push(pkt(start + i))] + r.flush()
+    ext = [(p.seq - start) % 65536 for p in out]
+    assert ext == sorted(set(ext)), "released in strictly increasing order, each once"
+    assert set(ext) <= set(sent)
+    assert len(ext) + r.lost == max(ext) + 1, "every number up to the last released is released or lost"
+    assert r.received == len(sent) == len(ext) + r.duplicates + r.late

@@ -1,0 +1,282 @@
+"""RTP (RFC 3550) packets, RFC 4571 framing for RTP over TCP, and a small reorder buffer. Pure, no I/O.
+
+GB/T 28181 media is MPEG-PS in RTP (payload type 96, 90 kHz), over UDP or over TCP with a 2-byte
+length prefix. Parsing is strict on the header (a peer that gets it wrong would otherwise feed
+the demuxer garbage) and errors say what is wrong, since they end up in logs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+#: Fixed header: V/P/X/CC, M/PT, sequence number, timestamp, SSRC.
+_HEADER = struct.Struct("!BBHII")
+_LEN = struct.Struct("!H")
+_EXT = struct.Struct("!HH")
+HEADER_SIZE = _HEADER.size
+#: A sequence number this far from the expected one (either way) means the sender restarted
+#: (RFC 3550 A.1's MAX_DROPOUT): the buffer starts over instead of waiting for or counting the gap.
+MAX_DROPOUT = 3000
+_SEQ_MOD = 1 << 16
+_HALF = 1 << 15
+
+
+class RtpError(ValueError):
+    """A packet or an RFC 4571 stream that is not valid RTP."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtpPacket:
+    """One parsed RTP packet; the payload is without padding, CSRCs or header extension."""
+
+    payload_type: int
+    marker: bool
+    seq: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def parse(data: bytes) -> RtpPacket:
+    """One RTP packet; RtpError says what is malformed."""
+    n = len(data)
+    if n < HEADER_SIZE:
+        raise RtpError(f"RTP packet of {n} bytes is shorter than the 12-byte header")
+    b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if b0 >> 6 != 2:
+        raise RtpError(f"RTP version {b0 >> 6}, expected 2")
+    start = HEADER_SIZE + 4 * (b0 & 0x0F)
+    if start > n:
+        raise RtpError(f"RTP packet of {n} bytes is shorter than its {b0 & 0x0F} CSRCs")
+    if b0 & 0x10:
+        if start + 4 > n:
+            raise RtpError(f"RTP packet of {n} bytes ends inside its header extension's header")
+        _, words = _EXT.unpack_from(data, start)
+        start += 4 + 4 * words
+        if start > n:
+            raise RtpError(f"RTP header extension of {words} words runs past the end of the {n}-byte packet")
+    end = n
+    if b0 & 0x20:
+        if start == n:
+            raise RtpError("RTP padding bit set but no payload to hold the padding count")
+        pad = data[-1]
+        if pad == 0:
+            raise RtpError("RTP padding count is 0 (it counts itself, so at least 1)")
+        if pad > n - start:
+            raise RtpError(f"RTP padding of {pad} bytes is longer than the {n - start} bytes after the header")
+        end = n - pad
+    return RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, bytes(data[start:end]))
+
+
+def _check_fields(seq: int, timestamp: int, ssrc: int, payload_type: int) -> None:
+    if not 0 <= payload_type <= 127:
+        raise RtpError(f"payload type {payload_type} is not 0..127")
+    if not 0 <= seq < _SEQ_MOD:
+        raise RtpError(f"sequence number {seq} is not 0..65535")
+    if not 0 <= timestamp < 1 << 32 or not 0 <= ssrc < 1 << 32:
+        raise RtpError(f"timestamp {timestamp} or SSRC {ssrc} is not a 32-bit unsigned integer")
+
+
+def build(payload: bytes, *, seq: int, timestamp: int, ssrc: int, marker: bool, payload_type: int = 96) -> bytes:
+    """One RTP packet without CSRCs, extension or padding."""
+    _check_fields(seq, timestamp, ssrc, payload_type)
+    return _HEADER.pack(0x80, payload_type | (0x80 if marker else 0), seq, timestamp, ssrc) + payload
+
+
+def packetize(
+    frame: bytes, *, seq: int, timestamp: int, ssrc: int, payload_type: int = 96, mtu: int = 1400
+) -> list[bytes]:
+    """One frame as RTP packets of at most ``mtu`` payload bytes, the marker on the last.
+
+    Sequence numbers run from ``seq`` and wrap mod 2**16: the caller adds ``len(result)`` to its
+    own. An empty frame gives no packets.
+    """
+    if mtu < 1:
+        raise RtpError(f"mtu {mtu} must be at least 1")
+    seq %= _SEQ_MOD
+    timestamp %= 1 << 32
+    _check_fields(seq, timestamp, ssrc, payload_type)
+    view = memoryview(frame)
+    n = len(view)
+    pack = _HEADER.pack
+    out: list[bytes] = []
+    last = n - mtu  # chunks starting after this offset are the last one
+    for off in range(0, n, mtu):
+        m = payload_type | 0x80 if off >= last else payload_type
+        out.append(pack(0x80, m, (seq + len(out)) & 0xFFFF, timestamp, ssrc) + view[off : off + mtu])
+    return out
+
+
+def frame_tcp(packet: bytes) -> bytes:
+    """RFC 4571: the packet behind its 2-byte big-endian length."""
+    n = len(packet)
+    if not 0 < n < _SEQ_MOD:
+        raise RtpError(f"an RFC 4571 frame holds 1..65535 bytes, not {n}")
+    return _LEN.pack(n) + packet
+
+
+class TcpDeframer:
+    """RFC 4571 byte stream → packets; a partial frame waits for the next ``feed``."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back: the start of a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The packets completed by ``data``; RtpError on a zero length (the stream is lost then)."""
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        unpack = _LEN.unpack_from
+        while end - pos >= 2:
+            (n,) = unpack(buf, pos)
+            if n == 0:
+                raise RtpError(f"RFC 4571 frame of length 0 at stream offset {pos} of this read")
+            if end - pos - 2 < n:
+                break
+            out.append(bytes(buf[pos + 2 : pos + 2 + n]))
+            pos += 2 + n
+        if pos:
+            del buf[:pos]
+        return out
+
+
+class Reorder:
+    """Releases packets in sequence-number order, waiting behind a gap for at most ``window`` packets.
+
+    Sequence numbers are extended internally past the 16-bit wrap. ``_marks`` remembers, per
+    16-bit number, whether it was last passed released (1) or given up (2), so a packet behind the
+    buffer (at most ``MAX_DROPOUT`` back, all passed in this cycle) is told apart as a duplicate
+    or as late. Counters: ``received`` (every push),
+    ``lost`` (given up: never seen when released past), ``duplicates``, ``late`` (arrived after its
+    place was passed: its gap given up, or before the first packet), ``reordered`` (arrived after a
+    higher one and still in time), ``resyncs`` (jumps beyond ``MAX_DROPOUT``: the sender restarted).
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        if window < 1:
+            raise ValueError(f"reorder window {window} must be at least 1")
+        self.window = window
+        self.received = 0
+        self.lost = 0
+        self.duplicates = 0
+        self.late = 0
+        self.reordered = 0
+        self.resyncs = 0
+        self._next: int | None = None  # extended number of the next packet to release
+        self._top = 0  # highest extended number seen
+        self._pending: dict[int, RtpPacket] = {}
+        self._marks = bytearray(_SEQ_MOD)
+
+    def _mark(self, first: int, count: int, value: int) -> None:
+        """Marks ``count`` numbers from ``first`` as released (1) or given up (2), wrap-aware."""
+        count = min(count, _SEQ_MOD)
+        lo = first & 0xFFFF
+        hi = lo + count
+        fill = bytes((value,))
+        if hi <= _SEQ_MOD:
+            self._marks[lo:hi] = fill * count
+        else:
+            self._marks[lo:] = fill * (_SEQ_MOD - lo)
+            self._marks[: hi - _SEQ_MOD] = fill * (hi - _SEQ_MOD)
+
+    def push(self, pkt: RtpPacket) -> list[RtpPacket]:
+        """The packets now releasable, in order."""
+        self.received += 1
+        seq = pkt.seq
+        nxt = self._next
+        if nxt is None:
+            self._next = seq + 1
+            self._top = seq
+            self._mark(seq, 1, 1)
+            return [pkt]
+        if not self._pending and seq == nxt & 0xFFFF:  # the common case: in order, nothing waiting
+            self._next = nxt + 1
+            self._top = nxt
+            self._marks[seq] = 1
+            return [pkt]
+        d = ((seq - nxt + _HALF) & 0xFFFF) - _HALF
+        if d > MAX_DROPOUT or d < -MAX_DROPOUT:
+            return self._resync(pkt, nxt + d)
+        if d < 0:
+            if self._marks[seq] == 2:
+                self.late += 1
+                self._marks[seq] = 1
+            elif self._marks[seq] == 1:
+                self.duplicates += 1
+            else:
+                self.late += 1
+            return []
+        ext = nxt + d
+        if ext in self._pending:
+            self.duplicates += 1
+            return []
+        if ext < self._top:
+            self.reordered += 1
+        else:
+            self._top = ext
+        self._pending[ext] = pkt
+        if d == 0:
+            return self._release()
+        if len(self._pending) > self.window:
+            return self._give_up()
+        return []
+
+    def _release(self) -> list[RtpPacket]:
+        """The run of consecutive packets waiting from ``_next`` on."""
+        start = self._next
+        assert start is not None
+        pending = self._pending
+        out: list[RtpPacket] = []
+        nxt = start
+        while nxt in pending:
+            out.append(pending.pop(nxt))
+            nxt += 1
+        if out:
+            self._mark(start, len(out), 1)
+            self._next = nxt
+        return out
+
+    def _give_up(self) -> list[RtpPacket]:
+        """Gives up gaps until at most ``window`` packets wait, releasing what follows each one."""
+        out: list[RtpPacket] = []
+        while len(self._pending) > self.window:
+            out += self._skip_gap()
+        return out
+
+    def _skip_gap(self) -> list[RtpPacket]:
+        """Gives up the gap before the first waiting packet and releases the run from there."""
+        nxt = self._next
+        assert nxt is not None
+        first = min(self._pending)
+        self.lost += first - nxt
+        self._mark(nxt, first - nxt, 2)
+        self._next = first
+        return self._release()
+
+    def _resync(self, pkt: RtpPacket, ext: int) -> list[RtpPacket]:
+        """The sender jumped: what waited goes out, and numbering starts over at this packet."""
+        self.resyncs += 1
+        out = self.flush()
+        self._marks = bytearray(_SEQ_MOD)
+        self._next = ext + 1
+        self._top = ext
+        self._mark(pkt.seq, 1, 1)
+        out.append(pkt)
+        return out
+
+    def flush(self) -> list[RtpPacket]:
+        """Everything waiting, in order; the gaps between count as lost."""
+        out: list[RtpPacket] = []
+        while self._pending:
+            out += self._skip_gap()
+        return out
