@@ -136,7 +136,8 @@ def gb_hub(tmp_path: Path) -> Iterator[Any]:
 
     def make(**gb: Any) -> Hub:
         section = {"enabled": True, "server_id": SERVER_ID, "port": free_port(), "passwords": {IPC: PASSWORD},
-                   "keepalive_interval_s": 5, "keepalive_misses": 1, "catalog_timeout_s": 2, **gb}
+                   "keepalive_interval_s": 5, "keepalive_misses": 1, "catalog_timeout_s": 2,
+                   "record": False, **gb}  # signaling alone here; media: tests/test_gb28181_media.py
         cfg = HubConfig.model_validate(hub_config(tmp_path / f"data{len(made)}", gb28181=section))
         hub = Hub(cfg)
         hub.start()

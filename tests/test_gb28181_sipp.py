@@ -176,7 +176,8 @@ def test_sipp_nvr_registers_its_catalog_is_accepted_and_it_goes_dark_when_keepal
     sip_port = free_port()
     hub: HubProcess = make_hub_process(
         gb28181={"enabled": True, "server_id": SERVER_ID, "host": "127.0.0.1", "port": sip_port,
-                 "passwords": {NVR: PASSWORD}, "keepalive_interval_s": 5, "keepalive_misses": 1},
+                 "passwords": {NVR: PASSWORD}, "keepalive_interval_s": 5, "keepalive_misses": 1,
+                 "record": False},  # signaling alone: SIPp answering INVITE is in test_gb28181_sipp_media.py
     )
     hub.start()
     admin = {"Authorization": f"Bearer {hub.token('admin')}"}

@@ -337,6 +337,25 @@ class Gb28181Config(_Model):
     catalog_timeout_s: float = Field(30.0, ge=1, le=600, description="How long a catalog answer may take in all.")
     register_rate: float = Field(20.0, gt=0, le=10000, description="REGISTERs per second taken from one address "
                                  "(burst twice that); the rest are dropped and counted.")
+    record: bool = Field(True, description="Stream every accepted channel (INVITE) and record it like an agent's "
+                         "camera; its video, not keepalives, then says whether it is online.")
+    media_host: str | None = Field(None, max_length=100, description="Address media is received on and offered "
+                                   "to devices in SDP; default: host.")
+    media_transport: Literal["UDP", "TCP-passive", "TCP-active"] = Field(
+        "UDP", description="RTP over UDP, or over TCP (RFC 4571) with the center listening (TCP-passive) or "
+        "connecting to the device (TCP-active).")
+    media_ports: tuple[int, int] | None = Field(None, description="Port range [first, last] for media (firewalls); "
+                                                "default: any free port.")
+    media_timeout_s: float = Field(4.0, ge=1, le=60, description="No RTP (or no video in it) this long: the "
+                                   "stream is lost, the channel offline, and the center invites again.")
+    invite_timeout_s: float = Field(8.0, ge=1, le=64, description="How long a device may take to answer an INVITE.")
+    invite_backoff_max_s: float = Field(30.0, ge=1, le=600, description="Longest wait between INVITEs of a "
+                                        "channel that keeps failing (1 s, doubling).")
+    probe_timeout_s: float = Field(3.0, ge=0.5, le=32, description="When all of a device's streams stop, a query "
+                                   "it does not answer within this makes it offline (no wait for keepalives).")
+    segment_seconds: float = Field(2.0, ge=0.5, le=30, description="Length of the segments recorded from GB "
+                                   "media (keyframe-aligned).")
+    ssrc_check: bool = Field(True, description="Drop RTP whose SSRC is not the one of the session.")
 
     @model_validator(mode="after")
     def _ids(self) -> Gb28181Config:
@@ -344,6 +363,8 @@ class Gb28181Config(_Model):
             raise ValueError("gb28181.server_id is required when gb28181 is enabled")
         if self.server_id is not None and ids.parse(self.server_id).type != "200":
             raise ValueError(f"gb28181.server_id {self.server_id} must have type code 200 (center signaling server)")
+        if self.media_ports is not None and not 1 <= self.media_ports[0] <= self.media_ports[1] <= 65535:
+            raise ValueError(f"gb28181.media_ports {list(self.media_ports)}: need 1 <= first <= last <= 65535")
         if any(len(p) > 128 for p in self.passwords.values()):
             raise ValueError("gb28181.passwords: at most 128 characters each")
         for p in self.prefixes:

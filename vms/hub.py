@@ -82,8 +82,10 @@ class Hub:
             gb_link = HubLink(
                 report=lambda who, rep: self.acceptance.report(who, rep),  # built below, used once started
                 signal=reg.signal, silence=reg.silence, agent_seen=reg.agent_seen, set_quality=reg.set_quality,
+                streamable=lambda d: reg.known(d) and d not in reg.held, store_segment=self.ingest.store_own,
             )
-            self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock)
+            # Media cut into segments waits on the archive's own disk (a dot directory the repair skips).
+            self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock, media_dir=self.segments.root / ".gb28181")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         with self.sessions() as s:

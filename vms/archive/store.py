@@ -125,6 +125,26 @@ class Incoming:
                 self.path.unlink(missing_ok=True)
 
 
+class Adopted(Incoming):
+    """A finished segment file the hub wrote itself (GB/T 28181 media, ``vms/gb28181/media.py``):
+    hashed and synced by the segmenter already, on the archive's disk. ``discard`` leaves it in
+    place: its writer decides what a refusal means, so a full disk or a store error loses nothing."""
+
+    def __init__(self, path: Path, sha256: str, size: int) -> None:
+        self.path = path
+        self._f = None
+        self._sha256 = sha256
+        self.size = size
+        self.moved = False
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    def discard(self) -> None:
+        pass
+
+
 class SegmentStore:
     def __init__(self, root: Path, cfg: ArchiveConfig, sessions: sessionmaker[Session]) -> None:
         self.root = root

@@ -11,6 +11,12 @@
   goodbye, an expired registration or a closed TCP connection does at once. Catalog events OFF and
   VLOST darken a channel, ON lights it (and clears a defect), DEFECT raises a ``device_defect``
   defect (so a ``device_degraded`` alert through the one alert writer).
+- **Media** (``play.py``, ``media.py``): every accepted channel is invited and recorded through the
+  same segmenter and ingest as an agent's camera; for a streamed channel the video, not keepalives,
+  is its signal, so lost video is seen within ``media_timeout_s``. A device all of whose streams
+  stopped is probed (DeviceStatus): no answer within ``probe_timeout_s`` makes it and its channels
+  offline at once, long before its keepalives would be missed.
+- **DeviceInfo / DeviceStatus** answers are kept with the registration, for the views.
 
 The SIP side runs its own asyncio loop in one thread (``start``/``stop`` with the hub); the hub's
 services are reached only through the callables given here.
@@ -19,6 +25,7 @@ services are reached only through the callables given here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -28,16 +35,22 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vms.archive.store import Outcome
 from vms.auth import Principal, Role
 from vms.centers import CenterTree
 from vms.config import Gb28181Config
 from vms.gb28181 import digest, manscdp, sip
+from vms.gb28181.media import ArchiveSink
+from vms.gb28181.play import Player
 from vms.gb28181.transport import Peer, Transport
 from vms.kernel import ids
 from vms.kernel.protocol import CameraReport, CameraReportReply, ReportedCamera
+from vms.media.segment import Segment
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,9 @@ class Registration:
     expires_at: float
     registered_at: float
     channels: dict[str, str] = field(default_factory=dict)  # channel ID -> catalog status (ON, OFF, VLOST ...)
+    catalog_done: bool = False  # the catalog query after registering ended (answered or not)
+    reachable: bool = True  # False once it failed to answer a probe; any message from it sets it again
+    info: dict[str, str] = field(default_factory=dict)  # its DeviceInfo and DeviceStatus answers
 
 
 @dataclass
@@ -73,6 +89,8 @@ class HubLink:
     silence: Callable[[list[str]], None]  # Registry.silence
     agent_seen: Callable[[str, float, float], None]  # (name, at, offline_after): the device as an "agent"
     set_quality: Callable[[str, str, bool], None]  # Registry.set_quality
+    streamable: Callable[[str], bool] = lambda _d: False  # accepted and in service (known, not held)
+    store_segment: Callable[[str, Segment], Outcome] | None = None  # SegmentIngest.store_own
 
 
 class RateLimit:
@@ -97,7 +115,9 @@ class RateLimit:
 
 class GbService:
     def __init__(self, cfg: Gb28181Config, tree: CenterTree, hub: HubLink, clock: Callable[[], float] = time.time,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, media_dir: Path | None = None) -> None:
+        """``media_dir``: where segments cut from GB media wait for the store (on the archive's disk);
+        without it, or with ``record`` off, nothing is invited."""
         self.cfg = cfg
         self.tree = tree
         self.hub = hub
@@ -109,8 +129,14 @@ class GbService:
         self.registrations: dict[str, Registration] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("registered", "refused", "bad_password", "replayed_nonces", "keepalives", "unregistered_messages",
-             "catalog_items", "catalog_incomplete"), 0)
+             "catalog_items", "catalog_incomplete", "probes_unanswered"), 0)
         self.transport = Transport(cfg.host, cfg.port, self._handle, self._closed)
+        self.player: Player | None = None
+        self.sink: ArchiveSink | None = None
+        if cfg.record and media_dir is not None and hub.store_segment is not None:
+            self.sink = ArchiveSink(media_dir, hub.store_segment, lambda d: f"gb:{self._owner(d)}")
+            self.player = Player(cfg, self.transport, self.sink, self._media_signal, hub.silence, self._probe)
+            self.transport.on_stray = self.player.on_stray
         self._catalogs: dict[int, _Catalog] = {}
         self._sn = secrets.randbelow(10_000)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,6 +154,8 @@ class GbService:
         self._ready.wait(10)
         if self._error is not None:
             raise RuntimeError(f"GB/T 28181: cannot listen on {self.cfg.host}:{self.cfg.port}: {self._error}")
+        if self.sink is not None:
+            self.sink.start()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -153,9 +181,24 @@ class GbService:
             loop.close()
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Hang up every stream, finish and store its open segment, then close the SIP side."""
+        receivers = []
+        loop = self._loop
+        if loop is not None and self._thread is not None and self._thread.is_alive():
+            if self.player is not None:
+                player = self.player
+
+                async def hang_up() -> list[Any]:
+                    return player.shutdown()
+
+                with contextlib.suppress(Exception):
+                    receivers = asyncio.run_coroutine_threadsafe(hang_up(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
             self._thread.join(10)
+        for rx in receivers:
+            rx.join(10)
+        if self.sink is not None:
+            self.sink.stop()
         self._reports.shutdown(wait=True)
 
     # -- requests -----------------------------------------------------------------------------------
@@ -164,6 +207,8 @@ class GbService:
             return self._register(req, peer)
         if req.method == "MESSAGE":
             return self._message(req, peer)
+        if req.method == "BYE" and self.player is not None:
+            return self.player.on_bye(req)
         if req.method in ("NOTIFY", "OPTIONS", "BYE", "INFO", "SUBSCRIBE"):
             return sip.response_to(req, 200) if req.method == "OPTIONS" else sip.response_to(req, 501)
         if req.method == "ACK":
@@ -221,12 +266,18 @@ class GbService:
         with self._lock:
             known = self.registrations.get(device_id)
             fresh = known is None or known.peer != peer
-            reg = Registration(device_id, peer, contact, now + expires, now)
-            if known is not None:
-                reg.channels = dict(known.channels)
-                reg.registered_at = now if fresh else known.registered_at
-            self.registrations[device_id] = reg
+            if fresh:  # new, or from another address (a reboot, a new NAT binding): its catalog is asked again
+                reg = Registration(device_id, peer, contact, now + expires, now)
+                if known is not None:
+                    reg.channels = dict(known.channels)
+                self.registrations[device_id] = reg
+            else:  # a refresh: the same registration (a catalog query under way keeps writing to it)
+                assert known is not None
+                reg = known
+                reg.contact, reg.expires_at = contact, now + expires
         if fresh:
+            if known is not None and self.player is not None:
+                self.player.restart(device_id)
             self.counters["registered"] += 1
             log.info("GB/T 28181: %s registered from %s for %d s", device_id, peer, expires)
             self._report(device_id, [ReportedCamera(device_id=device_id, source="gb28181",
@@ -262,11 +313,17 @@ class GbService:
             self.counters["unregistered_messages"] += 1
             return sip.response_to(req, 404, "Not Found (not registered)")
         now = self.clock()
+        if not reg.reachable:
+            reg.reachable = True
+            self._alive(reg, now)
         if body.cmd == "Keepalive":
             self.counters["keepalives"] += 1
             self._alive(reg, now)
         elif body.cmd == "Catalog":
             self._catalog_message(reg, body)
+        elif body.cmd in ("DeviceInfo", "DeviceStatus") and body.root == "Response":
+            with self._lock:
+                reg.info.update({k: v[:200] for k, v in body.fields.items() if "." not in k and v})
         else:
             log.debug("GB/T 28181: %s from %s not handled yet", body.cmd, device_id)
         return sip.response_to(req, 200)
@@ -298,16 +355,35 @@ class GbService:
                 log.warning("GB/T 28181: %s refused: %s", d.device_id, d.reason)
 
     def _alive(self, reg: Registration, now: float) -> None:
+        """A message from the device: it and its channels that say ON are alive; a streamed channel
+        is alive only by its video (``_media_signal``)."""
         limit = self.cfg.keepalive_timeout_s
         self.hub.agent_seen(f"gb:{reg.device_id}", now, limit)
         lit = [reg.device_id, *(c for c, st in reg.channels.items() if st == "ON")]
+        if self.player is not None:
+            lit = [d for d in lit if not self.player.streamed(d)]
         self.hub.signal(lit, now, limit)
+
+    def _media_signal(self, channel: str) -> None:
+        """Video of a streamed channel arrived (from its receiver's thread): alive, with the health
+        model's own silence limit (seconds, not keepalive minutes)."""
+        self.hub.signal([channel], self.clock(), None)
+
+    def _owner(self, channel: str) -> str:
+        """The registered device a channel belongs to (itself for a camera without channels)."""
+        with self._lock:
+            for d, r in self.registrations.items():
+                if channel == d or channel in r.channels:
+                    return d
+        return channel
 
     def _goodbye(self, device_id: str, why: str) -> None:
         with self._lock:
             reg = self.registrations.pop(device_id, None)
         if reg is not None:
             log.info("GB/T 28181: %s %s", device_id, why)
+            if self.player is not None:
+                self.player.forget(device_id, why)
             self.hub.silence([device_id, *reg.channels])
 
     def _closed(self, peer: Peer) -> None:
@@ -324,6 +400,53 @@ class GbService:
                 expired = [d for d, r in self.registrations.items() if r.expires_at <= now]
             for d in expired:
                 self._goodbye(d, "registration expired")
+            if self.player is not None:
+                self._media_tick()
+
+    # -- media ------------------------------------------------------------------------------------------
+    def _media_tick(self) -> None:
+        """Every second: which channels should stream (accepted ones, once the catalog is known), and
+        invite those whose turn has come."""
+        assert self.player is not None
+        with self._lock:
+            regs = list(self.registrations.values())
+        for reg in regs:
+            if not reg.catalog_done:
+                continue
+            chans = list(reg.channels) or ([reg.device_id] if ids.parse(reg.device_id).type in ("131", "132") else [])
+            self.player.want(reg.device_id, reg.peer, [c for c in chans if self.hub.streamable(c)])
+
+        def reachable(device_id: str) -> bool:
+            r = self.registrations.get(device_id)
+            return r is not None and r.reachable
+
+        self.player.tick(reachable)
+
+    def _probe(self, device_id: str) -> None:
+        """All of the device's streams stopped: is the device itself still there?"""
+        assert self._loop is not None
+        self._loop.create_task(self._probe_now(device_id))
+
+    async def _probe_now(self, device_id: str) -> None:
+        with self._lock:
+            reg = self.registrations.get(device_id)
+        if reg is None or not reg.reachable:
+            return
+        req, _ = self._query(reg, "DeviceStatus")
+        try:
+            await self.transport.request(reg.peer, req, self.cfg.probe_timeout_s)
+            return
+        except ConnectionError:
+            pass
+        except TimeoutError:
+            pass
+        if self.registrations.get(device_id) is not reg:
+            return
+        reg.reachable = False
+        self.counters["probes_unanswered"] += 1
+        log.warning("GB/T 28181: %s does not answer (its video stopped too): offline until it speaks again",
+                    device_id)
+        self.hub.silence([device_id, *reg.channels])
 
     # -- catalog ---------------------------------------------------------------------------------------
     def next_sn(self) -> int:
@@ -369,6 +492,7 @@ class GbService:
                 log.warning("GB/T 28181: %s: no catalog (%s)", device_id, type(exc).__name__)
         finally:
             self._catalogs.pop(sn, None)
+            reg.catalog_done = True
         if cat.items:
             self._apply_catalog(reg, list(cat.items.values()))
 
@@ -418,7 +542,8 @@ class GbService:
                     reg.channels[ch] = event
                 if event == "ON":
                     self.hub.set_quality(ch, DEFECT, False)  # the device says the channel is fine again
-                    self.hub.signal([ch], now, self.cfg.keepalive_timeout_s)
+                    if self.player is None or not self.player.streamed(ch):
+                        self.hub.signal([ch], now, self.cfg.keepalive_timeout_s)
                 else:
                     self.hub.silence([ch])
             elif event == "DEFECT":
@@ -453,7 +578,7 @@ class GbService:
     def registrations_now(self) -> list[Registration]:
         """A copy of the registrations, for views."""
         with self._lock:
-            return [replace(r, channels=dict(r.channels)) for r in self.registrations.values()]
+            return [replace(r, channels=dict(r.channels), info=dict(r.info)) for r in self.registrations.values()]
 
 
 def _reported(it: manscdp.CatalogItem) -> ReportedCamera:

@@ -2,8 +2,11 @@
 
 - Server side (non-INVITE): a request retransmitted over UDP gets the same final response again,
   from a cache kept for 32 s (RFC 3261 Timer J), and is not handled twice.
-- Client side (our queries to devices): UDP requests are retransmitted from 0.5 s, doubling up to
-  4 s, until a final response or 32 s (Timers E and F); over TCP they are sent once.
+- Client side (our queries and INVITEs to devices): UDP requests are retransmitted from 0.5 s,
+  doubling up to 4 s, until a final response or 32 s (Timers E and F); an INVITE stops once a
+  provisional response came (Proceeding); over TCP they are sent once. A final response that
+  matches no transaction any more (a 200 to an INVITE, sent again because our ACK was lost) goes
+  to ``on_stray``.
 - Responses go back to where the request came from (the device may sit behind NAT), and the top
   Via says so (``received``, ``rport``).
 - TCP messages are framed by Content-Length (``sip.frame_stream``); a connection that sends garbage
@@ -76,6 +79,8 @@ class Transport:
         self._tcp: dict[Peer, asyncio.StreamWriter] = {}
         self._answered: dict[tuple[str, str, Peer], tuple[float, sip.Response | None]] = {}
         self._pending: dict[str, asyncio.Future[sip.Response]] = {}
+        self._proceeding: set[str] = set()  # client transactions that had a provisional response
+        self.on_stray: Callable[[sip.Response, Peer], None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -148,13 +153,15 @@ class Transport:
                 except TimeoutError:
                     if time.monotonic() >= deadline:
                         raise
-                    self.send(peer, req)  # Timer E
+                    if branch not in self._proceeding:
+                        self.send(peer, req)  # Timer E (Timer A for an INVITE until it proceeds)
                     wait = min(wait * 2, T2)
         except TimeoutError:
             self.counters.requests_timed_out += 1
             raise
         finally:
             self._pending.pop(branch, None)
+            self._proceeding.discard(branch)
 
     # -- receiving --------------------------------------------------------------------------------
     def received(self, data: bytes, peer: Peer) -> None:
@@ -168,8 +175,13 @@ class Transport:
         if isinstance(msg, sip.Response):
             branch = sip.vias(msg.headers)[0].branch or ""
             fut = self._pending.get(branch)
-            if fut is not None and not fut.done() and msg.status >= 200:
+            if fut is None or fut.done():
+                if msg.status >= 200 and self.on_stray is not None:
+                    self.on_stray(msg, peer)
+            elif msg.status >= 200:
                 fut.set_result(msg)
+            else:
+                self._proceeding.add(branch)
             return
         self._request(msg, peer)
 

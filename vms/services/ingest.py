@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from vms.archive.store import Incoming, Outcome, Result, SegmentStore
+from vms.archive.store import Adopted, Incoming, Outcome, Result, SegmentStore
 from vms.live import LiveRelay
+from vms.media.segment import Segment
 
 
 class SegmentIngest:
@@ -103,6 +104,13 @@ class SegmentIngest:
             self.live.segment_stored(device_id)
             self.analyse(device_id, start, duration, sha256, outcome.segment_id, motion_ratio)
         return outcome
+
+    def store_own(self, source: str, seg: Segment) -> Outcome:
+        """A segment the hub cut itself from media it received (GB/T 28181), on the archive's disk:
+        stored as a relayed one is, its file moved into place; on any other outcome the file stays
+        where it is for the caller to retry or set aside. Its start is hub time already."""
+        body = Adopted(seg.path, seg.sha256, seg.size)
+        return self.store_file(source, seg.device_id, seg.start, seg.duration, body, seg.sha256, None)
 
     def store_sub(self, device_id: str, start: float, duration: float, data: bytes, sha256: str,
                   sent_at: float | None) -> Outcome:

@@ -1,0 +1,403 @@
+"""GB/T 28181 media into the archive: RTP carrying MPEG-PS, received, demuxed and segmented.
+
+One thread per stream, as the agent has one per camera. RTP arrives on a UDP port or on a TCP
+connection (RFC 4571 framing; the hub listens, ``passive``, or connects, ``active``). Packets of
+another SSRC are dropped and counted, the rest are put back in order, and their payloads, the
+program stream, are read by FFmpeg's own ``mpeg`` demuxer (PyAV), which knows the stream map
+(0x1B H.264, 0x24 H.265). Its access units go into the same segmenter as an agent's, and each
+finished segment is stored through the same ingest as an agent's upload, so recording, retention,
+clips, live view and analysis work for a GB/T 28181 channel as for an RTSP camera.
+
+The reader wakes at most every ``batch_s`` and drains the socket in one go, as the agent's ingest
+does at the live edge, instead of waking once per RTP packet.
+
+A stream ends when no RTP arrives for ``timeout_s``, when what arrives yields no video for that
+long (not a program stream), or when it is stopped; ``on_end`` says why, and the owner invites again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import av
+
+from vms.archive.store import Outcome, Result
+from vms.media import rtp
+from vms.media.segment import Segment
+from vms.media.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["UDP", "TCP-passive", "TCP-active"]
+#: Results after which a segment file is kept and stored again later (nothing is lost).
+_RETRY = frozenset({Result.DISK_FULL, Result.STORE_ERROR})
+_RCVBUF = 4 << 20
+
+
+@dataclass
+class MediaStats:
+    """What one stream received; read by views and the owner's watchdog (plain ints, no lock)."""
+
+    packets: int = 0
+    bytes: int = 0
+    ssrc_mismatch: int = 0
+    malformed: int = 0
+    frames: int = 0
+    lost: int = 0
+    reordered: int = 0
+    started: float = 0.0  # monotonic
+    last_rtp: float = 0.0
+    last_frame: float = 0.0
+    codec: str = ""
+
+
+class PortPool:
+    """Local ports for media: any free one, or one from a configured range (firewalls)."""
+
+    def __init__(self, host: str, ports: tuple[int, int] | None) -> None:
+        self.host = host
+        self.ports = ports
+        self._next = itertools.cycle(range(ports[0], ports[1] + 1)) if ports else None
+        self._lock = threading.Lock()
+
+    def bind(self, kind: int) -> socket.socket:
+        """A socket of ``kind`` (SOCK_DGRAM or SOCK_STREAM) bound to a free port; OSError if none is."""
+        tries = 1 if self.ports is None else self.ports[1] - self.ports[0] + 1
+        last: OSError | None = None
+        for _ in range(tries):
+            with self._lock:
+                port = 0 if self._next is None else next(self._next)
+            s = socket.socket(socket.AF_INET, kind)
+            try:
+                if kind == socket.SOCK_DGRAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                s.bind((self.host, port))
+                return s
+            except OSError as exc:
+                s.close()
+                last = exc
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"no free media port in {self.ports}") from last
+
+
+class _Ended(Exception):
+    """The stream is over; the message says why."""
+
+
+class MediaReceiver:
+    """Receives one channel's stream and records it; ``start`` after the device answered the INVITE."""
+
+    def __init__(self, channel: str, mode: Mode, ports: PortPool, segmenter: Segmenter,
+                 signal: Callable[[str], None], on_end: Callable[[MediaReceiver, str], None],
+                 timeout_s: float = 4.0, batch_s: float = 0.05) -> None:
+        self.channel = channel
+        self.mode = mode
+        self.segmenter = segmenter
+        self.signal = signal
+        self.on_end = on_end
+        self.timeout_s = timeout_s
+        self.batch_s = batch_s
+        self.stats = MediaStats()
+        self.ssrc: int | None = None
+        self.reason = ""
+        self.ended = ""  # why the stream is over, once it is: every later read is the end of the file
+        self._sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._remote: tuple[str, int] | None = None
+        if mode == "UDP":
+            self._sock = ports.bind(socket.SOCK_DGRAM)
+            self.port = self._sock.getsockname()[1]
+        elif mode == "TCP-passive":
+            self._listener = ports.bind(socket.SOCK_STREAM)
+            self._listener.listen(1)
+            self.port = self._listener.getsockname()[1]
+        else:
+            self.port = 9  # TCP-active: the hub connects; the offer's port is not used (RFC 4145 uses 9)
+        self._buf = bytearray()
+        self._reorder = rtp.Reorder()
+        self._deframer = rtp.TcpDeframer()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._signalled = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self, ssrc: int | None, remote: tuple[str, int] | None = None) -> None:
+        """Receive packets of ``ssrc`` (None: any); ``remote`` is the device's address for TCP-active."""
+        self.ssrc = ssrc
+        self._remote = remote
+        self.stats.started = self.stats.last_rtp = self.stats.last_frame = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"vms-gb-media-{self.channel}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end (it finishes the open segment); never blocks on the network."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close_sockets(self) -> None:
+        for s in (self._sock, self._listener):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    # -- the thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        reason = "stopped"
+        container = None
+        try:
+            self._connect()
+            container = av.open(_PsReader(self), mode="r", format="mpeg",
+                                options={"probesize": "131072", "analyzeduration": "1000000"})
+            video = next((s for s in container.streams.video if s.codec_context.name in ("h264", "hevc")), None)
+            if video is None:
+                found = ", ".join(s.codec_context.name for s in container.streams) or "none"
+                raise _Ended(f"no H.264/H.265 video in the program stream (streams: {found})")
+            self.stats.codec = video.codec_context.name
+            feed = self.segmenter.feed
+            for pkt in container.demux(video):
+                if pkt.size == 0:
+                    continue
+                feed(pkt, video)
+                st = self.stats
+                st.frames += 1
+                now = time.monotonic()
+                st.last_frame = now
+                if now - self._signalled >= 0.5:
+                    self._signalled = now
+                    self.signal(self.channel)
+            reason = self.reason or "the program stream ended"
+        except _Ended as exc:
+            reason = str(exc)
+        except av.FFmpegError as exc:
+            reason = self.reason or f"not a readable program stream: {exc}"
+        except OSError as exc:
+            reason = f"media connection failed: {exc}"
+        except Exception as exc:  # a bug must end this stream, never the hub
+            log.exception("GB/T 28181 media of %s failed", self.channel)
+            reason = f"internal error: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                self.segmenter.close()
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.close()
+            self.close_sockets()
+            self.reason = reason
+            self.on_end(self, reason)
+
+    def _connect(self) -> None:
+        """TCP: accept the device's connection (passive) or connect to it (active)."""
+        if self.mode == "TCP-passive":
+            assert self._listener is not None
+            self._listener.settimeout(self.timeout_s)
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                raise _Ended(f"the device did not connect for media within {self.timeout_s:g} s") from None
+            finally:
+                self._listener.close()
+                self._listener = None
+            self._sock = conn
+        elif self.mode == "TCP-active":
+            assert self._remote is not None
+            self._sock = socket.create_connection(self._remote, timeout=self.timeout_s)
+        assert self._sock is not None
+        self._sock.setblocking(False)
+
+    def pull(self, wait: float) -> None:
+        """Wait up to ``wait`` for packets, then take every packet waiting; raises _Ended when the
+        stream is over (stopped, silent, or no video for ``timeout_s``)."""
+        if self._stop.is_set():
+            raise _Ended(self.reason or "stopped")
+        if self.ended:
+            raise _Ended(self.ended)
+        sock = self._sock
+        assert sock is not None
+        ready, _, _ = select.select([sock], [], [], wait)
+        now = time.monotonic()
+        st = self.stats
+        if ready:
+            if self.mode == "UDP":
+                self._drain_udp(sock, now)
+            else:
+                try:
+                    self._drain_tcp(sock, now)
+                except _Ended as exc:
+                    self.ended = str(exc)
+                    raise
+        if now - st.last_rtp > self.timeout_s:
+            self.ended = f"no RTP for {self.timeout_s:g} s"
+            if st.ssrc_mismatch or st.malformed:
+                self.ended += f" ({st.ssrc_mismatch} packet(s) of another SSRC, {st.malformed} malformed dropped)"
+        elif now - st.last_frame > self.timeout_s:
+            what = "no packet of the expected SSRC" if st.ssrc_mismatch and not st.bytes else "nothing decodable"
+            self.ended = f"RTP arrives but no video for {self.timeout_s:g} s ({what})"
+        if self.ended:
+            raise _Ended(self.ended)
+
+    def _drain_udp(self, sock: socket.socket, now: float) -> None:
+        recv = sock.recv
+        for _ in range(4096):
+            try:
+                data = recv(65_536)
+            except BlockingIOError:
+                return
+            self._packet(data, now)
+
+    def _drain_tcp(self, sock: socket.socket, now: float) -> None:
+        for _ in range(64):
+            try:
+                data = sock.recv(262_144)
+            except BlockingIOError:
+                return
+            if not data:
+                raise _Ended("the device closed the media connection")
+            try:
+                frames = self._deframer.feed(data)
+            except rtp.RtpError as exc:
+                raise _Ended(f"broken RTP framing on TCP: {exc}") from None
+            for f in frames:
+                self._packet(f, now)
+
+    def _packet(self, data: bytes, now: float) -> None:
+        st = self.stats
+        try:
+            p = rtp.parse(data)
+        except rtp.RtpError:
+            st.malformed += 1
+            return
+        if self.ssrc is not None and p.ssrc != self.ssrc:
+            st.ssrc_mismatch += 1
+            return
+        st.packets += 1
+        st.last_rtp = now
+        for q in self._reorder.push(p):
+            self._buf += q.payload
+            st.bytes += len(q.payload)
+        st.lost = self._reorder.lost
+        st.reordered = self._reorder.reordered
+
+
+class _PsReader:
+    """The program stream as a file for FFmpeg's demuxer: bytes from RTP payloads, in order."""
+
+    def __init__(self, rx: MediaReceiver) -> None:
+        self.rx = rx
+
+    def read(self, n: int) -> bytes:
+        rx, buf = self.rx, self.rx._buf
+        t0 = time.monotonic()
+        try:
+            while len(buf) < n:
+                waited = time.monotonic() - t0
+                if buf and waited >= rx.batch_s:
+                    break
+                rx.pull(rx.batch_s - waited if buf else 0.25)
+        except _Ended as exc:
+            rx.reason = str(exc)
+            if not buf:
+                return b""  # end of file: the demuxer stops
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def seekable(self) -> bool:
+        return False
+
+
+class ArchiveSink:
+    """Where the hub's own segmenters put segments: a directory on the archive's disk, stored one
+    at a time by a worker (the receivers never wait on the store). A segment the store cannot take
+    now (disk full, store error) stays and is tried again; one it refuses is set aside in
+    ``rejected/`` for a person; leftovers of a stopped hub are stored at the next start."""
+
+    RETRY_S = 10.0
+
+    def __init__(self, root: Path, store: Callable[[str, Segment], Outcome], source: Callable[[str], str]) -> None:
+        """``store(source, segment)`` is ``SegmentIngest.store_own``; ``source(channel)`` names who sent it."""
+        self.root = root
+        self.tmp_dir = root / ".tmp"
+        self.rejected_dir = root / "rejected"
+        for d in (self.root, self.tmp_dir, self.rejected_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for part in self.tmp_dir.iterdir():  # a segment cut short by a stop or crash: its stream is gone
+            part.unlink(missing_ok=True)
+        self.store = store
+        self.source = source
+        self.write_errors = 0
+        self.stored = 0
+        self.rejected = 0
+        self._queue: queue.Queue[Segment | None] = queue.Queue()
+        self._waiting: list[Segment] = []
+        self._thread = threading.Thread(target=self._run, name="vms-gb-store", daemon=True)
+        self._seq = itertools.count()
+
+    def start(self) -> None:
+        for p in sorted(self.root.iterdir()):
+            seg = Segment.from_path(p)
+            if seg is not None:
+                self._queue.put(seg)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    # -- SegmentSink ----------------------------------------------------------------------------------
+    def tmp_path(self, device_id: str, start: float | None = None) -> Path:
+        return self.tmp_dir / f"{device_id}_{next(self._seq)}.part"
+
+    def note_write_error(self) -> None:
+        self.write_errors += 1
+
+    def added(self, seg: Segment) -> None:
+        self._queue.put(seg)
+
+    # -- the worker -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                seg = self._queue.get(timeout=self.RETRY_S if self._waiting else None)
+            except queue.Empty:
+                retry, self._waiting = self._waiting, []
+                for s in retry:
+                    self._store(s)
+                continue
+            if seg is None:
+                return
+            self._store(seg)
+
+    def _store(self, seg: Segment) -> None:
+        try:
+            out = self.store(self.source(seg.device_id), seg)
+        except Exception as exc:  # the store's own failure: keep the file, try again
+            log.exception("GB/T 28181: storing %s failed", seg.name)
+            out = Outcome(Result.STORE_ERROR, str(exc))
+        if out.result in (Result.STORED, Result.DUPLICATE):
+            self.stored += out.result is Result.STORED
+            seg.path.unlink(missing_ok=True)  # a duplicate's file; a stored one was moved already
+        elif out.result in _RETRY:
+            if not self._waiting:
+                log.warning("GB/T 28181: segment %s kept for a retry: %s", seg.name, out.message)
+            self._waiting.append(seg)
+        else:
+            self.rejected += 1
+            log.error("GB/T 28181: segment %s refused (%s); kept in %s", seg.name, out.message, self.rejected_dir)
+            with contextlib.suppress(OSError):
+                seg.path.replace(self.rejected_dir / seg.path.name)
