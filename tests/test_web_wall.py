@@ -159,7 +159,8 @@ def test_login_and_wall_shows_the_center_tree_with_the_apis_rates(rig: Rig) -> N
     page = rig.page("duty")
     page.wait_for_selector(".wall .center[data-center=taicang]")
     assert page.get_attribute("button.logout", "class") == "logout"
-    assert [a.get_attribute("data-nav") for a in page.query_selector_all("nav a")] == ["wall", "camera", "reports"]
+    navs = [a.get_attribute("data-nav") for a in page.query_selector_all("nav a")]
+    assert navs == ["wall", "map", "camera", "reports"]
     # Both cameras relay media, the spare never reported: 城厢镇 is at 1 of 2, the district at 2 of 3.
     expected = api_rates(rig)
     assert set(expected) == {"taicang", "chengxiang", "shaxi", "education"}
@@ -447,4 +448,4 @@ def test_event_stream_takes_a_reader_token_in_the_header_or_the_query(rig: Rig) 
     assert [c["id"] for c in snap["centers"]] == ["taicang"]
     assert httpx.get(rig.hub.url + "/api/v1/session", timeout=5,
                      headers={"Authorization": f"Bearer {rig.hub.tokens['police']}"}).json()["views"] == [
-        "wall", "camera", "clip"]
+        "wall", "map", "camera", "clip"]

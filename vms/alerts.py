@@ -31,6 +31,7 @@ class AlertKind(StrEnum):
     STORAGE_LOW = "storage_low"  # the archive's emergency cleanup ran (vms/archive/service.py)
     SPOOL_DROPPED = "spool_dropped"  # an agent's spool lost footage before upload (vms/services/spool_losses.py)
     RECEIVER_DOWN = "receiver_down"  # an alert receiver keeps failing; the others hear of it (vms/notify.py)
+    SITE_UNCOVERED = "site_uncovered"  # a key site without its working cameras (vms/services/coverage.py)
 
 
 class AlertState(StrEnum):
@@ -57,6 +58,8 @@ SEVERITY = {
     AlertKind.SPOOL_DROPPED: Severity.CRITICAL,
     # Critical: while it lasts, a crew hears of no outage at all (the notifications wait, none is lost).
     AlertKind.RECEIVER_DOWN: Severity.CRITICAL,
+    # Critical: a school or hospital without a working camera is the blind spot a center is assessed on.
+    AlertKind.SITE_UNCOVERED: Severity.CRITICAL,
 }
 
 

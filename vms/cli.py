@@ -20,10 +20,12 @@ id_app = typer.Typer(help="GB/T 28181 20-digit device IDs.", no_args_is_help=Tru
 token_app = typer.Typer(help="API tokens (stored hashed).", no_args_is_help=True)
 config_app = typer.Typer(help="The hub configuration.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+sites_app = typer.Typer(help="Sites that must be covered: check and import GeoJSON or CSV.", no_args_is_help=True)
 app.add_typer(id_app, name="id")
 app.add_typer(token_app, name="token")
 app.add_typer(config_app, name="config")
 app.add_typer(audit_app, name="audit")
+app.add_typer(sites_app, name="sites")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Hub YAML config.")]
 
@@ -271,6 +273,68 @@ def clip(
         _die(f"cannot reach the hub at {hub}: {exc}")
         return
     typer.echo(f"{output}: {job['bytes']} bytes, sha256 {job['sha256']}, {len(job['gaps'])} gap(s)")
+
+
+# -- sites ------------------------------------------------------------------------------------
+def _sites_format(path: Path) -> str:
+    return "csv" if path.suffix.lower() == ".csv" else "geojson"
+
+
+@sites_app.command("check")
+def sites_check(path: Path, config: ConfigOpt) -> None:
+    """Check a GeoJSON or CSV file of sites against the config's centers and district, storing nothing."""
+    from vms import sites as geo
+
+    cfg = _load(config)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _die(f"{path}: cannot read: {exc}")
+        return
+    parse = geo.parse_csv_sites if _sites_format(path) == "csv" else geo.parse_geojson_sites
+    try:
+        found = parse(text, [c.id for c in _centers(cfg)], cfg.map.bounds())
+    except geo.GeoError as exc:
+        _die(f"{path}: {exc}")
+        return
+    kinds = sorted({s.kind.value for s in found})
+    typer.echo(f"ok: {len(found)} site(s) of kinds {', '.join(kinds)}")
+
+
+def _centers(cfg: config_mod.HubConfig) -> list[config_mod.CenterConfig]:
+    stack, out = list(cfg.centers), []
+    while stack:
+        c = stack.pop()
+        out.append(c)
+        stack.extend(c.children)
+    return out
+
+
+@sites_app.command("import")
+def sites_import(
+    path: Path,
+    hub: Annotated[str, typer.Option(help="Hub URL")] = "http://127.0.0.1:8700",
+    token: Annotated[str, typer.Option(envvar="VMS_TOKEN", help="An admin token")] = "",
+) -> None:
+    """Add or replace the sites of a GeoJSON or CSV file (.csv) through the hub (all or none; audited there)."""
+    import httpx
+
+    fmt = _sites_format(path)
+    try:
+        body = path.read_bytes()
+        r = httpx.post(f"{hub.rstrip('/')}/api/v1/sites/import", params={"format": fmt}, content=body, timeout=60,
+                       headers={"Authorization": f"Bearer {token}",
+                                "Content-Type": "text/csv" if fmt == "csv" else "application/geo+json"})
+    except OSError as exc:
+        _die(f"{path}: cannot read: {exc}")
+        return
+    except httpx.HTTPError as exc:
+        _die(f"cannot reach the hub at {hub}: {exc}")
+        return
+    if r.status_code != 200:
+        _die(f"hub answered {r.status_code}: {r.json().get('detail', r.text) if r.content else ''}")
+    res = r.json()
+    typer.echo(f"imported {res['imported']} site(s): {res['created']} new, {res['updated']} replaced")
 
 
 # -- audit ------------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ every number is bounded, and the same models give ``vms config schema``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vms import sites as geo
 from vms.analysis.config import AnalysisConfig
 from vms.kernel import ids
 from vms.kernel.configio import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
@@ -190,12 +192,116 @@ class DeviceConfig(_Model):
     name: str = Field("", max_length=200)
     location: str = Field("", max_length=200)
     center: str | None = Field(None, description="Center id that overrides placement by ID.")
+    lon: float | None = Field(None, description="Where the camera stands (WGS 84 degrees), for the map and coverage.")
+    lat: float | None = Field(None)
+    sites: list[str] | None = Field(None, max_length=100, description="Sites it covers (site ids); default: the "
+                                    "point sites within their radius and the polygon sites it stands in.")
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
         ids.parse(v)
         return v
+
+    @model_validator(mode="after")
+    def _where(self) -> DeviceConfig:
+        if (self.lon is None) != (self.lat is None):
+            raise ValueError(f"device {self.id}: give both lon and lat, or neither")
+        if self.lon is not None:
+            geo.check_point(self.lon, self.lat, f"device {self.id}")
+        return self
+
+
+class SiteConfig(_Model):
+    """A place that must be covered (vms/sites.py): a point (lon, lat) with a radius, or a polygon."""
+
+    id: str = Field(pattern=geo.SITE_ID.pattern)
+    name: str = Field(min_length=1, max_length=200)
+    kind: geo.SiteKind
+    center: str = Field(description="Center id whose coverage figures count it (and its parents').")
+    lon: float | None = None
+    lat: float | None = None
+    polygon: list[tuple[float, float]] | None = Field(
+        None, max_length=geo.MAX_POLYGON_POINTS, description="[[lon, lat], ...], closed: the last position repeats "
+        "the first.")
+    min_cameras: int = Field(1, ge=1, le=100, description="Working cameras (online and intact) it needs.")
+    radius_m: float = Field(geo.DEFAULT_RADIUS_M, ge=0, le=geo.MAX_RADIUS_M,
+                            description="Cameras this close to the point (or the polygon's outline) cover it.")
+
+    def record(self, bounds: geo.Bounds | None = None) -> geo.SiteRecord:
+        """The checked site (coordinates in range, not swapped, inside ``bounds``; polygon closed)."""
+        raw = self.model_dump(exclude_none=True)
+        if self.polygon is not None:
+            raw["polygon"] = [list(p) for p in self.polygon]
+        return geo.make_site(raw, f"site {self.id}", [self.center], bounds)
+
+    @model_validator(mode="after")
+    def _shape(self) -> SiteConfig:
+        self.record()
+        return self
+
+
+class MapConfig(_Model):
+    """The district map of the pages: vectors from GeoJSON, tiles only from the center's own server."""
+
+    tile_url: str | None = Field(
+        None, max_length=500, pattern=r"^(https?:)?//.*\{z\}.*$",
+        description="Tile URL template of the center's own tile server, e.g. http://tiles.local/{z}/{x}/{y}.png; "
+        "none: no base map, the boundary and sites are drawn as vectors (a public tile service is never used).")
+    attribution: str = Field("", max_length=300, description="Credit shown for the tiles.")
+    min_zoom: int = Field(8, ge=0, le=22)
+    max_zoom: int = Field(18, ge=0, le=22)
+    boundary: dict[str, Any] | None = Field(
+        None, description="The district's boundary, GeoJSON (Polygon, MultiPolygon, Feature or FeatureCollection).")
+    boundary_file: Path | None = Field(None, description="The boundary from a GeoJSON file instead.")
+    margin_deg: float = Field(0.05, ge=0, le=10, description="Sites and cameras must lie within the boundary's "
+                              "box grown by this many degrees (catches swapped or mistyped coordinates).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_boundary(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("boundary_file") is not None:
+            if data.get("boundary") is not None:
+                raise ValueError("give boundary or boundary_file, not both")
+            path = Path(data["boundary_file"])
+            try:
+                data = {**data, "boundary": json.loads(path.read_text(encoding="utf-8"))}
+            except OSError as exc:
+                raise ValueError(f"boundary_file {path}: cannot read: {exc.strerror or exc}") from None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"boundary_file {path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> MapConfig:
+        if self.boundary is not None:
+            geo.parse_boundary(self.boundary)
+        if self.min_zoom > self.max_zoom:
+            raise ValueError("map.min_zoom must not exceed map.max_zoom")
+        return self
+
+    def boundary_geometry(self) -> geo.Geometry | None:
+        return None if self.boundary is None else geo.parse_boundary(self.boundary)
+
+    def bounds(self) -> geo.Bounds | None:
+        """The box every site and camera must fall in, or None without a boundary."""
+        g = self.boundary_geometry()
+        return None if g is None else geo.geometry_bounds(g).grown(self.margin_deg)
+
+
+class CoverageConfig(_Model):
+    """Coverage of sites: targets per kind (the documents' by default) and the alert for key sites."""
+
+    targets: dict[geo.SiteKind, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Share of sites of a kind that must be covered; unset kinds keep the "
+        "documents' targets (key places, roads, crowded places, schools, kindergartens, hospitals, elderly and "
+        "welfare homes 100%, shop streets and households 80%, communities 70%).")
+    alert_after_s: float = Field(60.0, ge=0, le=86400, description="A key site (a kind with a 100% target) "
+                                 "uncovered this long raises a site_uncovered alert; it resolves once covered for "
+                                 "alerts.resolve_hold_s.")
+
+    def target(self, kind: geo.SiteKind) -> float:
+        return self.targets.get(kind, geo.TARGETS[kind])
 
 
 class ArchiveConfig(_Model):
@@ -398,6 +504,9 @@ class HubConfig(_Model):
     gb28181: Gb28181Config = Field(default_factory=Gb28181Config)
     centers: list[CenterConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    sites: list[SiteConfig] = Field(default_factory=list, max_length=100_000)
+    map: MapConfig = Field(default_factory=MapConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> HubConfig:
@@ -416,10 +525,30 @@ class HubConfig(_Model):
             devs.add(d.id)
             if d.center is not None and d.center not in seen:
                 raise ValueError(f"device {d.id} names unknown center {d.center!r}")
+        self._check_sites(seen)
         names = [r.name for r in self.alerts.receivers]
         if len(names) != len(set(names)):
             raise ValueError("alert receiver names must be unique")
         return self
+
+
+    def _check_sites(self, centers: set[str]) -> None:
+        """Sites under known centers, inside the district; devices placed inside it, at known sites."""
+        bounds = self.map.bounds()
+        site_ids: set[str] = set()
+        for s in self.sites:
+            if s.id in site_ids:
+                raise ValueError(f"duplicate site id {s.id!r}")
+            site_ids.add(s.id)
+            if s.center not in centers:
+                raise ValueError(f"site {s.id!r} names unknown center {s.center!r}")
+            s.record(bounds)
+        for d in self.devices:
+            if d.lon is not None and bounds is not None:
+                geo.check_point(d.lon, d.lat, f"device {d.id}", bounds)
+            for sid in d.sites or []:
+                if sid not in site_ids:
+                    raise ValueError(f"device {d.id} is assigned to unknown site {sid!r} (sites: section)")
 
 
 def load(path: Path | str) -> HubConfig:

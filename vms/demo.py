@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from camsim.sim import SUB_PARAMS, Simulator
-from vms import auth
+from vms import auth, demo_district
 from vms.db import open_store
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class Demo:
             "centers": CENTERS,
             "devices": [{"id": d, "name": n} for d, n in cams],
         }
+        demo_district.place(hub_cfg)  # the district map: boundary, sites, where the cameras stand
         hub_yaml.write_text(yaml.safe_dump(hub_cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
         tokens_file = self.data_dir / "tokens.json"
         if tokens_file.exists():

@@ -26,6 +26,7 @@ from vms.live import LiveRelay
 from vms.notify import Outbox, Sender
 from vms.services.acceptance import Acceptance
 from vms.services.alerting import AlertWriter
+from vms.services.coverage import Coverage
 from vms.services.heartbeats import Heartbeats
 from vms.services.ingest import SegmentIngest
 from vms.services.monitor import Monitor
@@ -68,6 +69,8 @@ class Hub:
                                    reg.set_quality, lambda: self.public_url, read_only)
         self.monitor = Monitor(cfg, reg, self.sessions, self.alerts, self.quality.alert_detail, clock)
         self.spool_losses = SpoolLosses(self.sessions, self.alerts)
+        self.coverage = Coverage(cfg, reg, self.sessions, self.alerts, self.monitor.log_for, self.events, clock,
+                                 read_only)
         q = self.quality
         self.heartbeats = Heartbeats(cfg.health, reg, self.spool_losses.note, q.agent_report,
                                      lambda d: d in q.agent_analysed)
@@ -93,6 +96,7 @@ class Hub:
                 reg.sync_config(s, cfg.devices, self.started_at)
             reg.load(s)
             self.monitor.load(s, read_only)
+            self.coverage.load(s)
 
     @property
     def public_url(self) -> str:
@@ -119,6 +123,7 @@ class Hub:
         while not self._stop.wait(self.cfg.health.tick_s):
             try:
                 self.monitor.tick()
+                self.coverage.tick()
                 if self.monitor.ticks % 3600 == 0:
                     self.monitor.prune()
             except Exception:

@@ -72,6 +72,7 @@ class HubCollector(Collector):
             for kind, value in (("online", t.online), ("upload", t.upload), ("intact", t.intact)):
                 target.add_metric([center.id, kind], value)
         yield from (devs, r_on, r_up, r_in, target)
+        yield from _coverage(hub)
         yield GaugeMetricFamily("vms_alerts_open", "Alerts not yet resolved", value=open_alerts)
         hb = hub.heartbeats
         yield CounterMetricFamily("vms_heartbeats", "Agent heartbeats accepted", value=hb.heartbeats_total)
@@ -107,6 +108,31 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "vms_live_stalls", "Live WebRTC segments that arrived later than their turn", value=hub.live.stalls_total()
         )
+
+
+def _coverage(hub: Hub) -> Iterator[GaugeMetricFamily]:
+    """Sites covered now per center and kind against the target, and each site (vms/services/coverage.py)."""
+    snap = hub.coverage.snapshot()
+    labels = ["center", "kind"]
+    total = GaugeMetricFamily("vms_coverage_sites", "Sites of a kind counted in the center (with sub-centers)",
+                              labels=labels)
+    covered = GaugeMetricFamily("vms_coverage_covered_sites", "Of them, covered now by at least their minimum of "
+                                "online and intact cameras", labels=labels)
+    target = GaugeMetricFamily("vms_coverage_target_ratio", "Share of the sites of a kind that must be covered",
+                               labels=labels)
+    for g in snap.groups:
+        key = [g.center, g.kind.value]
+        total.add_metric(key, g.sites)
+        covered.add_metric(key, g.covered)
+        target.add_metric(key, g.target)
+    site = GaugeMetricFamily("vms_site_covered", "1 if the site has its minimum of working cameras now",
+                             labels=["site", "kind", "center"])
+    working = GaugeMetricFamily("vms_site_working_cameras", "Cameras covering the site that are online and intact",
+                                labels=["site"])
+    for sid, kind, center, ok, n in snap.sites:
+        site.add_metric([sid, kind, center], float(ok))
+        working.add_metric([sid], n)
+    yield from (total, covered, target, site, working)
 
 
 def registry_for(hub: Hub) -> CollectorRegistry:

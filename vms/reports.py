@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -144,8 +145,13 @@ def _device_rows(
 
 def to_csv(report: dict[str, Any]) -> str:
     """Two tables in one CSV: centers, a blank line, then devices."""
+    return _tables(((CENTER_COLUMNS, report["centers"]), (DEVICE_COLUMNS, report["devices"])))
+
+
+def _tables(tables: Iterable[tuple[list[str], Iterable[dict[str, Any]]]]) -> str:
+    """CSV tables one after another, each with its header, a blank line after each."""
     out = io.StringIO()
-    for columns, rows in ((CENTER_COLUMNS, report["centers"]), (DEVICE_COLUMNS, report["devices"])):
+    for columns, rows in tables:
         w = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
@@ -153,4 +159,18 @@ def to_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-__all__ = ["CENTER_COLUMNS", "DEVICE_COLUMNS", "BadWindow", "UnknownCenter", "availability", "report_window", "to_csv"]
+COVERAGE_COLUMNS = ["center", "name", "level", "kind", "sites", "covered", "rate", "target", "meets_target",
+                    "covered_s", "monitored_s", "uncovered_total"]
+BLIND_SPOT_COLUMNS = ["id", "name", "kind", "center", "since", "for_s", "min_cameras", "working", "key"]
+
+
+def coverage_csv(report: dict[str, Any]) -> str:
+    """Coverage (``vms/services/coverage.py``'s report) as two tables: one row per center and kind
+    against its target, a blank line, then the blind spots, longest first."""
+    rows = ({"center": c["center"], "name": c["name"], "level": c["level"], **k}
+            for c in report["centers"] for k in c["kinds"])
+    return _tables(((COVERAGE_COLUMNS, rows), (BLIND_SPOT_COLUMNS, report["blind_spots"])))
+
+
+__all__ = ["BLIND_SPOT_COLUMNS", "CENTER_COLUMNS", "COVERAGE_COLUMNS", "DEVICE_COLUMNS", "BadWindow", "UnknownCenter",
+           "availability", "coverage_csv", "report_window", "to_csv"]

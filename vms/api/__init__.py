@@ -24,6 +24,7 @@ from vms.api import (
     live,
     quality,
     reports,
+    sites,
     system,
     web,
 )
@@ -33,7 +34,8 @@ from vms.hub import Hub
 from vms.metrics import registry_for
 
 ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router,
-           events.router, gb28181.router, web.router, live.router, archive.router, quality.router, discovery.router)
+           events.router, gb28181.router, web.router, live.router, archive.router, quality.router, discovery.router,
+           sites.router)
 
 
 class BodyLimit:

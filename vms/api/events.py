@@ -6,6 +6,8 @@ center tree, the dark or degraded cameras longest first, active alerts); after i
 - ``devices``: the devices whose state changed in a tick (full device views);
 - ``summary``: the center tree and the problem list again, after any device change;
 - ``alerts``: alerts opened, grown, acknowledged or resolved, with the active count;
+- ``sites``: a site became covered or uncovered: the blind spots now, longest first (``layout``:
+  sites or camera placements were edited, the map reloads them);
 - ``resync``: the client fell behind; it reconnects and gets a fresh snapshot.
 
 A comment line every 15 s keeps proxies from closing the stream; the token is checked again then,
@@ -47,6 +49,7 @@ MAX_CLIENTS = 64
 PROBLEMS_SHOWN = 100
 ALERTS_SHOWN = 100
 MAX_DEVICES_PER_EVENT = 500
+BLIND_SPOTS_SHOWN = 100
 _check_reader = require(*READERS)
 
 
@@ -103,6 +106,9 @@ def render_change(hub: Hub, data: dict[str, Any], at: float) -> list[str]:
         views = [d.model_dump() for d in hub.snapshots.devices_by_id(changed)]
         out.append(sse("devices", {"at": at, "devices": views}))
         out.append(sse("summary", summary(hub)))
+    if "sites" in data:
+        out.append(sse("sites", {"changed": data["sites"][:MAX_DEVICES_PER_EVENT], "layout": bool(data.get("layout")),
+                                 "blind_spots": hub.coverage.blind_spots(BLIND_SPOTS_SHOWN)}))
     alert_ids = [a for a in (data.get("alerts") or []) if a is not None]
     if alert_ids:
         out.append(sse("alerts", alerts_payload(hub, sorted(set(alert_ids)))))

@@ -23,10 +23,10 @@ WEB_PREFIX = "/web"
 
 #: Which views each role may open; the API enforces the same rules on every call.
 VIEWS: dict[Role, list[str]] = {
-    Role.duty: ["wall", "camera", "reports"],
-    Role.maintenance: ["wall", "alerts", "camera", "reports"],
-    Role.police: ["wall", "camera", "clip"],
-    Role.admin: ["wall", "alerts", "camera", "clip", "reports", "discovered"],
+    Role.duty: ["wall", "map", "camera", "reports"],
+    Role.maintenance: ["wall", "alerts", "map", "camera", "reports"],
+    Role.police: ["wall", "map", "camera", "clip"],
+    Role.admin: ["wall", "alerts", "map", "camera", "clip", "reports", "discovered"],
 }
 
 router = APIRouter(prefix="/api/v1", tags=["web"])

@@ -278,3 +278,36 @@ class DiscoveredCamera(Base):
     moved_from: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
     __table_args__ = (Index("ix_discovered_state", "state"),)
+
+
+class Site(Base):
+    """A place that must be covered (vms/sites.py): from the config (mirrored at every start), an import
+    or an admin. Its coverage is never stored: it is computed from ``state_intervals``."""
+
+    __tablename__ = "sites"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    center_id: Mapped[str] = mapped_column(String(64), index=True)
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON, doc="GeoJSON geometry, [lon, lat] order.")
+    min_cameras: Mapped[int] = mapped_column(Integer, default=1)
+    radius_m: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16))  # config | api (an admin, or an import)
+    created_at: Mapped[float] = mapped_column(Float, doc="Coverage counts from here.")
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class DevicePlace(Base):
+    """Where a camera stands and which sites it covers, one row per source of the fact: ``admin``
+    (placed through the API), ``config``, ``gb28181`` (its catalog's Longitude/Latitude), ``onvif``.
+    The first of those that says something wins. No foreign key: a channel's catalog position may
+    arrive while it waits for an admin to accept it."""
+
+    __tablename__ = "device_places"
+    device_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sites: Mapped[list[str] | None] = mapped_column(JSON, nullable=True, doc="Explicit sites; None: by geometry.")
+    at: Mapped[float] = mapped_column(Float)
+    by: Mapped[str] = mapped_column(String(100), default="")

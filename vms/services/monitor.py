@@ -214,15 +214,17 @@ class Monitor:
 
     # -- figures -------------------------------------------------------------------------------
     def availability(self, start: float, end: float) -> Availability:
-        now = self.clock()
-        horizon = self.started_at - self.cfg.health.report_cache_days * 86400
+        lg = self.log_for(start, end)
         with self.reg.lock:
-            if start >= horizon:
-                return self.health.availability(start, end, now)
+            return self.health.availability(start, end, self.clock(), lg)
+
+    def log_for(self, start: float, end: float) -> IntervalLog | None:
+        """The closed intervals behind a window's figures: None for the in-memory history (the
+        caller reads ``health.log`` under the lock), or those read from the store for older windows."""
+        if start >= self.started_at - self.cfg.health.report_cache_days * 86400:
+            return None
         with self.sessions() as s:
-            lg = self.read_log(s, start, end)
-        with self.reg.lock:
-            return self.health.availability(start, end, now, lg)
+            return self.read_log(s, start, end)
 
     def center_figures(self, av: Availability, center_id: str) -> dict[str, Any]:
         m = self.health.in_service(self.reg.member_indices(center_id))

@@ -77,6 +77,7 @@ export class Live extends EventTarget {
     on("summary", (d) => this._summary(d));
     on("alerts", (d) => this._alerts(d));
     on("devices", () => {});
+    on("sites", () => {});
     on("resync", () => this.start());
     on("auth", () => { this.stop(); this.dispatchEvent(new Event("unauthorised")); });
   }

@@ -5,6 +5,7 @@ import { mountCamera, mountClip } from "./camera.js";
 import { mountDiscovered } from "./discovered.js";
 import { lang, setLang, t } from "./i18n.js";
 import { mountReports } from "./reports.js";
+import { mountMap, mountSite } from "./sites.js";
 import { el } from "./util.js";
 import { mountWall } from "./wall.js";
 
@@ -83,7 +84,7 @@ function show() {
     location.hash = `#/${me.views[0]}`;
     return;
   }
-  if (!me.views.includes(view)) {
+  if (!me.views.includes(view === "site" ? "map" : view)) { // a site's page belongs to the map view
     root.replaceChildren(el("p", { class: "forbidden", dataset: { forbidden: view } }, view === "clip"
       ? t("clip.forbidden", { role: me.role }) : t("common.forbidden")));
     return;
@@ -95,6 +96,8 @@ function show() {
     clip: () => mountClip(root, arg, me),
     reports: () => mountReports(root, params),
     discovered: () => mountDiscovered(root, params),
+    map: () => mountMap(root, params),
+    site: () => mountSite(root, decodeURIComponent(arg)),
   };
   unmount = mounts[view]();
 }

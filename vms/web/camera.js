@@ -4,6 +4,7 @@ import { api, live, ApiError } from "./api.js";
 import { t } from "./i18n.js";
 import { LivePlayer } from "./live.js";
 import { localInput, recordingsPanel } from "./recordings.js";
+import { placementPanel } from "./sites.js";
 import { clock, duration, el, grade, pct, saveBlob, stateLabel, svg } from "./util.js";
 
 const PERIODS = ["24h", "7d", "30d"];
@@ -115,6 +116,7 @@ export function mountCamera(root, deviceId, me, params = new URLSearchParams()) 
     clip.elements.namedItem("reason").focus({ preventScroll: true });
   } : null;
   const recordings = recordingsPanel(deviceId, me, params, pick);
+  const place = placementPanel(deviceId, me);
   const refresh = setInterval(() => recordings.refresh?.(), 60_000);
   root.replaceChildren(el("div", { class: "page camera-view", dataset: { device: deviceId } },
     el("h1", {}, t("nav.camera"), " ", deviceId),
@@ -122,6 +124,7 @@ export function mountCamera(root, deviceId, me, params = new URLSearchParams()) 
       el("div", { class: "tile big-tile" }, video, overlay),
       details),
     el("h2", {}, t("camera.timeline")), periodBtns, tl,
+    el("h2", {}, t("map.position")), place.node,
     el("h2", {}, t("camera.quality")), quality,
     el("h2", {}, t("rec.title")), recordings,
     clip ? [el("h2", {}, t("clip.title")), clip] : null));
@@ -184,6 +187,7 @@ export function mountCamera(root, deviceId, me, params = new URLSearchParams()) 
   loadQuality();
   return () => {
     player.stop();
+    place.destroy();
     clearInterval(refresh);
     live.removeEventListener("devices", onDevices);
   };

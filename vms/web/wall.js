@@ -4,6 +4,8 @@
 import { api, live } from "./api.js";
 import { t } from "./i18n.js";
 import { LivePlayer } from "./live.js";
+import { DistrictMap } from "./map.js";
+import { blindList, followBlindSpots } from "./sites.js";
 import { clock, duration, el, grade, pct, since, stateLabel } from "./util.js";
 
 const GRIDS = [1, 4, 9, 16];
@@ -18,7 +20,9 @@ function settingsKey(name) {
 function loadSettings(params) {
   const name = params.get("wall") || "default";
   const saved = JSON.parse(localStorage.getItem(settingsKey(name)) || "{}");
-  const s = { name, grid: 4, cycle: 30, cams: [], sound: true, ...saved };
+  // map: null shows the district map beside the tiles when the hub has one (sites or a boundary).
+  const s = { name, grid: 4, cycle: 30, cams: [], sound: true, map: null, ...saved };
+  if (params.has("map")) s.map = params.get("map") === "1";
   if (params.has("grid")) s.grid = Number(params.get("grid"));
   if (params.has("cycle")) s.cycle = Number(params.get("cycle"));
   if (params.has("cams")) s.cams = params.get("cams").split(",").filter(Boolean);
@@ -145,13 +149,18 @@ function beep() {
 
 export function mountWall(root, params) {
   const s = loadSettings(params);
-  const save = () => localStorage.setItem(settingsKey(s.name), JSON.stringify({ grid: s.grid, cycle: s.cycle, cams: s.cams, sound: s.sound }));
+  const save = () => localStorage.setItem(settingsKey(s.name), JSON.stringify({ grid: s.grid, cycle: s.cycle, cams: s.cams, sound: s.sound, map: s.map }));
   const tree = el("ul", { class: "tree" });
   const counters = el("div", { class: "counters" });
   const problems = el("ol", { class: "problems" });
   const alertList = el("ol", { class: "wall-alerts" });
   const banner = el("div", { class: "banner hidden", role: "alert" });
   const grid = el("div", { class: "grid" });
+  const blind = blindList(100);
+  const mapBox = el("div", { class: "map-box wall-map hidden", dataset: { map: "wall" } });
+  const wallMain = el("div", { class: "wall-main" }, grid, mapBox);
+  let map = null;
+  const mapToggle = el("input", { type: "checkbox", onchange: (e) => { s.map = e.target.checked; save(); showMap(s.map); } });
   const page = el("span", { class: "page" });
   const controls = el("div", { class: "wall-controls" },
     el("label", {}, t("wall.grid"), " ", el("select", { onchange: (e) => { s.grid = Number(e.target.value); save(); layout(); } },
@@ -159,6 +168,7 @@ export function mountWall(root, params) {
     el("label", {}, t("wall.cycle"), " ", el("input", { type: "number", min: 0, max: 3600, value: s.cycle, class: "num",
       onchange: (e) => { s.cycle = Math.max(0, Number(e.target.value) || 0); save(); } })),
     el("label", {}, el("input", { type: "checkbox", checked: s.sound, onchange: (e) => { s.sound = e.target.checked; save(); } }), " ", t("wall.sound")),
+    el("label", {}, mapToggle, " ", t("nav.map")),
     page);
   root.replaceChildren(el("div", { class: "wall" },
     banner,
@@ -166,8 +176,26 @@ export function mountWall(root, params) {
       counters,
       el("h2", {}, t("wall.tree")), tree,
       el("h2", {}, t("wall.problems")), problems,
+      el("h2", {}, t("map.blind")), blind.node,
       el("h2", {}, t("count.alerts")), alertList),
-    el("section", { class: "main" }, grid, controls)));
+    el("section", { class: "main" }, wallMain, controls)));
+
+  // -- the district map and its blind spots -----------------------------------------------------
+  function showMap(on) {
+    mapToggle.checked = on;
+    mapBox.classList.toggle("hidden", !on);
+    wallMain.classList.toggle("with-map", on);
+    if (on && !map) {
+      map = new DistrictMap(mapBox);
+      map.load().catch(() => {});
+    } else if (!on && map) {
+      map.destroy();
+      map = null;
+    }
+  }
+  const stopBlind = followBlindSpots(blind.render);
+  if (s.map !== null) showMap(s.map);
+  else api("/api/v1/map").then((v) => showMap(v.bounds !== null)).catch(() => {});
 
   // -- tiles ---------------------------------------------------------------------------------
   const devices = new Map(); // the cameras this wall may show (bounded by MAX_POOL)
@@ -318,11 +346,14 @@ export function mountWall(root, params) {
     announced: () => announced.slice(),
     latencies: () => latencies.slice(),
     settings: () => ({ ...s }),
+    map: () => map,
   };
   return () => {
     clearInterval(timer);
     clearTimeout(bannerTimer);
     clearTimeout(reloadTimer);
+    stopBlind();
+    if (map) map.destroy();
     for (const [k, fn] of Object.entries(handlers)) live.removeEventListener(k, fn);
     for (const tile of tiles) tile.destroy();
     delete window.vmsWall;
