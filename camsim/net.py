@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -77,3 +80,13 @@ def free_port_block(n: int, host: str = "127.0.0.1", start: int = 20000, stop: i
             for s in socks:
                 s.close()
     raise OSError(f"no block of {n} free ports on {host}")
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    """Answer a request of the simulator's fault control with a JSON body."""
+    data = json.dumps(body, ensure_ascii=False).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

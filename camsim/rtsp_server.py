@@ -40,6 +40,7 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 from camsim import FAULT_KINDS  # noqa: E402
+from camsim.net import send_json  # noqa: E402
 from camsim.onvif import DiscoveryResponder, OnvifDevice, OnvifServer  # noqa: E402
 
 log = logging.getLogger("camsim.rtsp")
@@ -228,12 +229,7 @@ class ControlHandler(BaseHTTPRequestHandler):
         log.debug("control %s", format % args)
 
     def _reply(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def do_GET(self) -> None:
         parts = [p for p in self.path.split("?")[0].split("/") if p]

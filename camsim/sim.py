@@ -2,7 +2,9 @@
 
 The RTSP server needs GStreamer, which only the system interpreter has, so it runs as a child
 process (`/usr/bin/python3 -m camsim.rtsp_server spec.json`). The child watches our pid and exits if
-we die, so a crashed test or benchmark leaves no camera behind.
+we die, so a crashed test or benchmark leaves no camera behind. Simulated GB/T 28181 devices
+(`camsim.gb28181`) run here, as threads: they register with a center by SIP and send their video
+themselves when it INVITEs them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from camsim.clips import VARIANTS, ClipParams, ensure_clip
+from camsim.gb28181 import GbControl, GbDevice, GbDeviceSpec
 from camsim.net import http_ok, port_open, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,13 +63,25 @@ class Simulator:
         python: str = SYSTEM_PYTHON,
         startup_timeout: float = 30.0,
         log_path: Path | str | None = None,
+        gb_devices: Sequence[GbDeviceSpec] | None = None,
+        gb_control_port: int | None = None,
     ) -> None:
         """`mix_profiles`: odd-numbered cameras get a Baseline clip without B-frames, the others
         `params` (High with B-frames by default), since real fleets mix both. `sub_params` adds a
         second mount per camera (`.../sub`) with its own, usually smaller, clips; a sub stream is
-        always Baseline without B-frames (its `bframes` is set to 0), as real sub streams are."""
+        always Baseline without B-frames (its `bframes` is set to 0), as real sub streams are.
+        `gb_devices` adds simulated GB/T 28181 devices (threads of this process); `gb_control_port`
+        serves their fault control over HTTP, shaped like the RTSP cameras' one. Without RTSP
+        `cameras` no RTSP server is started."""
         if len(set(cameras)) != len(cameras):
             raise ValueError("camera ids must be unique")
+        self.gb_specs = list(gb_devices or [])
+        gb_ids = [i for g in self.gb_specs for i in dict.fromkeys([g.device_id, *g.stream_ids])]
+        if len(set(gb_ids)) != len(gb_ids) or set(gb_ids) & set(cameras):
+            raise ValueError("GB/T 28181 device and channel ids must be unique and differ from the RTSP cameras'")
+        self.gb_control_port = gb_control_port
+        self.gb: dict[str, GbDevice] = {}
+        self.gb_control: GbControl | None = None
         self.cameras = list(cameras)
         self.data_dir = Path(data_dir)
         self.rtsp_port = rtsp_port
@@ -120,6 +135,7 @@ class Simulator:
         wanted = {(self.params_for(d), v) for d in self.cameras for v in self.variants}
         if self.sub_params:
             wanted |= {(self.sub_params, v) for v in self.variants}
+        wanted |= {(g.clip, "normal") for g in self.gb_specs}
         jobs = sorted(wanted, key=lambda pv: (pv[1] != "normal", str(pv)))
         clip_dir = self.data_dir / "clips"
         with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
@@ -152,14 +168,30 @@ class Simulator:
                 "parent_pid": os.getpid(), "onvif": onvif, "cameras": cams}
 
     def start(self) -> Simulator:
-        """Make clips, start the server process and wait until RTSP and control ports answer."""
-        if self.proc is not None:
+        """Make clips, start the server process and wait until RTSP and control ports answer; then
+        start the GB/T 28181 devices (they register on their own)."""
+        if self.proc is not None or self.gb:
             raise RuntimeError("simulator already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for port in (self.rtsp_port, self.control_port):
+        ports = [self.rtsp_port, self.control_port] if self.cameras else []
+        for port in ports + ([self.gb_control_port] if self.gb_control_port else []):
             if port_open(self.host, port):
                 raise OSError(f"port {self.host}:{port} is already in use")
-        spec = self.build_spec(self.make_clips())
+        clips = self.make_clips()
+        if self.cameras:
+            self._start_rtsp(clips)
+        try:
+            for g in self.gb_specs:
+                self.gb[g.device_id] = GbDevice(g, clips[(g.clip, "normal")]).start()
+            if self.gb_control_port is not None:
+                self.gb_control = GbControl(list(self.gb.values()), self.host, self.gb_control_port).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_rtsp(self, clips: dict[tuple[ClipParams, str], Path]) -> None:
+        spec = self.build_spec(clips)
         self.spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
@@ -179,10 +211,15 @@ class Simulator:
         if not ready or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError(f"camera simulator failed to start; log tail:\n{self.log_tail()}")
-        return self
 
     def stop(self) -> None:
-        """Terminate the server process (SIGTERM, then SIGKILL after 5 s)."""
+        """Stop the GB/T 28181 devices, terminate the server process (SIGTERM, then SIGKILL after 5 s)."""
+        control, self.gb_control = self.gb_control, None
+        if control is not None:
+            control.stop()
+        devices, self.gb = list(self.gb.values()), {}
+        for dev in devices:
+            dev.stop()
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -196,7 +233,20 @@ class Simulator:
 
     @property
     def running(self) -> bool:
+        if not self.cameras:
+            return bool(self.gb)
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def gb_control_url(self) -> str | None:
+        return self.gb_control.url if self.gb_control is not None else None
+
+    def gb_device(self, device_or_channel: str) -> GbDevice:
+        """The running GB/T 28181 device of an ID (its own or one of its channels'); KeyError."""
+        for dev in self.gb.values():
+            if device_or_channel == dev.device_id or device_or_channel in dev.spec.stream_ids:
+                return dev
+        raise KeyError(f"unknown GB/T 28181 device or channel {device_or_channel!r}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -222,12 +272,15 @@ class Simulator:
             return json.loads(resp.read())
 
     def list_cameras(self) -> list[dict[str, Any]]:
-        """GET /cameras: device_id, rtsp_url, fault, online, ... per camera."""
-        result: list[dict[str, Any]] = self._request("GET", "/cameras")
-        return result
+        """GET /cameras: device_id, rtsp_url, fault, online, ... per camera; then one row per GB channel."""
+        result: list[dict[str, Any]] = self._request("GET", "/cameras") if self.cameras else []
+        return result + [row for dev in self.gb.values() for row in dev.describe()]
 
     def set_fault(self, device_id: str, kind: str) -> dict[str, Any]:
-        """POST /cameras/{id}/fault; kinds: dark freeze black blur cover lowfps restart clear."""
+        """POST /cameras/{id}/fault; kinds: dark freeze black blur cover lowfps restart clear. For a GB/T
+        28181 device or channel (applied here): video_stop network_cut garbage clear."""
+        if any(device_id == d.device_id or device_id in d.spec.stream_ids for d in self.gb.values()):
+            return {"device_id": device_id, "channels": self.gb_device(device_id).set_fault(device_id, kind)}
         result: dict[str, Any] = self._request("POST", f"/cameras/{device_id}/fault", {"kind": kind})
         return result
 

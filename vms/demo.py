@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from typing import Any
 import httpx
 import yaml
 
+from camsim.gb28181 import GbChannel, GbDeviceSpec, GbServer
+from camsim.net import free_port
 from camsim.sim import SUB_PARAMS, Simulator
 from vms import auth, demo_district
 from vms.db import open_store
@@ -49,6 +52,26 @@ def demo_cameras(n: int) -> list[tuple[str, str]]:
     return out
 
 
+#: The demo's GB/T 28181 side: the center's SIP ID and domain, and beside the RTSP cameras one IPC
+#: (132, its video channel 131, as real IPCs report it) and one NVR (118) with three channels (131).
+GB_SERVER_ID = "32058500002000000001"
+GB_DOMAIN = GB_SERVER_ID[:10]
+GB_IPC = ("32058501001320000101", "城厢 东门 球机", (
+    GbChannel("32058501001310000101", "东门 球机", 121.1183, 31.4556),
+))
+GB_NVR = ("32058502001180000201", "沙溪古镇 NVR", (
+    GbChannel("32058502001310000201", "古镇 入口", 121.0563, 31.5537),
+    GbChannel("32058502001310000202", "古镇 石桥", 121.0571, 31.5546),
+    GbChannel("32058502001310000203", "古镇 停车场", 121.0552, 31.5529),
+))
+
+
+def demo_gb_devices(server: GbServer, password: str) -> list[GbDeviceSpec]:
+    """The simulated GB/T 28181 devices, keeping alive every 10 s (the hub's demo interval)."""
+    return [GbDeviceSpec(d, server, password, chans, name=name, keepalive_s=10.0)
+            for d, name, chans in (GB_IPC, GB_NVR)]
+
+
 @dataclass
 class Demo:
     cameras: int
@@ -58,6 +81,9 @@ class Demo:
     control_port: int = 8555
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sim: Simulator | None = None
+    gb_port: int | None = None  # the hub's SIP port (UDP and TCP); default: a free one
+    gb_control_port: int | None = None  # the GB devices' fault API; default: a free one
+    gb_devices: list[GbDeviceSpec] = field(default_factory=list)
 
     def _paths(self) -> tuple[Path, Path, Path]:
         return self.data_dir / "hub.yaml", self.data_dir / "agent.yaml", self.data_dir / "demo.json"
@@ -74,6 +100,8 @@ class Demo:
             "centers": CENTERS,
             "devices": [{"id": d, "name": n} for d, n in cams],
         }
+        gb = self._gb_section()
+        hub_cfg["gb28181"] = {"enabled": True, **gb, "auto_accept": True, "keepalive_interval_s": 10}
         demo_district.place(hub_cfg)  # the district map: boundary, sites, where the cameras stand
         hub_yaml.write_text(yaml.safe_dump(hub_cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
         tokens_file = self.data_dir / "tokens.json"
@@ -102,11 +130,26 @@ class Demo:
             "hub_url": f"http://127.0.0.1:{self.port}",
             "camsim_control_url": f"http://127.0.0.1:{self.control_port}",
             "tokens": {k: v for k, v in tokens.items() if k != "agent"},
-            "cameras": [{"device_id": d, "name": n, "rtsp_url": u} for (d, n), u in zip(cams, rtsp, strict=True)],
+            "cameras": [{"device_id": d, "name": n, "protocol": "rtsp", "rtsp_url": u}
+                        for (d, n), u in zip(cams, rtsp, strict=True)]
+            + [{"device_id": c.channel_id, "name": c.name, "protocol": "gb28181", "parent_id": g.device_id}
+               for g in self.gb_devices for c in g.channels],
+            "gb28181": gb,
+            "camsim_gb_control_url": f"http://127.0.0.1:{self.gb_control_port}",
         }
         info_path.write_text(json.dumps(info, indent=1, ensure_ascii=False))
         info_path.chmod(0o600)
         return info
+
+    def _gb_section(self) -> dict[str, Any]:
+        """The hub's SIP server as devices see it (a fresh password per run: devices get it here too)."""
+        self.gb_port = self.gb_port or free_port()
+        self.gb_control_port = self.gb_control_port or free_port()
+        password = secrets.token_urlsafe(9)
+        server = GbServer("127.0.0.1", self.gb_port, GB_SERVER_ID, GB_DOMAIN)
+        self.gb_devices = demo_gb_devices(server, password)
+        return {"host": server.host, "port": server.port, "server_id": GB_SERVER_ID, "domain": GB_DOMAIN,
+                "password": password}
 
     def _spawn(self, name: str, args: list[str]) -> None:
         logf = (self.data_dir / f"{name}.log").open("ab")
@@ -117,12 +160,12 @@ class Demo:
         info = self.prepare()
         hub_yaml, agent_yaml, _ = self._paths()
         py = sys.executable
-        cams = [c["device_id"] for c in info["cameras"]]
+        cams = [c["device_id"] for c in info["cameras"] if c["protocol"] == "rtsp"]
         # Cameras first (making their clips takes a while), so the agent can connect as soon as the
         # hub is up. The simulator's RTSP server runs in a process of its own (system Python, GStreamer).
         self.sim = Simulator(cams, self.data_dir / "camsim", rtsp_port=self.rtsp_port,
                              control_port=self.control_port, onvif_base_port=None, startup_timeout=120,
-                             sub_params=SUB_PARAMS)
+                             sub_params=SUB_PARAMS, gb_devices=self.gb_devices, gb_control_port=self.gb_control_port)
         self.sim.start()
         self._spawn("hub", [py, "-m", "vms.cli", "serve", "--config", str(hub_yaml)])
         self._wait(f"{info['hub_url']}/healthz", "hub")

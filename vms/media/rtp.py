@@ -137,14 +137,15 @@ class TcpDeframer:
         pos = 0
         end = len(buf)
         unpack = _LEN.unpack_from
-        while end - pos >= 2:
-            (n,) = unpack(buf, pos)
-            if n == 0:
-                raise RtpError(f"RFC 4571 frame of length 0 at stream offset {pos} of this read")
-            if end - pos - 2 < n:
-                break
-            out.append(bytes(buf[pos + 2 : pos + 2 + n]))
-            pos += 2 + n
+        with memoryview(buf) as view:  # one copy per packet; released before the buffer shrinks
+            while end - pos >= 2:
+                (n,) = unpack(view, pos)
+                if n == 0:
+                    raise RtpError(f"RFC 4571 frame of length 0 at offset {pos} of the buffered stream")
+                if end - pos - 2 < n:
+                    break
+                out.append(bytes(view[pos + 2 : pos + 2 + n]))
+                pos += 2 + n
         if pos:
             del buf[:pos]
         return out

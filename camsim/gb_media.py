@@ -1,0 +1,230 @@
+"""The media a simulated GB/T 28181 device sends: a clip's access units as MPEG-PS over RTP, paced in real time.
+
+A clip (MPEG-TS from ``camsim.clips``) is demuxed once into memory and looped with continuous
+timestamps, so a stream costs a pack and a few ``sendto`` calls per frame and no decoding. One
+:class:`RtpSender` thread per stream, over UDP or over TCP with RFC 4571 framing; a TCP stream
+either connects to the receiver (the offer said ``setup:passive``) or waits for it to connect (the
+offer said ``setup:active``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache
+from pathlib import Path
+
+import av
+
+from vms.media import rtp
+from vms.media.ps import PsPacker
+
+log = logging.getLogger(__name__)
+
+CLOCK = 90_000
+#: RTP payload bytes per packet, as GB/T 28181 devices send.
+MTU = 1400
+#: How long a TCP stream waits for the receiver to connect (setup:active) or to accept (passive).
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessUnit:
+    """One frame, Annex-B, timestamps in 90 kHz ticks from the clip's first decoding time."""
+
+    data: bytes
+    pts: int
+    dts: int
+    key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """A clip's access units in decoding order and the length of one loop in 90 kHz ticks."""
+
+    codec: str
+    units: tuple[AccessUnit, ...]
+    period: int
+
+
+@cache
+def load_clip(path: Path) -> Clip:
+    """Demux ``path`` once (cached per path: channels of the same clip share the bytes)."""
+    units: list[AccessUnit] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        tb = stream.time_base or Fraction(1, CLOCK)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        first: int | None = None
+        for pkt in container.demux(stream):
+            if pkt.size == 0 or pkt.pts is None:
+                continue
+            dts = pkt.dts if pkt.dts is not None else pkt.pts
+            if first is None:
+                first = dts
+            units.append(
+                AccessUnit(
+                    bytes(pkt),
+                    round((pkt.pts - first) * tb * CLOCK),
+                    round((dts - first) * tb * CLOCK),
+                    bool(pkt.is_keyframe),
+                )
+            )
+    if not units or not units[0].key:
+        raise ValueError(f"{path}: no video, or it does not start with a keyframe")
+    frame = round(CLOCK / rate)
+    return Clip(codec, tuple(units), units[-1].dts + frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a stream goes: the offer's address and port, UDP or TCP, and who connects."""
+
+    host: str
+    port: int
+    transport: str  # "UDP" | "TCP"
+    connect: bool  # TCP: True when we connect (the receiver listens), False when we listen
+
+
+class RtpSender(threading.Thread):
+    """Streams a looped clip to one receiver until stopped, its connection fails, or it is told to.
+
+    ``mode()`` is read before every frame: "send", "stop" (keep time, send nothing), "garbage"
+    (random payloads in valid RTP). After "stop" or "garbage" sending resumes at a keyframe, as a
+    real encoder restarts with one. ``on_end(reason)`` runs in this thread when the stream ends
+    by itself (not after ``stop()``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        clip: Clip,
+        ssrc: int,
+        media_sock: socket.socket,
+        target: Target,
+        mode: Callable[[], str],
+        on_end: Callable[[str], None],
+        payload_type: int = 96,
+    ) -> None:
+        super().__init__(name=f"gb-rtp-{name}", daemon=True)
+        self.clip = clip
+        self.ssrc = ssrc
+        self.sock = media_sock  # UDP: bound socket; TCP: bound (connect) or listening (accept)
+        self.target = target
+        self.mode = mode
+        self.on_end = on_end
+        self.payload_type = payload_type
+        self.packer = PsPacker(clip.codec)
+        self.go = threading.Event()  # set by the ACK: media starts only then
+        self._stop = threading.Event()
+        self._conn: socket.socket | None = None
+        self.frames_sent = 0
+        self.packets_sent = 0
+
+    def stop(self) -> None:
+        """Stop streaming and close the sockets (from any thread)."""
+        self._stop.set()
+        self.go.set()
+        for s in (self._conn, self.sock):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        reason = "stopped"
+        try:
+            self.go.wait()
+            if self._stop.is_set():
+                return
+            if self.target.transport == "TCP":
+                self._conn = self._open_tcp()
+            self._stream()
+        except OSError as exc:
+            reason = f"media connection failed: {exc}"
+        finally:
+            if not self._stop.is_set():
+                self.stop()
+                self.on_end(reason)
+
+    def _open_tcp(self) -> socket.socket:
+        """Connect to the receiver, or accept its connection on our listening socket."""
+        self.sock.settimeout(CONNECT_TIMEOUT_S)
+        if self.target.connect:
+            self.sock.connect((self.target.host, self.target.port))
+            conn = self.sock
+        else:
+            conn, _ = self.sock.accept()
+        conn.settimeout(CONNECT_TIMEOUT_S)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def _stream(self) -> None:
+        clip = self.clip
+        units = clip.units
+        seq = secrets.randbelow(1 << 16)
+        base = secrets.randbelow(1 << 30)  # devices start their clocks anywhere
+        t0 = time.monotonic()
+        loop = 0
+        need_key = False
+        udp = self.target.transport == "UDP"
+        dest = (self.target.host, self.target.port)
+        while not self._stop.is_set():
+            offset = loop * clip.period
+            for au in units:
+                delay = t0 + (offset + au.dts) / CLOCK - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                mode = self.mode()
+                dts = base + offset + au.dts
+                if mode == "stop":
+                    need_key = True
+                    continue
+                if mode == "garbage":
+                    need_key = True
+                    frame = os.urandom(len(au.data) + 30)
+                elif need_key and not au.key:
+                    continue
+                else:
+                    need_key = False
+                    frame = self.packer.pack(au.data, base + offset + au.pts, dts, au.key)
+                packets = rtp.packetize(frame, seq=seq, timestamp=dts & 0xFFFFFFFF, ssrc=self.ssrc,
+                                         payload_type=self.payload_type, mtu=MTU)
+                seq = (seq + len(packets)) & 0xFFFF
+                if udp:
+                    for p in packets:
+                        self.sock.sendto(p, dest)
+                else:
+                    assert self._conn is not None
+                    self._conn.sendall(b"".join(rtp.frame_tcp(p) for p in packets))
+                self.frames_sent += 1
+                self.packets_sent += len(packets)
+            loop += 1
+
+
+def media_socket(host: str, target: Target) -> socket.socket:
+    """The socket a stream answers with: its port goes into the SDP answer."""
+    if target.transport == "UDP":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.bind((host, 0))
+        return s
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    if not target.connect:
+        s.listen(1)
+    return s
