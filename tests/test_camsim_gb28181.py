@@ -122,6 +122,12 @@ def test_camera_and_nvr_register_stay_online_and_fall_silent_on_a_network_cut(
         rows = discovered(hub)
         assert rows[IPC_CHANNEL].name == "东门 枪机" and rows[NVR_CHANNELS[4]].name == "沙溪 5 号"
         assert svc.counters["catalog_incomplete"] == 0
+        # DeviceInfo is asked after the catalog and kept with the registration.
+        wait_until(lambda: all(r.info.get("Manufacturer") for r in svc.registrations_now()), 5, "DeviceInfo kept",
+                   lambda: str([r.info for r in svc.registrations_now()]))
+        # The devices count through their channels, not themselves as well (one camera, one count).
+        wait_until(lambda: hub.snapshots.center("taicang")["counts"]["devices"] == 1 + len(NVR_CHANNELS), 5,
+                   "channels counted, not their carriers", lambda: str(hub.snapshots.center("taicang")["counts"]))
         wait_until(lambda: all(state(hub, d) == "online" for d in all_ids), 10, "all online",
                    lambda: str({d: state(hub, d) for d in all_ids}))
         # Longer than the hub's silence limit (5 s): only the keepalives keep them online.

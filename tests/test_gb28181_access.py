@@ -318,3 +318,39 @@ def test_catalog_events_darken_light_and_flag_a_channel(gb_hub: Any) -> None:
         wait_until(lambda: beat_until("online"), 5, "channel online once the defect is cleared", state)
     finally:
         dev.close()
+
+
+def test_a_device_alarm_is_an_alert_and_is_answered(gb_hub: Any) -> None:
+    """An Alarm notification (here a tamper alarm of a channel) becomes one device_alarm alert through
+    the alert writer, the same alarm again changes nothing, and the hub answers with a Response."""
+    hub = gb_hub(auto_accept=True, keepalive_interval_s=60)
+    dev = Device(port_of(hub))
+    try:
+        assert dev.register().status == 200
+        dev.answer_catalog([item(CHANNEL, "北门")])
+        wait_until(lambda: hub.registry.known(CHANNEL), 5, "the channel accepted")
+        body = manscdp.build("Notify", "Alarm", 31, CHANNEL,
+                             {"AlarmPriority": "1", "AlarmMethod": "5", "AlarmTime": "2026-12-06T08:00:00",
+                              "AlarmDescription": "镜头遮挡"})
+        for _ in range(2):
+            dev.send(dev.request("MESSAGE", body=body))
+            assert dev.response().status == 200
+            answer = dev.recv(5)
+            assert isinstance(answer, sip.Request) and answer.method == "MESSAGE", answer
+            got = manscdp.parse(answer.body)
+            assert (got.root, got.cmd, got.sn, got.fields.get("Result")) == ("Response", "Alarm", 31, "OK")
+            dev.send(sip.response_to(answer, 200, to_tag=sip.new_tag()))
+
+        from sqlalchemy import select
+
+        from vms.db.models import Alert
+
+        def alarms() -> list[Any]:
+            with hub.sessions() as s:
+                return list(s.scalars(select(Alert).where(Alert.kind == "device_alarm")))
+
+        rows = wait_until(alarms, 5, "a device_alarm alert")
+        assert len(rows) == 1 and rows[0].device_id == CHANNEL and "镜头遮挡" in rows[0].title
+        assert hub.gb28181.counters["alarms"] == 2
+    finally:
+        dev.close()

@@ -66,7 +66,7 @@ class MediaDevice:
 
     def start(self) -> None:
         assert self.sig.register().status == 200
-        self.sig.answer_catalog([item(CHANNEL, "东门")])
+        self.sig.answer_catalog([{**item(CHANNEL, "东门"), "Longitude": "121.1183", "Latitude": "31.4556"}])
         for target in (self._signaling, self._keepalives):
             t = threading.Thread(target=target, daemon=True)
             t.start()
@@ -249,6 +249,17 @@ def test_a_channel_is_invited_recorded_and_ffmpeg_reads_what_was_stored(device: 
     view = hub.gb28181.player.view()[CHANNEL]
     assert view["state"] == "playing" and view["codec"] == "h264" and view["lost"] == 0
     assert len(dev.invites) == 1  # one INVITE while media flows
+    # Stream figures measured on the hub, as an agent reports them: 25 fps, not "low_fps" at start.
+    wait_until(lambda: hub.snapshots.device(CHANNEL).fps > 20, 10, "the channel's frame rate measured",
+               lambda: str(hub.snapshots.device(CHANNEL)))
+    assert "low_fps" not in hub.snapshots.device(CHANNEL).defects
+    # The IPC reports its picture as a channel: the channel counts, the IPC (its carrier) does not.
+    town = hub.snapshots.center("chengxiang")
+    assert town["counts"]["devices"] == 1 and hub.registry.known(IPC), town["counts"]
+    # Where the catalog says the channel stands reaches the map and the coverage.
+    wait_until(lambda: "gb28181" in hub.coverage.places.get(CHANNEL, {}), 5, "the catalog's position kept")
+    place = hub.coverage.places[CHANNEL]["gb28181"]
+    assert (place.lon, place.lat) == (121.1183, 31.4556)
 
 
 def test_lost_video_is_offline_within_10_s_while_keepalives_go_on_and_back_when_it_returns(device: Any) -> None:

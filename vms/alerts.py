@@ -32,6 +32,7 @@ class AlertKind(StrEnum):
     SPOOL_DROPPED = "spool_dropped"  # an agent's spool lost footage before upload (vms/services/spool_losses.py)
     RECEIVER_DOWN = "receiver_down"  # an alert receiver keeps failing; the others hear of it (vms/notify.py)
     SITE_UNCOVERED = "site_uncovered"  # a key site without its working cameras (vms/services/coverage.py)
+    DEVICE_ALARM = "device_alarm"  # a GB/T 28181 device's own Alarm notification (vms/gb28181/service.py)
 
 
 class AlertState(StrEnum):
@@ -60,6 +61,8 @@ SEVERITY = {
     AlertKind.RECEIVER_DOWN: Severity.CRITICAL,
     # Critical: a school or hospital without a working camera is the blind spot a center is assessed on.
     AlertKind.SITE_UNCOVERED: Severity.CRITICAL,
+    # The device's own word (tamper, video loss, disk fault ...); its priority (1 = 一级警情) is in the detail.
+    AlertKind.DEVICE_ALARM: Severity.WARNING,
 }
 
 

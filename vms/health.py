@@ -167,6 +167,9 @@ class Health:
     gaps: npt.NDArray[np.int64]
     agent: npt.NDArray[np.int32]  # index into the hub's agent list, -1 if none
     retired: npt.NDArray[np.bool_]  # out of service (an admin rejected it): no state, alerts or figures
+    #: It carries channels that count in its place (a GB/T 28181 NVR, or an IPC that reports its
+    #: picture as a channel): it has a state, but counting it too would count one camera twice.
+    carrier: npt.NDArray[np.bool_]
     #: The device's own silence limit (s), for sources that report less often than agents (a GB/T
     #: 28181 device's keepalive); the config's ``offline_after_s`` unless set.
     offline_after: F64
@@ -199,6 +202,7 @@ class Health:
         ("gaps", np.int64, 0),
         ("agent", np.int32, -1),
         ("retired", np.bool_, False),
+        ("carrier", np.bool_, False),
         ("offline_after", np.float64, 0.0),  # set to the config's by add()
     )
 
@@ -245,8 +249,9 @@ class Health:
         self.watched_from[idx] = now
 
     def in_service(self, members: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """``members`` without retired devices: the ones that count in a center's figures."""
-        return members[~self.retired[members]]
+        """``members`` without retired devices and carriers of channels: the ones that count in a
+        center's figures."""
+        return members[~(self.retired[members] | self.carrier[members])]
 
     def restore_open(self, idx: int, start: float, flags: int) -> None:
         """Resume an interval that is still open in the store (hub restarted in time)."""
@@ -401,7 +406,7 @@ class Health:
         )
 
     def counts(self, members: npt.NDArray[np.int64]) -> dict[str, int]:
-        """Devices by state right now among ``members`` (retired ones not counted)."""
+        """Devices by state right now among ``members`` (retired ones and carriers not counted)."""
         members = self.in_service(members)
         fl = self.flags[members]
         kn = self.known[members]

@@ -86,6 +86,9 @@ class Hub:
                 report=lambda who, rep: self.acceptance.report(who, rep),  # built below, used once started
                 signal=reg.signal, silence=reg.silence, agent_seen=reg.agent_seen, set_quality=reg.set_quality,
                 streamable=lambda d: reg.known(d) and d not in reg.held, store_segment=self.ingest.store_own,
+                figures=reg.stream_report, carrier=reg.set_carrier,
+                place=lambda d, lon, lat, source: self.coverage.place_reported(d, lon, lat, source),
+                alarm=self.alerts.raise_or_update,
             )
             # Media cut into segments waits on the archive's own disk (a dot directory the repair skips).
             self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock, media_dir=self.segments.root / ".gb28181")

@@ -58,13 +58,15 @@ class Stream:
     playing_since: float = 0.0  # monotonic
     reason: str = ""
     hung_up: bool = False  # the device sent BYE: no BYE back
+    ends: int = 0  # streams of this channel lost so far (its "reconnects")
 
 
 class Player:
     def __init__(self, cfg: Gb28181Config, transport: Transport, sink: ArchiveSink,
-                 signal: Callable[[str], None], silence: Callable[[list[str]], None],
+                 signal: Callable[[str, float, float, int], None], silence: Callable[[list[str]], None],
                  probe: Callable[[str], None]) -> None:
-        """``signal(channel)``: video arrived; ``silence(ids)``: their signal ended now;
+        """``signal(channel, fps, bitrate, restarts)``: video arrived, with the stream's figures (0 until
+        measured) and how often it was lost; ``silence(ids)``: their signal ended now;
         ``probe(device)``: all of the device's streams stopped, ask whether it is still there."""
         self.cfg = cfg
         self.transport = transport
@@ -150,10 +152,14 @@ class Player:
     async def _invite(self, st: Stream) -> None:
         self.counters["invites"] += 1
         mode = self.cfg.media_transport
+        seg = Segmenter(st.channel, self.sink, self.cfg.segment_seconds)
+
+        def video(channel: str) -> None:
+            self.signal(channel, seg.fps, seg.bitrate_bps, st.ends)
+
         try:
-            rx = MediaReceiver(st.channel, mode, self.ports,
-                               Segmenter(st.channel, self.sink, self.cfg.segment_seconds),
-                               self.signal, self._ended_threadsafe, self.cfg.media_timeout_s)
+            rx = MediaReceiver(st.channel, mode, self.ports, seg, video, self._ended_threadsafe,
+                               self.cfg.media_timeout_s)
         except OSError as exc:
             self._failed(st, f"no media port: {exc}")
             return
@@ -249,6 +255,7 @@ class Player:
         if st is None or st.receiver is not rx:
             return  # dropped already
         self.counters["streams_ended"] += 1
+        st.ends += 1
         log.warning("GB/T 28181: %s: stream ended: %s", st.channel, reason)
         if not st.hung_up:
             self._bye(st)

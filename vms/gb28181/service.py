@@ -40,6 +40,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vms.alerts import AlertKind
 from vms.archive.store import Outcome
 from vms.auth import Principal, Role
 from vms.centers import CenterTree
@@ -51,6 +52,7 @@ from vms.gb28181.transport import Peer, Transport
 from vms.kernel import ids
 from vms.kernel.protocol import CameraReport, CameraReportReply, ReportedCamera
 from vms.media.segment import Segment
+from vms.services.alerting import NewAlert
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ class HubLink:
     agent_seen: Callable[[str, float, float], None]  # (name, at, offline_after): the device as an "agent"
     set_quality: Callable[[str, str, bool], None]  # Registry.set_quality
     streamable: Callable[[str], bool] = lambda _d: False  # accepted and in service (known, not held)
+    figures: Callable[[str, float, float, int], None] = lambda *_a: None  # Registry.stream_report
+    carrier: Callable[[str, bool], None] = lambda *_a: None  # Registry.set_carrier
+    place: Callable[[str, float | None, float | None, str], bool] = lambda *_a: False  # Coverage.place_reported
+    alarm: Callable[[NewAlert], int] = lambda _a: 0  # AlertWriter.raise_or_update
     store_segment: Callable[[str, Segment], Outcome] | None = None  # SegmentIngest.store_own
 
 
@@ -129,7 +135,7 @@ class GbService:
         self.registrations: dict[str, Registration] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("registered", "refused", "bad_password", "replayed_nonces", "keepalives", "unregistered_messages",
-             "catalog_items", "catalog_incomplete", "probes_unanswered"), 0)
+             "catalog_items", "catalog_incomplete", "probes_unanswered", "alarms"), 0)
         self.transport = Transport(cfg.host, cfg.port, self._handle, self._closed)
         self.player: Player | None = None
         self.sink: ArchiveSink | None = None
@@ -182,17 +188,20 @@ class GbService:
 
     def stop(self) -> None:
         """Hang up every stream, finish and store its open segment, then close the SIP side."""
-        receivers = []
+        receivers: list[Any] = []
         loop = self._loop
         if loop is not None and self._thread is not None and self._thread.is_alive():
-            if self.player is not None:
-                player = self.player
+            player, transport = self.player, self.transport
 
-                async def hang_up() -> list[Any]:
-                    return player.shutdown()
+            async def hang_up() -> list[Any]:
+                """BYE to every stream, then no new connections: a device connecting while the loop
+                stops would otherwise get a connection no task serves."""
+                out = player.shutdown() if player is not None else []
+                await transport.close()
+                return out
 
-                with contextlib.suppress(Exception):
-                    receivers = asyncio.run_coroutine_threadsafe(hang_up(), loop).result(5)
+            with contextlib.suppress(Exception):
+                receivers = asyncio.run_coroutine_threadsafe(hang_up(), loop).result(5)
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(10)
         for rx in receivers:
@@ -321,6 +330,8 @@ class GbService:
             self._alive(reg, now)
         elif body.cmd == "Catalog":
             self._catalog_message(reg, body)
+        elif body.cmd == "Alarm" and body.root == "Notify":
+            self._alarm(reg, body, now)
         elif body.cmd in ("DeviceInfo", "DeviceStatus") and body.root == "Response":
             with self._lock:
                 reg.info.update({k: v[:200] for k, v in body.fields.items() if "." not in k and v})
@@ -340,13 +351,20 @@ class GbService:
         token = hashlib.sha256(device_id.encode()).hexdigest()[:16]
         return Principal(token, f"gb:{device_id}", Role.agent, prefixes)
 
-    def _report(self, device_id: str, cams: list[ReportedCamera]) -> None:
-        """Hand cameras to the hub's acceptance, off the SIP loop (it writes the store), in order."""
-        self._reports.submit(self._report_now, device_id, cams)
+    def _report(self, device_id: str, cams: list[ReportedCamera],
+                items: list[manscdp.CatalogItem] | None = None) -> None:
+        """Hand cameras to the hub's acceptance, and catalog items' positions to the coverage, off the
+        SIP loop (they write the store), in order."""
+        places = [(it.device_id, it.longitude, it.latitude) for it in items or ()
+                  if it.longitude is not None and it.latitude is not None]  # (typed: both known)
+        self._reports.submit(self._report_now, device_id, cams, places)
 
-    def _report_now(self, device_id: str, cams: list[ReportedCamera]) -> None:
+    def _report_now(self, device_id: str, cams: list[ReportedCamera],
+                    places: list[tuple[str, float, float]] | None = None) -> None:
         try:
             reply = self.hub.report(self._principal(device_id), CameraReport(cameras=cams))
+            for ch, lon, lat in places or ():
+                self.hub.place(ch, lon, lat, "gb28181")  # where the catalog says the channel stands
         except Exception:
             log.exception("GB/T 28181: acceptance report for %s failed", device_id)
             return
@@ -364,10 +382,13 @@ class GbService:
             lit = [d for d in lit if not self.player.streamed(d)]
         self.hub.signal(lit, now, limit)
 
-    def _media_signal(self, channel: str) -> None:
+    def _media_signal(self, channel: str, fps: float, bitrate: float, restarts: int) -> None:
         """Video of a streamed channel arrived (from its receiver's thread): alive, with the health
-        model's own silence limit (seconds, not keepalive minutes)."""
+        model's own silence limit (seconds, not keepalive minutes); its stream figures once measured
+        (the segmenter needs a few seconds: an unmeasured rate is no low frame rate)."""
         self.hub.signal([channel], self.clock(), None)
+        if fps > 0:
+            self.hub.figures(channel, fps, bitrate, restarts)
 
     def _owner(self, channel: str) -> str:
         """The registered device a channel belongs to (itself for a camera without channels)."""
@@ -400,10 +421,19 @@ class GbService:
                 expired = [d for d, r in self.registrations.items() if r.expires_at <= now]
             for d in expired:
                 self._goodbye(d, "registration expired")
+            self._carriers()
             if self.player is not None:
                 self._media_tick()
 
     # -- media ------------------------------------------------------------------------------------------
+    def _carriers(self) -> None:
+        """A device with channels counts through them, not itself (again each second: a device may be
+        accepted at any time)."""
+        with self._lock:
+            carriers = [(r.device_id, bool(r.channels)) for r in self.registrations.values() if r.catalog_done]
+        for device_id, carrier in carriers:
+            self.hub.carrier(device_id, carrier)
+
     def _media_tick(self) -> None:
         """Every second: which channels should stream (accepted ones, once the catalog is known), and
         invite those whose turn has come."""
@@ -453,9 +483,35 @@ class GbService:
         self._sn = self._sn % 999_999 + 1
         return self._sn
 
-    def _query(self, reg: Registration, cmd: str) -> tuple[sip.Request, int]:
-        sn = self.next_sn()
-        body = manscdp.build("Query", cmd, sn, reg.device_id)
+    def _alarm(self, reg: Registration, msg: manscdp.Message, now: float) -> None:
+        """A device's Alarm notification: an alert (one per device and kind of alarm while it is
+        active, through the one alert writer, off the SIP loop), and the answer the standard asks for."""
+        f = msg.fields
+        source = msg.device_id if msg.device_id and (msg.device_id == reg.device_id
+                                                    or msg.device_id in reg.channels) else reg.device_id
+        method, kind = f.get("AlarmMethod", ""), f.get("Info.AlarmType") or f.get("AlarmType", "")
+        priority = f.get("AlarmPriority", "")
+        text = f.get("AlarmDescription", "")[:200]
+        self.counters["alarms"] += 1
+        title = f"{source}: device alarm (method {method or '?'}, type {kind or '?'}){': ' + text if text else ''}"
+        new = NewAlert(f"device_alarm:{source}:{method}:{kind}", AlertKind.DEVICE_ALARM, title, now,
+                       {"alarm_priority": priority, "alarm_method": method, "alarm_type": kind,
+                        "alarm_time": f.get("AlarmTime", "")[:40], "description": text,
+                        }, device_id=source)
+        self._reports.submit(self.hub.alarm, new)
+        answer, _ = self._query(reg, "Alarm", root="Response", sn=msg.sn, fields={"Result": "OK"})
+        assert self._loop is not None
+        self._loop.create_task(self._send_quietly(reg.peer, answer))
+
+    async def _send_quietly(self, peer: Peer, req: sip.Request) -> None:
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await self.transport.request(peer, req, 8.0)
+
+    def _query(self, reg: Registration, cmd: str, root: str = "Query", sn: int | None = None,
+               fields: dict[str, str] | None = None) -> tuple[sip.Request, int]:
+        """A MANSCDP MESSAGE to the device: a query (a fresh SN), or an answer echoing ``sn``."""
+        sn = self.next_sn() if sn is None else sn
+        body = manscdp.build(root, cmd, sn, reg.device_id, fields)
         target = f"sip:{reg.device_id}@{reg.device_id[:10]}"
         req = sip.Request("MESSAGE", target, sip.Headers())
         h = req.headers
@@ -495,6 +551,8 @@ class GbService:
             reg.catalog_done = True
         if cat.items:
             self._apply_catalog(reg, list(cat.items.values()))
+        info, _ = self._query(reg, "DeviceInfo")  # maker, model, firmware: kept with the registration
+        await self._send_quietly(reg.peer, info)
 
     def _catalog_message(self, reg: Registration, msg: manscdp.Message) -> None:
         items = manscdp.catalog_items(msg)
@@ -527,7 +585,7 @@ class GbService:
         self.counters["catalog_items"] += len(chans)
         with self._lock:
             reg.channels = {it.device_id: (it.status or "ON").upper() for it in chans}
-        self._report(reg.device_id, [_reported(it) for it in chans])
+        self._report(reg.device_id, [_reported(it) for it in chans], chans)
         self._alive(reg, self.clock())
         self.hub.silence([c for c, st in reg.channels.items() if st != "ON"])
 
@@ -552,7 +610,7 @@ class GbService:
                 if self._channels(reg, [it]):
                     with self._lock:
                         reg.channels[ch] = (it.status or "ON").upper()
-                    self._report(reg.device_id, [_reported(it)])
+                    self._report(reg.device_id, [_reported(it)], [it])
             elif event == "DEL":
                 with self._lock:
                     reg.channels.pop(ch, None)

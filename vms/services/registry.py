@@ -214,6 +214,21 @@ class Registry:
                 if i is not None:
                     self.health.set_silence_limit(i, 0.0)
 
+    def stream_report(self, device_id: str, fps: float, bitrate: float, reconnects: int) -> None:
+        """Stream figures measured on the hub (GB/T 28181 media): as an agent's heartbeat reports them."""
+        with self.lock:
+            i = self.health.index.get(device_id)
+            if i is not None and device_id not in self.held:
+                self.health.report(i, self.clock(), fps=fps, bitrate=bitrate, reconnects=reconnects, gaps=0,
+                                   connected=True)
+
+    def set_carrier(self, device_id: str, carrier: bool) -> None:
+        """The device carries channels that count in its place (``Health.carrier``)."""
+        with self.lock:
+            i = self.health.index.get(device_id)
+            if i is not None:
+                self.health.carrier[i] = carrier
+
     def set_quality(self, device_id: str, check: str, raised: bool) -> None:
         """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""
         with self.lock:

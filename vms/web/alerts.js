@@ -4,7 +4,8 @@ import { t } from "./i18n.js";
 import { clock, duration, el } from "./util.js";
 
 const STATES = ["active", "open", "acknowledged", "resolved", ""];
-const KINDS = ["", "device_offline", "device_degraded", "agent_offline", "site_offline", "spool_dropped", "storage_low"];
+const KINDS = ["", "device_offline", "device_degraded", "agent_offline", "site_offline", "spool_dropped", "storage_low",
+  "receiver_down", "site_uncovered", "device_alarm"];
 
 function flatCenters(nodes, out = []) {
   for (const c of nodes) {
