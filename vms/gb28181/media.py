@@ -44,6 +44,9 @@ Mode = Literal["UDP", "TCP-passive", "TCP-active"]
 #: Results after which a segment file is kept and stored again later (nothing is lost).
 _RETRY = frozenset({Result.DISK_FULL, Result.STORE_ERROR})
 _RCVBUF = 4 << 20
+#: A gap in the sequence numbers is given up after this long (a low bit rate would otherwise hold
+#: the video behind one lost packet until the reorder window fills: seconds).
+MAX_REORDER_WAIT_S = 0.2
 
 
 @dataclass
@@ -132,6 +135,7 @@ class MediaReceiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._signalled = 0.0
+        self._gap_since: float | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self, ssrc: int | None, remote: tuple[str, int] | None = None) -> None:
@@ -164,9 +168,11 @@ class MediaReceiver:
             self._connect()
             container = av.open(_PsReader(self), mode="r", format="mpeg",
                                 options={"probesize": "131072", "analyzeduration": "1000000"})
-            video = next((s for s in container.streams.video if s.codec_context.name in ("h264", "hevc")), None)
+            video = next((s for s in container.streams.video
+                          if s.codec_context is not None and s.codec_context.name in ("h264", "hevc")), None)
             if video is None:
-                found = ", ".join(s.codec_context.name for s in container.streams) or "none"
+                found = ", ".join(s.codec_context.name if s.codec_context is not None else "unknown"
+                                  for s in container.streams) or "none"
                 raise _Ended(f"no H.264/H.265 video in the program stream (streams: {found})")
             self.stats.codec = video.codec_context.name
             feed = self.segmenter.feed
@@ -241,6 +247,17 @@ class MediaReceiver:
                 except _Ended as exc:
                     self.ended = str(exc)
                     raise
+        if self._reorder.waiting:
+            if self._gap_since is None:
+                self._gap_since = now
+            elif now - self._gap_since > MAX_REORDER_WAIT_S:
+                for q in self._reorder.flush():
+                    self._buf += q.payload
+                    st.bytes += len(q.payload)
+                st.lost = self._reorder.lost
+                self._gap_since = None
+        else:
+            self._gap_since = None
         if now - st.last_rtp > self.timeout_s:
             self.ended = f"no RTP for {self.timeout_s:g} s"
             if st.ssrc_mismatch or st.malformed:
@@ -294,16 +311,40 @@ class MediaReceiver:
         st.reordered = self._reorder.reordered
 
 
+_PACK, _PSM = b"\x00\x00\x01\xba", b"\x00\x00\x01\xbc"
+#: Without a stream map this far into the stream, it has none (FFmpeg's own PS, some encoders).
+PSM_SEARCH_BYTES = 1 << 20
+
+
 class _PsReader:
-    """The program stream as a file for FFmpeg's demuxer: bytes from RTP payloads, in order."""
+    """The program stream as a file for FFmpeg's demuxer: bytes from RTP payloads, in order.
+
+    It starts at the pack that carries the first stream map (a keyframe's), or at the first pack
+    header of a stream without maps: a demuxer fed the middle of a frame first (a lost or late
+    first packet) probes the stream as unknown and never records it."""
 
     def __init__(self, rx: MediaReceiver) -> None:
         self.rx = rx
+        self.synced = False
+
+    def _sync(self, buf: bytearray) -> None:
+        psm = buf.find(_PSM)
+        if psm >= 0:
+            start = buf.rfind(_PACK, 0, psm)
+            del buf[: max(start, psm)]  # a map without a pack header before it: from the map
+            self.synced = True
+        elif len(buf) > PSM_SEARCH_BYTES:
+            start = buf.find(_PACK)
+            del buf[: start if start >= 0 else len(buf) - 3]
+            self.synced = start >= 0
 
     def read(self, n: int) -> bytes:
         rx, buf = self.rx, self.rx._buf
         t0 = time.monotonic()
         try:
+            while not self.synced:
+                rx.pull(0.25)
+                self._sync(buf)
             while len(buf) < n:
                 waited = time.monotonic() - t0
                 if buf and waited >= rx.batch_s:

@@ -178,6 +178,11 @@ class Reorder:
         self._pending: dict[int, RtpPacket] = {}
         self._marks = bytearray(_SEQ_MOD)
 
+    @property
+    def waiting(self) -> int:
+        """Packets held behind a gap."""
+        return len(self._pending)
+
     def _mark(self, first: int, count: int, value: int) -> None:
         """Marks ``count`` numbers from ``first`` as released (1) or given up (2), wrap-aware."""
         count = min(count, _SEQ_MOD)
