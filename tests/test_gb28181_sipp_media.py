@@ -258,6 +258,22 @@ def test_sipp_answers_invite_with_ffmpeg_made_ps_and_the_hub_records_it(make_hub
             v = c.streams.video[0]
             assert v.codec_context.name == "h264" and (v.codec_context.width, v.codec_context.height) == (320, 240)
             assert sum(1 for _ in c.decode(v)) >= 20
+        # Live on the wall: the channel's HLS playlist lists its newest segments (duty officer's token).
+        duty = {"Authorization": f"Bearer {hub.token('duty')}"}
+        playlist = httpx.get(f"{hub.url}/api/v1/live/{CHANNEL}/index.m3u8", headers=duty)
+        assert playlist.status_code == 200 and playlist.text.startswith("#EXTM3U") and ".ts" in playlist.text
+        # A police clip of it: an MP4 FFmpeg plays, and the pull is audited.
+        police = {"Authorization": f"Bearer {hub.token('police')}"}
+        segs = segments()
+        r = httpx.get(f"{hub.url}/api/v1/devices/{CHANNEL}/clip.mp4", headers=police, timeout=60,
+                      params={"start": segs[0]["start"], "end": segs[-1]["end"], "reason": "theft at the gate",
+                              "case": "2026-0099"})
+        assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text[:300]
+        (tmp_path / "clip.mp4").write_bytes(r.content)
+        with av.open(str(tmp_path / "clip.mp4")) as c:
+            assert c.streams.video[0].codec_context.name == "h264" and sum(1 for _ in c.decode(video=0)) >= 20
+        audit = httpx.get(f"{hub.url}/api/v1/audit", headers=admin).json()["entries"]
+        assert any(e["target"] == CHANNEL and "clip" in e["action"] for e in audit), [e["action"] for e in audit]
         # The 6 s replay ends: the hub hangs up, SIPp answers the BYE, and the hub invites again.
         wait_until(lambda: "ended" in (hub.log.read_text() if hub.log else "")
                    and (hub.log.read_text().count("streaming (UDP") >= 2), 40, "a second INVITE after the stream ended",
