@@ -9,9 +9,18 @@ DeviceStatus and RecordInfo queries; Catalog notifications when a channel's vide
 MPEG-PS over RTP to the offer's address, over UDP or TCP (RFC 4571; it connects for ``setup:passive``
 and listens for ``setup:active``); BYE from either side ends the stream.
 
+Recordings, as an NVR or an IPC with an SD card keeps them: each channel records from
+``recording_since`` (default: when the device starts) except while ``record_stop`` holds, and
+through ``video_stop``, ``garbage`` and ``network_cut`` (the camera still sees; those break the way
+to the center). RecordInfo lists the recorded files of the asked range (at most a minute each);
+INVITE ``s=Playback`` (real time) or ``s=Download`` (``a=downloadspeed:N`` times real time) with
+``t=START END`` sends the recorded spans of that range, then a MediaStatus notification (121); the
+center hangs up. A device with ``records=False`` has no storage: no items, playback refused.
+
 Faults, per device or channel: ``video_stop`` (keepalives go on, no RTP), ``network_cut`` (nothing
 leaves the device and nothing reaches it; its TCP connections close and its streams end, as the
-center hangs up on them anyway), ``garbage`` (random RTP payloads), ``clear``.
+center hangs up on them anyway), ``garbage`` (random RTP payloads), ``record_stop`` and
+``record_resume`` (the local recording), ``clear`` (all of them, recording resumes).
 
 Threads: one receives signaling, one registers and keeps alive, one sends what the device says on
 its own (answers to queries are new MESSAGEs that wait for their 200s), one per stream.
@@ -30,13 +39,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from camsim.clips import ClipParams
-from camsim.gb_media import Clip, RtpSender, Target, load_clip, media_socket
+from camsim.gb_media import CLOCK, FINISHED, Clip, RtpSender, Target, load_clip, media_socket
+from camsim.gb_records import Recording, local_time, parse_local
 from camsim.net import send_json
 from vms.gb28181 import digest, manscdp, sdp, sip
 from vms.kernel import ids
@@ -44,7 +54,7 @@ from vms.kernel import ids
 log = logging.getLogger(__name__)
 
 #: Fault kinds of GB/T 28181 devices (the HTTP control API takes the same ``{"kind": ...}``).
-GB_FAULTS = ("video_stop", "network_cut", "garbage", "clear")
+GB_FAULTS = ("video_stop", "network_cut", "garbage", "record_stop", "record_resume", "clear")
 #: Clip parameters of GB channels: Baseline without B-frames, as most GB cameras stream.
 GB_PARAMS = ClipParams(bframes=0)
 #: SIP client transactions over UDP: sent again from T1, doubling to T2, until Timer F (RFC 3261).
@@ -102,8 +112,10 @@ class GbDeviceSpec:
     manufacturer: str = "VMS-SIM"
     model: str | None = None  # default: by type (IPC, NVR)
     host: str = "127.0.0.1"  # the device's own address (signaling and media)
-    catalog_batch: int = 2  # catalog items per MESSAGE
+    catalog_batch: int = 2  # catalog and RecordInfo items per MESSAGE
     clip: ClipParams = GB_PARAMS
+    records: bool = True  # keeps recordings (an NVR, an IPC with an SD card)
+    recording_since: float | None = None  # Unix time the recordings begin; default: when the device starts
 
     def __post_init__(self) -> None:
         kind = ids.parse(self.device_id).type
@@ -125,6 +137,18 @@ class GbDeviceSpec:
     def stream_ids(self) -> list[str]:
         """The IDs an INVITE may name: the channels, or the camera itself."""
         return [c.channel_id for c in self.channels] or [self.device_id]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAsk:
+    """A question about recordings as the device got it, and its answer: what tests look for."""
+
+    kind: str  # "RecordInfo" | "Playback" | "Download"
+    channel: str  # the query's DeviceID, or the INVITE's channel
+    start: float  # Unix seconds
+    end: float
+    speed: int = 1  # Download: a=downloadspeed
+    answer: str = ""  # RecordInfo: "N items"; INVITE: the status and reason ("200 OK", "488 ...")
 
 
 @dataclass
@@ -160,7 +184,8 @@ class GbDevice:
         self.udp = spec.transport == "UDP"
         self.counters: dict[str, int] = dict.fromkeys(
             ("registrations", "register_failures", "keepalives", "keepalive_failures", "queries", "invites",
-             "streams", "byes_received", "byes_sent", "notifies"), 0)
+             "streams", "byes_received", "byes_sent", "notifies", "record_queries", "playbacks", "media_status"),
+            0)
         self._server_addr = (spec.server.host, spec.server.port)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -172,6 +197,9 @@ class GbDevice:
         self._answered: dict[tuple[str, str], tuple[float, bytes]] = {}
         self._dialogs: dict[str, _Dialog] = {}
         self._video: dict[str, str] = {}  # channel -> "stop" | "garbage" (absent: sending)
+        since = spec.recording_since if spec.recording_since is not None else time.time()  # made to start
+        self.recordings = {ch: Recording(since if spec.records else None) for ch in spec.stream_ids}
+        self.record_asks: list[RecordAsk] = []  # every RecordInfo query and Playback/Download INVITE
         self._cut = False
         self._registered = False
         self._refresh_at = 0.0
@@ -248,13 +276,14 @@ class GbDevice:
         kinds = {"stop": "video_stop", "garbage": "garbage"}
         return [{"device_id": ch, "parent_id": self.device_id, "protocol": "gb28181",
                  "fault": "network_cut" if self._cut else kinds.get(self._video.get(ch, ""), "none"),
-                 "registered": self.registered, "streams": live.count(ch)} for ch in self.spec.stream_ids]
+                 "registered": self.registered, "streams": live.count(ch),
+                 "recording": self.recordings[ch].recording} for ch in self.spec.stream_ids]
 
     # -- faults ---------------------------------------------------------------------------------------------
     def set_fault(self, target: str, kind: str) -> list[dict[str, Any]]:
         """Apply ``kind`` to the device (all its channels) or to one channel; KeyError, ValueError.
         ``network_cut`` is the device's whatever the target; ``clear`` of the device clears it all, of a
-        channel only that channel's video fault."""
+        channel only that channel's faults; recording resumes wherever the fault is cleared."""
         if kind not in GB_FAULTS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(GB_FAULTS)}")
         if target != self.device_id and target not in self.spec.stream_ids:
@@ -269,7 +298,15 @@ class GbDevice:
                 lost = [c for c in chans if mode == "stop" and self._video.get(c) != "stop"]
                 self._video.update(dict.fromkeys(chans, mode))
             self._notify(lost, "VLOST")
+        elif kind == "record_stop":
+            for c in chans:
+                self.recordings[c].stop(time.time())
+        elif kind == "record_resume":
+            for c in chans:
+                self.recordings[c].resume(time.time())
         else:
+            for c in chans:
+                self.recordings[c].resume(time.time())
             with self._lock:
                 back = [c for c in chans if self._video.pop(c, None) == "stop"]
             if target == self.device_id and self._cut:
@@ -581,6 +618,8 @@ class GbDevice:
         if body.root != "Query":
             return  # Control (PTZ, reboot, ...) is acknowledged and ignored
         self.counters["queries"] += 1
+        if body.cmd == "RecordInfo":
+            self.counters["record_queries"] += 1
         if body.cmd in ("Catalog", "DeviceInfo", "DeviceStatus", "RecordInfo"):
             self._later(self._answer_query, body)
 
@@ -609,24 +648,57 @@ class GbDevice:
                 "Manufacturer": self.spec.manufacturer, "Model": self._model(), "Firmware": "V1.0.0",
                 "Channel": str(len(self.spec.stream_ids))}))
         elif q.cmd == "DeviceStatus":
-            encoding = any(self._mode(c) == "send" for c in self.spec.stream_ids if q.device_id in (c, self.device_id))
+            chans = [c for c in self.spec.stream_ids if q.device_id in (c, self.device_id)]
+            encoding = any(self._mode(c) == "send" for c in chans)
+            recording = any(self.recordings[c].recording for c in chans)
             bodies.append(manscdp.build("Response", "DeviceStatus", q.sn, q.device_id, {
                 "Result": "OK", "Online": "ONLINE", "Status": "OK", "Encode": "ON" if encoding else "OFF",
-                "Record": "OFF", "DeviceTime": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")},
+                "Record": "ON" if recording else "OFF", "DeviceTime": local_time(time.time())},
                 items=[], list_name="Alarmstatus"))
-        elif q.cmd == "RecordInfo":  # no recordings on the device
-            bodies.append(manscdp.build("Response", "RecordInfo", q.sn, q.device_id,
-                                        {"Name": self.spec.name or q.device_id, "SumNum": "0"},
-                                        items=[], list_name="RecordList"))
+        elif q.cmd == "RecordInfo":
+            bodies += self._record_info(q)
         for body in bodies:
             self._transact(self._new_request("MESSAGE", body))
 
     def _model(self) -> str:
         return self.spec.model or "VMS-SIM-" + DEVICE_TYPES[ids.parse(self.device_id).type]
 
+    def _record_info(self, q: manscdp.Message) -> list[bytes]:
+        """RecordInfo answers: the recorded files of the asked range of the channel named (all channels
+        when the device is named), ``catalog_batch`` items per MESSAGE; SumNum 0 and no list when none."""
+        chans = [c for c in self._channels() if q.device_id in (c.channel_id, self.device_id)]
+        try:
+            start, end = parse_local(q.fields.get("StartTime", "")), parse_local(q.fields.get("EndTime", ""))
+        except ValueError:
+            log.debug("GB device %s: RecordInfo with an unreadable range: %s", self.device_id, q.fields)
+            start = end = 0.0  # nothing in it
+        items: list[dict[str, str]] = []
+        if q.fields.get("Type", "all") in ("all", "time"):  # all it records is by time, none by alarm
+            now = time.time()
+            for ch in chans:
+                for a, b in self.recordings[ch.channel_id].files(start, end, now):
+                    items.append({
+                        "DeviceID": ch.channel_id, "Name": ch.name or ch.channel_id,
+                        "FilePath": f"/record/{ch.channel_id}/{dt.datetime.fromtimestamp(a):%Y%m%d/%H%M%S}.ps",
+                        "Address": ch.address or self.spec.name or self.device_id,
+                        "StartTime": local_time(a), "EndTime": local_time(b), "Secrecy": "0", "Type": "time"})
+        self.record_asks.append(RecordAsk("RecordInfo", q.device_id, start, end, answer=f"{len(items)} items"))
+        named = next((c.name for c in chans if c.channel_id == q.device_id), "") or self.spec.name
+        fields = {"Name": named or q.device_id, "SumNum": str(len(items))}
+        batch = self.spec.catalog_batch
+        if not items:
+            return [manscdp.build("Response", "RecordInfo", q.sn, q.device_id, fields)]
+        return [manscdp.build("Response", "RecordInfo", q.sn, q.device_id, fields, items=items[i : i + batch],
+                              list_name="RecordList") for i in range(0, len(items), batch)]
+
+    def _channels(self) -> tuple[GbChannel, ...]:
+        """The channels as the catalog lists them (a camera without channels is its own)."""
+        spec = self.spec
+        return spec.channels or (GbChannel(spec.device_id, spec.name, spec.longitude, spec.latitude),)
+
     def _catalog_items(self) -> list[dict[str, str]]:
         spec = self.spec
-        chans = spec.channels or (GbChannel(spec.device_id, spec.name, spec.longitude, spec.latitude),)
+        chans = self._channels()
         host, port = self.local_address or (spec.host, 0)
         civil = spec.civil_code or spec.device_id[:8]
         out = []
@@ -677,22 +749,37 @@ class GbDevice:
             self._reply(req, 488, f"Not Acceptable Here ({exc})"[:100])
             return
         ps = [pt for pt, enc in offer.payloads if enc.upper().startswith("PS/")]
-        problem = ("only live video (s=Play)" if offer.session != "Play"
+        problem = (f"unknown session s={offer.session}"[:60] if offer.session not in sdp.SESSIONS
                    else "the offer does not receive" if offer.direction not in ("recvonly", "sendrecv")
                    else "no PS payload type" if not ps else None)
         if problem is not None:
             self._reply(req, 488, f"Not Acceptable Here ({problem})")
             return
+        playback = offer.session != "Play"
+        spans: list[tuple[int, int]] | None = None
+        speed = (offer.download_speed or 1) if offer.session == "Download" else 1
+        if playback:
+            recorded = self._recorded(channel, offer)
+            ask = RecordAsk(offer.session, channel, offer.start, offer.stop, speed)
+            if isinstance(recorded, str):
+                self.record_asks.append(replace(ask, answer=f"488 {recorded}"))
+                self._reply(req, 488, f"Not Acceptable Here ({recorded})")
+                return
+            self.record_asks.append(replace(ask, answer="200 OK"))
+            self.counters["playbacks"] += 1
+            spans = recorded
         tcp = offer.transport == "TCP"
         target = Target(offer.address, offer.port, offer.transport, connect=not tcp or offer.setup != "active")
-        ssrc = offer.ssrc or sdp.ssrc_for(False, self.server.realm, secrets.randbelow(10_000))
+        ssrc = offer.ssrc or sdp.ssrc_for(playback, self.server.realm, secrets.randbelow(10_000))
         sock = media_socket(self.spec.host, target)
-        answer = sdp.Sdp(session="Play", user=channel, address=self.spec.host, port=sock.getsockname()[1],
+        answer = sdp.Sdp(session=offer.session, user=channel, address=self.spec.host, port=sock.getsockname()[1],
                          transport=offer.transport, direction="sendonly",
                          setup=("active" if target.connect else "passive") if tcp else None, ssrc=ssrc,
-                         payloads=((ps[0], "PS/90000"),))
+                         payloads=((ps[0], "PS/90000"),), start=offer.start, stop=offer.stop,
+                         uri=offer.uri if playback else None)
         sender = RtpSender(f"{channel[-6:]}-{call_id[:6]}", self.clip, int(ssrc), sock, target,
-                           lambda: self._mode(channel), lambda why: self._ended(call_id, why), payload_type=ps[0])
+                           lambda: self._mode(channel), lambda why: self._ended(call_id, why), payload_type=ps[0],
+                           spans=spans, speed=speed)
         tag = sip.new_tag()
         to = req.headers.get("To") or ""
         contact = req.headers.get("Contact")
@@ -705,6 +792,17 @@ class GbDevice:
                                 contact=f"<sip:{channel}@{self._contact_host()}>")
         sender.start()
         self._spawn(self._await_ack, "ack", dialog)
+
+    def _recorded(self, channel: str, offer: sdp.Sdp) -> list[tuple[int, int]] | str:
+        """A playback's recorded spans in 90 kHz ticks from the start of its range, or why there are none."""
+        rec = self.recordings[channel]
+        if not rec.capable:
+            return "the device keeps no recordings"
+        if offer.stop <= offer.start:
+            return "no time range (t=START END)"
+        spans = [(round((a - offer.start) * CLOCK), round((b - offer.start) * CLOCK))
+                 for a, b in rec.spans(offer.start, offer.stop, time.time())]
+        return [(a, b) for a, b in spans if b > a] or "no recording in the range"
 
     def _await_ack(self, dialog: _Dialog) -> None:
         """Send the 200 again until the ACK (UDP, RFC 3261 Timer G); no ACK in 32 s ends the dialog."""
@@ -742,7 +840,11 @@ class GbDevice:
         return len(calls)
 
     def _ended(self, call_id: str, why: str) -> None:
-        """A stream ended by itself (its connection failed): the device hangs up."""
+        """A stream ended by itself: a recording sent in full is told to the center (which hangs up); a
+        failed connection makes the device hang up."""
+        if why == FINISHED:
+            self._later(self._media_status, call_id)
+            return
         log.info("GB device %s: stream %s ended: %s", self.device_id, call_id[:8], why)
         self._end(call_id, send_bye=True)
 
@@ -754,6 +856,18 @@ class GbDevice:
         dialog.sender.stop()
         if send_bye and not self._cut:
             self._later(self._send_bye, dialog)
+
+    def _media_status(self, call_id: str) -> None:
+        """MediaStatus 121, "the recording is sent", as devices send it: a MESSAGE from the device to
+        the center outside the dialog, naming the channel, with the dialog's Call-ID (centers that match
+        the session by Call-ID find it; the others by the channel)."""
+        with self._lock:
+            dialog = self._dialogs.get(call_id)
+        if dialog is None:  # hung up already
+            return
+        body = manscdp.build("Notify", "MediaStatus", self._next_sn(), dialog.channel, {"NotifyType": "121"})
+        if self._transact(self._new_request("MESSAGE", body, call_id=call_id)) is not None:
+            self.counters["media_status"] += 1
 
     def _send_bye(self, dialog: _Dialog) -> None:
         host, port = self.local_address or (self.spec.host, 0)

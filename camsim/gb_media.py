@@ -1,22 +1,25 @@
-"""The media a simulated GB/T 28181 device sends: a clip's access units as MPEG-PS over RTP, paced in real time.
+"""The media a simulated GB/T 28181 device sends: a clip's access units as MPEG-PS over RTP, paced in real time
+(live and playback) or faster (download).
 
 A clip (MPEG-TS from ``camsim.clips``) is demuxed once into memory and looped with continuous
 timestamps, so a stream costs a pack and a few ``sendto`` calls per frame and no decoding. One
 :class:`RtpSender` thread per stream, over UDP or over TCP with RFC 4571 framing; a TCP stream
 either connects to the receiver (the offer said ``setup:passive``) or waits for it to connect (the
-offer said ``setup:active``).
+offer said ``setup:active``). A recording is the same looped clip sent over the recorded spans of
+the asked range, its timestamps running with the range's time, so the receiver can place it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -34,6 +37,9 @@ CLOCK = 90_000
 MTU = 1400
 #: How long a TCP stream waits for the receiver to connect (setup:active) or to accept (passive).
 CONNECT_TIMEOUT_S = 10.0
+#: The reason ``on_end`` gets when a recording has been sent in full (no failure: the device tells the
+#: center by a MediaStatus notification and keeps the session until the BYE).
+FINISHED = "finished"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +104,16 @@ class Target:
 class RtpSender(threading.Thread):
     """Streams a looped clip to one receiver until stopped, its connection fails, or it is told to.
 
+    ``spans`` (90 kHz ticks from the start of a recording's asked range, ascending) make it a
+    playback: the clip starts again with its keyframe at each span, as a recorded file does, the
+    timestamps follow the range's time (jumping over what was not recorded), and after the last
+    span the sender ends with :data:`FINISHED`; None is live video, without end. ``speed`` paces at
+    that many times real time (a download).
+
     ``mode()`` is read before every frame: "send", "stop" (keep time, send nothing), "garbage"
     (random payloads in valid RTP). After "stop" or "garbage" sending resumes at a keyframe, as a
     real encoder restarts with one. ``on_end(reason)`` runs in this thread when the stream ends
-    by itself (not after ``stop()``).
+    by itself (not after ``stop()``); a finished recording keeps its sockets until ``stop()``.
     """
 
     def __init__(
@@ -114,8 +126,12 @@ class RtpSender(threading.Thread):
         mode: Callable[[], str],
         on_end: Callable[[str], None],
         payload_type: int = 96,
+        spans: Sequence[tuple[int, int]] | None = None,
+        speed: float = 1.0,
     ) -> None:
         super().__init__(name=f"gb-rtp-{name}", daemon=True)
+        if speed <= 0 or any(b <= a for a, b in spans or ()):
+            raise ValueError("speed must be positive and spans non-empty")
         self.clip = clip
         self.ssrc = ssrc
         self.sock = media_sock  # UDP: bound socket; TCP: bound (connect) or listening (accept)
@@ -123,12 +139,15 @@ class RtpSender(threading.Thread):
         self.mode = mode
         self.on_end = on_end
         self.payload_type = payload_type
+        self.spans: tuple[tuple[int, int | None], ...] = tuple(spans) if spans is not None else ((0, None),)
+        self.speed = speed
         self.packer = PsPacker(clip.codec)
         self.go = threading.Event()  # set by the ACK: media starts only then
         self._stop = threading.Event()
         self._conn: socket.socket | None = None
         self.frames_sent = 0
         self.packets_sent = 0
+        self.finished = False
 
     def stop(self) -> None:
         """Stop streaming and close the sockets (from any thread)."""
@@ -153,11 +172,15 @@ class RtpSender(threading.Thread):
             if self.target.transport == "TCP":
                 self._conn = self._open_tcp()
             self._stream()
+            reason = FINISHED
         except OSError as exc:
             reason = f"media connection failed: {exc}"
         finally:
             if not self._stop.is_set():
-                self.stop()
+                if reason == FINISHED:
+                    self.finished = True
+                else:
+                    self.stop()
                 self.on_end(reason)
 
     def _open_tcp(self) -> socket.socket:
@@ -173,23 +196,21 @@ class RtpSender(threading.Thread):
         return conn
 
     def _stream(self) -> None:
-        clip = self.clip
-        units = clip.units
+        """Send the spans frame by frame; returns when they are sent or the sender is stopped."""
         seq = secrets.randbelow(1 << 16)
         base = secrets.randbelow(1 << 30)  # devices start their clocks anywhere
         t0 = time.monotonic()
-        loop = 0
+        played = 0  # ticks sent in the spans before this one: pacing skips the gaps between them
         need_key = False
         udp = self.target.transport == "UDP"
         dest = (self.target.host, self.target.port)
-        while not self._stop.is_set():
-            offset = loop * clip.period
-            for au in units:
-                delay = t0 + (offset + au.dts) / CLOCK - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
+        for first, last in self.spans:
+            for at, au in _looped(self.clip, None if last is None else last - first):
+                delay = t0 + (played + at) / CLOCK / self.speed - time.monotonic()
+                if (delay > 0 and self._stop.wait(delay)) or self._stop.is_set():  # behind (a download): no wait
                     return
                 mode = self.mode()
-                dts = base + offset + au.dts
+                dts = base + first + at
                 if mode == "stop":
                     need_key = True
                     continue
@@ -200,7 +221,7 @@ class RtpSender(threading.Thread):
                     continue
                 else:
                     need_key = False
-                    frame = self.packer.pack(au.data, base + offset + au.pts, dts, au.key)
+                    frame = self.packer.pack(au.data, dts + au.pts - au.dts, dts, au.key)
                 packets = rtp.packetize(frame, seq=seq, timestamp=dts & 0xFFFFFFFF, ssrc=self.ssrc,
                                          payload_type=self.payload_type, mtu=MTU)
                 seq = (seq + len(packets)) & 0xFFFF
@@ -212,7 +233,18 @@ class RtpSender(threading.Thread):
                     self._conn.sendall(b"".join(rtp.frame_tcp(p) for p in packets))
                 self.frames_sent += 1
                 self.packets_sent += len(packets)
-            loop += 1
+            played += (last or 0) - first
+
+
+def _looped(clip: Clip, length: int | None) -> Iterator[tuple[int, AccessUnit]]:
+    """The clip's access units over and over with their decoding time from the first, for ``length``
+    ticks (frames decoded from then on are left out), or without end."""
+    for loop in itertools.count():
+        offset = loop * clip.period
+        for au in clip.units:
+            if length is not None and offset + au.dts >= length:
+                return
+            yield offset + au.dts, au
 
 
 def media_socket(host: str, target: Target) -> socket.socket:

@@ -24,7 +24,9 @@ import av
 import pytest
 
 from camsim.clips import ClipParams, ensure_clip
-from camsim.gb28181 import GbChannel, GbDevice, GbDeviceSpec, GbServer
+from camsim.gb28181 import GbChannel, GbDevice, GbDeviceSpec, GbServer, RecordAsk
+from camsim.gb_media import FINISHED, RtpSender, Target, load_clip
+from camsim.gb_records import Recording, local_time, parse_local
 from camsim.net import free_port
 from camsim.sim import Simulator
 from tests.conftest import hub_config, wait_until
@@ -266,8 +268,8 @@ class Center:
         assert self.device is not None
         return sip.Request(method, f"sip:{target}@{self.device[0]}:{self.device[1]}", h, body)
 
-    def query(self, cmd: str, device_id: str, sn: int) -> None:
-        body = manscdp.build("Query", cmd, sn, device_id)
+    def query(self, cmd: str, device_id: str, sn: int, **fields: str) -> None:
+        body = manscdp.build("Query", cmd, sn, device_id, fields)
         req = self.request("MESSAGE", device_id, call_id=sip.new_call_id(), cseq=sn, from_tag=sip.new_tag(),
                            body=body, content_type="Application/MANSCDP+xml")
         self.send(req)
@@ -296,12 +298,13 @@ class Receiver:
         self.conn: socket.socket | None = self.sock if mode == "UDP" else None
         self.deframer = rtp.TcpDeframer()
 
-    def offer(self, ssrc: str) -> bytes:
+    def offer(self, ssrc: str, session: str = "Play", **extra: Any) -> bytes:
+        """The center's SDP offer; ``extra``: more Sdp fields (a playback's times, uri, download speed)."""
         tcp = self.mode != "UDP"
         setup = {"TCP-passive": "passive", "TCP-active": "active"}.get(self.mode)
-        return sdp.build(sdp.Sdp("Play", SERVER_ID, "127.0.0.1", self.port, "TCP" if tcp else "UDP", "recvonly",
+        return sdp.build(sdp.Sdp(session, SERVER_ID, "127.0.0.1", self.port, "TCP" if tcp else "UDP", "recvonly",
                                  setup=setup, ssrc=ssrc,
-                                 payloads=((96, "PS/90000"), (98, "H264/90000"), (97, "MPEG4/90000"))))
+                                 payloads=((96, "PS/90000"), (98, "H264/90000"), (97, "MPEG4/90000")), **extra))
 
     def open(self, answer: sdp.Sdp) -> None:
         if self.mode == "TCP-passive":
@@ -336,10 +339,11 @@ class Receiver:
                 s.close()
 
 
-def play(center: Center, rx: Receiver, channel: str, ssrc: str = "0585000042") -> tuple[sdp.Sdp, dict[str, str]]:
-    """INVITE, 200 with the device's SDP, ACK; returns the answer and what a BYE needs."""
+def play(center: Center, rx: Receiver, channel: str, ssrc: str = "0585000042",
+         offer: bytes | None = None) -> tuple[sdp.Sdp, dict[str, str]]:
+    """INVITE (live, or with ``offer``), 200 with the device's SDP, ACK; returns the answer and what a BYE needs."""
     call_id, tag = sip.new_call_id(), sip.new_tag()
-    invite = center.request("INVITE", channel, call_id=call_id, cseq=1, from_tag=tag, body=rx.offer(ssrc),
+    invite = center.request("INVITE", channel, call_id=call_id, cseq=1, from_tag=tag, body=offer or rx.offer(ssrc),
                             content_type="APPLICATION/SDP")
     invite.headers.set("Subject", f"{channel}:{ssrc},{SERVER_ID}:0")
     center.send(invite)
@@ -364,18 +368,22 @@ def frames_of(packets: list[rtp.RtpPacket]) -> list[bytes]:
     return frames
 
 
-def decode_ps(path: Path) -> tuple[str, int, int]:
-    """(codec, packets, decoded frames) through FFmpeg's own mpeg demuxer."""
+def decode_ps(path: Path) -> tuple[str, int, int, list[float]]:
+    """(codec, packets, decoded frames, the packets' PTS in seconds) through FFmpeg's own mpeg demuxer."""
     with av.open(str(path), format="mpeg") as c:
-        ctx = c.streams.video[0].codec_context
+        stream = c.streams.video[0]
+        ctx = stream.codec_context
         ctx.options = {"err_detect": "explode"}
         packets = decoded = 0
+        pts: list[float] = []
         for pkt in c.demux(video=0):
             if pkt.size:
                 packets += 1
                 decoded += len(pkt.decode())
+                if pkt.pts is not None and stream.time_base is not None:
+                    pts.append(float(pkt.pts * stream.time_base))
         decoded += len(ctx.decode(None))
-        return ctx.name, packets, decoded
+        return ctx.name, packets, decoded, pts
 
 
 @pytest.mark.parametrize("mode", ["UDP", "TCP-passive", "TCP-active"])
@@ -404,7 +412,7 @@ def test_invited_channel_streams_ps_over_rtp_that_ffmpeg_decodes(
         assert frames[0].startswith(b"\x00\x00\x01\xba") and stream_types(frames[0], verify_crc=True) == {0xE0: 0x1B}
         path = tmp_path / "got.ps"
         path.write_bytes(b"".join(frames))
-        codec, n_packets, decoded = decode_ps(path)
+        codec, n_packets, decoded, _ = decode_ps(path)
         assert codec == "h264" and n_packets == len(frames) and decoded == len(frames)
 
         # The center hangs up: 200, and the stream stops.
@@ -484,7 +492,7 @@ def test_catalog_device_info_and_status_answers(center: Center, clip: Path) -> N
         status = manscdp.parse(center.wait_request("MESSAGE", b"<CmdType>DeviceStatus").body)
         assert (status.device_id, status.fields["Online"], status.fields["Encode"]) == (NVR_CHANNELS[0], "ONLINE",
                                                                                          "OFF")
-        # An INVITE for a channel it does not have, or for playback, is refused.
+        # An INVITE for a channel it does not have, or for a playback without a time range, is refused.
         rx = Receiver("UDP")
         for channel, body in ((NVR_CHANNELS[0][:-1] + "9", rx.offer("0585000001")),
                               (NVR_CHANNELS[1], rx.offer("0585000001").replace(b"s=Play", b"s=Playback"))):
@@ -492,6 +500,171 @@ def test_catalog_device_info_and_status_answers(center: Center, clip: Path) -> N
                                        body=body, content_type="APPLICATION/SDP"))
             assert center.response().status in (404, 488)
         rx.close()
+
+
+# --------------------------------------------------------------------------- recordings
+
+
+def test_recording_intervals_and_files() -> None:
+    """Files are cut on the minute and clipped to the asked range; the future is not recorded yet."""
+    rec = Recording(600.4)
+    assert rec.files(630, 790, now=1000.0) == [(630, 660), (660, 720), (720, 780), (780, 790)]
+    assert rec.files(500, 700, now=600.6) == [(600, 601)], "a moment old, and listed"
+    rec.stop(699.2)
+    rec.stop(750.0)  # stopped already: nothing changes
+    rec.resume(800.7)
+    assert rec.recording and rec.spans(0, 2000, now=900.5) == [(600, 700), (800, 900.5)]
+    assert rec.files(650, 820, now=810.0) == [(650, 660), (660, 700), (800, 810)]
+    assert rec.files(0, 600, now=900.0) == [] and rec.recording
+    rec.stop(901.2)
+    rec.resume(901.9)  # within the second it stopped: one interval
+    assert rec.spans(850, 950, now=950.0) == [(850, 950)]
+    none = Recording(None)
+    none.resume(10.0)
+    assert not none.capable and not none.recording and none.spans(0, 100, 100) == []
+    t = 1_796_544_000  # whole seconds survive the round trip through the standard's local time
+    assert parse_local(local_time(t)) == t and "+" not in local_time(t) and "Z" not in local_time(t)
+
+
+def test_record_info_lists_the_recorded_files_of_the_asked_range(center: Center, clip: Path) -> None:
+    minute = int(time.time()) // 60 * 60 - 600
+    a = minute + 20  # 20 s past a minute, 10 min ago: files of 40, 60 and 50 s
+    spec = nvr_spec(center.server, recording_since=minute - 3600.0)
+    with GbDevice(spec, clip) as nvr, GbDevice(ipc_spec(center.server, records=False), clip) as ipc:
+        wait_until(lambda: nvr.registered and ipc.registered, 5, "registered")
+        center.device = nvr.local_address
+        center.query("RecordInfo", NVR_CHANNELS[1], 90, StartTime=local_time(a), EndTime=local_time(a + 150),
+                     Secrecy="0", Type="all")
+        parts = [manscdp.parse(center.wait_request("MESSAGE", b"<SN>90</SN>").body) for _ in range(2)]
+        assert [(m.root, m.cmd, m.device_id, m.sum_num, m.list_num) for m in parts] == [
+            ("Response", "RecordInfo", NVR_CHANNELS[1], 3, 2), ("Response", "RecordInfo", NVR_CHANNELS[1], 3, 1)]
+        assert parts[0].fields["Name"] == "沙溪 2 号"
+        items = [it for m in parts for it in m.items]
+        assert [(it["StartTime"], it["EndTime"]) for it in items] == [
+            (local_time(a), local_time(minute + 60)), (local_time(minute + 60), local_time(minute + 120)),
+            (local_time(minute + 120), local_time(a + 150))]
+        assert {(it["DeviceID"], it["Type"], it["Secrecy"]) for it in items} == {(NVR_CHANNELS[1], "time", "0")}
+        assert len({it["FilePath"] for it in items}) == 3 and all(it["Name"] and it["Address"] for it in items)
+
+        # Named, the NVR answers for all its channels; before the recording began there is nothing
+        # (SumNum 0, no list); neither has an IPC without storage.
+        center.query("RecordInfo", NVR, 91, StartTime=local_time(a), EndTime=local_time(a + 10))
+        whole = [manscdp.parse(center.wait_request("MESSAGE", b"<SN>91</SN>").body) for _ in range(3)]
+        assert [it["DeviceID"] for m in whole for it in m.items] == NVR_CHANNELS
+        for dev, channel, sn, since in ((nvr, NVR_CHANNELS[0], 92, minute - 7200), (ipc, IPC_CHANNEL, 93, a)):
+            center.device = dev.local_address
+            center.query("RecordInfo", channel, sn, StartTime=local_time(since), EndTime=local_time(since + 150))
+            empty = center.wait_request("MESSAGE", f"<SN>{sn}</SN>".encode())
+            assert manscdp.parse(empty.body).sum_num == 0 and b"RecordList" not in empty.body
+        assert nvr.counters["record_queries"] == 3 and ipc.counters["record_queries"] == 1
+        assert [(q.kind, q.channel, q.start, q.end, q.answer) for q in nvr.record_asks[:1]] == [
+            ("RecordInfo", NVR_CHANNELS[1], a, a + 150, "3 items")]
+
+        # Lost video and a cut network break the way to the center, not the recording; record_stop does.
+        def recording(channel: str) -> bool:
+            return bool(next(r for r in nvr.describe() if r["device_id"] == channel)["recording"])
+
+        nvr.video_stop(NVR_CHANNELS[2])
+        assert recording(NVR_CHANNELS[2])
+        nvr.set_fault(NVR_CHANNELS[2], "record_stop")
+        assert not recording(NVR_CHANNELS[2]) and recording(NVR_CHANNELS[3])
+        nvr.clear(NVR_CHANNELS[2])
+        assert recording(NVR_CHANNELS[2])
+
+
+def receive_until_idle(rx: Receiver, idle: float, limit: float) -> tuple[list[rtp.RtpPacket], float]:
+    """Packets until none came for ``idle`` s (or ``limit`` s passed), and when the last one came (±50 ms)."""
+    out: list[rtp.RtpPacket] = []
+    last = start = time.monotonic()
+    while (now := time.monotonic()) - start < limit and now - last < idle:
+        got = rx.packets(0.05)
+        if got:
+            out += got
+            last = time.monotonic()
+    return out, last
+
+
+@pytest.mark.parametrize(("session", "seconds", "speed", "mode"),
+                         [("Download", 6, 4, "UDP"), ("Playback", 2, 1, "TCP-active")])
+def test_recording_is_sent_over_its_range_then_media_status(
+    center: Center, clip: Path, tmp_path: Path, session: str, seconds: int, speed: int, mode: str
+) -> None:
+    rx = Receiver(mode)
+    with GbDevice(nvr_spec(center.server, recording_since=time.time() - 600), clip) as nvr:
+        wait_until(lambda: nvr.registered, 5, "registered")
+        start = int(time.time()) - 120
+        extra: dict[str, Any] = {"download_speed": speed} if session == "Download" else {}
+        offer = rx.offer("1058500042", session, start=start, stop=start + seconds, uri=f"{NVR_CHANNELS[0]}:0", **extra)
+        t0 = time.monotonic()
+        answer, dialog = play(center, rx, NVR_CHANNELS[0], offer=offer)
+        assert (answer.session, answer.direction, answer.ssrc) == (session, "sendonly", "1058500042")
+        assert (answer.start, answer.stop) == (start, start + seconds)
+        packets, last = receive_until_idle(rx, 0.5, seconds / speed + 3)
+        assert seconds / speed - 0.3 <= last - t0 <= seconds / speed + 0.5, "paced at the asked speed"
+        notify = center.wait_request("MESSAGE", b"MediaStatus", timeout=2)
+        status = manscdp.parse(notify.body)
+        assert (status.root, status.device_id, status.fields["NotifyType"]) == ("Notify", NVR_CHANNELS[0], "121")
+        assert notify.headers.get("Call-ID") == dialog["call_id"]
+
+        assert {(p.payload_type, p.ssrc) for p in packets} == {(96, 1058500042)}
+        frames = frames_of(packets)
+        assert frames[0].startswith(b"\x00\x00\x01\xba") and b"\x00\x00\x01\xbc" in frames[0], "keyframe first"
+        assert len(frames) == seconds * 25
+        path = tmp_path / "recording.ps"
+        path.write_bytes(b"".join(frames))
+        codec, n_packets, decoded, pts = decode_ps(path)
+        assert (codec, n_packets, decoded) == ("h264", len(frames), len(frames))
+        assert max(pts) - min(pts) + 1 / 25 == pytest.approx(seconds, abs=0.05), "the range's length of video"
+
+        center.send(center.request("BYE", NVR_CHANNELS[0], call_id=dialog["call_id"], cseq=2,
+                                   from_tag=dialog["from_tag"], to_tag=dialog["to_tag"]))
+        assert center.response().status == 200
+        wait_until(lambda: not nvr.streams(), 2, "the session ended")
+        assert (nvr.counters["playbacks"], nvr.counters["media_status"]) == (1, 1)
+        assert nvr.record_asks[-1] == RecordAsk(session, NVR_CHANNELS[0], start, start + seconds,
+                                                speed if session == "Download" else 1, "200 OK")
+    rx.close()
+
+
+def test_playback_without_a_recording_is_refused(center: Center, clip: Path) -> None:
+    rx = Receiver("UDP")
+    since = time.time() - 60
+    with GbDevice(nvr_spec(center.server, recording_since=since), clip) as nvr, \
+            GbDevice(ipc_spec(center.server, records=False), clip) as ipc:
+        wait_until(lambda: nvr.registered and ipc.registered, 5, "registered")
+        before = int(since) - 100
+        for dev, channel in ((nvr, NVR_CHANNELS[0]), (ipc, IPC_CHANNEL)):
+            center.device = dev.local_address
+            body = rx.offer("1058500043", "Playback", start=before, stop=before + 10, uri=f"{channel}:0")
+            center.send(center.request("INVITE", channel, call_id=sip.new_call_id(), cseq=1, from_tag="p",
+                                       body=body, content_type="APPLICATION/SDP"))
+            resp = center.response()
+            assert resp.status == 488
+            assert dev.counters["playbacks"] == 0 and not dev.streams()
+        assert nvr.record_asks[-1].answer == "488 no recording in the range"
+        assert ipc.record_asks[-1].answer == "488 the device keeps no recordings"
+    rx.close()
+
+
+def test_a_recording_with_gaps_jumps_its_timestamps_and_restarts_at_a_keyframe(clip: Path) -> None:
+    """Spans 0-1 s and 3-4 s of a range at 8x: 2 s of video in a quarter second, the PTS jumping 2 s."""
+    rx = Receiver("UDP")
+    ended: list[str] = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = RtpSender("gaps", load_clip(clip), 7, sock, Target("127.0.0.1", rx.port, "UDP", True),
+                       lambda: "send", ended.append, spans=[(0, 90_000), (270_000, 360_000)], speed=8)
+    sender.start()
+    sender.go.set()
+    packets, _ = receive_until_idle(rx, 0.5, 3)
+    wait_until(lambda: ended == [FINISHED], 2, "finished")
+    assert sender.finished and not sender.stopped
+    sender.stop()
+    frames = frames_of(packets)
+    stamps = [p.timestamp for p in packets if p.marker]
+    steps = [(b - a) % 2**32 for a, b in itertools.pairwise(stamps)]
+    assert len(frames) == 50 and steps == [3600] * 24 + [3600 + 180_000] + [3600] * 24
+    assert b"\x00\x00\x01\xbc" in frames[25], "the second span starts with a keyframe"
+    rx.close()
 
 
 # --------------------------------------------------------------------------- the demo

@@ -462,6 +462,11 @@ class Gb28181Config(_Model):
     segment_seconds: float = Field(2.0, ge=0.5, le=30, description="Length of the segments recorded from GB "
                                    "media (keyframe-aligned).")
     ssrc_check: bool = Field(True, description="Drop RTP whose SSRC is not the one of the session.")
+    backfill_min_s: float = Field(10.0, ge=1, le=86400, description="A gap in a channel's live video at least "
+                                  "this long is fetched from the device's own recording (RecordInfo, then a Download "
+                                  "INVITE) once its video is back; footage lost on the network comes back.")
+    download_speed: int = Field(4, ge=1, le=32,
+                                description="Speed asked of a device sending a recording (a=downloadspeed).")
 
     @model_validator(mode="after")
     def _ids(self) -> Gb28181Config:

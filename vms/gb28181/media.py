@@ -177,6 +177,8 @@ class MediaReceiver:
             self.stats.codec = video.codec_context.name
             feed = self.segmenter.feed
             for pkt in container.demux(video):
+                if self.ended:  # what the parser held back until the end: it would be dated seconds late
+                    break
                 if pkt.size == 0:
                     continue
                 feed(pkt, video)

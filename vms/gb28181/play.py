@@ -59,6 +59,7 @@ class Stream:
     reason: str = ""
     hung_up: bool = False  # the device sent BYE: no BYE back
     ends: int = 0  # streams of this channel lost so far (its "reconnects")
+    lost_at: float | None = None  # wall clock of the last frame before the live video went missing
 
 
 class Player:
@@ -79,8 +80,12 @@ class Player:
         self.media_host = cfg.media_host or cfg.host
         self.ports = PortPool(self.media_host, cfg.media_ports)
         self.streams: dict[str, Stream] = {}
+        self.downloads: dict[str, Stream] = {}  # recordings being fetched, by channel
+        #: ``backfill(device, channel, start, end)``: a gap in a channel's live video to fetch.
+        self.backfill: Callable[[str, str, float, float], None] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
-            ("invites", "invite_failures", "streams_ended", "device_hangups", "ssrc_duplicates"), 0)
+            ("invites", "invite_failures", "streams_ended", "device_hangups", "ssrc_duplicates", "downloads",
+             "downloaded_s"), 0)
         self._ssrc_n = secrets.randbelow(10_000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,27 +154,18 @@ class Player:
         h.set("Max-Forwards", "70")
         return h
 
-    async def _invite(self, st: Stream) -> None:
-        self.counters["invites"] += 1
+    def _offer(self, st: Stream, rx: MediaReceiver, session: str, **extra: Any) -> sdp.Sdp:
         mode = self.cfg.media_transport
-        seg = Segmenter(st.channel, self.sink, self.cfg.segment_seconds)
+        return sdp.Sdp(session=session, user=self.server_id, address=self.media_host, port=rx.port,
+                       transport="UDP" if mode == "UDP" else "TCP", direction="recvonly",
+                       setup=None if mode == "UDP" else ("passive" if mode == "TCP-passive" else "active"),
+                       ssrc=st.ssrc, **extra)
 
-        def video(channel: str) -> None:
-            self.signal(channel, seg.fps, seg.bitrate_bps, st.ends)
-
-        try:
-            rx = MediaReceiver(st.channel, mode, self.ports, seg, video, self._ended_threadsafe,
-                               self.cfg.media_timeout_s)
-        except OSError as exc:
-            self._failed(st, f"no media port: {exc}")
-            return
+    async def _dial(self, st: Stream, rx: MediaReceiver, offer: sdp.Sdp) -> sdp.Sdp | str:
+        """INVITE with ``offer`` and ACK the answer: the device's SDP, or why there is none (after
+        hanging up what was set up). ``st`` keeps the dialog."""
         st.call_id, st.local_tag, st.remote_tag, st.hung_up = sip.new_call_id(), sip.new_tag(), "", False
-        st.ssrc = self._next_ssrc()
         st.invite_uri = f"sip:{st.channel}@{st.peer.host}:{st.peer.port}"
-        offer = sdp.Sdp(session="Play", user=self.server_id, address=self.media_host, port=rx.port,
-                        transport="UDP" if mode == "UDP" else "TCP", direction="recvonly",
-                        setup=None if mode == "UDP" else ("passive" if mode == "TCP-passive" else "active"),
-                        ssrc=st.ssrc)
         branch = sip.new_branch()
         req = sip.Request("INVITE", st.invite_uri, self._headers(st, "INVITE", 1, branch), sdp.build(offer))
         req.headers.set("Contact", f"<sip:{self.server_id}@{self.cfg.host}:{self.cfg.port}>")
@@ -178,43 +174,127 @@ class Player:
         try:
             resp = await self.transport.request(st.peer, req, self.cfg.invite_timeout_s)
         except (TimeoutError, ConnectionError) as exc:
-            rx.close_sockets()
-            self._failed(st, f"no answer to INVITE ({type(exc).__name__})")
-            return
-        if st.state != "inviting":  # dropped while waiting
-            rx.close_sockets()
-            return
+            return f"no answer to INVITE ({type(exc).__name__})"
         st.remote_tag = sip.parse_name_addr(resp.headers.get("To") or "").tag or ""
         if resp.status >= 300:
             ack = sip.Request("ACK", st.invite_uri, self._headers(st, "ACK", 1, branch))
             self.transport.send(st.peer, ack)
-            rx.close_sockets()
-            self._failed(st, f"INVITE answered {resp.status} {resp.reason}")
-            return
+            return f"INVITE answered {resp.status} {resp.reason}"
         contact = resp.headers.get("Contact")
         st.remote_target = sip.parse_name_addr(contact).uri if contact else st.invite_uri
         self._ack(st)
         try:
             answer = sdp.parse(resp.body)
         except sdp.SdpError as exc:
-            rx.close_sockets()
             self._bye(st)
-            self._failed(st, f"unusable SDP answer: {exc}")
-            return
+            return f"unusable SDP answer: {exc}"
         ssrc = answer.ssrc or st.ssrc
-        if ssrc != st.ssrc and any(s.ssrc == ssrc and s is not st and s.state != "idle" for s in self.streams.values()):
+        live = [*self.streams.values(), *self.downloads.values()]
+        if ssrc != st.ssrc and any(s.ssrc == ssrc and s is not st and s.state != "idle" for s in live):
             self.counters["ssrc_duplicates"] += 1
-            rx.close_sockets()
             self._bye(st)
-            self._failed(st, f"the device answered SSRC {ssrc}, already used by another stream")
-            return
+            return f"the device answered SSRC {ssrc}, already used by another stream"
         st.ssrc = ssrc
-        remote = (answer.address, answer.port) if mode == "TCP-active" else None
+        return answer
+
+    def _start(self, st: Stream, rx: MediaReceiver, answer: sdp.Sdp) -> None:
+        remote = (answer.address, answer.port) if self.cfg.media_transport == "TCP-active" else None
         st.receiver = rx
         st.state = "playing"
         st.playing_since = time.monotonic()
-        rx.start(int(ssrc) if self.cfg.ssrc_check else None, remote)
-        log.info("GB/T 28181: %s streaming (%s, SSRC %s)", st.channel, mode, ssrc)
+        rx.start(int(st.ssrc) if self.cfg.ssrc_check else None, remote)
+
+    async def _invite(self, st: Stream) -> None:
+        self.counters["invites"] += 1
+        seg = Segmenter(st.channel, self.sink, self.cfg.segment_seconds)
+
+        def video(channel: str) -> None:
+            self.signal(channel, seg.fps, seg.bitrate_bps, st.ends)
+            if st.lost_at is not None and self._loop is not None:  # back after a gap: fetch it
+                lost, st.lost_at = st.lost_at, None
+                self._loop.call_soon_threadsafe(self._gap, st, lost, time.time() - 0.5)
+
+        try:
+            rx = MediaReceiver(st.channel, self.cfg.media_transport, self.ports, seg, video, self._ended_threadsafe,
+                               self.cfg.media_timeout_s)
+        except OSError as exc:
+            self._failed(st, f"no media port: {exc}")
+            return
+        st.ssrc = self._next_ssrc()
+        answer = await self._dial(st, rx, self._offer(st, rx, "Play"))
+        if st.state != "inviting":  # dropped while waiting
+            rx.close_sockets()
+            if isinstance(answer, sdp.Sdp):
+                self._bye(st)
+            return
+        if isinstance(answer, str):
+            rx.close_sockets()
+            self._failed(st, answer)
+            return
+        self._start(st, rx, answer)
+        log.info("GB/T 28181: %s streaming (%s, SSRC %s)", st.channel, self.cfg.media_transport, st.ssrc)
+
+    # -- gaps: fetched from the device's own recording --------------------------------------------------
+    def _gap(self, st: Stream, lost: float, back: float) -> None:
+        """The channel's live video was missing from ``lost`` to ``back`` (wall clock)."""
+        if back - lost >= self.cfg.backfill_min_s and self.backfill is not None:
+            self.backfill(st.device, st.channel, lost, back)
+
+    async def download(self, device: str, peer: Peer, channel: str, start: float, end: float) -> tuple[float, str]:
+        """Fetch ``[start, end)`` of the channel's recording from the device (``s=Download``) into the
+        archive, as the live stream would have stored it; returns the seconds of video received and
+        how it ended. One at a time per channel."""
+        if channel in self.downloads:
+            return 0.0, "a download of this channel is running"
+        st = Stream(channel, device, peer, state="inviting")
+        self.downloads[channel] = st
+        done = asyncio.get_running_loop().create_future()
+        seg = Segmenter(channel, self.sink, self.cfg.segment_seconds, anchor=start)
+        loop = asyncio.get_running_loop()
+
+        def finish(reason: str) -> None:
+            if not done.done():
+                done.set_result(reason)
+
+        def ended(rx: MediaReceiver, reason: str) -> None:
+            loop.call_soon_threadsafe(finish, reason)
+
+        try:
+            try:
+                rx = MediaReceiver(channel, self.cfg.media_transport, self.ports, seg, lambda _c: None, ended,
+                                   self.cfg.media_timeout_s)
+            except OSError as exc:
+                return 0.0, f"no media port: {exc}"
+            self.counters["downloads"] += 1
+            st.ssrc = sdp.ssrc_for(True, self.realm, int(self._next_ssrc()[-4:]))
+            offer = self._offer(st, rx, "Download", start=int(start), stop=int(end + 0.999), uri=f"{channel}:0",
+                                download_speed=self.cfg.download_speed)
+            answer = await self._dial(st, rx, offer)
+            if isinstance(answer, str):
+                rx.close_sockets()
+                return 0.0, answer
+            self._start(st, rx, answer)
+            limit = (end - start) / self.cfg.download_speed + 2 * self.cfg.media_timeout_s + 10
+            try:
+                reason = await asyncio.wait_for(done, limit)
+            except TimeoutError:
+                reason = f"not finished within {limit:.0f} s"
+            rx.stop()
+            if not st.hung_up:
+                self._bye(st)
+            await asyncio.to_thread(rx.join, 10)
+            got = rx.stats.frames / seg.fps if seg.fps else 0.0
+            self.counters["downloaded_s"] += round(got)
+            return float(got), reason
+        finally:
+            self.downloads.pop(channel, None)
+
+    def media_status(self, channel: str, notify_type: str) -> None:
+        """The device says a playback or download ended (MediaStatus, 121): stop receiving it."""
+        st = self.downloads.get(channel)
+        if st is not None and st.receiver is not None and notify_type == "121":
+            st.receiver.reason = "the device finished sending (MediaStatus 121)"
+            st.receiver.stop()
 
     def _ack(self, st: Stream) -> None:
         ack = sip.Request("ACK", st.remote_target, self._headers(st, "ACK", 1, sip.new_branch()))
@@ -256,6 +336,9 @@ class Player:
             return  # dropped already
         self.counters["streams_ended"] += 1
         st.ends += 1
+        last = rx.segmenter.last_segment
+        if st.lost_at is None and last is not None:  # the end of what it recorded
+            st.lost_at = last.start + last.duration
         log.warning("GB/T 28181: %s: stream ended: %s", st.channel, reason)
         if not st.hung_up:
             self._bye(st)
@@ -279,7 +362,8 @@ class Player:
     def on_bye(self, req: sip.Request) -> sip.Response:
         """The device hangs up a stream: 200, and the stream ends (invited again after the backoff)."""
         call_id = req.headers.get("Call-ID")
-        st = next((s for s in self.streams.values() if s.call_id == call_id and s.state != "idle"), None)
+        st = next((s for s in (*self.streams.values(), *self.downloads.values())
+                   if s.call_id == call_id and s.state != "idle"), None)
         if st is None:
             return sip.response_to(req, 481)
         self.counters["device_hangups"] += 1

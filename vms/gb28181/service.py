@@ -83,6 +83,16 @@ class _Catalog:
 
 
 @dataclass
+class _Records:
+    """RecordInfo answers being gathered for one query (several MESSAGEs: SumNum, RecordList Num)."""
+
+    channel: str
+    expected: int | None = None
+    items: list[dict[str, str]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class HubLink:
     """What the GB/T 28181 side asks of the hub's services."""
 
@@ -135,7 +145,7 @@ class GbService:
         self.registrations: dict[str, Registration] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("registered", "refused", "bad_password", "replayed_nonces", "keepalives", "unregistered_messages",
-             "catalog_items", "catalog_incomplete", "probes_unanswered", "alarms"), 0)
+             "catalog_items", "catalog_incomplete", "probes_unanswered", "alarms", "gaps"), 0)
         self.transport = Transport(cfg.host, cfg.port, self._handle, self._closed)
         self.player: Player | None = None
         self.sink: ArchiveSink | None = None
@@ -143,7 +153,9 @@ class GbService:
             self.sink = ArchiveSink(media_dir, hub.store_segment, lambda d: f"gb:{self._owner(d)}")
             self.player = Player(cfg, self.transport, self.sink, self._media_signal, hub.silence, self._probe)
             self.transport.on_stray = self.player.on_stray
+            self.player.backfill = self._backfill
         self._catalogs: dict[int, _Catalog] = {}
+        self._records: dict[int, _Records] = {}
         self._sn = secrets.randbelow(10_000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -330,6 +342,10 @@ class GbService:
             self._alive(reg, now)
         elif body.cmd == "Catalog":
             self._catalog_message(reg, body)
+        elif body.cmd == "RecordInfo" and body.root == "Response":
+            self._record_message(body)
+        elif body.cmd == "MediaStatus" and body.root == "Notify" and self.player is not None:
+            self.player.media_status(body.device_id, body.fields.get("NotifyType", ""))
         elif body.cmd == "Alarm" and body.root == "Notify":
             self._alarm(reg, body, now)
         elif body.cmd in ("DeviceInfo", "DeviceStatus") and body.root == "Response":
@@ -426,6 +442,69 @@ class GbService:
                 self._media_tick()
 
     # -- media ------------------------------------------------------------------------------------------
+    # -- gaps: the device's own recording --------------------------------------------------------------
+    def _record_message(self, msg: manscdp.Message) -> None:
+        rec = self._records.get(msg.sn)
+        if rec is None or msg.device_id != rec.channel:
+            return
+        rec.items += msg.items
+        rec.expected = msg.sum_num
+        if rec.expected is not None and len(rec.items) >= rec.expected:
+            rec.done.set()
+
+    async def record_info(self, device_id: str, channel: str, start: float, end: float) -> list[tuple[float, float]]:
+        """The device's recordings of ``channel`` overlapping ``[start, end)``, clipped to it and merged
+        (RecordInfo; times in the standard's local time without a zone)."""
+        with self._lock:
+            reg = self.registrations.get(device_id)
+        if reg is None:
+            return []
+        req, sn = self._query(reg, "RecordInfo", about=channel, fields={
+            "StartTime": _local(start), "EndTime": _local(end), "Secrecy": "0", "Type": "all"})
+        rec = self._records[sn] = _Records(channel)
+        try:
+            resp = await self.transport.request(reg.peer, req)
+            if resp.status >= 300:
+                return []
+            await asyncio.wait_for(rec.done.wait(), self.cfg.catalog_timeout_s)
+        except (TimeoutError, ConnectionError):
+            if not rec.items:
+                return []
+        finally:
+            self._records.pop(sn, None)
+        spans = []
+        for it in rec.items:
+            a, b = _parse_local(it.get("StartTime", "")), _parse_local(it.get("EndTime", ""))
+            if a is not None and b is not None and b > start and a < end:
+                spans.append((max(a, start), min(b, end)))
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(spans):
+            if merged and a <= merged[-1][1] + 1.0:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def _backfill(self, device_id: str, channel: str, start: float, end: float) -> None:
+        """A gap in a channel's live video: fetch what the device recorded of it (one at a time)."""
+        assert self._loop is not None
+        self._loop.create_task(self._backfill_now(device_id, channel, start, end))
+
+    async def _backfill_now(self, device_id: str, channel: str, start: float, end: float) -> None:
+        assert self.player is not None
+        spans = await self.record_info(device_id, channel, start, end)
+        log.info("GB/T 28181: %s: %.0f s of live video missing; the device recorded %.0f s of it", channel,
+                 end - start, sum(b - a for a, b in spans))
+        self.counters["gaps"] += 1
+        for a, b in spans:
+            with self._lock:
+                reg = self.registrations.get(device_id)
+            if reg is None:
+                return
+            got, how = await self.player.download(device_id, reg.peer, channel, a, b)
+            log.info("GB/T 28181: %s: fetched %.1f s of %.1f s from the device's recording (%s)", channel, got,
+                     b - a, how)
+
     def _carriers(self) -> None:
         """A device with channels counts through them, not itself (again each second: a device may be
         accepted at any time)."""
@@ -508,10 +587,11 @@ class GbService:
             await self.transport.request(peer, req, 8.0)
 
     def _query(self, reg: Registration, cmd: str, root: str = "Query", sn: int | None = None,
-               fields: dict[str, str] | None = None) -> tuple[sip.Request, int]:
-        """A MANSCDP MESSAGE to the device: a query (a fresh SN), or an answer echoing ``sn``."""
+               fields: dict[str, str] | None = None, about: str | None = None) -> tuple[sip.Request, int]:
+        """A MANSCDP MESSAGE to the device: a query (a fresh SN), or an answer echoing ``sn``; its
+        DeviceID names the device or ``about`` (one of its channels)."""
         sn = self.next_sn() if sn is None else sn
-        body = manscdp.build(root, cmd, sn, reg.device_id, fields)
+        body = manscdp.build(root, cmd, sn, about or reg.device_id, fields)
         target = f"sip:{reg.device_id}@{reg.device_id[:10]}"
         req = sip.Request("MESSAGE", target, sip.Headers())
         h = req.headers
@@ -643,6 +723,18 @@ def _reported(it: manscdp.CatalogItem) -> ReportedCamera:
     return ReportedCamera(device_id=it.device_id, source="gb28181", name=it.name[:200] or None,
                           location=it.address[:200] or None, manufacturer=it.manufacturer[:200] or None,
                           model=it.model[:200] or None)
+
+
+def _local(t: float) -> str:
+    """A time as GB/T 28181 writes it: local time, seconds, no zone."""
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _parse_local(text: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
+    except ValueError:
+        return None
 
 
 def _expires(req: sip.Request) -> int:

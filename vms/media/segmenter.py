@@ -112,8 +112,13 @@ class Segmenter:
         spool: SegmentSink,
         segment_seconds: float = 4.0,
         clock: Callable[[], float] = time.time,
+        anchor: float | None = None,
     ) -> None:
+        """``anchor``: the wall-clock time of the first access unit, for recorded media played back
+        (a device's recording, fetched at any speed); None for live media, whose capture time is
+        estimated from when its packets arrive."""
         self.device_id = device_id
+        self._anchor = anchor
         self.spool = spool
         self.segment_seconds = segment_seconds
         self.clock = clock
@@ -190,9 +195,10 @@ class Segmenter:
             return
         self._frames += 1
         self._bytes += pkt.size
-        off = self.clock() - ppts * self._tbf
-        if off < self._offset:
-            self._offset = off
+        if self._anchor is None:
+            off = self.clock() - ppts * self._tbf
+            if off < self._offset:
+                self._offset = off
         self._last_dts = dts
         end = ppts + self._frame_ticks
         if end > self._seg_end_pts:
@@ -206,7 +212,9 @@ class Segmenter:
     def close(self) -> Segment | None:
         """Finish the open segment (on shutdown, reconnect or stream change); returns it."""
         if self._pending is not None:
-            self._process(self._pending)
+            # Held back since it arrived: timed by when it came, not by now (a stalled camera is
+            # closed seconds later, and its last segment would be dated that much late).
+            self._process(self._pending, retime=False)
             self._pending = self._pending_pts = None
         seg = self._finish(self._seg_end_pts) if self._out is not None else None
         self._in_stream = None
@@ -235,8 +243,9 @@ class Segmenter:
         m.is_keyframe = a.is_keyframe or b.is_keyframe
         return m
 
-    def _process(self, pkt: av.Packet) -> None:
-        """Every case of one access unit: timestamps, keyframes, cuts, then the write."""
+    def _process(self, pkt: av.Packet, retime: bool = True) -> None:
+        """Every case of one access unit: timestamps, keyframes, cuts, then the write; ``retime``
+        False for a packet that is not arriving now (its arrival says nothing of the clock)."""
         self._frames += 1
         self._bytes += pkt.size
         if pkt.pts is None:
@@ -245,9 +254,16 @@ class Segmenter:
                 return
             pkt.pts = pkt.dts
         pts = int(pkt.pts)
-        off = self.clock() - pts * self._tbf
-        if off < self._offset or off - self._offset > MAX_CLOCK_DRIFT_S:
-            self._offset = off
+        if self._anchor is None and retime:
+            off = self.clock() - pts * self._tbf
+            if off < self._offset or off - self._offset > MAX_CLOCK_DRIFT_S:
+                self._offset = off
+        elif self._anchor is None:
+            off = self._offset
+        else:  # recorded media: its first access unit is at the anchor, the rest follow its clock
+            if self._offset == math.inf:
+                self._offset = self._anchor - pts * self._tbf
+            off = self._offset
         if self._last_dts is not None and pkt.dts is not None:
             jump = int(pkt.dts) - self._last_dts
             if not -self._max_jump <= jump <= self._max_jump:
