@@ -45,6 +45,22 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def port_free(host: str, port: int, udp: bool = False) -> bool:
+    """True if a server could listen on host:port now: a bind test (SO_REUSEADDR, as servers set it, so a
+    port left in TIME_WAIT counts as free), which also sees a listener on another address or 0.0.0.0."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if not udp:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            if not udp:
+                s.listen(1)
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now (tests use it to avoid clashes between runs)."""
     with socket.socket() as s:

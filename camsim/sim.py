@@ -22,7 +22,7 @@ from typing import Any
 
 from camsim.clips import VARIANTS, ClipParams, ensure_clip
 from camsim.gb28181 import GbControl, GbDevice, GbDeviceSpec
-from camsim.net import http_ok, port_open, wait_until
+from camsim.net import http_ok, port_free, port_open, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -173,10 +173,12 @@ class Simulator:
         if self.proc is not None or self.gb:
             raise RuntimeError("simulator already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports = [self.rtsp_port, self.control_port] if self.cameras else []
-        for port in ports + ([self.gb_control_port] if self.gb_control_port else []):
-            if port_open(self.host, port):
-                raise OSError(f"port {self.host}:{port} is already in use")
+        ports = {"RTSP": self.rtsp_port, "fault control": self.control_port} if self.cameras else {}
+        if self.gb_control_port:
+            ports["GB/T 28181 fault control"] = self.gb_control_port
+        for what, port in ports.items():  # before the clips are made: a clash is told at once
+            if not port_free(self.host, port):
+                raise OSError(f"cannot listen for {what} on {self.host}:{port}: the port is already in use")
         clips = self.make_clips()
         if self.cameras:
             self._start_rtsp(clips)
@@ -278,7 +280,7 @@ class Simulator:
 
     def set_fault(self, device_id: str, kind: str) -> dict[str, Any]:
         """POST /cameras/{id}/fault; kinds: dark freeze black blur cover lowfps restart clear. For a GB/T
-        28181 device or channel (applied here): video_stop network_cut garbage clear."""
+        28181 device or channel (applied here): video_stop network_cut garbage record_stop record_resume clear."""
         if any(device_id == d.device_id or device_id in d.spec.stream_ids for d in self.gb.values()):
             return {"device_id": device_id, "channels": self.gb_device(device_id).set_fault(device_id, kind)}
         result: dict[str, Any] = self._request("POST", f"/cameras/{device_id}/fault", {"kind": kind})

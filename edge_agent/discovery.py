@@ -1,13 +1,16 @@
 """Find ONVIF cameras: WS-Discovery probe, then ONVIF device and media queries per device.
 
-WS-Discovery multicasts on the agent's non-loopback interfaces; each answer's XAddr is queried
-with onvif-zeep for identity (manufacturer, model, serial: the registry's stable key) and the
-stream URI of each media profile. Cameras without ONVIF come from the config as plain RTSP URLs.
+WS-Discovery (``wsd.py``) multicasts on the agent's interfaces, and unicasts to addresses given;
+answers of cheap devices that bend the standard are taken and their oddities logged. Each answer's
+XAddr is queried with onvif-zeep for identity (manufacturer, model, serial: the registry's stable
+key) and the stream URI of each media profile. Cameras without ONVIF come from the config as plain
+RTSP URLs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,10 +18,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from .config import redact, strip_credentials
+from .wsd import probe as wsd_probe
 
 log = logging.getLogger(__name__)
 
-ONVIF_NVT_NS = "http://www.onvif.org/ver10/network/wsdl"
 #: Stream URI schemes the agent relays; anything else an ONVIF device names is refused.
 STREAM_SCHEMES = ("rtsp", "rtsps")
 
@@ -53,25 +56,10 @@ class DiscoveredCamera(BaseModel):
         return uris[1] if len(uris) > 1 else None
 
 
-def probe(timeout_s: float = 3.0) -> list[str]:
-    """XAddrs (device service URLs) of NetworkVideoTransmitters answering a WS-Discovery probe."""
-    from wsdiscovery import QName
-    from wsdiscovery.discovery import ThreadedWSDiscovery
-
-    wsd = ThreadedWSDiscovery()
-    wsd.start()
-    try:
-        services = wsd.searchServices(types=[QName(ONVIF_NVT_NS, "NetworkVideoTransmitter")],
-                                      timeout=timeout_s)
-        xaddrs: list[str] = []
-        for svc in services:
-            for xa in svc.getXAddrs():
-                if xa not in xaddrs and urlsplit(xa).hostname:
-                    xaddrs.append(xa)
-                    break
-        return xaddrs
-    finally:
-        wsd.stop()
+def probe(timeout_s: float = 3.0, targets: Sequence[tuple[str, int]] = (), multicast: bool = True) -> list[str]:
+    """XAddrs (device service URLs) of NetworkVideoTransmitters answering a WS-Discovery probe
+    (multicast, and unicast to ``targets``: (host, port) of devices on other networks)."""
+    return wsd_probe(timeout_s, targets, multicast)
 
 
 def query_onvif(xaddr: str, username: str = "", password: str = "", timeout_s: float = 5.0) -> DiscoveredCamera:
@@ -159,9 +147,10 @@ def describe_error(exc: BaseException, username: str = "") -> str:
     return text
 
 
-def discover(username: str = "", password: str = "", timeout_s: float = 3.0) -> list[DiscoveredCamera]:
-    """Probe the network and query every ONVIF device found, a few at a time."""
-    xaddrs = probe(timeout_s)
+def discover(username: str = "", password: str = "", timeout_s: float = 3.0,
+             targets: Sequence[tuple[str, int]] = (), multicast: bool = True) -> list[DiscoveredCamera]:
+    """Probe the network (and ``targets``) and query every ONVIF device found, a few at a time."""
+    xaddrs = probe(timeout_s, targets, multicast)
     if not xaddrs:
         return []
     with ThreadPoolExecutor(max_workers=min(8, len(xaddrs))) as pool:

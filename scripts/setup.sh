@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# caddy: the TLS proxy example (docker/Caddyfile) is checked with it; fonts-noto-cjk: headless Chromium
+# (tests, screenshots) draws the Chinese center and camera names with it, not as empty boxes.
 APT_PACKAGES=(
   python3 python3-venv python3-pip python3-gi python3-gst-1.0
   ffmpeg gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
-  iproute2 postgresql chromium prometheus sip-tester
+  iproute2 postgresql chromium prometheus sip-tester caddy fonts-noto-cjk
 )
 
 missing=()

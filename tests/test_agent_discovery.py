@@ -2,26 +2,31 @@
 
 `query_onvif` talks onvif-zeep to camsim's ONVIF responder on loopback. `edge-agent discover` runs as
 a subprocess inside a network namespace joined by a veth pair to a second namespace where camsim's
-WS-Discovery responder runs: WS-Discovery skips loopback, and nothing outside the two namespaces
-is contacted.
+WS-Discovery responder runs, so its multicast reaches nothing outside the two namespaces. Answers
+as cheap devices send them come from a UDP responder on loopback, probed by unicast.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from camsim.net import free_port_block
-from camsim.onvif import MANUFACTURER, MODEL, OnvifDevice, OnvifServer
+from camsim.onvif import MANUFACTURER, MODEL, DiscoveryResponder, OnvifDevice, OnvifServer
 from camsim.sim import device_ids
-from edge_agent.discovery import DiscoveredCamera, query_onvif
+from edge_agent.discovery import DiscoveredCamera, discover, probe, query_onvif
 from tests.conftest import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +93,102 @@ def test_unreachable_device_is_reported_not_raised() -> None:
     cam = query_onvif(f"http://127.0.0.1:{port}/onvif/device_service", USER, PASSWORD, timeout_s=2)
     assert cam.error is not None and cam.profiles == []
     assert isinstance(cam, DiscoveredCamera)
+
+
+# --------------------------------------------------------------------------- WS-Discovery answers on loopback
+def cheap_probe_match(relates_to: str, xaddr: str) -> bytes:
+    """A ProbeMatch as some cheap cameras send it: no ProbeMatches wrapper, no AppSequence header, its
+    own namespace prefixes, the Action last."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://www.w3.org/2003/05/soap-envelope" '
+        'xmlns:wsadis="http://schemas.xmlsoap.org/ws/2004/08/addressing" '
+        'xmlns:d="http://schemas.xmlsoap.org/ws/2005/04/discovery" xmlns:dn="http://www.onvif.org/ver10/network/wsdl">'
+        f"<SOAP-ENV:Header><wsadis:MessageID>uuid:{uuid.uuid4()}</wsadis:MessageID>"
+        f"<wsadis:RelatesTo>{relates_to}</wsadis:RelatesTo>"
+        "<wsadis:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</wsadis:To>"
+        "<wsadis:Action>http://schemas.xmlsoap.org/ws/2005/04/discovery/ProbeMatches</wsadis:Action>"
+        "</SOAP-ENV:Header><SOAP-ENV:Body><d:ProbeMatch>"
+        f"<wsadis:EndpointReference><wsadis:Address>urn:uuid:{uuid.uuid4()}</wsadis:Address></wsadis:EndpointReference>"
+        "<d:Types>dn:NetworkVideoTransmitter</d:Types><d:Scopes>onvif://www.onvif.org/type/video_encoder</d:Scopes>"
+        f"<d:XAddrs>{xaddr} http://169.254.1.1/onvif/device_service</d:XAddrs>"
+        "<d:MetadataVersion>1</d:MetadataVersion></d:ProbeMatch></SOAP-ENV:Body></SOAP-ENV:Envelope>"
+    ).encode()
+
+
+class UdpResponder:
+    """A device on loopback answering WS-Discovery probes with what ``answers(message_id)`` makes."""
+
+    def __init__(self, answers: Callable[[str], list[bytes]]) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.answers = answers
+        self.probes: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.probes.append(data)
+            m = re.search(rb"<a:MessageID>([^<]+)</a:MessageID>", data)
+            if m and b"<d:Types>dn:NetworkVideoTransmitter</d:Types>" in data:
+                for answer in self.answers(m.group(1).decode()):
+                    self.sock.sendto(answer, addr)
+
+    def __enter__(self) -> UdpResponder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_a_cheap_devices_probe_match_is_taken_and_what_was_unusual_logged(
+    onvif: tuple[OnvifServer, list[OnvifDevice]], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, devices = onvif
+    dev = devices[0]
+
+    def answers(message_id: str) -> list[bytes]:
+        return [
+            b"not xml at all",
+            cheap_probe_match("urn:uuid:" + str(uuid.uuid4()), "http://127.0.0.1:1/another-probe"),  # not ours
+            b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>',
+            cheap_probe_match(message_id, xaddr(dev)),
+        ]
+
+    caplog.set_level(logging.WARNING, logger="edge_agent.wsd")
+    with UdpResponder(answers) as device:
+        cams = discover(USER, PASSWORD, timeout_s=1.5, targets=[("127.0.0.1", device.port)], multicast=False)
+    assert len(device.probes) == 2  # the probe is sent twice (UDP)
+    assert [c.serial for c in cams] == [f"SIM{dev.device_id}"]  # before: no camera, the answer was dropped
+    assert cams[0].main_stream() == dev.rtsp_main
+    (told,) = [r.getMessage() for r in caplog.records]  # once, though answered twice
+    assert told.startswith(f"WS-Discovery answer from 127.0.0.1:{device.port} taken although unusual: ")
+    assert "no AppSequence header" in told and "ProbeMatch without its ProbeMatches wrapper" in told
+
+
+def test_a_standard_probe_match_is_taken_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """camsim's answer: a ProbeMatches wrapper and the AppSequence header, as the standard has it."""
+    port = free_port_block(1)
+    xaddrs = {"32058501001320000901": "http://127.0.0.1:18901/onvif/device_service"}
+    responder = DiscoveryResponder(xaddrs, bind="127.0.0.1", port=port)
+    responder.start()
+    caplog.set_level(logging.DEBUG, logger="edge_agent.wsd")
+    try:
+        found = probe(timeout_s=1.0, targets=[("127.0.0.1", port)], multicast=False)
+    finally:
+        responder.stop()
+    assert found == list(xaddrs.values())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # --------------------------------------------------------------------------- WS-Discovery in namespaces

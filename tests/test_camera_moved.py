@@ -224,7 +224,7 @@ def test_a_device_claiming_an_accepted_cameras_serial_elsewhere_does_not_take_it
     real = f"http://127.0.0.1:{camera.port}/onvif/device_service"
     fake = f"http://127.0.0.2:{other.port}/onvif/device_service"
     answering: list[str] = [real]
-    monkeypatch.setattr(discovery, "probe", lambda timeout_s=3.0: list(answering))
+    monkeypatch.setattr(discovery, "probe", lambda timeout_s=3.0, targets=(), multicast=True: list(answering))
     caplog.set_level(logging.INFO)
 
     hub = make_hub_process()

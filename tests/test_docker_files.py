@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from vms import config as hub_config
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 PROM = DOCKER / "prometheus"
-SERVICES = {"hub", "agent", "camsim", "prometheus", "grafana"}
+SERVICES = {"hub", "agent", "camsim", "prometheus", "grafana", "proxy"}
 BASES = {"python:3.11-slim-bookworm", "debian:bookworm-slim"}
 AGENT_PREFIX = "32058501001320"
 #: image -> (its extra in pyproject.toml, the packages of this repository it copies, what its command imports)
@@ -184,14 +185,14 @@ def test_compose_services_builds_mounts_ports_and_commands() -> None:
         for dep in svc.get("depends_on", []):
             assert dep in services
     assert {p.split(":")[-1] for s in services.values() for p in s.get("ports", [])} == {
-        "8700", "8554", "8555", "9090", "3000"}
+        "8700", "8554", "8555", "9090", "3000", "443"}
     assert set(declared) == {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])
                              if not v.startswith(".")}
 
     hub = services["hub"]
     assert hub["command"] == ["vms", "serve", "--config", "/etc/vms/hub.yaml", "--host", "0.0.0.0"]
     assert parse_cli(hub["command"])["host"] == "0.0.0.0"
-    assert "8700:8700" in hub["ports"]
+    assert hub["ports"] == ["127.0.0.1:8700:8700"]  # plain HTTP on this machine only; TLS through the proxy
     token_dir = hub["environment"]["VMS_TOKEN_DIR"]
     assert f"tokens:{token_dir}" in hub["volumes"]
     assert "hub-data:/var/lib/vms" in hub["volumes"]
@@ -348,6 +349,94 @@ def test_camsim_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> Non
         stop_process(proc, timeout=30)
 
 
+# -- the TLS proxy ------------------------------------------------------------------------------
+def caddy() -> str:
+    found = shutil.which("caddy")
+    if not found:
+        pytest.skip("caddy not found: install the Debian package `caddy` (scripts/setup.sh)")
+    return found
+
+
+def adapt(tool: str, caddyfile: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Caddyfile as Caddy's own JSON config (parsed by the real Caddy, nothing started)."""
+    r = subprocess.run([tool, "adapt", "--config", str(caddyfile), "--adapter", "caddyfile"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, **(env or {})}, cwd=caddyfile.parent)
+    assert r.returncode == 0, f"caddy adapt {caddyfile.name}:\n{r.stderr}"
+    config: dict[str, Any] = json.loads(r.stdout)
+    return config
+
+
+def test_caddyfile_parses_and_proxies_the_hub_over_tls_only() -> None:
+    tool = caddy()
+    proxy = compose()["services"]["proxy"]
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
+    assert proxy["ports"] == ["8443:443"] and proxy["depends_on"]["hub"]["condition"] == "service_healthy"
+    cfg = adapt(tool, DOCKER / "Caddyfile", {"VMS_SITE_ADDRESS": "vms.center.internal"})
+    (server,) = cfg["apps"]["http"]["servers"].values()
+    assert server["listen"] == [":443"]
+    route = server["routes"][0]
+    assert route["match"] == [{"host": ["vms.center.internal"]}]
+    handlers = [h for sub in route["handle"] for r in sub["routes"] for h in r["handle"]]
+    rp = next(h for h in handlers if h["handler"] == "reverse_proxy")
+    assert rp["upstreams"] == [{"dial": "hub:8700"}]
+    assert rp["flush_interval"] == -1  # event streams and growing clips are not buffered
+    (policy,) = cfg["apps"]["tls"]["automation"]["policies"]
+    assert [i["module"] for i in policy["issuers"]] == ["internal"]  # no certificate fetched from the internet
+    assert "logging" not in cfg  # no access log: the event stream's token is in its URL
+    assert cfg["admin"] == {"disabled": True}
+
+
+def trust(root: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(root))
+
+
+def test_caddyfile_serves_a_real_hub_over_tls(tmp_path: Path, make_hub_process: Any) -> None:
+    """The same Caddyfile, pointed at a hub on loopback: TLS from Caddy's own CA, the event stream
+    passed through as it comes."""
+    tool = caddy()
+    hp = make_hub_process()
+    token = hp.token("duty")
+    hp.start()
+    port = free_port()
+    text = (DOCKER / "Caddyfile").read_text(encoding="utf-8")
+    assert "reverse_proxy hub:8700" in text
+    text = text.replace("reverse_proxy hub:8700", f"reverse_proxy 127.0.0.1:{hp.port}")
+    text = text.replace("\tadmin off\n", "\tadmin off\n\tdefault_bind 127.0.0.1\n", 1)
+    (tmp_path / "Caddyfile").write_text(text, encoding="utf-8")
+    env = {**os.environ, "VMS_SITE_ADDRESS": f"localhost:{port}", "HOME": str(tmp_path),
+           "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    log = (tmp_path / "caddy.log").open("wb")
+    proc = subprocess.Popen([tool, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+                            stdout=log, stderr=log, env=env, cwd=tmp_path)
+    try:
+        root = tmp_path / "data/caddy/pki/authorities/local/root.crt"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "caddy.log").read_text()
+            try:
+                if root.exists() and httpx.get(f"https://localhost:{port}/healthz", verify=trust(root),
+                                               timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "caddy.log").read_text()[-3000:]
+            time.sleep(0.2)
+        url = f"https://localhost:{port}"
+        r = httpx.get(url + "/api/v1/devices", headers={"Authorization": f"Bearer {token}"}, verify=trust(root))
+        assert r.status_code == 200 and r.headers["strict-transport-security"].startswith("max-age=")
+        assert "server" not in r.headers
+        with httpx.stream("GET", url + "/api/v1/events", params={"token": token}, verify=trust(root),
+                          timeout=10) as s:
+            lines = s.iter_lines()
+            assert next(line for line in lines if line.startswith("event:")) == "event: snapshot"
+        with pytest.raises(httpx.HTTPError):  # TLS only: nothing answers plain HTTP on the port
+            httpx.get(f"http://localhost:{port}/healthz", timeout=2).raise_for_status()
+    finally:
+        stop_process(proc)
+        log.close()
+    assert token not in (tmp_path / "caddy.log").read_text()
+
+
 # -- Prometheus ---------------------------------------------------------------------------------
 def promtool() -> str:
     found = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
@@ -417,7 +506,8 @@ def test_hub_entrypoint_creates_tokens_once(tmp_path: Path) -> None:
     listed = subprocess.run(["vms", "token", "list", "--config", str(config)], env=env, capture_output=True,
                             text=True, timeout=60, check=True).stdout.splitlines()
     rows = sorted(tuple(line.split("\t")) for line in listed)
-    assert rows == [("edge-1", "agent", AGENT_PREFIX, "active"), ("prometheus", "duty", "", "active")]
+    assert [r[:4] for r in rows] == [("edge-1", "agent", AGENT_PREFIX, "active"), ("prometheus", "duty", "", "active")]
+    assert {r[4] for r in rows} == {"expires never"}
 
     # A lost token file is not papered over: the start fails and says what to do.
     (tokens / "agent.token").unlink()

@@ -110,11 +110,14 @@ def verify(sessions: sessionmaker[Session], batch: int = 5000) -> Verdict:
                 prev, expected_seq, count, last_seq = r.hash, expected_seq + 1, count + 1, r.seq
 
 
-def export(sessions: sessionmaker[Session], last: int | None = None) -> list[dict[str, Any]]:
-    """Every entry, oldest first; with ``last``, only the newest ``last`` of them (still oldest first)."""
+def export(sessions: sessionmaker[Session], last: int | None = None, before: int | None = None) -> list[dict[str, Any]]:
+    """Every entry, oldest first; with ``last``, only the newest ``last`` of them (still oldest first);
+    with ``before``, only entries whose ``seq`` is smaller (the pages of ``GET /api/v1/audit``)."""
     q = select(AuditEntry).order_by(AuditEntry.seq)
     if last is not None:
         q = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(last)
+    if before is not None:
+        q = q.where(AuditEntry.seq < before)
     with sessions() as s:
         rows = list(s.scalars(q))
         if last is not None:

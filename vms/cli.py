@@ -149,6 +149,7 @@ def token_create(
     role: Annotated[str, typer.Option(help="duty | maintenance | police | admin | agent")],
     prefix: Annotated[list[str] | None, typer.Option(help="ID prefix an agent may speak for (repeatable).")] = None,
     name: Annotated[str | None, typer.Option(help="Token name; an agent's name is its agent ID.")] = None,
+    expires_days: Annotated[float | None, typer.Option(help="Refused after this many days (default: never).")] = None,
 ) -> None:
     """Create a token and print it (it is shown only once)."""
     from vms import audit, auth
@@ -157,7 +158,7 @@ def token_create(
     cfg = _load(config)
     engine, sessions = open_store(cfg.storage.url())
     try:
-        token, p = auth.create(sessions, role, name, prefix or [])
+        token, p = auth.create(sessions, role, name, prefix or [], expires_days)
     except (auth.TokenError, ids.InvalidDeviceId) as exc:
         _die(str(exc), 2)
         return
@@ -170,7 +171,7 @@ def token_create(
         role="admin",
         action="token.create",
         target=p.name,
-        detail={"role": p.role.value, "prefixes": list(p.prefixes)},
+        detail={"role": p.role.value, "prefixes": list(p.prefixes), "expires_days": expires_days},
     )
     engine.dispose()
     typer.echo(token)
@@ -178,17 +179,24 @@ def token_create(
 
 @token_app.command("list")
 def token_list(config: ConfigOpt) -> None:
+    """Tokens, oldest first: name, role, prefixes, state, expiry and last use (up to a minute behind)."""
+    import time
+
     from sqlalchemy import select
 
     from vms.db import open_store
     from vms.db.models import Token
+    from vms.kernel.timeutil import iso
 
     cfg = _load(config)
     engine, sessions = open_store(cfg.storage.url())
+    now = time.time()
     with sessions() as s:
         for t in s.scalars(select(Token).order_by(Token.created_at)):
-            state = "revoked" if t.revoked_at else "active"
-            typer.echo(f"{t.name}\t{t.role}\t{','.join(t.prefixes or [])}\t{state}")
+            expired = t.expires_at is not None and t.expires_at <= now
+            state = "revoked" if t.revoked_at else "expired" if expired else "active"
+            typer.echo(f"{t.name}\t{t.role}\t{','.join(t.prefixes or [])}\t{state}\t"
+                       f"expires {iso(t.expires_at) or 'never'}\tlast used {iso(t.last_used_at) or 'never'}")
     engine.dispose()
 
 
@@ -370,41 +378,51 @@ def audit_export(config: ConfigOpt) -> None:
 @app.command()
 def demo(
     cameras: Annotated[int, typer.Option(min=1, max=64, help="Simulated cameras.")] = 8,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Hub port.")] = 8700,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Hub port [default: 8700 if free]")] = None,
     data_dir: Annotated[Path, typer.Option(help="Everything the demo writes.")] = Path("data/demo"),
-    rtsp_port: Annotated[int, typer.Option(min=1, max=65535)] = 8554,
-    control_port: Annotated[int, typer.Option(min=1, max=65535, help="Simulator fault API.")] = 8555,
+    rtsp_port: Annotated[int | None, typer.Option(min=1, max=65535, help="[default: 8554 if free]")] = None,
+    control_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Simulator fault API [default: 8555 if free]")] = None,
+    gb_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="The hub's GB/T 28181 SIP port, UDP and TCP [default: a free one]")] = None,
+    gb_control_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="GB/T 28181 devices' fault API [default: a free one]")] = None,
 ) -> None:
-    """Run simulator, edge agent and hub together until Ctrl-C; writes DATA_DIR/demo.json."""
+    """Run simulator, edge agent and hub together until Ctrl-C; writes DATA_DIR/demo.json.
+
+    A port not given is the usual one if it is free, else any free one; demo.json lists them all. A port
+    given that is in use, or a part that does not start, stops the demo with a message saying why."""
     import signal
     import time
 
     from vms.demo import Demo
 
     _logging()
-    d = Demo(cameras, port, data_dir, rtsp_port, control_port)
+    d = Demo(cameras, port, data_dir, rtsp_port, control_port, gb_port=gb_port, gb_control_port=gb_control_port)
 
     def on_term(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    failed: str | None = None
     try:
         info = d.start()
+        ports = info["ports"]
         typer.echo(f"hub:        {info['hub_url']}  (API docs at /docs)")
+        typer.echo(f"cameras:    rtsp://127.0.0.1:{ports['rtsp']}/cam/ID  (GB/T 28181 SIP on port {ports['gb_sip']})")
         typer.echo(f"simulator:  {info['camsim_control_url']}/cameras  (POST /cameras/ID/fault)")
-        typer.echo(f"tokens and cameras: {data_dir / 'demo.json'}")
+        typer.echo(f"tokens, ports and cameras: {data_dir / 'demo.json'}")
         typer.echo("Ctrl-C to stop.")
-        while all(p.poll() is None for p in d.procs):
+        while (failed := d.failure()) is None:
             time.sleep(1)
-        failed = f"a demo process exited; see the logs in {data_dir}"
     except KeyboardInterrupt:
-        failed = ""
+        failed = None
     except (RuntimeError, OSError) as exc:
         failed = str(exc)
     finally:
         d.stop()
     if failed:
-        _die(failed)
+        _die(f"demo stopped: {failed}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

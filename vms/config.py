@@ -32,6 +32,10 @@ class ServerConfig(_Model):
     public_url: str | None = Field(None, description="URL agents and notifications use to reach the hub.")
     max_body_bytes: int = Field(4_000_000, ge=10_000, le=64_000_000, description="Largest JSON request body.")
     timezone: str = Field("Asia/Shanghai", description="Zone of calendar months in reports.")
+    max_event_streams_per_token: int = Field(
+        8, ge=1, le=1000, description="Event streams (GET /api/v1/events, one per open page) one token may have "
+        "open at once; more are answered 429.",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -316,6 +320,11 @@ class ArchiveConfig(_Model):
         8, ge=1, le=256,
         description="Segment uploads (main and sub) one agent may have in progress at once; more are answered "
         "429 with Retry-After, which the agent retries after a pause.",
+    )
+    max_hold_days: float = Field(
+        31.0, gt=0, le=3650,
+        description="Longest range of footage one legal hold may keep: held footage is never deleted, not even "
+        "by emergency cleanup, so an unbounded hold could fill the disk. Longer cases take several holds.",
     )
 
 

@@ -3,6 +3,11 @@
 Eight cameras by default in two towns and one school-district (education) center, so a new user
 sees the center tree fill up, cameras go online and upload, and can inject faults. Everything is
 written under one data directory; ``demo.json`` there tells scripts and tests where things are.
+
+Every port is the one given, else the usual one (hub 8700, RTSP 8554, fault control 8555) if it is
+free, else any free one, so a second demo beside a first one never talks to the first one's
+parts. A part that does not start (hub, simulator, agent) stops the whole demo with a message
+saying which and why, and the tail of its log.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,27 @@ import httpx
 import yaml
 
 from camsim.gb28181 import GbChannel, GbDeviceSpec, GbServer
-from camsim.net import free_port
+from camsim.net import free_port, port_free
 from camsim.sim import SUB_PARAMS, Simulator
 from vms import auth, demo_district
 from vms.db import open_store
 
 log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+#: Lines of a part's log shown when it fails.
+LOG_TAIL = 15
+
+
+class DemoError(RuntimeError):
+    """A part of the demo that cannot start or stopped; the message says which, why, and its log's tail."""
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 CENTERS: list[dict[str, Any]] = [{
     "id": "taicang", "name": "太仓市公安局视频监控中心 (district)", "level": 1, "civil_code": "320585",
@@ -74,22 +95,43 @@ def demo_gb_devices(server: GbServer, password: str) -> list[GbDeviceSpec]:
 
 @dataclass
 class Demo:
+    """The demo's parts. A port left None is picked by :meth:`pick_ports`: the usual one if free, else any."""
+
     cameras: int
-    port: int
+    port: int | None  # the hub's HTTP port
     data_dir: Path
-    rtsp_port: int = 8554
-    control_port: int = 8555
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    rtsp_port: int | None = None
+    control_port: int | None = None  # the simulated cameras' fault API
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     sim: Simulator | None = None
-    gb_port: int | None = None  # the hub's SIP port (UDP and TCP); default: a free one
-    gb_control_port: int | None = None  # the GB devices' fault API; default: a free one
+    gb_port: int | None = None  # the hub's SIP port (UDP and TCP)
+    gb_control_port: int | None = None  # the GB devices' fault API
     gb_devices: list[GbDeviceSpec] = field(default_factory=list)
+    _picked: bool = False
 
     def _paths(self) -> tuple[Path, Path, Path]:
         return self.data_dir / "hub.yaml", self.data_dir / "agent.yaml", self.data_dir / "demo.json"
 
+    def pick_ports(self) -> dict[str, int]:
+        """Every port the demo listens on, all different; :class:`DemoError` for a given one in use."""
+        if not self._picked:
+            taken: set[int] = set()
+            self.port = _pick("--port", "the hub", self.port, 8700, taken)
+            self.rtsp_port = _pick("--rtsp-port", "the simulator's RTSP", self.rtsp_port, 8554, taken)
+            self.control_port = _pick("--control-port", "the simulator's fault control", self.control_port, 8555,
+                                      taken)
+            self.gb_port = _pick("--gb-port", "the hub's GB/T 28181 SIP (UDP and TCP)", self.gb_port, None, taken,
+                                 udp=True)
+            self.gb_control_port = _pick("--gb-control-port", "the GB/T 28181 devices' fault control",
+                                         self.gb_control_port, None, taken)
+            self._picked = True
+        assert self.port and self.rtsp_port and self.control_port and self.gb_port and self.gb_control_port
+        return {"hub": self.port, "rtsp": self.rtsp_port, "control": self.control_port, "gb_sip": self.gb_port,
+                "gb_control": self.gb_control_port}
+
     def prepare(self) -> dict[str, Any]:
-        """Write configs and create tokens (once: a second run reuses them and the history)."""
+        """Pick the ports, write configs and create tokens (once: a second run reuses them and the history)."""
+        ports = self.pick_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         hub_yaml, agent_yaml, info_path = self._paths()
         cams = demo_cameras(self.cameras)
@@ -129,6 +171,7 @@ class Demo:
         info = {
             "hub_url": f"http://127.0.0.1:{self.port}",
             "camsim_control_url": f"http://127.0.0.1:{self.control_port}",
+            "ports": ports,
             "tokens": {k: v for k, v in tokens.items() if k != "agent"},
             "cameras": [{"device_id": d, "name": n, "protocol": "rtsp", "rtsp_url": u}
                         for (d, n), u in zip(cams, rtsp, strict=True)]
@@ -143,54 +186,78 @@ class Demo:
 
     def _gb_section(self) -> dict[str, Any]:
         """The hub's SIP server as devices see it (a fresh password per run: devices get it here too)."""
-        self.gb_port = self.gb_port or free_port()
-        self.gb_control_port = self.gb_control_port or free_port()
+        assert self.gb_port is not None
         password = secrets.token_urlsafe(9)
-        server = GbServer("127.0.0.1", self.gb_port, GB_SERVER_ID, GB_DOMAIN)
+        server = GbServer(HOST, self.gb_port, GB_SERVER_ID, GB_DOMAIN)
         self.gb_devices = demo_gb_devices(server, password)
         return {"host": server.host, "port": server.port, "server_id": GB_SERVER_ID, "domain": GB_DOMAIN,
                 "password": password}
 
     def _spawn(self, name: str, args: list[str]) -> None:
         logf = (self.data_dir / f"{name}.log").open("ab")
-        self.procs.append(subprocess.Popen(args, stdout=logf, stderr=logf, start_new_session=True))
-        log.info("started %s (pid %d), log %s", name, self.procs[-1].pid, self.data_dir / f"{name}.log")
+        self.procs[name] = subprocess.Popen(args, stdout=logf, stderr=logf, start_new_session=True)
+        log.info("started %s (pid %d), log %s", name, self.procs[name].pid, self.data_dir / f"{name}.log")
 
     def start(self) -> dict[str, Any]:
+        """Start hub, simulator and agent, each once the one before it is up; :class:`DemoError` (with
+        the parts started so far left for :meth:`stop`) if one does not come up."""
         info = self.prepare()
+        ports = info["ports"]
         hub_yaml, agent_yaml, _ = self._paths()
         py = sys.executable
         cams = [c["device_id"] for c in info["cameras"] if c["protocol"] == "rtsp"]
-        # Cameras first (making their clips takes a while), so the agent can connect as soon as the
-        # hub is up. The simulator's RTSP server runs in a process of its own (system Python, GStreamer).
-        self.sim = Simulator(cams, self.data_dir / "camsim", rtsp_port=self.rtsp_port,
-                             control_port=self.control_port, onvif_base_port=None, startup_timeout=120,
-                             sub_params=SUB_PARAMS, gb_devices=self.gb_devices, gb_control_port=self.gb_control_port)
-        self.sim.start()
         self._spawn("hub", [py, "-m", "vms.cli", "serve", "--config", str(hub_yaml)])
-        self._wait(f"{info['hub_url']}/healthz", "hub")
+        self._wait("hub", lambda: httpx.get(f"{info['hub_url']}/healthz", timeout=1).status_code == 200, 60)
+        # The simulator's RTSP server runs in a process of its own (system Python, GStreamer); making
+        # its clips takes a while on the first run.
+        self.sim = Simulator(cams, self.data_dir / "camsim", rtsp_port=ports["rtsp"], control_port=ports["control"],
+                             onvif_base_port=None, startup_timeout=120, sub_params=SUB_PARAMS,
+                             gb_devices=self.gb_devices, gb_control_port=ports["gb_control"])
+        try:
+            self.sim.start()
+        except (RuntimeError, OSError) as exc:
+            raise DemoError(f"the camera simulator did not start: {exc}") from None
         self._spawn("agent", [py, "-m", "edge_agent.cli", "run", "--config", str(agent_yaml)])
+        admin = {"Authorization": f"Bearer {info['tokens']['admin']}"}
+
+        def agent_online() -> bool:
+            r = httpx.get(f"{info['hub_url']}/api/v1/agents", headers=admin, timeout=2)
+            return any(a["id"] == "demo-agent" and a["online"] for a in r.json()["agents"])
+
+        self._wait("agent", agent_online, 90)
         return info
 
-    def _wait(self, url: str, what: str, timeout: float = 60) -> None:
+    def _wait(self, what: str, up: Callable[[], bool], timeout: float) -> None:
+        """Until ``up()``; :class:`DemoError` as soon as a part exits, or after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"a demo process exited with {p.returncode}; see logs in {self.data_dir}")
+            if (why := self.failure()) is not None:
+                raise DemoError(why)
             try:
-                if httpx.get(url, timeout=1).status_code == 200:
+                if up():
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"{what} did not come up within {timeout:.0f} s; see logs in {self.data_dir}")
+        raise DemoError(f"the {what} did not come up within {timeout:.0f} s; last lines of "
+                        f"{self.data_dir / (what + '.log')}:\n{log_tail(self.data_dir / (what + '.log'))}")
+
+    def failure(self) -> str | None:
+        """Why the running demo is broken (a part exited), or None while every part runs."""
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                path = self.data_dir / f"{name}.log"
+                return f"the {name} exited with code {p.returncode}; last lines of {path}:\n{log_tail(path)}"
+        if self.sim is not None and not self.sim.running:
+            return f"the camera simulator stopped; last lines of its log:\n{self.sim.log_tail(LOG_TAIL)}"
+        return None
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
+        procs = list(reversed(self.procs.values()))
+        for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(self.procs):
+        for p in procs:
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
@@ -200,3 +267,23 @@ class Demo:
         if self.sim is not None:
             self.sim.stop()
             self.sim = None
+
+
+def _pick(option: str, what: str, given: int | None, usual: int | None, taken: set[int], udp: bool = False) -> int:
+    """``given`` if it is free (else :class:`DemoError`), else ``usual`` if free, else a free port;
+    never one in ``taken``, to which it is added."""
+
+    def free(port: int) -> bool:
+        return port not in taken and port_free(HOST, port) and (not udp or port_free(HOST, port, udp=True))
+
+    if given is not None:
+        if not free(given):
+            raise DemoError(f"{what} cannot listen on {HOST}:{given} ({option} {given}): the port is in use, "
+                            f"perhaps by another demo; choose another, or leave {option} out to get a free one")
+        port = given
+    elif usual is not None and free(usual):
+        port = usual
+    else:
+        port = next(p for p in iter(free_port, None) if free(p))
+    taken.add(port)
+    return port

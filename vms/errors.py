@@ -35,3 +35,15 @@ class Unsupported(DomainError):
 
 class Unavailable(DomainError):
     """A part the request needs is down for now, e.g. the store (HTTP 503)."""
+
+
+class Forbidden(DomainError):
+    """The caller's token is valid but this is not theirs to do, e.g. another officer's hold (HTTP 403)."""
+
+
+class Busy(DomainError):
+    """Too many at once or too often from this caller; retry after ``retry_after_s`` (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

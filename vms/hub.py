@@ -52,7 +52,7 @@ class Hub:
         self.clock = clock
         self.engine, self.sessions = open_store(cfg.storage.url())
         self.tree = CenterTree(cfg.centers)
-        self.tokens = TokenCache(self.sessions)
+        self.tokens = TokenCache(self.sessions, clock)
         self.started_at = clock()
         self.events = EventBus()  # what changed, for the push endpoint (vms/api/events.py)
         self.health = Health(cfg.health, self.started_at)
@@ -127,6 +127,7 @@ class Hub:
             try:
                 self.monitor.tick()
                 self.coverage.tick()
+                self.tokens.flush_used()  # last uses, at most once a minute
                 if self.monitor.ticks % 3600 == 0:
                     self.monitor.prune()
             except Exception:
@@ -149,5 +150,6 @@ class Hub:
         self.quality.stop()
         self.archive.close()
         self.monitor.flush(self.clock())
+        self.tokens.flush_used(force=True)
         self.outbox.sender.close()
         self.engine.dispose()

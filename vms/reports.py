@@ -148,13 +148,29 @@ def to_csv(report: dict[str, Any]) -> str:
     return _tables(((CENTER_COLUMNS, report["centers"]), (DEVICE_COLUMNS, report["devices"])))
 
 
+#: What a spreadsheet takes as the start of a formula (or, tab and CR, shifts a cell to hide one).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text that would start a formula (a camera named
+    ``=HYPERLINK(...)`` by whoever configured it) gets a leading apostrophe; numbers stay numbers.
+    A carriage return becomes a line feed: the writer quotes that, but would leave a CR bare."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_STARTS):
+        value = "'" + value
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _tables(tables: Iterable[tuple[list[str], Iterable[dict[str, Any]]]]) -> str:
-    """CSV tables one after another, each with its header, a blank line after each."""
+    """CSV tables one after another, each with its header, a blank line after each; every CSV the
+    hub writes comes from here, so every text cell goes through :func:`csv_cell`."""
     out = io.StringIO()
     for columns, rows in tables:
         w = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
         out.write("\n")
     return out.getvalue()
 
@@ -173,4 +189,4 @@ def coverage_csv(report: dict[str, Any]) -> str:
 
 
 __all__ = ["BLIND_SPOT_COLUMNS", "CENTER_COLUMNS", "COVERAGE_COLUMNS", "DEVICE_COLUMNS", "BadWindow", "UnknownCenter",
-           "availability", "coverage_csv", "report_window", "to_csv"]
+           "availability", "coverage_csv", "csv_cell", "report_window", "to_csv"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,8 +30,10 @@ from vms.api import (
     system,
     web,
 )
+from vms.api.deps import MISSING, bearer_token
 from vms.api.status import error_status
-from vms.errors import DomainError
+from vms.auth import TokenCache, Unauthenticated
+from vms.errors import Busy, DomainError
 from vms.hub import Hub
 from vms.metrics import registry_for
 
@@ -76,6 +80,40 @@ class _TooLarge(Exception):
     pass
 
 
+class AuthFirst:
+    """A request with a body to ``/api/`` is answered 401 before its body is read when its bearer token
+    is missing, unknown, revoked or expired: a caller without a valid token costs no parsing and learns
+    nothing of what its input would have been (no 422). Each route still checks the roles it admits."""
+
+    BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, app: ASGIApp, tokens: TokenCache) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in self.BODY_METHODS and scope["path"].startswith("/api/"):
+            header = dict(scope.get("headers") or []).get(b"authorization")
+            token = bearer_token(header.decode("latin-1") if header is not None else None)
+            refused = MISSING if token is None else None
+            if token is not None:
+                try:
+                    await asyncio.to_thread(self.tokens.authenticate, token)  # a cache miss reads the store
+                except Unauthenticated as exc:
+                    refused = str(exc)
+            if refused is not None:
+                await _send_json(send, 401, {"detail": refused}, [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
 async def _too_large(send: Send, limit: int) -> None:
     body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
     await send(
@@ -101,7 +139,8 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
 async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
     """A refusal from a service (vms/errors.py), answered with its kind's status."""
     assert isinstance(exc, DomainError)
-    return JSONResponse({"detail": str(exc)}, status_code=error_status(exc))
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Busy) else None
+    return JSONResponse({"detail": str(exc)}, status_code=error_status(exc), headers=headers)
 
 
 def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...] = ()) -> FastAPI:
@@ -132,4 +171,5 @@ def create_app(hub: Hub, run_threads: bool = True, extra_routers: tuple[Any, ...
         limit=hub.cfg.server.max_body_bytes,
         large={agents.SEGMENTS_PREFIX: hub.cfg.archive.max_segment_bytes},
     )
+    app.add_middleware(AuthFirst, tokens=hub.tokens)  # outermost: no body is read for a refused token
     return app

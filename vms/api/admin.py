@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from vms import audit
 from vms.api.deps import get_hub, require
-from vms.auth import Principal, Role
+from vms.auth import MAX_EXPIRES_DAYS, Principal, Role
 from vms.hub import Hub
 from vms.kernel.timeutil import iso
 
@@ -22,6 +22,8 @@ class TokenIn(BaseModel):
     role: Role
     name: str | None = Field(None, min_length=1, max_length=100)
     prefixes: list[str] = Field(default_factory=list, max_length=100)
+    expires_days: float | None = Field(None, gt=0, le=MAX_EXPIRES_DAYS, description="Refused after this many "
+                                       "days (401 saying so); none: until revoked")
 
 
 class TokenCreated(BaseModel):
@@ -29,6 +31,7 @@ class TokenCreated(BaseModel):
     name: str
     role: Role
     prefixes: list[str]
+    expires_at: str | None
 
 
 class TokenOut(BaseModel):
@@ -38,6 +41,8 @@ class TokenOut(BaseModel):
     prefixes: list[str]
     created_at: str
     revoked_at: str | None
+    expires_at: str | None
+    last_used_at: str | None = Field(description="Up to a minute behind the newest use")
 
 
 class TokenList(BaseModel):
@@ -61,11 +66,16 @@ class AuditEntryOut(BaseModel):
 
 
 class AuditOut(BaseModel):
-    verified: bool = Field(description="The whole hash chain checks out")
+    verified: bool | None = Field(description="The whole hash chain checks out (None: not checked, verify=false)")
     rows: int = Field(description="Rows verified before the first bad one (all of them when verified)")
     first_bad_seq: int | None
     reason: str
-    entries: list[AuditEntryOut] = Field(description="The newest 1000 entries, oldest first")
+    entries: list[AuditEntryOut] = Field(description="At most `limit` entries before `before`, oldest first")
+    next_before: int | None = Field(description="`before` for the page of older entries (None: no older ones)")
+
+
+#: Entries in one page of ``GET /audit`` at most.
+AUDIT_PAGE_MAX = 1000
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)
@@ -73,8 +83,10 @@ def create_token(
     body: TokenIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.admin))
 ) -> TokenCreated:
     """Create a token; its secret is in this response only."""
-    token, p = hub.tokens.issue(who, body.role.value, body.name, body.prefixes, at=hub.clock())
-    return TokenCreated(token=token, name=p.name, role=p.role, prefixes=list(p.prefixes))
+    token, p = hub.tokens.issue(who, body.role.value, body.name, body.prefixes, at=hub.clock(),
+                                expires_days=body.expires_days)
+    expires = None if body.expires_days is None else iso(hub.clock() + body.expires_days * 86400.0)
+    return TokenCreated(token=token, name=p.name, role=p.role, prefixes=list(p.prefixes), expires_at=expires)
 
 
 @router.get("/tokens", response_model=TokenList)
@@ -82,7 +94,7 @@ def list_tokens(hub: Hub = Depends(get_hub), _: Principal = Depends(require(Role
     return TokenList(
         tokens=[
             TokenOut(id=r.id, name=r.name, role=Role(r.role), prefixes=r.prefixes, created_at=iso(r.created_at) or "",
-                     revoked_at=iso(r.revoked_at))
+                     revoked_at=iso(r.revoked_at), expires_at=iso(r.expires_at), last_used_at=iso(r.last_used_at))
             for r in hub.tokens.listing()
         ]
     )
@@ -94,12 +106,23 @@ def revoke_token(name: str, hub: Hub = Depends(get_hub), who: Principal = Depend
 
 
 @router.get("/audit", response_model=AuditOut)
-def read_audit(hub: Hub = Depends(get_hub), _: Principal = Depends(require(Role.admin))) -> AuditOut:
-    verdict = audit.verify(hub.sessions)
+def read_audit(
+    limit: int = Query(200, ge=1, le=AUDIT_PAGE_MAX, description="Entries in this page"),
+    before: int | None = Query(None, ge=1, le=2**62, description="Only entries with a smaller seq (the "
+                               "previous page's next_before); none: the newest"),
+    verify: bool = Query(True, description="Check the whole hash chain (it reads every row)"),
+    hub: Hub = Depends(get_hub),
+    _: Principal = Depends(require(Role.admin)),
+) -> AuditOut:
+    """A page of the audit log, newest first by page (oldest first within it), and the chain's verdict."""
+    verdict = audit.verify(hub.sessions) if verify else None
+    entries = audit.export(hub.sessions, last=limit, before=before)
+    older = bool(entries) and entries[0]["seq"] > 1
     return AuditOut(
-        verified=verdict.ok,
-        rows=verdict.rows,
-        first_bad_seq=verdict.first_bad_seq,
-        reason=verdict.reason,
-        entries=[AuditEntryOut.model_validate(e) for e in audit.export(hub.sessions, last=1000)],
+        verified=verdict.ok if verdict else None,
+        rows=verdict.rows if verdict else 0,
+        first_bad_seq=verdict.first_bad_seq if verdict else None,
+        reason=verdict.reason if verdict else "",
+        entries=[AuditEntryOut.model_validate(e) for e in entries],
+        next_before=entries[0]["seq"] if older else None,
     )

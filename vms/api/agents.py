@@ -55,11 +55,15 @@ class SubSegmentReply(SegmentReply):
     stream: Literal["sub"]
 
 
-@router.post("/register", response_model=RegisterReply)
+@router.post("/register", response_model=RegisterReply, responses={
+    426: {"description": "protocol not supported"},
+    429: {"description": "registered too often (6 a minute): retry after Retry-After seconds"},
+})
 def register(
     body: Register, hub: Hub = Depends(get_hub), who: Principal = Depends(require(Role.agent))
 ) -> RegisterReply:
-    hub.heartbeats.register(who, body.protocol, body.version, body.hostname)  # HeartbeatRejected -> 426
+    """An agent (re)starts; recorded and audited, at most a few times a minute per agent."""
+    hub.heartbeats.register(who, body.protocol, body.version, body.hostname)  # HeartbeatRejected 426, Busy 429
     return RegisterReply(
         agent_id=who.name, prefixes=list(who.prefixes), heartbeat_interval_s=hub.cfg.health.heartbeat_interval_s
     )

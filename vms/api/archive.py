@@ -2,7 +2,8 @@
 
 Clips and exports are for ``police`` and ``admin`` only, and every one is audited twice: when it
 is asked for (who, device, range, reason or case) and when bytes leave (how many, and the SHA-256
-of exactly those bytes).
+of exactly those bytes). An officer sees only their own exports (an admin sees all); a legal hold
+is released only by the officer who placed it or an admin, with a reason.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import IO, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from vms.api.deps import Comment, DeviceIdPath, get_hub, require
+from vms.api.deps import DeviceIdPath, get_hub, require
 from vms.archive.clip import find_gaps, gaps_json, precheck
 from vms.archive.exports import BuildError, LiveExport
 from vms.auth import READERS, Principal, Role
@@ -322,15 +323,7 @@ async def create_export(
     _why(body.reason, body.case)
     plan = await asyncio.to_thread(hub.archive.plan, body.device_id, s, e, export=True)  # ClipError: its kind's status
     live = await asyncio.to_thread(hub.archive.start_clip, who, plan, body.reason, body.case, background=True)
-    return _job(hub, live.id)
-
-
-def _job(hub: Hub, job_id: str) -> ExportOut:
-    with hub.sessions() as s:
-        row = s.get(ExportJob, job_id)
-        if row is None:
-            raise NotFound(f"no export {job_id}")
-        return export_view(row)
+    return export_view(await asyncio.to_thread(hub.archive.export_job, who, live.id))
 
 
 @router.get("/api/v1/exports", response_model=list[ExportOut], response_model_exclude_unset=True)
@@ -338,32 +331,26 @@ def list_exports(
     device_id: str | None = Query(None, pattern=DEVICE_ID_PATTERN),
     limit: int = Query(100, ge=1, le=1000),
     hub: Hub = Depends(get_hub),
-    _: Principal = Depends(require(*LIAISON)),
+    who: Principal = Depends(require(*LIAISON)),
 ) -> list[ExportOut]:
-    q = select(ExportJob).order_by(ExportJob.created_at.desc()).limit(limit)
-    if device_id:
-        q = q.where(ExportJob.device_id == device_id)
-    with hub.sessions() as s:
-        return [export_view(r) for r in s.scalars(q)]
+    """The caller's own exports, newest first (an admin's: everyone's)."""
+    return [export_view(r) for r in hub.archive.export_jobs(who, device_id, limit)]
 
 
 @router.get(
     "/api/v1/exports/{export_id}",
     response_model=ExportOut,
-    responses={404: {"description": "no such export"}},
+    responses={404: {"description": "no such export (or another officer's)"}},
     response_model_exclude_unset=True,
 )
 def get_export(
-    export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*LIAISON))
+    export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
 ) -> ExportOut:
-    return _job(hub, export_id)
+    return export_view(hub.archive.export_job(who, export_id))
 
 
-def _done(hub: Hub, export_id: str) -> ExportJob:
-    with hub.sessions() as s:
-        row = s.get(ExportJob, export_id)
-    if row is None:
-        raise NotFound(f"no export {export_id}")
+def _done(hub: Hub, who: Principal, export_id: str) -> ExportJob:
+    row = hub.archive.export_job(who, export_id)  # NotFound for another officer's
     if row.status == "expired":
         raise HTTPException(410, f"export {export_id} expired; its file was removed")
     if row.status == "failed":
@@ -374,7 +361,7 @@ def _done(hub: Hub, export_id: str) -> ExportJob:
 
 
 _DONE_ONLY: dict[int | str, dict[str, Any]] = {
-    404: {"description": "no such export"},
+    404: {"description": "no such export (or another officer's)"},
     409: {"description": "the export failed or is not done yet"},
     410: {"description": "the export expired: its file was removed"},
 }
@@ -397,7 +384,7 @@ async def download_export(
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(*LIAISON)),
 ) -> Response:
-    row = _done(hub, export_id)
+    row = await asyncio.to_thread(_done, hub, who, export_id)
     ctx = _Served(hub, who, row.id, row.device_id, row.start_at, row.end_at, row.reason, row.case_number)
     headers = {
         "Accept-Ranges": "bytes",
@@ -416,10 +403,10 @@ async def download_export(
     responses={200: {"content": {"application/json": {}}, "description": "The clip's JSON sidecar"}, **_DONE_ONLY},
 )
 def export_manifest(
-    export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), _: Principal = Depends(require(*LIAISON))
+    export_id: str = ExportIdPath, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
 ) -> Response:
     """The JSON sidecar: origin time, first and last frame, gaps, skipped segments, SHA-256."""
-    _done(hub, export_id)
+    _done(hub, who, export_id)
     return FileResponse(hub.archive.exports.manifest_path(export_id), media_type="application/json")
 
 
@@ -444,7 +431,15 @@ class HoldOut(BaseModel):
     created_at: str
     released_at: str | None
     released_by: str | None
+    release_reason: str | None = Field(description="Why it was released")
     active: bool = Field(description="Not released yet: retention keeps the footage")
+
+
+class ReleaseIn(BaseModel):
+    """Why a hold is released (``comment`` is accepted for the same field)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, validation_alias=AliasChoices("reason", "comment"))
 
 
 def hold_view(h: LegalHold) -> HoldOut:
@@ -460,18 +455,23 @@ def hold_view(h: LegalHold) -> HoldOut:
             "created_at": iso(h.created_at),
             "released_at": iso(h.released_at),
             "released_by": h.released_by,
+            "release_reason": h.release_reason,
             "active": h.released_at is None,
         }
     )
 
 
 @router.post(
-    "/api/v1/holds", status_code=201, response_model=HoldOut, responses={404: {"description": "unknown device"}}
+    "/api/v1/holds", status_code=201, response_model=HoldOut, responses={
+        404: {"description": "unknown device"},
+        422: {"description": "impossible range, or longer than archive.max_hold_days"},
+    }
 )
 def create_hold(
     body: HoldIn, hub: Hub = Depends(get_hub), who: Principal = Depends(require(*LIAISON))
 ) -> HoldOut:
-    """Keep a device's footage in a range for a case; retention never deletes it until released."""
+    """Keep a device's footage in a range (at most ``archive.max_hold_days``) for a case; retention
+    never deletes it until released."""
     s, e = _times(body.start, body.end)
     _require_device(hub, body.device_id)
     return hold_view(hub.archive.add_hold(who, body.device_id, s, e, body.case_number.strip(), body.reason))
@@ -496,15 +496,21 @@ def list_holds(
 @router.post(
     "/api/v1/holds/{hold_id}/release",
     response_model=HoldOut,
-    responses={404: {"description": "no such hold"}, 409: {"description": "released already"}},
+    responses={
+        403: {"description": "placed by another officer: only they or an admin release it"},
+        404: {"description": "no such hold"},
+        409: {"description": "released already"},
+        422: {"description": "no reason given"},
+    },
 )
 def release_hold(
-    body: Comment,
+    body: ReleaseIn,
     hold_id: int = Path(ge=1, le=2**62),
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(*LIAISON)),
 ) -> HoldOut:
-    return hold_view(hub.archive.release_hold(who, hold_id, body.comment))
+    """End a hold, saying why (audited); its footage ages out as usual from then on."""
+    return hold_view(hub.archive.release_hold(who, hold_id, body.reason))
 
 
 # -- search --------------------------------------------------------------------------------------

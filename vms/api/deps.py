@@ -8,7 +8,7 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from vms.auth import Principal, Role
+from vms.auth import Principal, Role, Unauthenticated
 from vms.hub import Hub
 from vms.kernel.protocol import DEVICE_ID_PATTERN
 
@@ -20,20 +20,31 @@ def get_hub(request: Request) -> Hub:
     return hub
 
 
+#: The 401 of a request without a bearer token.
+MISSING = "missing bearer token"
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 def require(*roles: Role) -> Callable[..., Principal]:
-    """A dependency admitting only ``roles``; anything else is 401 (no/bad token) or 403."""
+    """A dependency admitting only ``roles``; anything else is 401 (no, bad or expired token) or 403."""
     allowed = frozenset(roles)
 
     def dep(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         if creds is None or creds.scheme.lower() != "bearer":
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        who = get_hub(request).tokens.check(creds.credentials)
-        if who is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise unauthorized(MISSING)
+        try:
+            who = get_hub(request).tokens.authenticate(creds.credentials)
+        except Unauthenticated as exc:
+            raise unauthorized(str(exc)) from None
         if who.role not in allowed:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

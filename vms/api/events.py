@@ -11,7 +11,9 @@ center tree, the dark or degraded cameras longest first, active alerts); after i
 - ``resync``: the client fell behind; it reconnects and gets a fresh snapshot.
 
 A comment line every 15 s keeps proxies from closing the stream; the token is checked again then,
-so a revoked token loses its stream within seconds.
+so a revoked or expired token loses its stream within seconds. One token may have at most
+``server.max_event_streams_per_token`` streams open (429 beyond), so a leaked token cannot take
+every stream of the hub.
 
 The browser's ``EventSource`` cannot send an ``Authorization`` header, so this route alone also
 takes the token as ``?token=``. The hub does not log request URLs (uvicorn's access log is off),
@@ -26,17 +28,18 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
+from starlette.types import Receive, Scope, Send
 
 from vms.api.alerts import alert_view
 from vms.api.deps import bearer, get_hub, require
-from vms.auth import READERS, Principal
+from vms.auth import READERS, Principal, Unauthenticated
 from vms.db.models import Alert
 from vms.events import Event, EventBus
 from vms.hub import Hub
@@ -123,6 +126,23 @@ class Feed:
         self.hub = hub
         self.clients = EventBus()
         self.task: asyncio.Task[None] | None = None
+        self.per_token: dict[str, int] = {}  # open streams by token ID (touched on the event loop only)
+
+    def take(self, who: Principal) -> Callable[[], None]:
+        """Count a stream against ``who``'s token; the returned callable gives it back. 429 over the limit."""
+        limit = self.hub.cfg.server.max_event_streams_per_token
+        if self.per_token.get(who.token_id, 0) >= limit:
+            raise HTTPException(429, f"token {who.name!r} has {limit} event streams open "
+                                "(server.max_event_streams_per_token); close a page first",
+                                headers={"Retry-After": "5"})
+        self.per_token[who.token_id] = self.per_token.get(who.token_id, 0) + 1
+
+        def give_back() -> None:
+            left = self.per_token.pop(who.token_id, 1) - 1
+            if left > 0:
+                self.per_token[who.token_id] = left
+
+        return give_back
 
     def ensure_running(self) -> None:
         if self.task is None or self.task.done():
@@ -144,6 +164,21 @@ class Feed:
             self.hub.events.unsubscribe(sub)
 
 
+class _CountedStream(StreamingResponse):
+    """A stream that gives its slot back when the response ends, however it ends (even before the
+    body starts, which a generator's ``finally`` would miss)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def feed_of(request: Request) -> Feed:
     feed: Feed | None = getattr(request.app.state, "web_feed", None)
     if feed is None:
@@ -163,6 +198,7 @@ async def events(request: Request, who: Principal = Depends(reader_by_header_or_
     feed = feed_of(request)
     if feed.clients.subscribers >= MAX_CLIENTS:
         raise HTTPException(503, f"at most {MAX_CLIENTS} event streams at once", headers={"Retry-After": "5"})
+    release = feed.take(who)
     header = request.headers.get("authorization", "")
     secret = header.split(" ", 1)[1] if header.lower().startswith("bearer ") else request.query_params["token"]
 
@@ -175,8 +211,10 @@ async def events(request: Request, who: Principal = Depends(reader_by_header_or_
                 try:
                     ev: Event = await asyncio.wait_for(sub.get(), PING_S)
                 except TimeoutError:
-                    if hub.tokens.check(secret) is None:
-                        yield sse("auth", {"reason": "token revoked"})
+                    try:
+                        hub.tokens.authenticate(secret)
+                    except Unauthenticated as exc:
+                        yield sse("auth", {"reason": str(exc)})
                         return
                     yield f": ping {math.floor(hub.clock())}\n\n"
                     continue
@@ -187,8 +225,9 @@ async def events(request: Request, who: Principal = Depends(reader_by_header_or_
         finally:
             feed.clients.unsubscribe(sub)
 
-    return StreamingResponse(
+    return _CountedStream(
         stream(),
+        release,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -7,7 +7,18 @@ API's one handler), and a segment upload's :class:`Result`, which the store repo
 from __future__ import annotations
 
 from vms.archive.store import Result
-from vms.errors import Conflict, DomainError, Invalid, NoSpace, NotFound, TooLarge, Unavailable, Unsupported
+from vms.errors import (
+    Busy,
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NoSpace,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    Unsupported,
+)
 
 #: A segment upload's outcome (main or sub stream) as the status the agent acts on (edge_agent/uplink.py):
 #: 201/200 it lets the segment go, 409/413 it sets it aside, 400 it re-checks and resends, 507/503 it retries.
@@ -30,7 +41,7 @@ def http_status(result: Result) -> int:
 #: Domain errors by kind; the first that matches wins, anything else is 400.
 DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (NotFound, 404), (Conflict, 409), (Invalid, 422), (TooLarge, 413), (NoSpace, 507), (Unavailable, 503),
-    (Unsupported, 426),
+    (Unsupported, 426), (Forbidden, 403), (Busy, 429),
 )
 
 

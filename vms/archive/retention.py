@@ -1,5 +1,9 @@
 """Retention: delete footage past its keep days or over its byte quota, oldest first, never held footage.
 
+Legal holds are read again for each batch, and the mark that dooms a batch skips, in the same
+statement, any segment a hold covers at that moment: a hold placed while a pass runs protects its
+footage from the next batch on.
+
 Deletion keeps the index and the disk consistent through crashes: a batch of rows is first marked
 ``deleting`` (committed), then the files are unlinked, then the rows deleted. Readers ignore marked
 rows, and :func:`repair` (run at start-up) finishes any marked batch, removes index rows whose
@@ -18,13 +22,13 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import av
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,10 +75,11 @@ class RepairReport:
     temp_removed: int = 0  # unfinished uploads' temporary files (never acknowledged to an agent)
 
 
-def active_holds(s: Session, device_id: str | None = None) -> Holds:
-    q = select(LegalHold.device_id, LegalHold.start_at, LegalHold.end_at).where(LegalHold.released_at.is_(None))
-    if device_id is not None:
-        q = q.where(LegalHold.device_id == device_id)
+def active_holds(s: Session, devices: Collection[str], start: float, end: float) -> Holds:
+    """Unreleased holds of ``devices`` overlapping ``[start, end)``, by device."""
+    q = select(LegalHold.device_id, LegalHold.start_at, LegalHold.end_at).where(
+        LegalHold.released_at.is_(None), LegalHold.device_id.in_(list(devices)), LegalHold.end_at > start,
+        LegalHold.start_at < end)
     out: Holds = {}
     for d, a, b in s.execute(q):
         out.setdefault(d, []).append((a, b))
@@ -83,6 +88,13 @@ def active_holds(s: Session, device_id: str | None = None) -> Holds:
 
 def _held(holds: Holds, device_id: str, start: float, end: float) -> bool:
     return any(end > a and start < b for a, b in holds.get(device_id, ()))
+
+
+#: True for a segment row that an unreleased hold covers (correlated: used inside the mark's UPDATE).
+_HELD_NOW = exists().where(
+    LegalHold.device_id == Segment.device_id, LegalHold.released_at.is_(None),
+    LegalHold.end_at > Segment.start_at, LegalHold.start_at < Segment.end_at,
+)
 
 
 class Retention:
@@ -110,21 +122,20 @@ class Retention:
     def run(self, now: float) -> PassReport:
         rep = PassReport(at=now, free_bytes_before=self.free_bytes())
         with self.sessions() as s:
-            holds = active_holds(s)
             devices = list(s.scalars(select(Device.id)))
         for d in devices:
             policy, source = self.policy_of(d)
             cutoff = now - policy.keep_days * 86400.0
-            self._delete_where(rep, "age", holds, [d], Segment.end_at <= cutoff, Segment.start_at < cutoff)
+            self._delete_where(rep, "age", [d], Segment.end_at <= cutoff, Segment.start_at < cutoff)
             # A center's quota caps the center's total (below); a device's or the default caps each device.
             if policy.quota_bytes is not None and not source.startswith("center:"):
-                self._enforce_quota(rep, holds, [d], policy.quota_bytes, "device_quota")
+                self._enforce_quota(rep, [d], policy.quota_bytes, "device_quota")
         for cid, pol in self.cfg.centers.items():
             if pol.quota_bytes is not None:
-                self._enforce_quota(rep, holds, self.center_members(cid), pol.quota_bytes, "center_quota")
+                self._enforce_quota(rep, self.center_members(cid), pol.quota_bytes, "center_quota")
         if self.free_bytes() < self.cfg.emergency_free_bytes:
             rep.emergency = True
-            self._emergency(rep, holds)
+            self._emergency(rep)
         rep.free_bytes_after = self.free_bytes()
         self.deleted_total += rep.deleted_segments
         self.deleted_bytes_total += rep.deleted_bytes
@@ -139,7 +150,7 @@ class Retention:
             q = q.where(or_(Segment.start_at > after[0], and_(Segment.start_at == after[0], Segment.id > after[1])))
         return list(s.execute(q.order_by(Segment.start_at, Segment.id).limit(self.cfg.batch_size)).all())
 
-    def _delete_where(self, rep: PassReport, reason: str, holds: Holds, devices: list[str], *where: Any) -> None:
+    def _delete_where(self, rep: PassReport, reason: str, devices: list[str], *where: Any) -> None:
         after: tuple[float, int] | None = None
         while devices:
             with self.sessions() as s:
@@ -147,11 +158,9 @@ class Retention:
             if not rows:
                 return
             after = (rows[-1].start_at, rows[-1].id)
-            doomed = self._unheld(rep, holds, rows)
-            self.delete_rows(doomed)
-            rep.count(reason, doomed)
+            self._delete(rep, reason, self._unheld(rep, rows))
 
-    def _enforce_quota(self, rep: PassReport, holds: Holds, devices: list[str], quota: int, reason: str) -> None:
+    def _enforce_quota(self, rep: PassReport, devices: list[str], quota: int, reason: str) -> None:
         if not devices:
             return
         with self.sessions() as s:
@@ -172,15 +181,15 @@ class Retention:
                 return
             after = (rows[-1].start_at, rows[-1].id)
             doomed = []
-            for r in self._unheld(rep, holds, rows):
+            for r in self._unheld(rep, rows):
                 if used <= quota:
                     break
                 doomed.append(r)
                 used -= r.bytes
-            self.delete_rows(doomed)
-            rep.count(reason, doomed)
+            deleted = {r.id for r in self._delete(rep, reason, doomed)}
+            used += sum(r.bytes for r in doomed if r.id not in deleted)  # held since the batch was read
 
-    def _emergency(self, rep: PassReport, holds: Holds) -> None:
+    def _emergency(self, rep: PassReport) -> None:
         """Oldest footage of any device goes until the target free space is reached."""
         after: tuple[float, int] | None = None
         target = self.cfg.emergency_target_free_bytes
@@ -198,7 +207,7 @@ class Retention:
                 log.error("archive disk still low after deleting all unheld footage")
                 return
             after = (rows[-1].start_at, rows[-1].id)
-            doomed = self._unheld(rep, holds, rows)
+            doomed = self._unheld(rep, rows)
             # Delete in small steps so no more is lost than the target needs.
             need = target - self.free_bytes()
             step: list[Any] = []
@@ -209,28 +218,45 @@ class Retention:
                     break
             if step and len(step) < len(doomed):
                 after = (step[-1].start_at, step[-1].id)  # the rest of this batch is next in line
-            self.delete_rows(step)
-            rep.count("emergency", step)
+            self._delete(rep, "emergency", step)
 
-    @staticmethod
-    def _unheld(rep: PassReport, holds: Holds, rows: list[Any]) -> list[Any]:
+    def _unheld(self, rep: PassReport, rows: list[Any]) -> list[Any]:
+        """The batch's rows no hold covers, with the holds as they are now (not as the pass began)."""
+        if not rows:
+            return []
+        with self.sessions() as s:
+            holds = active_holds(s, {r.device_id for r in rows}, min(r.start_at for r in rows),
+                                 max(r.end_at for r in rows))
         keep = [r for r in rows if not _held(holds, r.device_id, r.start_at, r.end_at)]
         rep.held_skipped += len(rows) - len(keep)
         return keep
 
-    def delete_rows(self, rows: Iterable[Any]) -> None:
-        """Mark, unlink, delete: each step committed before the next (see the module doc)."""
+    def _delete(self, rep: PassReport, reason: str, rows: list[Any]) -> list[Any]:
+        """Delete ``rows`` and count them; a row a hold took since :meth:`_unheld` counts as held."""
+        deleted = self.delete_rows(rows)
+        rep.held_skipped += len(rows) - len(deleted)
+        rep.count(reason, deleted)
+        return deleted
+
+    def delete_rows(self, rows: Iterable[Any]) -> list[Any]:
+        """Mark, unlink, delete: each step committed before the next (see the module doc). The mark
+        skips rows a hold covers at that moment, in the same statement, so no hold placed after the
+        batch was read is missed; returns the rows deleted."""
         rows = list(rows)
         if not rows:
-            return
+            return []
         ids_ = [r.id for r in rows]
         with self.sessions() as s:
-            s.execute(update(Segment).where(Segment.id.in_(ids_)).values(deleting=True))
+            s.execute(update(Segment).where(Segment.id.in_(ids_), ~_HELD_NOW).values(deleting=True)
+                      .execution_options(synchronize_session=False))
+            marked = set(s.scalars(select(Segment.id).where(Segment.id.in_(ids_), Segment.deleting.is_(True))))
             s.commit()
+        rows = [r for r in rows if r.id in marked]
         self._unlink(r.path for r in rows)
         with self.sessions() as s:
-            s.execute(delete(Segment).where(Segment.id.in_(ids_)))
+            s.execute(delete(Segment).where(Segment.id.in_([r.id for r in rows])))
             s.commit()
+        return rows
 
     def _unlink(self, rels: Iterable[str]) -> None:
         dirs: set[Path] = set()

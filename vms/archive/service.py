@@ -35,11 +35,11 @@ from vms.archive.clip import (
 from vms.archive.exports import Exports, LiveExport
 from vms.archive.retention import PassReport, RepairReport, Retention
 from vms.archive.store import SegmentStore
-from vms.auth import Principal
+from vms.auth import Principal, Role
 from vms.centers import CenterTree
 from vms.config import HubConfig, RetentionPolicy
-from vms.db.models import Device, LegalHold
-from vms.errors import Conflict, NotFound
+from vms.db.models import Device, ExportJob, LegalHold
+from vms.errors import Conflict, Forbidden, Invalid, NotFound
 from vms.kernel.timeutil import iso
 from vms.services.alerting import AlertWriter, NewAlert
 
@@ -77,6 +77,7 @@ class Archive:
                  lookups: ArchiveLookups, alerts: AlertWriter, clock: Callable[[], float]) -> None:
         self.cfg = cfg.retention
         self.min_free_bytes = cfg.archive.min_free_bytes
+        self.max_hold_days = cfg.archive.max_hold_days
         self.tree = tree
         for cid in self.cfg.centers:
             tree.get(cid)  # an unknown center in the retention policies is a start-up error
@@ -338,6 +339,13 @@ class Archive:
     def add_hold(
         self, who: Principal, device_id: str, start: float, end: float, case_number: str, reason: str
     ) -> LegalHold:
+        """Keep a device's footage in ``[start, end)`` (audited); :class:`Invalid` for a range longer than
+        ``archive.max_hold_days``: held footage survives even emergency cleanup."""
+        days = (end - start) / 86400.0
+        if days > self.max_hold_days:
+            raise Invalid(f"a hold of {days:.2f} days ({iso(start)} to {iso(end)}) is longer than "
+                          f"archive.max_hold_days ({self.max_hold_days:g}): hold the range the case needs, "
+                          "in several holds if it is longer")
         now = self.clock()
         with self.sessions() as s:
             row = LegalHold(
@@ -362,15 +370,22 @@ class Archive:
         )
         return row
 
-    def release_hold(self, who: Principal, hold_id: int, comment: str) -> LegalHold:
+    def release_hold(self, who: Principal, hold_id: int, reason: str) -> LegalHold:
+        """Only the officer who placed the hold, or an admin, releases it, saying why (audited):
+        :class:`Forbidden` for anyone else, :class:`Invalid` for an empty reason."""
+        reason = reason.strip()
+        if not reason:
+            raise Invalid("state why the hold is released: footage it kept can be deleted from then on")
         now = self.clock()
         with self.sessions() as s:
             row = s.get(LegalHold, hold_id)
             if row is None:
                 raise NotFound(f"no hold {hold_id}")
+            if row.created_by != who.name and who.role is not Role.admin:
+                raise Forbidden(f"hold {hold_id} was placed by {row.created_by}: only they or an admin may release it")
             if row.released_at is not None:
                 raise Conflict(f"hold {hold_id} was released already at {iso(row.released_at)}")
-            row.released_at, row.released_by = now, who.name
+            row.released_at, row.released_by, row.release_reason = now, who.name, reason
             s.commit()
             s.refresh(row)
         audit.record(
@@ -379,9 +394,33 @@ class Archive:
             at=now,
             action="hold.release",
             target=row.device_id,
-            detail={"hold_id": hold_id, "case": row.case_number, "comment": comment},
+            detail={"hold_id": hold_id, "case": row.case_number, "placed_by": row.created_by, "reason": reason},
         )
         return row
+
+    # -- exports: each officer sees their own -------------------------------------------------
+    @staticmethod
+    def _sees_all(who: Principal) -> bool:
+        return who.role is Role.admin
+
+    def export_job(self, who: Principal, job_id: str) -> ExportJob:
+        """An export ``who`` may see: their own, or any for an admin. Another officer's is
+        :class:`NotFound`, as if it did not exist (its reason and case number are not theirs to read)."""
+        with self.sessions() as s:
+            row = s.get(ExportJob, job_id)
+        if row is None or not (self._sees_all(who) or row.requested_by == who.name):
+            raise NotFound(f"no export {job_id}")
+        return row
+
+    def export_jobs(self, who: Principal, device_id: str | None, limit: int) -> list[ExportJob]:
+        """The newest exports ``who`` may see (their own, or all for an admin), newest first."""
+        q = select(ExportJob).order_by(ExportJob.created_at.desc()).limit(limit)
+        if device_id:
+            q = q.where(ExportJob.device_id == device_id)
+        if not self._sees_all(who):
+            q = q.where(ExportJob.requested_by == who.name)
+        with self.sessions() as s:
+            return list(s.scalars(q))
 
     # -- clips ---------------------------------------------------------------------------------
     def plan(self, device_id: str, start: float, end: float, *, export: bool) -> ClipPlan:

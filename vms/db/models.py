@@ -29,7 +29,8 @@ class Center(Base):
 
 
 class Token(Base):
-    """An API token; only a SHA-256 of its secret is stored."""
+    """An API token; only a SHA-256 of its secret is stored. ``last_used_at`` is written by the tick, so it
+    may lag the newest use by a minute (``vms/auth.py``)."""
 
     __tablename__ = "tokens"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -39,6 +40,8 @@ class Token(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, doc="Refused from then on; None: never.")
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Agent(Base):
@@ -209,6 +212,7 @@ class LegalHold(Base):
     created_at: Mapped[float] = mapped_column(Float)
     released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     released_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ExportJob(Base):

@@ -7,17 +7,25 @@ devices heard of for the first time are written (``Registry.create``), outside t
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from vms import audit
 from vms.auth import Principal
 from vms.config import HealthConfig
 from vms.db.models import Agent
-from vms.errors import Unsupported
+from vms.errors import Busy, Unsupported
 from vms.kernel.protocol import PROTOCOL_VERSION, CameraStats, Heartbeat, HeartbeatReply, Rejection
 from vms.services.registry import Registry
 
 log = logging.getLogger(__name__)
+
+#: Registrations one agent may make in ``REGISTER_WINDOW_S``; each writes its row and an audit entry,
+#: so a looping or hostile agent must not grow the audit log without bound. An agent registers once per
+#: start and retries a refusal with backoff.
+REGISTERS_PER_WINDOW = 6
+REGISTER_WINDOW_S = 60.0
 
 
 class HeartbeatRejected(Unsupported):
@@ -42,12 +50,15 @@ class Heartbeats:
         self.agent_analysed = agent_analysed
         self.heartbeats_total = 0
         self.rejected_total = 0
+        self._registers: dict[str, deque[float]] = {}  # agent -> its recent registration times
+        self._registers_lock = threading.Lock()
 
     def register(self, who: Principal, protocol: int, version: str, hostname: str) -> None:
         """An agent (re)starts: recorded and audited."""
         if protocol != PROTOCOL_VERSION:
             raise HeartbeatRejected(f"protocol {protocol} not supported; this hub speaks {PROTOCOL_VERSION}")
         now = self.reg.clock()
+        self._count_register(who.name, now)
         with self.reg.sessions() as s:
             row = s.get(Agent, who.name)
             if row is None:
@@ -61,6 +72,18 @@ class Heartbeats:
         audit.record(self.reg.sessions, who, at=now, action="agent.register", target=who.name,
                      detail={"version": version, "hostname": hostname})
         log.info("agent %s registered (version %s, host %s)", who.name, version, hostname)
+
+    def _count_register(self, agent: str, now: float) -> None:
+        """Note a registration; :class:`Busy` (429) if the agent made ``REGISTERS_PER_WINDOW`` already."""
+        with self._registers_lock:
+            recent = self._registers.setdefault(agent, deque())
+            while recent and recent[0] <= now - REGISTER_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= REGISTERS_PER_WINDOW:
+                wait = recent[0] + REGISTER_WINDOW_S - now
+                raise Busy(f"agent {agent} registered {len(recent)} times in the last {REGISTER_WINDOW_S:.0f} s; "
+                           f"retry in {wait:.0f} s", retry_after_s=wait)
+            recent.append(now)
 
     def heartbeat(self, who: Principal, hb: Heartbeat) -> HeartbeatReply:
         reg = self.reg

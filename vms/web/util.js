@@ -83,10 +83,12 @@ export function bytes(n) {
   return `${i ? n.toFixed(n < 10 ? 2 : 1) : n} ${units[i]}`;
 }
 
-/** Rows as CSV text (RFC 4180 quoting), with a header row. */
+/** Rows as CSV text (RFC 4180 quoting), with a header row. Text that a spreadsheet would take as a
+ *  formula (starting with = + - @, tab or CR) gets a leading apostrophe, as the hub's own CSV does. */
 export function toCsv(header, rows) {
   const q = (v) => {
-    const s = v === null || v === undefined ? "" : String(v);
+    let s = v === null || v === undefined ? "" : String(v);
+    if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = `'${s}`;
     return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   };
   return [header, ...rows].map((r) => r.map(q).join(",")).join("\r\n") + "\r\n";
