@@ -70,6 +70,7 @@ class Registration:
     catalog_done: bool = False  # the catalog query after registering ended (answered or not)
     reachable: bool = True  # False once it failed to answer a probe; any message from it sets it again
     info: dict[str, str] = field(default_factory=dict)  # its DeviceInfo and DeviceStatus answers
+    carrier_told: bool = False  # the registry knows whether it carries channels (see _carriers)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class HubLink:
     set_quality: Callable[[str, str, bool], None]  # Registry.set_quality
     streamable: Callable[[str], bool] = lambda _d: False  # accepted and in service (known, not held)
     figures: Callable[[str, float, float, int], None] = lambda *_a: None  # Registry.stream_report
-    carrier: Callable[[str, bool], None] = lambda *_a: None  # Registry.set_carrier
+    carrier: Callable[[str, bool], bool] = lambda *_a: False  # Registry.set_carrier
     place: Callable[[str, float | None, float | None, str], bool] = lambda *_a: False  # Coverage.place_reported
     alarm: Callable[[NewAlert], int] = lambda _a: 0  # AlertWriter.raise_or_update
     store_segment: Callable[[str, Segment], Outcome] | None = None  # SegmentIngest.store_own
@@ -506,12 +507,12 @@ class GbService:
                      b - a, how)
 
     def _carriers(self) -> None:
-        """A device with channels counts through them, not itself (again each second: a device may be
-        accepted at any time)."""
+        """A device with channels counts through them, not itself: told once its catalog is known, and
+        again each second while it is no device yet (pending) or its channels changed."""
         with self._lock:
-            carriers = [(r.device_id, bool(r.channels)) for r in self.registrations.values() if r.catalog_done]
-        for device_id, carrier in carriers:
-            self.hub.carrier(device_id, carrier)
+            untold = [r for r in self.registrations.values() if r.catalog_done and not r.carrier_told]
+        for reg in untold:
+            reg.carrier_told = self.hub.carrier(reg.device_id, bool(reg.channels))
 
     def _media_tick(self) -> None:
         """Every second: which channels should stream (accepted ones, once the catalog is known), and
@@ -665,6 +666,7 @@ class GbService:
         self.counters["catalog_items"] += len(chans)
         with self._lock:
             reg.channels = {it.device_id: (it.status or "ON").upper() for it in chans}
+            reg.carrier_told = False
         self._report(reg.device_id, [_reported(it) for it in chans], chans)
         self._alive(reg, self.clock())
         self.hub.silence([c for c, st in reg.channels.items() if st != "ON"])
@@ -690,10 +692,12 @@ class GbService:
                 if self._channels(reg, [it]):
                     with self._lock:
                         reg.channels[ch] = (it.status or "ON").upper()
+                        reg.carrier_told = False
                     self._report(reg.device_id, [_reported(it)], [it])
             elif event == "DEL":
                 with self._lock:
                     reg.channels.pop(ch, None)
+                    reg.carrier_told = False
                 self.hub.silence([ch])
 
     # -- views -----------------------------------------------------------------------------------------

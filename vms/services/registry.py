@@ -222,12 +222,14 @@ class Registry:
                 self.health.report(i, self.clock(), fps=fps, bitrate=bitrate, reconnects=reconnects, gaps=0,
                                    connected=True)
 
-    def set_carrier(self, device_id: str, carrier: bool) -> None:
-        """The device carries channels that count in its place (``Health.carrier``)."""
+    def set_carrier(self, device_id: str, carrier: bool) -> bool:
+        """The device carries channels that count in its place (``Health.carrier``); False if it is
+        no device (yet: pending)."""
         with self.lock:
             i = self.health.index.get(device_id)
             if i is not None:
                 self.health.carrier[i] = carrier
+            return i is not None
 
     def set_quality(self, device_id: str, check: str, raised: bool) -> None:
         """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""
