@@ -155,7 +155,7 @@ def test_parse_refuses(body: bytes, message: str) -> None:
 def test_build_refuses(change: dict[str, object], message: str) -> None:
     base = Sdp("Play", "32058500002000000001", "10.0.0.1", 5000, "UDP", "recvonly")
     with pytest.raises(SdpError, match=message):
-        sdp.build(Sdp(**{**{f: getattr(base, f) for f in Sdp.__slots__}, **change}))  # type: ignore[arg-type]
+        sdp.build(Sdp(**{**{f: getattr(base, f) for f in Sdp.__slots__}, **change}))
 
 
 def test_ssrc_for() -> None:

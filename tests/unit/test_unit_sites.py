@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ DISTRICT = geo.Bounds(121.0, 31.4, 121.2, 31.6)  # lon 121.0..121.2, lat 31.4..3
 SQUARE = [[121.10, 31.50], [121.11, 31.50], [121.11, 31.51], [121.10, 31.51], [121.10, 31.50]]
 
 
-def feature(props: dict[str, object], geometry: dict[str, object] | None) -> dict[str, object]:
+def feature(props: Mapping[str, object], geometry: Mapping[str, object] | None) -> dict[str, object]:
     return {"type": "Feature", "properties": props, "geometry": geometry}
 
 
@@ -188,7 +189,10 @@ def test_sweep_equals_counting_second_by_second(data: st.DataObject) -> None:
     for c in range(n_cam):  # each camera: consecutive intervals with whole-second bounds, some good
         cuts = sorted({*data.draw(st.lists(st.integers(0, end), max_size=6)), 0, end})
         for a, b in itertools.pairwise(cuts):
-            dev.append(c), s.append(float(a)), e.append(float(b)), good.append(data.draw(st.booleans()))
+            dev.append(c)
+            s.append(float(a))
+            e.append(float(b))
+            good.append(data.draw(st.booleans()))
     iv = geo.Intervals(np.array(dev, np.int64), np.array(s), np.array(e), np.array(good, np.bool_))
     need = data.draw(st.lists(st.integers(1, 3), min_size=n_site, max_size=n_site))
     start = data.draw(st.lists(st.integers(0, 30), min_size=n_site, max_size=n_site))
