@@ -314,8 +314,10 @@ class MediaReceiver:
 
 
 _PACK, _PSM = b"\x00\x00\x01\xba", b"\x00\x00\x01\xbc"
-#: Without a stream map this far into the stream, it has none (FFmpeg's own PS, some encoders).
+#: Without a stream map this far (or this long) into the stream, it has none (FFmpeg's own PS,
+#: some encoders): it is read from its first pack header, nothing dropped.
 PSM_SEARCH_BYTES = 1 << 20
+PSM_SEARCH_S = 2.0
 
 
 class _PsReader:
@@ -328,14 +330,18 @@ class _PsReader:
     def __init__(self, rx: MediaReceiver) -> None:
         self.rx = rx
         self.synced = False
+        self._since: float | None = None  # when the first bytes came, while looking for a map
 
     def _sync(self, buf: bytearray) -> None:
         psm = buf.find(_PSM)
         if psm >= 0:
             start = buf.rfind(_PACK, 0, psm)
-            del buf[: max(start, psm)]  # a map without a pack header before it: from the map
+            del buf[: start if start >= 0 else psm]  # a map without a pack header before it: from the map
             self.synced = True
-        elif len(buf) > PSM_SEARCH_BYTES:
+            return
+        if buf and self._since is None:
+            self._since = time.monotonic()
+        if len(buf) > PSM_SEARCH_BYTES or (self._since is not None and time.monotonic() - self._since > PSM_SEARCH_S):
             start = buf.find(_PACK)
             del buf[: start if start >= 0 else len(buf) - 3]
             self.synced = start >= 0
