@@ -23,4 +23,7 @@ fi
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy && .venv/bin/mypy tests/unit
 echo "== import rules"; .venv/bin/lint-imports
-echo "== pytest"; .venv/bin/pytest -q --durations=15 "$@"
+# Test files run side by side (most of the suite waits on cameras, hubs and timers, not on the CPU);
+# one file stays on one worker, so a file's hub and cameras are started once. VMS_TEST_WORKERS=0
+# runs them one after another.
+echo "== pytest"; .venv/bin/pytest -q --durations=15 -n "${VMS_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -226,7 +226,12 @@ def test_a_register_flood_from_one_address_is_rate_limited_not_fatal(gb_hub: Any
             except TimeoutError:
                 break
         assert 5 <= answered <= 20  # the burst (10) and what refilled meanwhile
-        assert hub.gb28181 is not None and hub.gb28181.limit.dropped >= 180
+        gb = hub.gb28181
+        assert gb is not None
+        # Every REGISTER that reached the hub was answered or dropped by the limit (on a loaded machine
+        # the kernel may drop some of the 200 datagrams before the hub reads them: those never count).
+        assert gb.transport.counters.received >= 100
+        assert gb.limit.dropped + answered == gb.transport.counters.received
         time.sleep(1.0)  # the bucket refills: the device gets in
         assert dev.register().status == 200
     finally:

@@ -33,6 +33,7 @@ class AlertKind(StrEnum):
     RECEIVER_DOWN = "receiver_down"  # an alert receiver keeps failing; the others hear of it (vms/notify.py)
     SITE_UNCOVERED = "site_uncovered"  # a key site without its working cameras (vms/services/coverage.py)
     DEVICE_ALARM = "device_alarm"  # a GB/T 28181 device's own Alarm notification (vms/gb28181/service.py)
+    SUPERIOR_DOWN = "superior_down"  # the link to a superior platform is down (vms/gb28181/cascade.py)
 
 
 class AlertState(StrEnum):
@@ -63,6 +64,8 @@ SEVERITY = {
     AlertKind.SITE_UNCOVERED: Severity.CRITICAL,
     # The device's own word (tamper, video loss, disk fault ...); its priority (1 = 一级警情) is in the detail.
     AlertKind.DEVICE_ALARM: Severity.WARNING,
+    # Critical: while it lasts, the district center and the police see none of this center's cameras.
+    AlertKind.SUPERIOR_DOWN: Severity.CRITICAL,
 }
 
 

@@ -500,6 +500,46 @@ class Gb28181Config(_Model):
         return self.keepalive_interval_s * self.keepalive_misses
 
 
+class SuperiorConfig(_Model):
+    """A superior platform this center registers with by GB/T 28181 (级联): the district center or
+    the police platform. It sees the devices of ``share`` and asks for their live and recorded video."""
+
+    name: str = Field(description="Short stable key, e.g. 'district' or 'police'.")
+    server_id: ids.DeviceIdKey = Field(description="The superior's own 20-digit SIP ID (type 200).")
+    domain: str | None = Field(None, pattern=r"^[0-9]{10}$",
+                               description="The superior's SIP domain; default: the first 10 digits of server_id.")
+    host: str = Field(max_length=100, description="Address of the superior's SIP server.")
+    port: int = Field(5060, ge=1, le=65535)
+    transport: Literal["udp", "tcp"] = "udp"
+    password: str = Field("", max_length=128, description="The password the superior gave this center.")
+    share: list[str] = Field(
+        min_length=1, max_length=1000,
+        description="What the superior may see: center IDs (their devices and sub-centers) or device-ID prefixes.")
+    expires_s: int = Field(3600, ge=60, le=86400, description="Registration lifetime asked; renewed at 80 %.")
+    keepalive_interval_s: float = Field(60.0, ge=1, le=3600, description="Keepalive period toward the superior.")
+    keepalive_misses: int = Field(3, ge=1, le=10, description="Keepalives unanswered before registering again.")
+    retry_max_s: float = Field(60.0, ge=1, le=3600, description="Longest wait between failed registrations "
+                               "(1 s, doubling).")
+    catalog_page: int = Field(10, ge=1, le=100, description="Catalog items per MESSAGE (SumNum paging).")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _SLUG.match(v):
+            raise ValueError("must be 1-63 lowercase letters, digits, '-' or '_'")
+        return v
+
+    @model_validator(mode="after")
+    def _platform(self) -> SuperiorConfig:
+        if ids.parse(self.server_id).type != "200":
+            raise ValueError(f"superior {self.name!r}: server_id {self.server_id} must have type code 200")
+        return self
+
+    @property
+    def realm(self) -> str:
+        return self.domain or self.server_id[:10]
+
+
 class MetricsConfig(_Model):
     public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
 
@@ -521,6 +561,7 @@ class HubConfig(_Model):
     sites: list[SiteConfig] = Field(default_factory=list, max_length=100_000)
     map: MapConfig = Field(default_factory=MapConfig)
     coverage: CoverageConfig = Field(default_factory=CoverageConfig)
+    superiors: list[SuperiorConfig] = Field(default_factory=list, max_length=16)
 
     @model_validator(mode="after")
     def _unique(self) -> HubConfig:
@@ -543,8 +584,27 @@ class HubConfig(_Model):
         names = [r.name for r in self.alerts.receivers]
         if len(names) != len(set(names)):
             raise ValueError("alert receiver names must be unique")
+        self._check_superiors(seen)
         return self
 
+
+    def _check_superiors(self, centers: set[str]) -> None:
+        """Superiors need this center's SIP side and name what they see as known centers or prefixes."""
+        if self.superiors and not self.gb28181.enabled:
+            raise ValueError("superiors need gb28181.enabled (the center registers upward as gb28181.server_id)")
+        names: set[str] = set()
+        for sup in self.superiors:
+            if sup.name in names:
+                raise ValueError(f"duplicate superior name {sup.name!r}")
+            names.add(sup.name)
+            if sup.server_id == self.gb28181.server_id:
+                raise ValueError(f"superior {sup.name!r}: server_id is this center's own gb28181.server_id")
+            for entry in sup.share:
+                if entry.isdigit():
+                    ids.check_prefix(entry)
+                elif entry not in centers:
+                    raise ValueError(f"superior {sup.name!r}: share entry {entry!r} is neither a center ID "
+                                     f"(centers: {', '.join(sorted(centers)) or 'none'}) nor a device-ID prefix")
 
     def _check_sites(self, centers: set[str]) -> None:
         """Sites under known centers, inside the district; devices placed inside it, at known sites."""

@@ -319,7 +319,9 @@ class Health:
         known = self.known[:n]
         steady = (now - self.signal_since[:n]) >= c.recover_after_s
         on = np.where(known & ((prev & ONLINE) != 0), fresh, fresh & steady)
-        up = on & ((now - self.last_upload[:n]) <= c.upload_timeout_s)
+        # A source that reports less often than agents (a lower platform's keepalive) vouches for the
+        # upload as long as for the signal: the upload window is at least the silence limit.
+        up = on & ((now - self.last_upload[:n]) <= np.maximum(c.upload_timeout_s, limit))
         intact = on & (self.defects[:n] == 0)
         new = on.astype(np.uint8) * ONLINE | up.astype(np.uint8) * UPLOADING | intact.astype(np.uint8) * INTACT
         changed = known & (new != prev)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from vms import audit
 from vms.archive.service import Archive, ArchiveLookups
 from vms.archive.store import SegmentStore
 from vms.auth import TokenCache
@@ -20,6 +21,7 @@ from vms.centers import CenterTree
 from vms.config import HubConfig
 from vms.db import open_store
 from vms.events import EventBus
+from vms.gb28181.cascade import CascadeLink, Shared
 from vms.gb28181.service import GbService, HubLink
 from vms.health import Health
 from vms.live import LiveRelay
@@ -86,12 +88,13 @@ class Hub:
                 report=lambda who, rep: self.acceptance.report(who, rep),  # built below, used once started
                 signal=reg.signal, silence=reg.silence, agent_seen=reg.agent_seen, set_quality=reg.set_quality,
                 streamable=lambda d: reg.known(d) and d not in reg.held, store_segment=self.ingest.store_own,
-                figures=reg.stream_report, carrier=reg.set_carrier,
+                figures=reg.stream_report, carrier=reg.set_carrier, told_upload=reg.told_upload,
                 place=lambda d, lon, lat, source: self.coverage.place_reported(d, lon, lat, source),
                 alarm=self.alerts.raise_or_update,
             )
             # Media cut into segments waits on the archive's own disk (a dot directory the repair skips).
-            self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock, media_dir=self.segments.root / ".gb28181")
+            self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock, media_dir=self.segments.root / ".gb28181",
+                                     superiors=cfg.superiors, up=self._cascade_link())
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         with self.sessions() as s:
@@ -100,6 +103,24 @@ class Hub:
             reg.load(s)
             self.monitor.load(s, read_only)
             self.coverage.load(s)
+
+    def _cascade_link(self) -> CascadeLink:
+        """What superior platforms are shown: the devices in service with their state and position."""
+        snaps, cov = self.snapshots, self.coverage
+
+        def devices() -> list[Shared]:
+            out = []
+            for d, name, location, state, homes in snaps.in_service():
+                pos = cov.position(d)
+                out.append(Shared(d, name, location, state, homes, *(pos[:2] if pos else (None, None))))
+            return out
+
+        def record(who: str, action: str, target: str, detail: dict[str, object]) -> None:
+            audit.append(self.sessions, at=self.clock(), actor=who, role="superior", action=action, target=target,
+                         detail=detail)
+
+        return CascadeLink(devices=devices, states=snaps.states, alert=self.alerts.raise_or_update,
+                           resolve=self.alerts.resolve_active, audit=record, events=self.events)
 
     @property
     def public_url(self) -> str:

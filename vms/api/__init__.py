@@ -27,6 +27,7 @@ from vms.api import (
     quality,
     reports,
     sites,
+    superiors,
     system,
     web,
 )
@@ -39,7 +40,7 @@ from vms.metrics import registry_for
 
 ROUTERS = (system.router, devices.router, centers.router, agents.router, alerts.router, reports.router, admin.router,
            events.router, gb28181.router, web.router, live.router, archive.router, quality.router, discovery.router,
-           sites.router)
+           sites.router, superiors.router)
 
 
 class BodyLimit:

@@ -44,8 +44,9 @@ from vms.alerts import AlertKind
 from vms.archive.store import Outcome
 from vms.auth import Principal, Role
 from vms.centers import CenterTree
-from vms.config import Gb28181Config
+from vms.config import Gb28181Config, SuperiorConfig
 from vms.gb28181 import digest, manscdp, sip
+from vms.gb28181.cascade import Cascade, CascadeLink
 from vms.gb28181.media import ArchiveSink
 from vms.gb28181.play import Player
 from vms.gb28181.transport import Peer, Transport
@@ -57,6 +58,8 @@ from vms.services.alerting import NewAlert
 log = logging.getLogger(__name__)
 
 DEFECT = "device_defect"  # the defect a device's own DEFECT catalog event raises
+TOLD_ONLINE = ("ON", "VLOST", "DEFECT")  # a lower platform's camera states that are online ...
+TOLD_UPLOADING = ("ON", "DEFECT")  # ... and those whose video reaches it
 
 
 @dataclass
@@ -71,6 +74,12 @@ class Registration:
     reachable: bool = True  # False once it failed to answer a probe; any message from it sets it again
     info: dict[str, str] = field(default_factory=dict)  # its DeviceInfo and DeviceStatus answers
     carrier_told: bool = False  # the registry knows whether it carries channels (see _carriers)
+
+    @property
+    def platform(self) -> bool:
+        """A lower platform (a town center, type 200): its word says whether its cameras send video,
+        and its footage stays there (nothing is invited to record it here)."""
+        return self.device_id[10:13] == "200"
 
 
 @dataclass
@@ -104,6 +113,7 @@ class HubLink:
     set_quality: Callable[[str, str, bool], None]  # Registry.set_quality
     streamable: Callable[[str], bool] = lambda _d: False  # accepted and in service (known, not held)
     figures: Callable[[str, float, float, int], None] = lambda *_a: None  # Registry.stream_report
+    told_upload: Callable[[list[str], bool, float], None] = lambda *_a: None  # Registry.told_upload
     carrier: Callable[[str, bool], bool] = lambda *_a: False  # Registry.set_carrier
     place: Callable[[str, float | None, float | None, str], bool] = lambda *_a: False  # Coverage.place_reported
     alarm: Callable[[NewAlert], int] = lambda _a: 0  # AlertWriter.raise_or_update
@@ -132,9 +142,11 @@ class RateLimit:
 
 class GbService:
     def __init__(self, cfg: Gb28181Config, tree: CenterTree, hub: HubLink, clock: Callable[[], float] = time.time,
-                 secret: bytes | None = None, media_dir: Path | None = None) -> None:
+                 secret: bytes | None = None, media_dir: Path | None = None,
+                 superiors: list[SuperiorConfig] | None = None, up: CascadeLink | None = None) -> None:
         """``media_dir``: where segments cut from GB media wait for the store (on the archive's disk);
-        without it, or with ``record`` off, nothing is invited."""
+        without it, or with ``record`` off, nothing is invited. ``superiors`` and ``up``: the platforms
+        this center registers with, and what they are shown (``cascade.py``)."""
         self.cfg = cfg
         self.tree = tree
         self.hub = hub
@@ -164,6 +176,9 @@ class GbService:
         self._error: BaseException | None = None
         self._lock = threading.Lock()  # registrations are read by views from other threads
         self._reports = ThreadPoolExecutor(1, thread_name_prefix="vms-gb28181-report")
+        self.cascade: Cascade | None = None
+        if superiors and up is not None:
+            self.cascade = Cascade(superiors, cfg, tree, self.transport, up, clock, self._reports.submit)
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -188,10 +203,13 @@ class GbService:
             return
         self._ready.set()
         expiry = loop.create_task(self._expire_loop())
+        upward = loop.create_task(self.cascade.run()) if self.cascade is not None else None
         try:
             loop.run_forever()
         finally:
             expiry.cancel()
+            if upward is not None:
+                upward.cancel()
             tasks = asyncio.all_tasks(loop)
             for t in tasks:
                 t.cancel()
@@ -204,12 +222,14 @@ class GbService:
         receivers: list[Any] = []
         loop = self._loop
         if loop is not None and self._thread is not None and self._thread.is_alive():
-            player, transport = self.player, self.transport
+            player, transport, cascade = self.player, self.transport, self.cascade
 
             async def hang_up() -> list[Any]:
                 """BYE to every stream, then no new connections: a device connecting while the loop
                 stops would otherwise get a connection no task serves."""
                 out = player.shutdown() if player is not None else []
+                if cascade is not None:
+                    await cascade.goodbye()
                 await transport.close()
                 return out
 
@@ -225,13 +245,17 @@ class GbService:
 
     # -- requests -----------------------------------------------------------------------------------
     def _handle(self, req: sip.Request, peer: Peer) -> sip.Response | None:
+        if self.cascade is not None and self.cascade.handles(req):
+            return self.cascade.handle(req, peer)
         if req.method == "REGISTER":
             return self._register(req, peer)
         if req.method == "MESSAGE":
             return self._message(req, peer)
         if req.method == "BYE" and self.player is not None:
             return self.player.on_bye(req)
-        if req.method in ("NOTIFY", "OPTIONS", "BYE", "INFO", "SUBSCRIBE"):
+        if req.method == "NOTIFY":
+            return self._notify(req)
+        if req.method in ("OPTIONS", "BYE", "INFO", "SUBSCRIBE"):
             return sip.response_to(req, 200) if req.method == "OPTIONS" else sip.response_to(req, 501)
         if req.method == "ACK":
             return None
@@ -394,6 +418,10 @@ class GbService:
         is alive only by its video (``_media_signal``)."""
         limit = self.cfg.keepalive_timeout_s
         self.hub.agent_seen(f"gb:{reg.device_id}", now, limit)
+        if reg.platform:  # ON: video reaches it; DEFECT: with a picture defect; VLOST: online, no video
+            self.hub.signal([reg.device_id, *(c for c, st in reg.channels.items() if st in TOLD_ONLINE)], now, limit)
+            self.hub.told_upload([c for c, st in reg.channels.items() if st in TOLD_UPLOADING], True, now)
+            return
         lit = [reg.device_id, *(c for c, st in reg.channels.items() if st == "ON")]
         if self.player is not None:
             lit = [d for d in lit if not self.player.streamed(d)]
@@ -425,6 +453,8 @@ class GbService:
             self.hub.silence([device_id, *reg.channels])
 
     def _closed(self, peer: Peer) -> None:
+        if self.cascade is not None:
+            self.cascade.closed(peer)
         with self._lock:
             gone = [d for d, r in self.registrations.items() if r.peer == peer]
         for d in gone:
@@ -521,7 +551,7 @@ class GbService:
         with self._lock:
             regs = list(self.registrations.values())
         for reg in regs:
-            if not reg.catalog_done:
+            if not reg.catalog_done or reg.platform:
                 continue
             chans = list(reg.channels) or ([reg.device_id] if ids.parse(reg.device_id).type in ("131", "132") else [])
             self.player.want(reg.device_id, reg.peer, [c for c in chans if self.hub.streamable(c)])
@@ -632,8 +662,64 @@ class GbService:
             reg.catalog_done = True
         if cat.items:
             self._apply_catalog(reg, list(cat.items.values()))
+        if ids.parse(device_id).type == "200":  # a lower platform: it tells its cameras' changes when subscribed
+            assert self._loop is not None
+            self._loop.create_task(self._subscribe_catalog(reg))
         info, _ = self._query(reg, "DeviceInfo")  # maker, model, firmware: kept with the registration
         await self._send_quietly(reg.peer, info)
+
+    async def _subscribe_catalog(self, reg: Registration, expires: int = 3600) -> None:
+        """SUBSCRIBE to a lower platform's catalog (its cameras go ON, OFF, VLOST, DEFECT as they
+        change: the NOTIFYs reach ``_notify``), renewed in the same dialog at 80 % of its lifetime, for
+        as long as that registration lasts."""
+        query, _ = self._query(reg, "Catalog")
+        call_id, from_ = query.headers.get("Call-ID") or "", query.headers.get("From") or ""
+        to_tag: str | None = None
+        cseq = 0
+        while True:
+            with self._lock:
+                if self.registrations.get(reg.device_id) is not reg:
+                    return
+            cseq += 1
+            req, _ = self._query(reg, "Catalog")
+            sub = sip.Request("SUBSCRIBE", req.uri, req.headers, req.body)
+            h = sub.headers
+            h.set("Call-ID", call_id)
+            h.set("From", from_)
+            if to_tag:
+                h.set("To", f"{h.get('To')};tag={to_tag}")
+            h.set("CSeq", f"{cseq} SUBSCRIBE")
+            h.set("Event", "Catalog")
+            h.set("Expires", str(expires))
+            h.set("Contact", f"<sip:{self.server_id}@{self.cfg.media_host or self.cfg.host}:{self.cfg.port}>")
+            try:
+                resp = await self.transport.request(reg.peer, sub, 8.0)
+            except (TimeoutError, ConnectionError):
+                resp = None
+            if resp is not None and resp.status < 300:
+                to_tag = sip.parse_name_addr(resp.headers.get("To") or "").tag
+                granted = (resp.headers.get("Expires") or "").strip()
+                await asyncio.sleep(0.8 * (int(granted) if granted.isdigit() and int(granted) > 0 else expires))
+            else:
+                log.warning("GB/T 28181: %s: catalog subscription %s", reg.device_id,
+                            "unanswered" if resp is None else f"answered {resp.status} {resp.reason}")
+                to_tag = None
+                await asyncio.sleep(30.0)
+
+    def _notify(self, req: sip.Request) -> sip.Response:
+        """A NOTIFY of a subscription: a lower platform's catalog changes."""
+        device_id = sip.uri_user(sip.parse_name_addr(req.headers.get("From") or "").uri)
+        with self._lock:
+            reg = self.registrations.get(device_id)
+        if reg is None:
+            return sip.response_to(req, 481, "Subscription does not exist")
+        try:
+            body = manscdp.parse(req.body)
+        except manscdp.ManscdpError as exc:
+            return sip.response_to(req, 400, f"Bad Request ({exc})"[:120])
+        if body.cmd == "Catalog" and body.root == "Notify":
+            self._catalog_events(reg, body)
+        return sip.response_to(req, 200)
 
     def _catalog_message(self, reg: Registration, msg: manscdp.Message) -> None:
         items = manscdp.catalog_items(msg)
@@ -669,7 +755,8 @@ class GbService:
             reg.carrier_told = False
         self._report(reg.device_id, [_reported(it) for it in chans], chans)
         self._alive(reg, self.clock())
-        self.hub.silence([c for c, st in reg.channels.items() if st != "ON"])
+        lit = TOLD_ONLINE if reg.platform else ("ON",)
+        self.hub.silence([c for c, st in reg.channels.items() if st not in lit])
 
     def _catalog_events(self, reg: Registration, msg: manscdp.Message) -> None:
         """Catalog notifications: ON / OFF / VLOST / DEFECT / ADD / DEL / UPDATE per item."""
@@ -677,7 +764,13 @@ class GbService:
         for it in manscdp.catalog_items(msg):
             event = it.event.upper()
             ch = it.device_id
-            if event in ("ON", "OFF", "VLOST"):
+            if reg.platform and event in TOLD_ONLINE:  # its word, not keepalives alone, says what its camera does
+                with self._lock:
+                    reg.channels[ch] = event
+                self.hub.set_quality(ch, DEFECT, event == "DEFECT")
+                self.hub.signal([ch], now, self.cfg.keepalive_timeout_s)
+                self.hub.told_upload([ch], event in TOLD_UPLOADING, now)
+            elif event in ("ON", "OFF", "VLOST"):
                 with self._lock:
                     reg.channels[ch] = event
                 if event == "ON":
@@ -716,6 +809,17 @@ class GbService:
                         ("requests_timed_out", t.requests_timed_out)):
             events.add_metric([kind], n)
         yield events
+        if self.cascade is not None:
+            up = GaugeMetricFamily("vms_gb28181_superior_registered", "1 while registered with the superior",
+                                   labels=["superior"])
+            sent = CounterMetricFamily("vms_gb28181_superior_events", "Cascade events by superior and kind",
+                                       labels=["superior", "kind"])
+            for link in self.cascade.view():
+                up.add_metric([link["name"]], 1.0 if link["state"] == "registered" else 0.0)
+                for kind, n in link["counters"].items():
+                    sent.add_metric([link["name"], kind], n)
+            yield up
+            yield sent
 
     def registrations_now(self) -> list[Registration]:
         """A copy of the registrations, for views."""

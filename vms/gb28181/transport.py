@@ -218,11 +218,27 @@ class Transport:
         while answered and next(iter(answered.values()))[0] < cutoff:
             answered.popitem(last=False)
 
+    async def connect(self, host: str, port: int, timeout: float = 5.0) -> Peer:
+        """Open a TCP connection to a peer (a superior platform), served like an accepted one: its
+        requests reach the handler, its answers our requests, its end ``on_closed``."""
+        peer = Peer("TCP", host, port)
+        w = self._tcp.get(peer)
+        if w is not None and not w.is_closing():
+            return peer
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        self._tcp[peer] = writer
+        self.counters.tcp_connections += 1
+        asyncio.get_running_loop().create_task(self._serve_conn(peer, reader, writer))
+        return peer
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host, port = writer.get_extra_info("peername")[:2]
         peer = Peer("TCP", host, port)
         self._tcp[peer] = writer
         self.counters.tcp_connections += 1
+        await self._serve_conn(peer, reader, writer)
+
+    async def _serve_conn(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buf = bytearray()
         try:
             while True:

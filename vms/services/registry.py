@@ -205,6 +205,20 @@ class Registry:
                 self.health.set_silence_limit(i, silence_limit)
                 self.health.observe_signal(i, seen_at, now)
 
+    def told_upload(self, device_ids: list[str], uploading: bool, at: float) -> None:
+        """A lower platform's word on whether these cameras' video reaches it (their footage stays
+        there): uploading for as long as their silence limit, or not from now on."""
+        now = self.clock()
+        with self.lock:
+            for d in device_ids:
+                i = self.health.index.get(d)
+                if i is None or d in self.held:
+                    continue
+                if uploading:
+                    self.health.observe_upload(i, at, now)
+                else:
+                    self.health.last_upload[i] = -math.inf
+
     def silence(self, device_ids: list[str]) -> None:
         """These devices' signal ended now (a goodbye, a closed connection): offline at the next tick,
         dated at their last signal."""

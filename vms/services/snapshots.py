@@ -148,6 +148,20 @@ class Snapshots:
             counts = {s: states.count(s) for s in ("online", "uploading", "degraded", "offline", "unknown")}
             return len(bad), [self._device(i) for i in bad[:shown]], counts | {"devices": h.n}
 
+    def in_service(self) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
+        """(ID, name, location, state, home centers) of every device in service, for catalogs shared
+        with superior platforms."""
+        with self.reg.lock:
+            h, held = self.health, self.reg.held
+            return [(h.ids[i], inf.name, inf.location, h.state_of(i), tuple(inf.homes))
+                    for i, inf in enumerate(self.reg.info[: h.n]) if not h.retired[i] and h.ids[i] not in held]
+
+    def states(self, device_ids: list[str]) -> dict[str, str]:
+        """The state of each of ``device_ids`` in service (retired and unknown IDs left out)."""
+        with self.reg.lock:
+            h, idx = self.health, self.health.index
+            return {d: h.state_of(idx[d]) for d in device_ids if d in idx and not h.retired[idx[d]]}
+
     # -- centers --------------------------------------------------------------------------------
     def _center(self, c: Center, deep: bool = True) -> dict[str, Any]:
         counts = self.health.counts(self.reg.member_indices(c.id))

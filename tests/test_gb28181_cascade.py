@@ -1,0 +1,78 @@
+"""Cascade between two of our hubs over real SIP: a town center registers with the district center.
+
+The district accepts the town as a lower platform, reads its catalog (the town's cameras join the
+district's tree) and subscribes to it; a camera going dark at the town is offline at the district
+within 10 s, told by NOTIFY. Both are real ``vms serve`` processes on loopback; an agent speaking
+HTTP makes the town's camera online and then dark.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import HubProcess, free_port, wait_until
+from tests.test_alerts_e2e import Agent
+
+DISTRICT = "32058500002000000001"
+TOWN = "32058501002000000001"
+PASSWORD = "town-to-district"
+CAM = "32058501001320000001"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_town_registers_with_district_shares_its_catalog_and_a_dark_camera_is_offline_there_in_10_s(
+    transport: str, make_hub_process: Any
+) -> None:
+    district_sip = free_port()
+    district: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
+                 "passwords": {TOWN: PASSWORD}, "auto_accept": True, "record": False,
+                 "keepalive_interval_s": 5, "keepalive_misses": 2})
+    town: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False},
+        devices=[{"id": CAM, "name": "南门 1", "location": "城厢镇 南门"}],
+        superiors=[{"name": "district", "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
+                    "transport": transport, "password": PASSWORD, "share": ["chengxiang"],
+                    "keepalive_interval_s": 2}])
+    town.token("duty")
+    d_admin = {"Authorization": f"Bearer {district.token('admin')}"}
+    t_admin = {"Authorization": f"Bearer {town.token('admin')}"}
+    agent_token = town.token("agent", "32058501", name="edge-1")
+    district.start()
+    town.start()
+
+    def at_district() -> dict[str, Any]:
+        r = httpx.get(f"{district.url}/api/v1/devices/{CAM}", headers=d_admin)
+        return dict(r.json()) if r.status_code == 200 else {}
+
+    def context() -> str:
+        return (f"town links: {httpx.get(f'{town.url}/api/v1/superiors', headers=t_admin).text}\n"
+                f"district GB: {httpx.get(f'{district.url}/api/v1/gb28181/devices', headers=d_admin).text}\n"
+                f"district log: {(district.log.read_text() if district.log else '')[-2500:]}\n"
+                f"town log: {(town.log.read_text() if town.log else '')[-2500:]}")
+
+    with Agent(town, agent_token, [CAM]) as agent:
+        wait_until(lambda: at_district().get("state") == "online", 30, "the town camera online at the district",
+                   context)
+        assert at_district()["name"] == "南门 1"
+        # Online without video at the town (an agent's heartbeat, no segment): VLOST told, not uploading here.
+        town_state = httpx.get(f"{town.url}/api/v1/devices/{CAM}", headers=t_admin).json()["state"]
+        assert town_state == "online"
+        wait_until(lambda: httpx.get(f"{district.url}/api/v1/gb28181/devices", headers=d_admin).json()["devices"][0]
+                   ["channels"] == {CAM: "VLOST"}, 10, "VLOST told to the district", context)
+        links = httpx.get(f"{town.url}/api/v1/superiors", headers=t_admin).json()
+        assert links[0]["state"] == "registered" and links[0]["subscriptions"] == ["Catalog"], links
+        reg = httpx.get(f"{district.url}/api/v1/gb28181/devices", headers=d_admin).json()["devices"]
+        assert [r["device_id"] for r in reg] == [TOWN]
+        assert reg[0]["peer"].startswith(f"{transport}:")
+        tree = httpx.get(f"{district.url}/api/v1/centers/chengxiang", headers=d_admin).json()
+        assert tree["counts"]["devices"] == 1  # the camera, not the town platform that carries it
+        agent.dark[CAM] = time.time()
+        dark = time.monotonic()
+        wait_until(lambda: at_district().get("state") == "offline", 15, "offline at the district", context)
+        took = time.monotonic() - dark
+    assert took < 10, f"offline at the district {took:.1f} s after the camera went dark"

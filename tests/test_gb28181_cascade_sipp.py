@@ -1,0 +1,267 @@
+"""Cascade against a peer we did not write: SIPp (Debian's sip-tester) as the superior platform.
+
+SIPp listens as the district or police platform: it challenges the hub's REGISTER with 401 and
+checks the digest answer itself (``verifyauth``), asks for the catalog, subscribes to catalog
+changes, and waits for the NOTIFY that tells it a camera went dark. Keepalives and the catalog's
+MESSAGEs come in calls of their own, which the same scenario answers with 200 (SIPp in server mode
+starts every new call at the top of its scenario); every message is traced and the test reads what
+the hub sent. The hub is a real ``vms serve``; an agent speaking HTTP
+makes the camera online and then dark. Loopback only, over UDP and TCP.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import HubProcess, free_port, stop_process, wait_until
+from tests.test_alerts_e2e import Agent
+
+SERVER_ID = "32058501002000000001"  # the town center (this hub)
+SUPERIOR = "32058500002000000001"  # the district platform (SIPp)
+SUP_DOMAIN = SUPERIOR[:10]
+PASSWORD = "district-secret"
+CAM = "32058501001320000001"  # shared: in the town
+HIDDEN = "32058502001320000009"  # not shared: another town
+
+pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp (Debian sip-tester)")
+
+
+def _ok(extra: str = "") -> str:
+    return f"""
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]sup
+[last_Call-ID:]
+[last_CSeq:]
+{extra}Content-Length: 0
+
+    ]]>
+  </send>"""
+
+
+def _request(method: str, cseq: int, body: str, extra: str = "") -> str:
+    return f"""
+  <send retrans="500">
+    <![CDATA[
+{method} sip:{SERVER_ID}@{SERVER_ID[:10]} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{SUPERIOR}@{SUP_DOMAIN}>;tag=[pid]sup{cseq}
+To: <sip:{SERVER_ID}@{SERVER_ID[:10]}>
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+Contact: <sip:{SUPERIOR}@[local_ip]:[local_port]>
+Max-Forwards: 70
+{extra}Content-Type: Application/MANSCDP+xml
+Content-Length: [len]
+
+{body}
+    ]]>
+  </send>"""
+
+
+SUBSCRIBE_HEADERS = "Event: Catalog;id=1\nExpires: 600\n"
+
+
+def _query(sn: int, cmd: str, device: str) -> str:
+    return (f'<?xml version="1.0" encoding="GB2312"?>\n<Query>\n<CmdType>{cmd}</CmdType>\n<SN>{sn}</SN>\n'
+            f"<DeviceID>{device}</DeviceID>\n</Query>")
+
+
+SUPERIOR_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="GB/T 28181 superior platform: challenge, verify, catalog, subscribe, wait for OFF">
+  <recv request="MESSAGE" optional="true" next="answer"/>
+  <recv request="REGISTER"/>
+  <send>
+    <![CDATA[
+SIP/2.0 401 Unauthorized
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]reg
+[last_Call-ID:]
+[last_CSeq:]
+WWW-Authenticate: Digest realm="{SUP_DOMAIN}", nonce="[pid]n[call_number]", algorithm=MD5
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="REGISTER">
+    <action>
+      <verifyauth assign_to="authvalid" username="{SERVER_ID}" password="{PASSWORD}"/>
+    </action>
+  </recv>
+  <nop hide="true" test="authvalid" next="goodauth"/>
+  <nop display="wrong digest"><action><exec int_cmd="stop_now"/></action></nop>
+  <label id="goodauth"/>
+{_ok("Expires: 3600" + chr(10))}
+  <pause milliseconds="300"/>
+{_request("MESSAGE", 1, _query(701, "Catalog", SERVER_ID))}
+  <recv response="200"/>
+{_request("MESSAGE", 2, _query(702, "DeviceStatus", HIDDEN))}
+  <recv response="403"/>
+{_request("SUBSCRIBE", 3, _query(703, "Catalog", SERVER_ID), SUBSCRIBE_HEADERS)}
+  <recv response="200"/>
+  <label id="wait"/>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="&lt;DeviceID&gt;{CAM}&lt;/DeviceID&gt;&lt;Event&gt;OFF&lt;/Event&gt;" search_in="body"
+            check_it="false" assign_to="off"/>
+    </action>
+  </recv>
+{_ok()}
+  <nop hide="true" test="off" next="done"/>
+  <nop hide="true" next="wait"/>
+  <label id="answer"/>
+{_ok()}
+  <label id="done"/>
+</scenario>
+"""
+
+
+def start_superior(tmp: Path, transport: str, port: int) -> subprocess.Popen[bytes]:
+    (tmp / "superior.xml").write_text(SUPERIOR_SCENARIO, encoding="latin-1")
+    cmd = ["sipp", "-sf", "superior.xml", "-i", "127.0.0.1", "-p", str(port),
+           "-t", "u1" if transport == "udp" else "t1", "-nostdin", "-timeout", "90s",
+           "-trace_msg", "-message_file", "messages.log", "-trace_err", "-error_file", "errors.log"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(tmp / "sipp.log").open("wb"), cwd=tmp)
+
+
+def sent_by_hub(tmp: Path, method: str) -> list[str]:
+    """The messages the hub sent SIPp, by request method, from SIPp's own trace."""
+    log = tmp / "messages.log"
+    text = log.read_text(encoding="gb2312", errors="replace") if log.exists() else ""
+    blocks = re.split(r"\n-{10,}[^\n]*\n", text)
+    return [b for b in blocks if re.search(rf"message received[^\n]*\n\s*{method} sip:", b)]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_sipp_superior_gets_registered_catalog_and_an_off_notify_within_10_s(
+    transport: str, make_hub_process: Any, tmp_path: Path
+) -> None:
+    sup_port = free_port()
+    hub: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": SERVER_ID, "host": "127.0.0.1", "port": free_port(),
+                 "record": False},
+        devices=[{"id": CAM, "name": "南门 1", "location": "城厢镇 南门", "lon": 121.1, "lat": 31.45},
+                 {"id": HIDDEN, "name": "沙溪 9"}],
+        superiors=[{"name": "district", "server_id": SUPERIOR, "host": "127.0.0.1", "port": sup_port,
+                    "transport": transport, "password": PASSWORD, "share": ["chengxiang"],
+                    "keepalive_interval_s": 2, "catalog_page": 4}],
+    )
+    hub.token("duty")
+    admin = {"Authorization": f"Bearer {hub.token('admin')}"}
+    agent_token = hub.token("agent", "32058501", name="edge-1")
+    sipp = start_superior(tmp_path, transport, sup_port)
+    time.sleep(0.3)  # SIPp listening
+    hub.start()
+
+    def links() -> list[dict[str, Any]]:
+        return list(httpx.get(f"{hub.url}/api/v1/superiors", headers=admin).json())
+
+    def context() -> str:
+        errors = tmp_path / "errors.log"
+        return (f"links: {links()}\nhub log: {(hub.log.read_text() if hub.log else '')[-3000:]}\n"
+                f"sipp: {(tmp_path / 'sipp.log').read_text(errors='replace')[-2000:]}\n"
+                f"errors: {errors.read_text(errors='replace')[-2000:] if errors.exists() else ''}")
+
+    def told_off() -> bool:
+        return any(f"<DeviceID>{CAM}</DeviceID><Event>OFF</Event>" in b for b in sent_by_hub(tmp_path, "NOTIFY"))
+
+    try:
+        with Agent(hub, agent_token, [CAM]) as agent:
+            link = wait_until(lambda: [x for x in links() if x["state"] == "registered" and x["subscriptions"]],
+                              20, "registered and subscribed", context)[0]
+            assert link["name"] == "district" and link["server_id"] == SUPERIOR
+            assert link["address"] == f"{transport}:127.0.0.1:{sup_port}" and link["last_error"] == ""
+            wait_until(lambda: httpx.get(f"{hub.url}/api/v1/devices/{CAM}", headers=admin).json()["state"]
+                       == "online", 15, "the camera online", context)
+            wait_until(lambda: links()[0]["last_keepalive"], 10, "a keepalive answered", context)
+            time.sleep(1.5)  # the NOTIFY of it coming online goes first
+            assert not told_off()
+            agent.dark[CAM] = time.time()
+            dark = time.monotonic()
+            wait_until(told_off, 20, "a NOTIFY telling SIPp the camera is OFF", context)
+            took = time.monotonic() - dark
+        assert took < 10, f"OFF told after {took:.1f} s"
+        errors = tmp_path / "errors.log"
+        assert not errors.exists() or "unexpected" not in errors.read_text(errors="replace").lower(), context()
+        catalog = "".join(b for b in sent_by_hub(tmp_path, "MESSAGE") if "<CmdType>Catalog</CmdType>" in b)
+        assert f"<DeviceID>{CAM}</DeviceID>" in catalog and "<Name>南门 1</Name>" in catalog
+        assert "<Longitude>121.100000</Longitude>" in catalog and "<SN>701</SN>" in catalog
+        assert HIDDEN not in catalog  # another town's camera is not shared
+        items = re.findall(r"<Item><DeviceID>(\d{20})</DeviceID>", catalog)
+        assert [i[10:13] for i in items].count("215") == 1 and "216" in [i[10:13] for i in items], items
+        sums = set(re.findall(r"<SumNum>(\d+)</SumNum>", catalog))
+        assert sums == {str(len(items))} and len(items) == len(set(items)), (sums, items)  # one total, pages
+        assert any("<CmdType>Keepalive</CmdType>" in b for b in sent_by_hub(tmp_path, "MESSAGE"))
+        audit = httpx.get(f"{hub.url}/api/v1/audit", headers=admin).json()["entries"]
+        assert [(e["actor"], e["target"]) for e in audit if e["action"] == "cascade.refused"] == \
+            [("superior:district", HIDDEN)]
+    finally:
+        if sipp.poll() is None:
+            stop_process(sipp)
+
+
+def test_a_superior_that_refuses_the_password_is_failing_with_an_alert_and_no_tight_loop(
+    make_hub_process: Any, tmp_path: Path
+) -> None:
+    """SIPp answers every REGISTER with 401 (a wrong password): the link fails, backs off, and one
+    ``superior_down`` alert says why."""
+    sup_port = free_port()
+    scenario = tmp_path / "refuse.xml"
+    refusal = f"""
+  <recv request="REGISTER"/>
+  <send>
+    <![CDATA[
+SIP/2.0 401 Unauthorized
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]r
+[last_Call-ID:]
+[last_CSeq:]
+WWW-Authenticate: Digest realm="{SUP_DOMAIN}", nonce="[pid]n[cseq]", algorithm=MD5
+Content-Length: 0
+
+    ]]>
+  </send>"""
+    head = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="superior refusing every REGISTER">'
+    scenario.write_text(head + refusal * 40 + "\n</scenario>\n", encoding="latin-1")
+    sipp = subprocess.Popen(["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sup_port), "-t", "u1",
+                             "-nostdin", "-timeout", "60s", "-trace_msg", "-message_file", "messages.log"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    hub: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": SERVER_ID, "host": "127.0.0.1", "port": free_port(), "record": False},
+        superiors=[{"name": "police", "server_id": SUPERIOR, "host": "127.0.0.1", "port": sup_port,
+                    "password": "wrong", "share": ["32058501"], "retry_max_s": 4}],
+    )
+    admin = {"Authorization": f"Bearer {hub.token('admin')}"}
+    time.sleep(0.3)
+    hub.start()
+    try:
+        def alert() -> list[dict[str, Any]]:
+            rows = httpx.get(f"{hub.url}/api/v1/alerts", headers=admin).json()["alerts"]
+            return [a for a in rows if a["kind"] == "superior_down"]
+
+        found = wait_until(alert, 20, "a superior_down alert")
+        assert len(found) == 1 and "police" in found[0]["title"] and "wrong password" in found[0]["title"]
+        link = httpx.get(f"{hub.url}/api/v1/superiors", headers=admin).json()[0]
+        assert link["state"] == "failing" and "401" in link["last_error"]
+        started = time.monotonic()
+        time.sleep(8)
+        registers = (tmp_path / "messages.log").read_text(errors="replace").count("REGISTER sip:")
+        # Backing off 1, 2, 4, 4 ... s: a handful of attempts in ~12 s (two REGISTERs each), not hundreds.
+        assert 2 <= registers <= 24, registers
+        assert time.monotonic() - started < 30
+        assert len(alert()) == 1  # one alert, updated, not one per attempt
+    finally:
+        stop_process(sipp)
