@@ -11,6 +11,7 @@ makes the camera online and then dark. Loopback only, over UDP and TCP.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -265,3 +266,214 @@ Content-Length: 0
         assert len(alert()) == 1  # one alert, updated, not one per attempt
     finally:
         stop_process(sipp)
+
+
+def _invite(device: str, rtp_port: int, cseq: int) -> str:
+    sdp = (f"v=0\no={SUPERIOR} 0 0 IN IP4 127.0.0.1\ns=Play\nc=IN IP4 127.0.0.1\nt=0 0\n"
+           f"m=video {rtp_port} RTP/AVP 96\na=recvonly\na=rtpmap:96 PS/90000\ny=0320580001\n")
+    return f"""
+  <send retrans="500">
+    <![CDATA[
+INVITE sip:{device}@{SERVER_ID[:10]} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{SUPERIOR}@{SUP_DOMAIN}>;tag=[pid]inv{cseq}
+To: <sip:{device}@{SERVER_ID[:10]}>
+Call-ID: [call_id]
+CSeq: {cseq} INVITE
+Contact: <sip:{SUPERIOR}@[local_ip]:[local_port]>
+Subject: {device}:0320580001,{SUPERIOR}:0
+Max-Forwards: 70
+Content-Type: APPLICATION/SDP
+Content-Length: [len]
+
+{sdp}
+    ]]>
+  </send>"""
+
+
+def live_scenario(rtp_port: int) -> str:
+    """Register, ask for a camera it may not see (403), then play the shared one, hang up, play it
+    again and wait for the center's BYE when the camera's media stops."""
+    ack = """
+  <send>
+    <![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+CSeq: {cseq} ACK
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>"""
+    bye = """
+  <send retrans="500">
+    <![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{sup}@{dom}>;tag=[pid]inv{cseq}
+To: <sip:{cam}@{dom2}>[peer_tag_param]
+[last_Call-ID:]
+CSeq: {cseq2} BYE
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>"""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="GB/T 28181 superior platform: live video upward">
+  <recv request="MESSAGE" optional="true" next="answer"/>
+  <recv request="REGISTER"/>
+  <send>
+    <![CDATA[
+SIP/2.0 401 Unauthorized
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]reg
+[last_Call-ID:]
+[last_CSeq:]
+WWW-Authenticate: Digest realm="{SUP_DOMAIN}", nonce="[pid]n[call_number]", algorithm=MD5
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="REGISTER"/>
+{_ok("Expires: 3600" + chr(10))}
+  <pause milliseconds="500"/>
+{_invite(HIDDEN, rtp_port, 10)}
+  <recv response="403"/>
+{_invite(CAM, rtp_port, 11)}
+  <recv response="200" rrs="true"/>
+{ack.format(cseq=11)}
+  <pause milliseconds="5000"/>
+{bye.format(sup=SUPERIOR, dom=SUP_DOMAIN, cam=CAM, dom2=SERVER_ID[:10], cseq=11, cseq2=12)}
+  <pause milliseconds="1000"/>
+{_invite(CAM, rtp_port, 13)}
+  <recv response="200" rrs="true"/>
+{ack.format(cseq=13)}
+  <recv request="BYE" timeout="40000"/>
+{_ok()}
+  <nop hide="true" next="done"/>
+  <label id="answer"/>
+{_ok()}
+  <label id="done"/>
+</scenario>
+"""
+
+
+def make_segments(tmp: Path, n: int) -> list[Path]:
+    """Real H.264 in 2 s MPEG-TS segments, one GOP each, as an agent cuts them."""
+    out = tmp / "segs"
+    out.mkdir()
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+                    "-t", str(2 * n), "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-bf", "0",
+                    "-f", "segment", "-segment_time", "2", "-reset_timestamps", "1", str(out / "s%03d.ts")],
+                   check=True, timeout=120)
+    return sorted(out.glob("s*.ts"))
+
+
+class Feeder:
+    """Uploads segments as an agent relaying the camera live would, one every 2 s, until stopped."""
+
+    def __init__(self, hub: HubProcess, token: str, device: str, segments: list[Path]) -> None:
+        import threading
+
+        self.hub, self.token, self.device, self.segments = hub, token, device, segments
+        self.stop_evt = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import hashlib
+        import itertools
+
+        with httpx.Client(headers={"Authorization": f"Bearer {self.token}", "Content-Type": "video/mp2t"},
+                          timeout=10) as c:
+            start = time.time() - 2
+            for path in itertools.cycle(self.segments):
+                data = path.read_bytes()
+                c.put(f"{self.hub.url}/api/v1/agents/segments/{self.device}", content=data,
+                      params={"start": f"{start:.3f}", "duration": "2"},
+                      headers={"X-VMS-SHA256": hashlib.sha256(data).hexdigest()})
+                start += 2
+                if self.stop_evt.wait(max(0.0, start + 2 - time.time())):
+                    return
+
+    def __enter__(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop_evt.set()
+        self.thread.join(10)
+
+
+def test_sipp_superior_plays_a_camera_live_as_ps_over_rtp_and_hears_bye_when_its_media_stops(
+    make_hub_process: Any, tmp_path: Path
+) -> None:
+    import socket
+
+    import av
+
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    rtp.settimeout(0.5)
+    sup_port = free_port()
+    hub: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": SERVER_ID, "host": "127.0.0.1", "port": free_port(), "record": False},
+        devices=[{"id": CAM, "name": "南门 1"}, {"id": HIDDEN, "name": "沙溪 9"}],
+        live={"stale_after_s": 5},
+        superiors=[{"name": "police", "server_id": SUPERIOR, "host": "127.0.0.1", "port": sup_port,
+                    "password": PASSWORD, "share": ["chengxiang"]}],
+    )
+    admin = {"Authorization": f"Bearer {hub.token('admin')}"}
+    agent = hub.token("agent", "32058501", name="edge-1")
+    (tmp_path / "live.xml").write_text(live_scenario(rtp.getsockname()[1]), encoding="latin-1")
+    segments = make_segments(tmp_path, 4)
+    hub.start()
+    packets: list[tuple[float, bytes]] = []
+    sipp: subprocess.Popen[bytes] | None = None
+    try:
+        with Feeder(hub, agent, CAM, segments):
+            wait_until(lambda: httpx.get(f"{hub.url}/api/v1/devices/{CAM}", headers=admin).json()["state"]
+                       == "uploading", 20, "the camera live at the center")
+            # The superior comes up now: the center registers at its next try (backing off 1, 2, 4 s).
+            sipp = subprocess.Popen(["sipp", "-sf", "live.xml", "-i", "127.0.0.1", "-p", str(sup_port), "-t", "u1",
+                                     "-m", "1", "-nostdin", "-timeout", "90s", "-trace_msg", "-message_file",
+                                     "messages.log", "-trace_err", "-error_file", "errors.log"],
+                                    stdout=subprocess.DEVNULL, stderr=(tmp_path / "sipp.log").open("wb"), cwd=tmp_path)
+            # The first stream (5 s, then SIPp's BYE), a second INVITE, and 5 s of that one.
+            deadline = time.time() + 40
+            while time.time() < min(deadline, packets[0][0] + 12 if packets else deadline):
+                try:
+                    packets.append((time.time(), rtp.recv(65536)))
+                except TimeoutError:
+                    continue
+            assert packets, f"no RTP\n{(tmp_path / 'messages.log').read_text(errors='replace')[-3000:]}"
+        # The camera's media stops with the feeder: the center says BYE, SIPp answers and ends.
+        assert sipp.wait(40) == 0, (tmp_path / "errors.log").read_text(errors="replace")[-3000:]
+    finally:
+        if sipp is not None and sipp.poll() is None:
+            stop_process(sipp)
+        rtp.close()
+    invited = re.search(rf"-{{10,}} ([0-9-]+ [0-9:.]+)\n[^\n]*message sent[^\n]*\n\s*INVITE sip:{CAM}@", text := (
+        tmp_path / "messages.log").read_text(errors="replace"))
+    assert invited, text[-3000:]
+    took = packets[0][0] - dt.datetime.strptime(invited.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    assert 0 <= took < 1.0, f"first RTP packet {took:.2f} s after the INVITE"
+    ps = tmp_path / "upward.ps"
+    first_stream = [p for t, p in packets if t <= packets[0][0] + 5.5]
+    ps.write_bytes(b"".join(p[12:] for p in first_stream))  # RTP headers of 12 bytes: no CSRC or extension
+    with av.open(str(ps), format="mpeg") as c:  # FFmpeg's own MPEG-PS demuxer
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        assert v.codec_context.name == "h264" and (v.codec_context.width, v.codec_context.height) == (640, 360)
+    assert frames >= 100, frames  # 5 s of 25 fps video, live, not a still
+    ssrcs = {int.from_bytes(p[8:12], "big") for _, p in packets}
+    assert ssrcs == {320580001}  # the y= the superior asked for
+    assert re.search(r"BYE sip:[^\n]*\n", text) and "Forbidden (not shared" in text
+    audit = httpx.get(f"{hub.url}/api/v1/audit", headers=admin).json()["entries"]
+    assert [e["target"] for e in audit if e["action"] == "cascade.live"] == [CAM, CAM]
+    assert [e["target"] for e in audit if e["action"] == "cascade.refused"] == [HIDDEN]

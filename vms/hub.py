@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from vms import audit
 from vms.archive.service import Archive, ArchiveLookups
@@ -25,6 +26,7 @@ from vms.gb28181.cascade import CascadeLink, Shared
 from vms.gb28181.service import GbService, HubLink
 from vms.health import Health
 from vms.live import LiveRelay
+from vms.live.relay import NoLiveMedia
 from vms.notify import Outbox, Sender
 from vms.services.acceptance import Acceptance
 from vms.services.alerting import AlertWriter
@@ -119,8 +121,16 @@ class Hub:
             audit.append(self.sessions, at=self.clock(), actor=who, role="superior", action=action, target=target,
                          detail=detail)
 
+        def live(device_id: str, stream: str) -> list[tuple[int, Path, float, float]]:
+            try:
+                entries, _target = self.live.live_entries(device_id, stream)
+            except NoLiveMedia:
+                return []
+            return [(e.seq, e.seg.path, e.seg.start, e.seg.end) for e in entries]
+
         return CascadeLink(devices=devices, states=snaps.states, alert=self.alerts.raise_or_update,
-                           resolve=self.alerts.resolve_active, audit=record, events=self.events)
+                           resolve=self.alerts.resolve_active, audit=record, events=self.events, live=live,
+                           stale_after_s=self.cfg.live.stale_after_s)
 
     @property
     def public_url(self) -> str:

@@ -29,6 +29,7 @@ class SuperiorOut(BaseModel):
     subscriptions: list[str] = Field(description="what the superior subscribed to (Catalog, Alarm)")
     share: list[str] = Field(description="center IDs and device-ID prefixes it may see")
     counters: dict[str, int]
+    streams: list[dict[str, object]] = Field(description="live streams sent to it now: device, frames, packets")
 
 
 @router.get("", response_model=list[SuperiorOut])

@@ -37,6 +37,7 @@ from vms.config import Gb28181Config, SuperiorConfig
 from vms.events import EventBus
 from vms.gb28181 import digest, manscdp, sip
 from vms.gb28181.transport import Peer, Transport
+from vms.gb28181.upward import LiveSegments, UpSession, Upward
 from vms.kernel import ids
 from vms.services.alerting import NewAlert
 
@@ -74,6 +75,8 @@ class CascadeLink:
     resolve: Callable[[str, str, str], int | None]  # AlertWriter.resolve_active
     audit: Callable[[str, str, str, dict[str, Any]], None]  # (who, action, target, detail)
     events: EventBus | None = None
+    live: LiveSegments | None = None  # a camera's live segments, for video upward
+    stale_after_s: float = 10.0  # live media older than this is no live media (vms.config.LiveConfig)
 
 
 @dataclass
@@ -141,11 +144,16 @@ class Cascade:
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[None]] = set()
         self._compare_all = False  # a subscription began: compare every device at the next wake
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.upward: Upward | None = None
+        if link.live is not None:
+            self.upward = Upward(gb.media_host or gb.host, link.live, link.stale_after_s, self._media_ended)
 
     # -- life cycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         """Keep every link up and tell subscribers of changes, until cancelled."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self._tasks = [loop.create_task(self._keep(link)) for link in self.links.values()]
         self._tasks.append(loop.create_task(self._watch()))
         try:
@@ -156,6 +164,9 @@ class Cascade:
 
     async def goodbye(self) -> None:
         """De-register from every superior we are registered with (stop): they see us leave at once."""
+        if self.upward is not None:
+            await asyncio.gather(*(self._quietly(self._bye(s, timeout=1.0)) for s in self.upward.stop_all()))
+
         async def one(link: Link) -> None:
             if link.state == "registered" and link.peer is not None:
                 with contextlib.suppress(Exception):
@@ -355,11 +366,47 @@ class Cascade:
             return self._on_message(link, req)
         if req.method == "SUBSCRIBE":
             return self._on_subscribe(link, req, peer)
+        call_id = req.headers.get("Call-ID") or ""
+        if req.method == "INVITE":
+            return self._on_invite(link, req, peer)
         if req.method == "ACK":
+            if self.upward is not None:
+                self.upward.ack(call_id)
             return None
+        if req.method == "BYE":
+            found = self.upward is not None and self.upward.bye(call_id)
+            return sip.response_to(req, 200 if found else 481)
         if req.method == "OPTIONS":
             return sip.response_to(req, 200)
         return sip.response_to(req, 501, "Not Implemented (cascade)")
+
+    def _on_invite(self, link: Link, req: sip.Request, peer: Peer) -> sip.Response:
+        device = sip.uri_user(req.uri) or sip.uri_user(sip.parse_name_addr(req.headers.get("To") or "").uri)
+        if not ids.is_valid(device):
+            return sip.response_to(req, 404, "Not Found (not a device ID)")
+        if not self._may_see(link, device):
+            return self._refuse(link, req, device, "INVITE")
+        if self.upward is None:
+            return sip.response_to(req, 501, "Not Implemented (no live video here)")
+        resp = self.upward.invite(req, peer, link.cfg.name, device)
+        if resp.status == 200:
+            self.offload(self.hub.audit, f"superior:{link.cfg.name}", "cascade.live", device,
+                         {"superior": link.cfg.server_id})
+        return resp
+
+    def _media_ended(self, session: UpSession, why: str) -> None:
+        """A stream upward ended by itself (the camera's media stopped): the superior hears a BYE."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._spawn, self._quietly(self._bye(session)))
+
+    async def _bye(self, s: UpSession, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        link = next((x for x in self.links.values() if x.cfg.name == s.superior), None)
+        if link is None:
+            return
+        s.cseq += 1
+        req = sip.Request("BYE", s.target, self._headers(link, s.peer, "BYE", 100 + s.cseq, s.local, s.call_id, None,
+                                                          to=s.remote))
+        await self.transport.request(s.peer, req, timeout)
 
     def _on_message(self, link: Link, req: sip.Request) -> sip.Response:
         try:
@@ -617,7 +664,9 @@ class Cascade:
                  "last_error": x.last_error, "registered_at": x.registered_at, "expires_at": x.expires_at,
                  "last_keepalive": x.last_keepalive, "failures": x.failures,
                  "subscriptions": sorted(s.event for s in list(x.subscriptions.values()) if s.expires_at > now),
-                 "share": list(x.cfg.share), "counters": dict(x.counters)} for x in self.links.values()]
+                 "share": list(x.cfg.share), "counters": dict(x.counters),
+                 "streams": [s for s in (self.upward.view() if self.upward else []) if s["superior"] == x.cfg.name]}
+                for x in self.links.values()]
 
 
 class _Refused(Exception):
