@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vms import audit
+from vms.archive.clip import plan_clip, safe_path
 from vms.archive.service import Archive, ArchiveLookups
 from vms.archive.store import SegmentStore
 from vms.auth import TokenCache
@@ -121,6 +122,11 @@ class Hub:
             audit.append(self.sessions, at=self.clock(), actor=who, role="superior", action=action, target=target,
                          detail=detail)
 
+        def recorded(device_id: str, start: float, end: float) -> list[tuple[Path, float, float]]:
+            root = self.segments.root
+            pieces = plan_clip(self.sessions, device_id, start, end).pieces
+            return [(path, p.start, p.end) for p in pieces if (path := safe_path(root, p.path)) is not None]
+
         def live(device_id: str, stream: str) -> list[tuple[int, Path, float, float]]:
             try:
                 entries, _target = self.live.live_entries(device_id, stream)
@@ -130,7 +136,7 @@ class Hub:
 
         return CascadeLink(devices=devices, states=snaps.states, alert=self.alerts.raise_or_update,
                            resolve=self.alerts.resolve_active, audit=record, events=self.events, live=live,
-                           stale_after_s=self.cfg.live.stale_after_s)
+                           stale_after_s=self.cfg.live.stale_after_s, recorded=recorded)
 
     @property
     def public_url(self) -> str:

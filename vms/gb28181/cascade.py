@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import secrets
 import socket
@@ -35,10 +36,11 @@ from vms.alerts import AlertKind
 from vms.centers import CenterTree
 from vms.config import Gb28181Config, SuperiorConfig
 from vms.events import EventBus
-from vms.gb28181 import digest, manscdp, sip
+from vms.gb28181 import digest, manscdp, sdp, sip
 from vms.gb28181.transport import Peer, Transport
-from vms.gb28181.upward import LiveSegments, UpSession, Upward
+from vms.gb28181.upward import LiveSegments, Recorded, UpSession, Upward, spans_of
 from vms.kernel import ids
+from vms.media.sender import FINISHED
 from vms.services.alerting import NewAlert
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class CascadeLink:
     audit: Callable[[str, str, str, dict[str, Any]], None]  # (who, action, target, detail)
     events: EventBus | None = None
     live: LiveSegments | None = None  # a camera's live segments, for video upward
+    recorded: Recorded | None = None  # a camera's archived segments of a range, for recordings upward
     stale_after_s: float = 10.0  # live media older than this is no live media (vms.config.LiveConfig)
 
 
@@ -147,7 +150,8 @@ class Cascade:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.upward: Upward | None = None
         if link.live is not None:
-            self.upward = Upward(gb.media_host or gb.host, link.live, link.stale_after_s, self._media_ended)
+            self.upward = Upward(gb.media_host or gb.host, link.live, link.stale_after_s, self._media_ended,
+                                 link.recorded)
 
     # -- life cycle --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -339,14 +343,15 @@ class Cascade:
         return h
 
     async def _message(self, link: Link, root: str, cmd: str, sn: int, device_id: str,
-                       fields: dict[str, str] | None = None, items: list[dict[str, str]] | None = None) -> sip.Response:
+                       fields: dict[str, str] | None = None, items: list[dict[str, str]] | None = None,
+                       list_name: str = "DeviceList") -> sip.Response:
         peer = await self._peer(link)
         c = link.cfg
         req = sip.Request("MESSAGE", f"sip:{c.server_id}@{c.realm}",
                           self._headers(link, peer, "MESSAGE", 20, f"<sip:{self.server_id}@{self.gb.realm}>",
                                         sip.new_call_id(), None))
         req.headers.set("Content-Type", "Application/MANSCDP+xml")
-        req.body = manscdp.build(root, cmd, sn, device_id, fields, items=items)
+        req.body = manscdp.build(root, cmd, sn, device_id, fields, items=items, list_name=list_name)
         return await self.transport.request(peer, req, REQUEST_TIMEOUT_S)
 
     # -- the superior's requests ----------------------------------------------------------------------
@@ -390,14 +395,27 @@ class Cascade:
             return sip.response_to(req, 501, "Not Implemented (no live video here)")
         resp = self.upward.invite(req, peer, link.cfg.name, device)
         if resp.status == 200:
-            self.offload(self.hub.audit, f"superior:{link.cfg.name}", "cascade.live", device,
-                         {"superior": link.cfg.server_id})
+            offer = sdp.parse(req.body)  # parsed by invite() already: it answered 200
+            detail: dict[str, Any] = {"superior": link.cfg.server_id}
+            if offer.session != "Play":  # footage pulled from the archive, audited like a police clip
+                detail |= {"start": offer.start, "end": offer.stop, "speed": offer.download_speed or 1}
+            self.offload(self.hub.audit, f"superior:{link.cfg.name}", f"cascade.{offer.session.lower()}", device,
+                         detail)
         return resp
 
     def _media_ended(self, session: UpSession, why: str) -> None:
-        """A stream upward ended by itself (the camera's media stopped): the superior hears a BYE."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._spawn, self._quietly(self._bye(session)))
+        """A stream upward ended by itself: a recording sent in full is told by MediaStatus 121 (the
+        superior hangs up); a camera whose media stopped, by a BYE."""
+        if self._loop is None:
+            return
+        if why == FINISHED:
+            link = next((x for x in self.links.values() if x.cfg.name == session.superior), None)
+            if link is not None:
+                told = self._message(link, "Notify", "MediaStatus", self.next_sn(), session.device_id,
+                                     {"NotifyType": "121"})
+                self._loop.call_soon_threadsafe(self._spawn, self._quietly(told))
+            return
+        self._loop.call_soon_threadsafe(self._spawn, self._quietly(self._bye(session)))
 
     async def _bye(self, s: UpSession, timeout: float = REQUEST_TIMEOUT_S) -> None:
         link = next((x for x in self.links.values() if x.cfg.name == s.superior), None)
@@ -424,12 +442,35 @@ class Cascade:
         elif body.cmd == "DeviceInfo":
             self._spawn(self._quietly(self._message(link, "Response", "DeviceInfo", body.sn, about,
                                                          self._device_info(link, about))))
+        elif body.cmd == "RecordInfo":
+            self._spawn(self._send_records(link, body))
         elif body.cmd == "DeviceStatus":
             self._spawn(self._quietly(self._message(link, "Response", "DeviceStatus", body.sn, about,
                                                          self._device_status(about))))
         else:
             return sip.response_to(req, 501, f"Not Implemented ({body.cmd[:40]})")
         return sip.response_to(req, 200)
+
+    async def _send_records(self, link: Link, q: manscdp.Message) -> None:
+        """RecordInfo from the archive index: one item per span without gaps, paged like the catalog."""
+        start, end = _parse_local(q.fields.get("StartTime", "")), _parse_local(q.fields.get("EndTime", ""))
+        items: list[dict[str, str]] = []
+        if start is not None and end is not None and end > start and self.hub.recorded is not None:
+            segs = await asyncio.get_running_loop().run_in_executor(None, self.hub.recorded, q.device_id, start, end)
+            for span in spans_of(segs):
+                a, b = max(start, span[0][1]), min(end, span[-1][2])
+                items.append({"DeviceID": q.device_id, "Name": q.device_id, "FilePath": f"{q.device_id}/{int(a)}",
+                              "Address": "", "StartTime": _local(a), "EndTime": _local(b), "Secrecy": "0",
+                              "Type": "time", "RecorderID": self.server_id})
+        self.offload(self.hub.audit, f"superior:{link.cfg.name}", "cascade.record_info", q.device_id,
+                     {"superior": link.cfg.server_id, "start": q.fields.get("StartTime", "")[:40],
+                      "end": q.fields.get("EndTime", "")[:40], "spans": len(items)})
+        fields = {"Name": q.device_id, "SumNum": str(len(items))}
+        page = link.cfg.catalog_page
+        for i in range(0, max(1, len(items)), page):
+            chunk = items[i:i + page]
+            await self._quietly(self._message(link, "Response", "RecordInfo", q.sn, q.device_id, fields,
+                                              items=chunk or None, list_name="RecordList"))
 
     def _refuse(self, link: Link, req: sip.Request, about: str, what: str) -> sip.Response:
         link.counters["refused"] += 1
@@ -457,7 +498,7 @@ class Cascade:
         return {"Result": "OK" if dev else "ERROR", "DeviceName": dev.name if dev else ""}
 
     def _device_status(self, about: str) -> dict[str, str]:
-        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.clock()))
+        now = _local(self.clock())
         if about == self.server_id:
             return {"Result": "OK", "Online": "ONLINE", "Status": "OK", "DeviceTime": now}
         state = self.hub.states([about]).get(about, "offline")
@@ -678,6 +719,18 @@ def _why(exc: BaseException, link: Link) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer from {c.transport}:{c.host}:{c.port} within {REQUEST_TIMEOUT_S:.0f} s"
     return f"cannot reach {c.transport}:{c.host}:{c.port}: {exc or type(exc).__name__}"
+
+
+def _local(t: float) -> str:
+    """A time as GB/T 28181 writes it: local time, seconds, no zone."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+
+
+def _parse_local(text: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
+    except ValueError:
+        return None
 
 
 def _fingerprint(link: Link) -> str:

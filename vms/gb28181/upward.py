@@ -7,6 +7,10 @@ already has, never transcoded.
   reads the same segments: one intake from the camera, however many look at it.
 - When the camera's media stops (no new segment within ``stale_after_s``), the superior is told
   with a BYE, and may invite again once the camera is back.
+- **Recordings** (``s=Playback``, ``s=Download`` with ``t=START STOP``): the archive's segments of
+  the range, span by span (the gaps are skipped, not waited through), in real time or, for a
+  download, at ``a=downloadspeed`` times; at the end the owner sends MediaStatus 121 and keeps the
+  session until the superior's BYE.
 - BYE either way; over UDP, TCP active or TCP passive (RFC 4571), as the offer asks.
 """
 
@@ -26,12 +30,47 @@ from typing import Any
 import av
 
 from vms.gb28181 import sdp, sip
-from vms.media.sender import CLOCK, AccessUnit, RtpSender, SourceEnded, Target, Units, media_socket
+from vms.media.sender import CLOCK, FINISHED, AccessUnit, RtpSender, SourceEnded, Target, Units, media_socket
 
 log = logging.getLogger(__name__)
 
 #: (sequence, file, start, end) of each live segment of a camera's stream, oldest first; [] if none is live.
 LiveSegments = Callable[[str, str], list[tuple[int, Path, float, float]]]
+#: (file, start, end) of each archived segment of a camera overlapping [start, end), oldest first.
+Recorded = Callable[[str, float, float], list[tuple[Path, float, float]]]
+#: Segments closer than this are one span of a recording (a longer gap is skipped in playback).
+SPAN_GAP_S = 1.0
+
+
+def spans_of(segments: list[tuple[Path, float, float]]) -> list[list[tuple[Path, float, float]]]:
+    """Segments grouped into spans without gaps (RecordInfo items, playback spans)."""
+    out: list[list[tuple[Path, float, float]]] = []
+    for seg in segments:
+        if out and seg[1] - out[-1][-1][2] <= SPAN_GAP_S:
+            out[-1].append(seg)
+        else:
+            out.append([seg])
+    return out
+
+
+def recorded_units(spans: list[list[tuple[Path, float, float]]]) -> Units:
+    """A source for a sender's spans: each call gives the next span's frames, timed from its start."""
+    todo = iter(spans)
+
+    def units(_length: int | None) -> Iterator[tuple[int, AccessUnit]]:
+        segs = next(todo, [])
+        if not segs:
+            return
+        first = segs[0][1]
+        for path, start, _end in segs:
+            base = round((start - first) * CLOCK)
+            try:
+                for au in segment_units(path):
+                    yield base + au.dts, au
+            except (OSError, av.error.FFmpegError, IndexError) as exc:
+                log.warning("GB/T 28181 upward: archived segment %s skipped: %s", path.name, exc)
+
+    return units
 
 
 def segment_units(path: Path) -> list[AccessUnit]:
@@ -104,10 +143,12 @@ class Upward:
     """The streams this center sends its superiors; ``invite``/``ack``/``bye`` come from the SIP loop."""
 
     def __init__(self, media_host: str, live: LiveSegments, stale_after_s: float,
-                 ended: Callable[[UpSession, str], None]) -> None:
-        """``ended(session, reason)`` runs in the sender's thread when a stream ends by itself."""
+                 ended: Callable[[UpSession, str], None], recorded: Recorded | None = None) -> None:
+        """``ended(session, reason)`` runs in the sender's thread when a stream ends by itself (a
+        recording sent in full ends with ``FINISHED``)."""
         self.media_host = media_host
         self.live = live
+        self.recorded = recorded
         self.stale_after_s = stale_after_s
         self.ended = ended
         self.sessions: dict[str, UpSession] = {}
@@ -126,31 +167,46 @@ class Upward:
             self.counters["refused_offers"] += 1
             return sip.response_to(req, 488, f"Not Acceptable Here ({exc})"[:120])
         ps = [pt for pt, enc in offer.payloads if enc.upper().startswith("PS/")]
-        problem = ("only live video (s=Play) is served upward" if offer.session != "Play"
+        playback = offer.session in ("Playback", "Download")
+        problem = (f"unknown session s={offer.session}"[:60] if offer.session != "Play" and not playback
                    else "the offer does not receive" if offer.direction not in ("recvonly", "sendrecv")
                    else "no PS payload type" if not ps else None)
+        if problem is None and playback:
+            spans, problem = self._spans(device_id, offer)
         if problem is not None:
             self.counters["refused_offers"] += 1
             return sip.response_to(req, 488, f"Not Acceptable Here ({problem})")
-        stream = "sub" if offer.stream_number == 1 and self.live(device_id, "sub") else "main"
-        if not self.live(device_id, stream):
+        stream = "sub" if not playback and offer.stream_number == 1 and self.live(device_id, "sub") else "main"
+        if not playback and not self.live(device_id, stream):
             return sip.response_to(req, 480, f"Temporarily Unavailable (no live media for {device_id})")
         tcp = offer.transport == "TCP"
         target = Target(offer.address, offer.port, offer.transport, connect=not tcp or offer.setup != "active")
         sock = media_socket(self.media_host, target)
-        ssrc = offer.ssrc or sdp.ssrc_for(False, device_id[:10], secrets.randbelow(10_000))
-        answer = sdp.Sdp(session="Play", user=device_id, address=self.media_host, port=sock.getsockname()[1],
+        ssrc = offer.ssrc or sdp.ssrc_for(playback, device_id[:10], secrets.randbelow(10_000))
+        answer = sdp.Sdp(session=offer.session, user=device_id, address=self.media_host, port=sock.getsockname()[1],
                          transport=offer.transport, direction="sendonly",
                          setup=("active" if target.connect else "passive") if tcp else None, ssrc=ssrc,
-                         payloads=((ps[0], "PS/90000"),), stream_number=offer.stream_number)
+                         payloads=((ps[0], "PS/90000"),), stream_number=None if playback else offer.stream_number,
+                         start=offer.start, stop=offer.stop, uri=offer.uri if playback else None)
         if known is not None:  # a re-INVITE: the stream stays as it is
             known.sender.stop()
         holder: list[UpSession] = []
-        source = live_units(lambda: self.live(device_id, stream), lambda: bool(holder) and holder[0].sender.stopped,
-                            self.stale_after_s)
-        codec = _codec(self.live(device_id, stream))
+        ticks: list[tuple[int, int]] | None = None
+        speed = 1.0
+        if playback:
+            source = recorded_units(spans)
+            codec = _codec([(0, spans[0][0][0], 0.0, 0.0)])
+            # Each span's place from the range's start; the sender skips what lies between them.
+            ticks = [(round((sp[0][1] - offer.start) * CLOCK), round((sp[-1][2] - offer.start) * CLOCK))
+                     for sp in spans]
+            speed = float(offer.download_speed or 1) if offer.session == "Download" else 1.0
+        else:
+            source = live_units(lambda: self.live(device_id, stream),
+                                lambda: bool(holder) and holder[0].sender.stopped, self.stale_after_s)
+            codec = _codec(self.live(device_id, stream))
         sender = RtpSender(f"up-{device_id[-6:]}-{call_id[:6]}", codec, source, int(ssrc), sock, target,
-                           lambda: "send", lambda why: self._ended(call_id, why), payload_type=ps[0])
+                           lambda: "send", lambda why: self._ended(call_id, why), payload_type=ps[0],
+                           spans=ticks, speed=speed)
         tag = sip.new_tag()
         to = req.headers.get("To") or ""
         contact = req.headers.get("Contact")
@@ -166,8 +222,18 @@ class Upward:
         resp.headers.set("Contact", f"<sip:{device_id}@{self.media_host}>")
         resp.headers.set("Content-Type", "APPLICATION/SDP")
         resp.body = sdp.build(answer)
-        log.info("GB/T 28181 upward: %s invites %s (%s stream, %s)", superior, device_id, stream, offer.transport)
+        log.info("GB/T 28181 upward: %s invites %s (%s, %s stream, %s)", superior, device_id, offer.session, stream,
+                 offer.transport)
         return resp
+
+    def _spans(self, device_id: str, offer: sdp.Sdp) -> tuple[list[list[tuple[Path, float, float]]], str | None]:
+        """The recorded spans of an offer's range, or why it cannot be played."""
+        if self.recorded is None:
+            return [], "no recordings are served here"
+        if offer.stop <= offer.start:
+            return [], "no time range (t=START STOP)"
+        spans = spans_of(self.recorded(device_id, float(offer.start), float(offer.stop)))
+        return spans, None if spans else "no recording in the range"
 
     def ack(self, call_id: str) -> bool:
         """The ACK of our 200: media starts."""
@@ -191,7 +257,7 @@ class Upward:
 
     def _ended(self, call_id: str, why: str) -> None:
         with self._lock:
-            s = self.sessions.pop(call_id, None)
+            s = self.sessions.get(call_id) if why == FINISHED else self.sessions.pop(call_id, None)
         if s is not None:
             self.counters["media_ended"] += 1
             log.info("GB/T 28181 upward: stream of %s to %s ended: %s", s.device_id, s.superior, why)
