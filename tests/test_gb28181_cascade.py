@@ -76,3 +76,53 @@ def test_town_registers_with_district_shares_its_catalog_and_a_dark_camera_is_of
         wait_until(lambda: at_district().get("state") == "offline", 15, "offline at the district", context)
         took = time.monotonic() - dark
     assert took < 10, f"offline at the district {took:.1f} s after the camera went dark"
+
+
+def test_district_down_for_a_while_then_back_gets_the_town_its_catalog_and_its_changes_again(
+    make_hub_process: Any
+) -> None:
+    district_sip = free_port()
+    district: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
+                 "passwords": {TOWN: PASSWORD}, "auto_accept": True, "record": False,
+                 "keepalive_interval_s": 5, "keepalive_misses": 2})
+    town: HubProcess = make_hub_process(
+        gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False},
+        devices=[{"id": CAM, "name": "南门 1"}],
+        superiors=[{"name": "district", "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
+                    "password": PASSWORD, "share": ["chengxiang"], "keepalive_interval_s": 1,
+                    "keepalive_misses": 2}])
+    town.token("duty")
+    d_admin = {"Authorization": f"Bearer {district.token('admin')}"}
+    t_admin = {"Authorization": f"Bearer {town.token('admin')}"}
+    agent_token = town.token("agent", "32058501", name="edge-1")
+    district.start()
+    town.start()
+
+    def link() -> dict[str, Any]:
+        return dict(httpx.get(f"{town.url}/api/v1/superiors", headers=t_admin).json()[0])
+
+    def at_district() -> str:
+        r = httpx.get(f"{district.url}/api/v1/devices/{CAM}", headers=d_admin)
+        return str(r.json()["state"]) if r.status_code == 200 else "absent"
+
+    with Agent(town, agent_token, [CAM]) as agent:
+        wait_until(lambda: at_district() == "online", 30, "the town camera online at the district")
+        district.stop()
+        wait_until(lambda: link()["state"] != "registered", 15, "the town sees the district gone")
+        time.sleep(15)  # down for a while: the town keeps trying, backing off to retry_max_s
+        assert link()["state"] == "failing" and link()["failures"] >= 2
+        alerts = httpx.get(f"{town.url}/api/v1/alerts", headers=t_admin).json()["alerts"]
+        assert [a["kind"] for a in alerts if a["state"] != "resolved"] == ["superior_down"]
+        district.start()
+        back = time.monotonic()
+        wait_until(lambda: link()["state"] == "registered", 15, "registered again", lambda: str(link()))
+        assert time.monotonic() - back < 12  # the next try, retry_max_s (10 s) at most
+        wait_until(lambda: link()["subscriptions"] == ["Catalog"], 15, "the district subscribed again")
+        wait_until(lambda: at_district() == "online", 20, "the camera online at the district again")
+        agent.dark[CAM] = time.time()
+        dark = time.monotonic()
+        wait_until(lambda: at_district() == "offline", 15, "offline at the district")
+        assert time.monotonic() - dark < 10
+    alerts = httpx.get(f"{town.url}/api/v1/alerts", headers=t_admin).json()["alerts"]
+    assert [a["state"] for a in alerts if a["kind"] == "superior_down"] == ["resolved"]

@@ -518,8 +518,8 @@ class SuperiorConfig(_Model):
     expires_s: int = Field(3600, ge=60, le=86400, description="Registration lifetime asked; renewed at 80 %.")
     keepalive_interval_s: float = Field(60.0, ge=1, le=3600, description="Keepalive period toward the superior.")
     keepalive_misses: int = Field(3, ge=1, le=10, description="Keepalives unanswered before registering again.")
-    retry_max_s: float = Field(60.0, ge=1, le=3600, description="Longest wait between failed registrations "
-                               "(1 s, doubling).")
+    retry_max_s: float = Field(10.0, ge=1, le=3600, description="Longest wait between failed registrations "
+                               "(1 s, doubling): a superior back after an outage has the center again within it.")
     catalog_page: int = Field(10, ge=1, le=100, description="Catalog items per MESSAGE (SumNum paging).")
 
     @field_validator("name")

@@ -202,7 +202,8 @@ class Cascade:
             link.registered_at, link.expires_at = now, now + granted
             link.set_state("registered", now)
             link.counters["registrations"] += 1
-            if first:
+            if first:  # a superior that lost us (restarted, or we were cut off) subscribes anew
+                link.subscriptions.clear()
                 log.info("GB/T 28181 cascade: registered with %s (%s) for %d s", c.name, c.server_id, granted)
             if link.alerted:
                 link.alerted = False
@@ -611,7 +612,7 @@ class Cascade:
             if event == "Catalog":  # changes are told from now on, against what the catalog says (ON or
                 # OFF): a camera online without video is told VLOST at the next comparison, at once
                 for d in self._shared(link):
-                    link.told.setdefault(d.device_id, "OFF" if EVENT_OF_STATE.get(d.state, "OFF") == "OFF" else "ON")
+                    link.told[d.device_id] = "OFF" if EVENT_OF_STATE.get(d.state, "OFF") == "OFF" else "ON"
                 self._compare_all = True
         sub.expires_at = self.clock() + expires
         sub.peer = peer
