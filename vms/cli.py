@@ -347,18 +347,56 @@ def sites_import(
 
 # -- audit ------------------------------------------------------------------------------------
 @audit_app.command("verify")
-def audit_verify(config: ConfigOpt) -> None:
-    """Check the audit log's hash chain; exit 1 naming the first bad row."""
+def audit_verify(
+    config: ConfigOpt,
+    anchor: Annotated[list[Path] | None, typer.Option(
+        help="More checkpoints to check against (repeatable): a clip manifest, or JSON lines of checkpoints "
+        "collected from the hub's log or a copy of its checkpoints file.")] = None,
+) -> None:
+    """Check the audit log's hash chain and its signed checkpoints; exit 1 naming every problem: the first
+    bad row, rows missing at the end, a chain rebuilt without the key, a checkpoint with a wrong HMAC."""
     from vms import audit
     from vms.db import open_store
+    from vms.kernel.timeutil import iso
 
     cfg = _load(config)
+    key_file, checkpoints_file = audit.anchor_files(cfg)
+    try:
+        key = audit.load_key(key_file, create=False)
+    except (audit.AuditKeyError, OSError) as exc:
+        _die(f"cannot check the checkpoints: {exc}")
+        return
+    entries: list[tuple[str, audit.Checkpoint | str]] = []
+    for path in ([checkpoints_file] if checkpoints_file.exists() else []) + list(anchor or []):
+        try:
+            entries += audit.parse_checkpoints(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            _die(f"cannot read checkpoints from {path}: {exc}")
+    problems: list[str] = []
+    if key is None and entries:
+        problems.append(f"no checkpoint key at {key_file} (audit.key_file): the checkpoints cannot be checked")
+    elif key is not None and not checkpoints_file.exists():
+        problems.append(f"no checkpoints file at {checkpoints_file} although the key exists: it was removed")
     engine, sessions = open_store(cfg.storage.url())
-    v = audit.verify(sessions)
-    engine.dispose()
+    try:
+        v = audit.verify(sessions)
+        report = audit.check_anchors(sessions, key, entries) if key is not None else None
+    finally:
+        engine.dispose()
     if not v.ok:
-        _die(f"audit log broken at row {v.first_bad_seq}: {v.reason} ({v.rows} rows verified before it)")
-    typer.echo(f"ok: {v.rows} rows, chain intact")
+        problems.insert(0, f"audit log broken at row {v.first_bad_seq}: {v.reason} "
+                           f"({v.rows} rows verified before it)")
+    if report is not None:
+        problems += report.problems
+    if problems:
+        _die("\n".join(problems))
+    newest = report.newest if report is not None else None
+    if newest is None:
+        typer.echo(f"ok: {v.rows} rows, chain intact; no signed checkpoint yet (the hub signs them once it runs)")
+        return
+    typer.echo(f"ok: {v.rows} rows, chain intact; {report.checked if report else 0} signed checkpoint(s) agree, "
+               f"the newest (signed {iso(newest.at)}) covers row {newest.seq}; {v.rows - newest.seq} newer row(s) "
+               "not covered yet")
 
 
 @audit_app.command("export")

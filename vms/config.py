@@ -326,6 +326,22 @@ class ArchiveConfig(_Model):
         description="Longest range of footage one legal hold may keep: held footage is never deleted, not even "
         "by emergency cleanup, so an unbounded hold could fill the disk. Longer cases take several holds.",
     )
+    max_clips: int = Field(
+        4, ge=1, le=256,
+        description="Clip downloads (clip.mp4 and finished exports) served at once, all users together; more are "
+        "answered 429. Each builds or reads in the clips' own threads, never in those of ingest or live view.",
+    )
+    max_clips_per_user: int = Field(
+        2, ge=1, le=256, description="Clip downloads one token holder may have at once (429 beyond).",
+    )
+    max_queued_exports: int = Field(
+        16, ge=1, le=10_000,
+        description="Export jobs waiting or building at once (POST /api/v1/exports); more are answered 429.",
+    )
+    ingest_threads: int = Field(
+        8, ge=1, le=256,
+        description="Threads of the agent link (segment uploads): their own, so clip downloads cannot delay them.",
+    )
 
 
 class LiveConfig(_Model):
@@ -540,6 +556,22 @@ class SuperiorConfig(_Model):
         return self.domain or self.server_id[:10]
 
 
+class AuditConfig(_Model):
+    """Signed checkpoints of the audit log's hash chain, kept outside the database (vms/audit.py)."""
+
+    key_file: Path | None = Field(
+        None, description="HMAC-SHA256 key of the checkpoints; default data_dir/audit.key, created (mode 0600) at "
+        "the first start. Keep it where those who can write the database cannot read it.",
+    )
+    checkpoints_file: Path | None = Field(
+        None,
+        description="Where signed checkpoints are appended (JSON lines); default data_dir/audit-checkpoints.jsonl.",
+    )
+    checkpoint_interval_s: float = Field(
+        60.0, ge=1, le=86400, description="How often a checkpoint is signed when the log has grown since the last.",
+    )
+
+
 class MetricsConfig(_Model):
     public: bool = Field(False, description="Serve /metrics without a token (e.g. on a private scrape network).")
 
@@ -550,6 +582,7 @@ class HubConfig(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     live: LiveConfig = Field(default_factory=LiveConfig)
@@ -587,7 +620,6 @@ class HubConfig(_Model):
         self._check_superiors(seen)
         return self
 
-
     def _check_superiors(self, centers: set[str]) -> None:
         """Superiors need this center's SIP side and name what they see as known centers or prefixes."""
         if self.superiors and not self.gb28181.enabled:
@@ -605,6 +637,7 @@ class HubConfig(_Model):
                 elif entry not in centers:
                     raise ValueError(f"superior {sup.name!r}: share entry {entry!r} is neither a center ID "
                                      f"(centers: {', '.join(sorted(centers)) or 'none'}) nor a device-ID prefix")
+
 
     def _check_sites(self, centers: set[str]) -> None:
         """Sites under known centers, inside the district; devices placed inside it, at known sites."""

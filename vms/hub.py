@@ -18,6 +18,7 @@ from vms import audit
 from vms.archive.clip import plan_clip, safe_path
 from vms.archive.service import Archive, ArchiveLookups
 from vms.archive.store import SegmentStore
+from vms.audit import AuditAnchor
 from vms.auth import TokenCache
 from vms.centers import CenterTree
 from vms.config import HubConfig
@@ -58,6 +59,7 @@ class Hub:
         self.engine, self.sessions = open_store(cfg.storage.url())
         self.tree = CenterTree(cfg.centers)
         self.tokens = TokenCache(self.sessions, clock)
+        self.audit_anchor = AuditAnchor.for_config(cfg, self.sessions, clock, read_only)  # signed checkpoints
         self.started_at = clock()
         self.events = EventBus()  # what changed, for the push endpoint (vms/api/events.py)
         self.health = Health(cfg.health, self.started_at)
@@ -69,7 +71,8 @@ class Hub:
                               ring_dir=cfg.storage.data_dir / "live-sub")
         reg = self.registry
         self.archive = Archive(cfg, self.sessions, self.segments, self.tree,
-                               ArchiveLookups(reg.known, reg.homes_of, reg.center_devices), self.alerts, clock)
+                               ArchiveLookups(reg.known, reg.homes_of, reg.center_devices), self.alerts, clock,
+                               self.audit_anchor.checkpoint)
         self.quality = QualityBook(cfg.analysis, cfg.storage.data_dir, self.sessions, self.segments.root,
                                    reg.set_quality, lambda: self.public_url, read_only)
         self.monitor = Monitor(cfg, reg, self.sessions, self.alerts, self.quality.alert_detail, clock)
@@ -153,6 +156,7 @@ class Hub:
         loops: tuple[tuple[str, Callable[[], None]], ...] = (
             ("tick", self._tick_loop), ("outbox", self._outbox_loop),
             ("retention", functools.partial(self.archive.loop, self._stop)),
+            ("audit", functools.partial(self.audit_anchor.loop, self._stop)),
         )
         for name, fn in loops:
             th = threading.Thread(target=fn, name=f"vms-{name}", daemon=True)
@@ -186,7 +190,9 @@ class Hub:
             self.gb28181.stop()
         self.quality.stop()
         self.archive.close()
+        self.ingest.close()
         self.monitor.flush(self.clock())
         self.tokens.flush_used(force=True)
+        self.audit_anchor.checkpoint()  # the rows of the last moments, signed
         self.outbox.sender.close()
         self.engine.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Literal
 
@@ -26,6 +25,7 @@ from vms.kernel.protocol import (
     SpoolStats,
 )
 from vms.kernel.timeutil import iso
+from vms.services.ingest import SegmentIngest
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
@@ -120,9 +120,9 @@ def _write_error(exc: OSError) -> Outcome:
     return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
 
 
-async def _receive_into(request: Request, body: Incoming, limit: int) -> bool:
-    """Stream the request body into ``body`` (written and hashed off the event loop, about 1 MB at a
-    time); False as soon as it is larger than ``limit`` (the rest is not read)."""
+async def _receive_into(request: Request, body: Incoming, limit: int, ingest: SegmentIngest) -> bool:
+    """Stream the request body into ``body`` (written and hashed in the ingest's threads, about 1 MB at
+    a time); False as soon as it is larger than ``limit`` (the rest is not read)."""
     pending: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -131,10 +131,10 @@ async def _receive_into(request: Request, body: Incoming, limit: int) -> bool:
             return False
         pending.append(chunk)
         if size >= UPLOAD_WRITE_BYTES:
-            await asyncio.to_thread(body.write, b"".join(pending))
+            await ingest.run(body.write, b"".join(pending))
             pending, size = [], 0
     if pending:
-        await asyncio.to_thread(body.write, b"".join(pending))
+        await ingest.run(body.write, b"".join(pending))
     return True
 
 
@@ -180,7 +180,7 @@ async def put_segment(
 ) -> JSONResponse:
     """A relayed MPEG-TS segment (body), checksummed; streamed to disk while hashed, stored atomically and
     indexed, and answered 201 only once its index row is committed durably."""
-    reason = await asyncio.to_thread(hub.registry.claim, who, device_id)
+    reason = await hub.ingest.run(hub.registry.claim, who, device_id)
     if reason:
         raise HTTPException(403, reason)
     sub = stream == "sub"
@@ -202,23 +202,23 @@ async def put_segment(
             data = await _read_bounded(request, limit)
             if data is None:
                 return _segment_reply(too_large, sub)
-            out = await asyncio.to_thread(
+            out = await hub.ingest.run(
                 hub.ingest.store_sub, device_id, start, duration, data, x_vms_sha256, x_vms_sent_at
             )
             return _segment_reply(out, sub)
         try:
-            body = await asyncio.to_thread(hub.ingest.receive)
+            body = await hub.ingest.run(hub.ingest.receive)
         except OSError as exc:
             return _segment_reply(_write_error(exc), sub)
         handed = False
         try:
             try:
-                if not await _receive_into(request, body, limit):
+                if not await _receive_into(request, body, limit, hub.ingest):
                     return _segment_reply(too_large, sub)
             except OSError as exc:
                 return _segment_reply(_write_error(exc), sub)
             handed = True  # from here the store moves the file into place or removes it
-            out = await asyncio.to_thread(
+            out = await hub.ingest.run(
                 hub.ingest.store_file, who.name, device_id, start, duration, body, x_vms_sha256, x_vms_sent_at,
                 x_vms_motion_ratio,
             )

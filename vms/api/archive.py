@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import IO, Any, Literal
@@ -20,10 +21,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 
 from vms.api.deps import DeviceIdPath, get_hub, require
 from vms.archive.clip import find_gaps, gaps_json, precheck
-from vms.archive.exports import BuildError, LiveExport
+from vms.archive.exports import BuildError, ClipSlot, LiveExport
 from vms.auth import READERS, Principal, Role
 from vms.config import RetentionPolicy
 from vms.db.models import Device, ExportJob, LegalHold, QualityEvent, Segment
@@ -40,6 +42,10 @@ CHUNK = 1 << 20
 HEADER_GAPS = 50
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+#: How long a streamed clip waits for its first byte before answering anyway.
+FIRST_BYTE_S = 60.0
+#: While a clip builds, whether its client is still there is checked this often.
+DISCONNECT_CHECK_S = 1.0
 
 
 class Gap(BaseModel):
@@ -87,6 +93,8 @@ def _failed(err: BuildError | None) -> Exception:
         404: {"description": "unknown device, or nothing playable in the range"},
         416: {"description": "Range outside the clip, or malformed"},
         422: {"description": "impossible or too long a range, or neither reason nor case"},
+        429: {"description": "archive.max_clips downloads in progress, or max_clips_per_user of the caller's: "
+                             "retry after Retry-After seconds"},
         507: {"description": "not enough disk for the clip"},
     },
 )
@@ -103,34 +111,79 @@ async def clip(
     """A playable MP4 of the device's recordings from the keyframe at or before ``start`` to ``end``.
 
     Gaps are listed in ``X-VMS-Gaps`` (and the manifest, ``Link: rel=describedby``); ``Range`` is
-    honoured. Ranges over an hour are export jobs (``POST /api/v1/exports``).
+    honoured. Ranges over an hour are export jobs (``POST /api/v1/exports``). A client that goes
+    away stops the build.
     """
     s, e = _times(start, end)
     _why(reason, case)
-    plan = await asyncio.to_thread(hub.archive.plan, device_id, s, e, export=False)  # ClipError: its kind's status
-    damaged = precheck(plan, hub.archive.root)
-    live = await asyncio.to_thread(hub.archive.start_clip, who, plan, reason, case, background=False)
-    bad = {d.path for d in damaged}
-    gaps = find_gaps([(p.start, p.end) for p in plan.pieces if p.path not in bad], s, e)
-    headers = {
-        "X-VMS-Export-Id": live.id,
-        "X-VMS-Gaps": json.dumps(gaps_json(gaps[:HEADER_GAPS]), separators=(",", ":")),
-        "X-VMS-Gaps-Count": str(len(gaps)),
-        "Link": f'</api/v1/exports/{live.id}/manifest.json>; rel="describedby"',
-        "Content-Disposition": f'attachment; filename="{device_id}_{int(s)}_{int(e)}.mp4"',
-        "Accept-Ranges": "bytes",
-    }
-    ctx = _Served(hub, who, live.id, device_id, s, e, reason, case)
-    if request.headers.get("range"):
-        while not (await asyncio.to_thread(live.wait, live.written, 5.0))[1]:
-            pass
-        if live.error is not None or live.result is None:
-            raise _failed(live.error)
-        return await _serve_file(live.final, request.headers["range"], ctx, live.result.sha256, headers)
-    _, finished = await asyncio.to_thread(live.wait, 0, 60.0)
-    if finished and live.error is not None and live.written == 0:
-        raise _failed(live.error)
-    return StreamingResponse(_follow(live, ctx), media_type="video/mp4", headers=headers)
+    slot = hub.archive.clip_slot(who)  # Busy: 429
+    handed = False
+    try:
+        run = hub.archive.exports.run
+        plan = await run(hub.archive.plan, device_id, s, e, export=False)  # ClipError: its kind's status
+        damaged = await run(precheck, plan, hub.archive.root)
+        live = await run(hub.archive.start_clip, who, plan, reason, case, background=False)
+        bad = {d.path for d in damaged}
+        gaps = find_gaps([(p.start, p.end) for p in plan.pieces if p.path not in bad], s, e)
+        headers = {
+            "X-VMS-Export-Id": live.id,
+            "X-VMS-Gaps": json.dumps(gaps_json(gaps[:HEADER_GAPS]), separators=(",", ":")),
+            "X-VMS-Gaps-Count": str(len(gaps)),
+            "Link": f'</api/v1/exports/{live.id}/manifest.json>; rel="describedby"',
+            "Content-Disposition": f'attachment; filename="{device_id}_{int(s)}_{int(e)}.mp4"',
+            "Accept-Ranges": "bytes",
+        }
+        ctx = _Served(hub, who, live.id, device_id, s, e, reason, case)
+        if request.headers.get("range"):
+            if not await _until(live, request, sys.maxsize):
+                return _gone(ctx)
+            if live.error is not None or live.result is None:
+                raise _failed(live.error)
+            response = await _serve_file(live.final, request.headers["range"], ctx, live.result.sha256, headers, slot)
+        else:
+            if not await _until(live, request, 0, FIRST_BYTE_S):
+                return _gone(ctx)
+            if live.finished and live.error is not None and live.written == 0:
+                raise _failed(live.error)
+            response = StreamingResponse(_follow(live, ctx, slot), media_type="video/mp4", headers=headers,
+                                         background=BackgroundTask(_ended, live, slot))
+        handed = True
+        return response
+    finally:
+        if not handed:
+            slot.release()
+
+
+async def _until(live: LiveExport, request: Request, beyond: int, limit: float | None = None) -> bool:
+    """Wait for the builder (on the event loop, holding no thread) until more than ``beyond`` bytes are
+    written or the build ends, or ``limit`` seconds; False if the client went away meanwhile (the build
+    is then cancelled)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if limit is None else loop.time() + limit
+    while not (live.finished or live.written > beyond):
+        left = DISCONNECT_CHECK_S if deadline is None else min(DISCONNECT_CHECK_S, deadline - loop.time())
+        if left <= 0:
+            break
+        written, finished = await live.progress(beyond, left)
+        if not (finished or written > beyond) and await request.is_disconnected():
+            live.cancel("the client went away before the clip was ready")
+            return False
+    return True
+
+
+def _gone(ctx: _Served) -> Response:
+    """The answer to a client that left while its clip was being built: nobody reads it, but the
+    audit says that nothing was handed over."""
+    ctx.hub.archive.exports.submit(ctx.record, 0, hashlib.sha256().hexdigest(), False, None, None,
+                                   "client went away before the clip was ready")
+    return Response(status_code=499)
+
+
+def _ended(live: LiveExport, slot: ClipSlot) -> None:
+    """After a streamed clip's response, however it ended: its build stops if it still runs (nobody
+    reads it any more) and its slot is given back."""
+    live.cancel("the client went away")
+    slot.release()
 
 
 class _Served:
@@ -145,6 +198,7 @@ class _Served:
     def record(
         self, sent: int, sha: str, complete: bool, byte_range: str | None, file_sha: str | None, error: str | None
     ) -> None:
+        """Blocking (a store write): called through ``Exports.run`` or ``Exports.submit``, never on the loop."""
         self.hub.archive.record_served(
             self.who,
             self.job_id,
@@ -162,24 +216,32 @@ class _Served:
         )
 
 
-async def _follow(live: LiveExport, ctx: _Served) -> AsyncIterator[bytes]:
-    """The clip file as the builder writes it; the audit row is written before the last byte leaves."""
+def _read(f: IO[bytes], h: Any, n: int = -1) -> bytes:
+    """Read up to ``n`` bytes (all with -1) and hash them, in a clip thread."""
+    chunk = f.read(n)
+    h.update(chunk)
+    return chunk
+
+
+async def _follow(live: LiveExport, ctx: _Served, slot: ClipSlot) -> AsyncIterator[bytes]:
+    """The clip file as the builder writes it; the audit row is written when the response ends, and a
+    client that leaves early stops the build."""
+    exports = ctx.hub.archive.exports
     h = hashlib.sha256()
     sent, complete, error = 0, False, None
-    f: IO[bytes] = live.open_reader()
+    f: IO[bytes] | None = None
     try:
+        f = await exports.run(live.open_reader)
         while True:
-            chunk = await asyncio.to_thread(f.read, CHUNK)
+            chunk = await exports.run(_read, f, h, CHUNK)
             if chunk:
-                h.update(chunk)
                 sent += len(chunk)
                 yield chunk
                 continue
-            written, finished = await asyncio.to_thread(live.wait, sent, 5.0)
+            written, finished = await live.progress(sent, 5.0)
             if finished and written <= sent:
-                rest = await asyncio.to_thread(f.read)
+                rest = await exports.run(_read, f, h)
                 if rest:
-                    h.update(rest)
                     sent += len(rest)
                     yield rest
                 if live.error is not None:
@@ -188,16 +250,23 @@ async def _follow(live: LiveExport, ctx: _Served) -> AsyncIterator[bytes]:
                 complete = True
                 break
     finally:
-        f.close()
+        # No await here: a response torn down by a disconnect is being cancelled.
+        if f is not None:
+            f.close()
+        if not complete:
+            live.cancel("the client went away")
         file_sha = live.result.sha256 if live.result else None
-        ctx.record(sent, h.hexdigest(), complete, None, file_sha, error)
+        exports.submit(ctx.record, sent, h.hexdigest(), complete, None, file_sha,
+                       error or (None if complete else "client went away"))
+        slot.release()
 
 
 async def _serve_file(
-    path: Any, range_header: str | None, ctx: _Served, file_sha: str | None, headers: dict[str, str]
+    path: Any, range_header: str | None, ctx: _Served, file_sha: str | None, headers: dict[str, str], slot: ClipSlot
 ) -> Response:
     """The finished file, whole or one byte range (several ranges: the whole file, as RFC 9110 allows)."""
-    size = path.stat().st_size
+    exports = ctx.hub.archive.exports
+    size = (await exports.run(path.stat)).st_size
     first, last, status = 0, size - 1, 200
     m = _RANGE.match(range_header.strip()) if range_header and "," not in range_header else None
     if range_header and "," not in range_header:
@@ -218,30 +287,39 @@ async def _serve_file(
         out_headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     label = f"bytes={first}-{last}" if status == 206 else None
 
+    def opened() -> IO[bytes]:
+        f = open(path, "rb")  # noqa: SIM115 - closed by body()
+        f.seek(first)
+        return f
+
     async def body() -> AsyncIterator[bytes]:
         h = hashlib.sha256()
         sent = 0
         complete = False
+        f: IO[bytes] | None = None
         try:
-            with open(path, "rb") as f:
-                f.seek(first)
-                left = last - first + 1
-                while left > 0:
-                    chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-                    h.update(chunk)
-                    sent += len(chunk)
-                    if left == 0:
-                        complete = True
-                        ctx.record(sent, h.hexdigest(), True, label, file_sha, None)
-                    yield chunk
+            f = await exports.run(opened)
+            left = last - first + 1
+            while left > 0:
+                chunk = await exports.run(_read, f, h, min(CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                sent += len(chunk)
+                if left == 0:
+                    complete = True
+                    await exports.run(ctx.record, sent, h.hexdigest(), True, label, file_sha, None)
+                yield chunk
         finally:
+            # No await here: a response torn down by a disconnect is being cancelled.
+            if f is not None:
+                f.close()
             if not complete:
-                ctx.record(sent, h.hexdigest(), False, label, file_sha, "client went away")
+                exports.submit(ctx.record, sent, h.hexdigest(), False, label, file_sha, "client went away")
+            slot.release()
 
-    return StreamingResponse(body(), status_code=status, media_type="video/mp4", headers=out_headers)
+    return StreamingResponse(body(), status_code=status, media_type="video/mp4", headers=out_headers,
+                             background=BackgroundTask(slot.release))
 
 
 # -- exports -------------------------------------------------------------------------------------
@@ -311,6 +389,7 @@ def export_view(r: ExportJob) -> ExportOut:
     responses={
         404: {"description": "unknown device, or no recordings in the range"},
         422: {"description": "impossible or too long a range, or neither reason nor case"},
+        429: {"description": "archive.max_queued_exports exports waiting or building: retry after Retry-After"},
         507: {"description": "not enough disk for the clip"},
     },
     response_model_exclude_unset=True,  # a gap has "skipped" only where a damaged segment made it
@@ -321,9 +400,10 @@ async def create_export(
     """Build a clip of up to a day in the background; poll it, then download it (with Range)."""
     s, e = _times(body.start, body.end)
     _why(body.reason, body.case)
-    plan = await asyncio.to_thread(hub.archive.plan, body.device_id, s, e, export=True)  # ClipError: its kind's status
-    live = await asyncio.to_thread(hub.archive.start_clip, who, plan, body.reason, body.case, background=True)
-    return export_view(await asyncio.to_thread(hub.archive.export_job, who, live.id))
+    run = hub.archive.exports.run
+    plan = await run(hub.archive.plan, body.device_id, s, e, export=True)  # ClipError: its kind's status
+    live = await run(hub.archive.start_clip, who, plan, body.reason, body.case, background=True)  # Busy: 429
+    return export_view(await run(hub.archive.export_job, who, live.id))
 
 
 @router.get("/api/v1/exports", response_model=list[ExportOut], response_model_exclude_unset=True)
@@ -376,6 +456,7 @@ _DONE_ONLY: dict[int | str, dict[str, Any]] = {
         206: {"content": _MP4, "description": "The byte range asked for"},
         **_DONE_ONLY,
         416: {"description": "Range outside the clip, or malformed"},
+        429: {"description": "archive.max_clips downloads in progress, or max_clips_per_user of the caller's"},
     },
 )
 async def download_export(
@@ -384,16 +465,24 @@ async def download_export(
     hub: Hub = Depends(get_hub),
     who: Principal = Depends(require(*LIAISON)),
 ) -> Response:
-    row = await asyncio.to_thread(_done, hub, who, export_id)
+    row = await hub.archive.exports.run(_done, hub, who, export_id)
     ctx = _Served(hub, who, row.id, row.device_id, row.start_at, row.end_at, row.reason, row.case_number)
     headers = {
         "Accept-Ranges": "bytes",
         "Link": f'</api/v1/exports/{row.id}/manifest.json>; rel="describedby"',
         "Content-Disposition": f'attachment; filename="{row.device_id}_{int(row.start_at)}_{int(row.end_at)}.mp4"',
     }
-    return await _serve_file(
-        hub.archive.exports.path_of(row.id), request.headers.get("range"), ctx, row.sha256, headers
-    )
+    slot = hub.archive.clip_slot(who)  # Busy: 429
+    handed = False
+    try:
+        response = await _serve_file(
+            hub.archive.exports.path_of(row.id), request.headers.get("range"), ctx, row.sha256, headers, slot
+        )
+        handed = True
+        return response
+    finally:
+        if not handed:
+            slot.release()
 
 
 @router.get(

@@ -18,6 +18,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path as PathType
 from typing import Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -31,7 +32,7 @@ from vms.errors import Conflict, NotFound
 from vms.hub import Hub
 from vms.kernel.timeutil import iso
 from vms.live import NoLiveMedia
-from vms.live.window import render_playlist
+from vms.live.window import Entry, render_playlist
 
 
 @asynccontextmanager
@@ -65,8 +66,19 @@ media_reader.roles = _reader.roles  # type: ignore[attr-defined]
 
 
 def _known(hub: Hub, device_id: str) -> None:
+    """Blocking (the registry's lock): call in a worker thread, like every store or lock of these routes."""
     if not hub.registry.known(device_id):
         raise NotFound(f"unknown device {device_id}")
+
+
+def _window(hub: Hub, device_id: str, stream: Stream, check: bool) -> tuple[int, list[Entry], int]:
+    """(version, entries, target duration) of a live stream, the version taken before the window is read;
+    ``check`` first refuses an unknown device. Blocking: the registry's lock and a store read."""
+    if check:
+        _known(hub, device_id)
+    seen = hub.live.version(device_id, stream)
+    entries, target = hub.live.live_entries(device_id, stream)  # NoLiveMedia: 409
+    return seen, entries, target
 
 
 @router.get(
@@ -87,9 +99,7 @@ async def playlist(
     _: Principal = Depends(media_reader),
 ) -> Response:
     """The newest segments as a live HLS playlist; with ``_HLS_msn`` waits until that segment exists."""
-    _known(hub, device_id)
-    seen = hub.live.version(device_id, stream)
-    entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)  # NoLiveMedia: 409
+    seen, entries, target = await asyncio.to_thread(_window, hub, device_id, stream, True)
     if hls_msn is not None:
         last = entries[-1].seq
         if hls_msn > last + 2:
@@ -97,8 +107,7 @@ async def playlist(
         deadline = asyncio.get_running_loop().time() + 3 * target
         while hls_msn > last and (left := deadline - asyncio.get_running_loop().time()) > 0:
             await hub.live.wait_news(device_id, left, since=seen, stream=stream)
-            seen = hub.live.version(device_id, stream)
-            entries, target = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
+            seen, entries, target = await asyncio.to_thread(_window, hub, device_id, stream, False)
             last = entries[-1].seq
     return Response(
         render_playlist(entries, target, token, stream),
@@ -120,12 +129,17 @@ async def segment(
     _: Principal = Depends(media_reader),
 ) -> FileResponse:
     """A segment listed in the live playlist; older footage is pulled through the archive."""
-    _known(hub, device_id)
-    path = hub.live.segment_path(device_id, segment_id, stream)
-    if path is None:
-        raise NotFound(f"segment {segment_id} is not in the live window of {device_id} ({stream} stream)")
-    if not path.is_file():
-        raise NotFound(f"segment {segment_id} of {device_id} is gone (deleted by retention?)")
+
+    def find() -> PathType:
+        _known(hub, device_id)
+        path = hub.live.segment_path(device_id, segment_id, stream)  # the window's lock
+        if path is None:
+            raise NotFound(f"segment {segment_id} is not in the live window of {device_id} ({stream} stream)")
+        if not path.is_file():
+            raise NotFound(f"segment {segment_id} of {device_id} is gone (deleted by retention?)")
+        return path
+
+    path = await asyncio.to_thread(find)
     return FileResponse(path, media_type="video/mp2t", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -158,8 +172,7 @@ async def webrtc(
     _: Principal = Depends(require(*READERS)),
 ) -> Answer:
     """WebRTC signalling in one round trip: post the offer (ICE gathered), get the answer."""
-    _known(hub, device_id)
-    entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)  # NoLiveMedia: 409
+    _v, entries, _t = await asyncio.to_thread(_window, hub, device_id, stream, True)
     fmt = entries[-1].fmt
     if fmt is not None and fmt.bframes:
         sub = "" if stream == "sub" else " or ask for its sub stream (stream=sub)"
@@ -202,15 +215,15 @@ class LiveStatus(BaseModel):
     sub: StreamStatus
 
 
-async def _stream_status(hub: Hub, device_id: str, stream: Stream) -> StreamStatus:
+def _stream_status(hub: Hub, device_id: str, stream: Stream) -> StreamStatus:
+    """Blocking (a store read): call in a worker thread."""
     live, reason, newest = True, None, None
     try:
-        entries, _t = await asyncio.to_thread(hub.live.live_entries, device_id, stream)
+        entries, _t = hub.live.live_entries(device_id, stream)
         newest = entries[-1]
     except NoLiveMedia as exc:
         live, reason = False, str(exc)
-        w = await asyncio.to_thread(hub.live.sync, device_id, stream)
-        newest = w.newest
+        newest = hub.live.sync(device_id, stream).newest
     seg, fmt = (newest.seg, newest.fmt) if newest else (None, None)
     age = hub.clock() - seg.end if seg else None
     query = "" if stream == "main" else "?stream=sub"
@@ -235,7 +248,11 @@ async def status(
 
     ``bframes`` true means WebRTC refuses that stream (browsers show it at keyframes only): use HLS.
     """
-    _known(hub, device_id)
-    main, sub = await _stream_status(hub, device_id, "main"), await _stream_status(hub, device_id, "sub")
-    viewers = hub.live.viewer_count(device_id)
+
+    def read() -> tuple[StreamStatus, StreamStatus]:
+        _known(hub, device_id)
+        return _stream_status(hub, device_id, "main"), _stream_status(hub, device_id, "sub")
+
+    main, sub = await asyncio.to_thread(read)
+    viewers = hub.live.viewer_count(device_id)  # the viewers live on this loop: counted here
     return LiveStatus(device_id=device_id, **main.model_dump(), webrtc_viewers=viewers, sub=sub)

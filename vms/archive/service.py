@@ -9,6 +9,7 @@ a clock.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from vms.archive.clip import (
     gaps_json,
     plan_clip,
 )
-from vms.archive.exports import Exports, LiveExport
+from vms.archive.exports import ClipSlot, Exports, LiveExport
 from vms.archive.retention import PassReport, RepairReport, Retention
 from vms.archive.store import SegmentStore
 from vms.auth import Principal, Role
@@ -74,7 +75,9 @@ class ArchiveLookups:
 
 class Archive:
     def __init__(self, cfg: HubConfig, sessions: sessionmaker[Session], segments: SegmentStore, tree: CenterTree,
-                 lookups: ArchiveLookups, alerts: AlertWriter, clock: Callable[[], float]) -> None:
+                 lookups: ArchiveLookups, alerts: AlertWriter, clock: Callable[[], float],
+                 checkpoint: Callable[[], dict[str, Any] | None]) -> None:
+        """``checkpoint()`` signs the audit log as it stands (``AuditAnchor.checkpoint``) for clip manifests."""
         self.cfg = cfg.retention
         self.min_free_bytes = cfg.archive.min_free_bytes
         self.max_hold_days = cfg.archive.max_hold_days
@@ -87,7 +90,7 @@ class Archive:
         self.alerts = alerts
         self.clock = clock
         self.root = segments.root
-        self.exports = Exports(cfg.storage.data_dir / "exports", self.root, sessions, clock)
+        self.exports = Exports(cfg.storage.data_dir / "exports", self.root, sessions, clock, cfg.archive, checkpoint)
         self.retention = Retention(
             self.cfg, sessions, self.root, self.policy_of, lookups.center_devices, segments.free_bytes
         )
@@ -447,26 +450,41 @@ class Archive:
             )
         return plan
 
+    def clip_slot(self, who: Principal) -> ClipSlot:
+        """One of the clip downloads served at once (``archive.max_clips``, ``max_clips_per_user``), or
+        :class:`Busy` naming the limit; released by the caller when its response ends."""
+        return self.exports.slots.take(who.name)
+
     def start_clip(
         self, who: Principal, plan: ClipPlan, reason: str, case_number: str, *, background: bool
     ) -> LiveExport:
-        live = self.exports.start(plan, who.name, reason, case_number, background=background)
-        audit.record(
-            self.sessions,
-            who,
-            at=self.clock(),
-            action="export.create" if background else "clip.request",
-            target=plan.device_id,
-            detail={
-                "export_id": live.id,
-                "start": iso(plan.start),
-                "end": iso(plan.end),
-                "reason": reason,
-                "case": case_number,
-                "gaps": len(plan.gaps()),
-            },
-        )
-        return live
+        """Audit the request, then build: an export waits in the bounded queue (:class:`Busy` when it is
+        full, before anything is written); a direct clip builds at once (the caller holds a clip slot).
+        The request is audited before the build starts, so the manifest's checkpoint covers it."""
+        if background:
+            self.exports.reserve()
+        try:
+            job_id = secrets.token_hex(16)
+            audit.record(
+                self.sessions,
+                who,
+                at=self.clock(),
+                action="export.create" if background else "clip.request",
+                target=plan.device_id,
+                detail={
+                    "export_id": job_id,
+                    "start": iso(plan.start),
+                    "end": iso(plan.end),
+                    "reason": reason,
+                    "case": case_number,
+                    "gaps": len(plan.gaps()),
+                },
+            )
+            return self.exports.start(job_id, plan, who.name, reason, case_number, background=background)
+        except BaseException:
+            if background:
+                self.exports.unreserve()
+            raise
 
     def record_served(
         self,

@@ -7,17 +7,28 @@ A segment that would start further in the future than the clock-skew bound (afte
 correction) is refused (``bad_range``): it would become a camera's "newest" segment, freeze its
 live view and escape retention. Each agent has a bounded number of uploads in progress at once
 (``archive.max_uploads_per_agent``); the API answers the rest "busy, retry".
+
+The upload route's blocking steps (claim, temporary file, writes, the durable store) run in the
+ingest's own threads (:meth:`SegmentIngest.run`, ``archive.ingest_threads``), not in the event loop's
+default pool, so clip downloads or anything else there can never delay a segment upload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 from vms.archive.store import Adopted, Incoming, Outcome, Result, SegmentStore
 from vms.live import LiveRelay
 from vms.media.segment import Segment
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class SegmentIngest:
@@ -41,6 +52,15 @@ class SegmentIngest:
         self._uploads: dict[str, int] = {}
         self._uploads_lock = threading.Lock()
         self.busy_total = 0
+        self._pool = ThreadPoolExecutor(segments.cfg.ingest_threads, thread_name_prefix="vms-ingest")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` in the ingest's own threads (see the module doc)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Uploads being stored finish first."""
+        self._pool.shutdown(wait=True)
 
     @contextmanager
     def upload_slot(self, agent: str) -> Iterator[bool]:
