@@ -7,6 +7,7 @@ own demuxer. SIPp with FFmpeg-made PS is in tests/test_gb28181_sipp_media.py.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import socket
 import threading
@@ -44,30 +45,37 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> list[AU]:
 
 class MediaDevice:
     """A camera: registers, keeps alive, answers the catalog, DeviceStatus, INVITE and BYE, and
-    streams the clip as PS over RTP to what the offer says. Faults: ``video`` off (keepalives go
-    on), ``cut`` (nothing at all), ``garbage`` payloads, a ``foreign_ssrc``."""
+    streams the clip as PS over RTP to what the offer says, one stream per channel. Faults: ``video``
+    off (keepalives go on), ``cut`` (nothing at all), ``garbage`` payloads, a ``foreign_ssrc``,
+    ``reuse_ssrc`` (every answer after the first names the first one's SSRC)."""
 
-    def __init__(self, port: int, clip: list[AU], transport: str = "UDP", keepalive_s: float = 2.0) -> None:
+    def __init__(self, port: int, clip: list[AU], transport: str = "UDP", keepalive_s: float = 2.0,
+                 channels: tuple[str, ...] = (CHANNEL,)) -> None:
         self.sig = Device(port, transport=transport)
         self.clip = clip
+        self.channels = channels
         self.keepalive_s = keepalive_s
         self.video = True
         self.cut = False
         self.garbage = False
         self.foreign_ssrc = False
+        self.reuse_ssrc = False
+        self.answered_ssrcs: list[str] = []
         self.refuse: int | None = None  # answer INVITEs with this status instead
         self.lossy = False  # drop one RTP packet in 40 and swap neighbours now and then
         self.dialog: tuple[sip.Request, str] | None = None  # the last INVITE answered and our tag
         self.invites: list[sdp.Sdp] = []
         self.invited_at: list[float] = []
-        self._stream_stop: threading.Event | None = None
+        self._stream_stops: dict[str, threading.Event] = {}  # by channel
+        self._calls: dict[str, str] = {}  # INVITE Call-ID -> channel
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.lock = threading.Lock()
 
     def start(self) -> None:
         assert self.sig.register().status == 200
-        self.sig.answer_catalog([{**item(CHANNEL, "东门"), "Longitude": "121.1183", "Latitude": "31.4556"}])
+        self.sig.answer_catalog([{**item(ch, "东门"), "Longitude": "121.1183", "Latitude": "31.4556"}
+                                 for ch in self.channels])
         for target in (self._signaling, self._keepalives):
             t = threading.Thread(target=target, daemon=True)
             t.start()
@@ -75,8 +83,8 @@ class MediaDevice:
 
     def close(self) -> None:
         self._stop.set()
-        if self._stream_stop is not None:
-            self._stream_stop.set()
+        for stop in self._stream_stops.values():
+            stop.set()
         for t in self._threads:
             t.join(5)
         self.sig.close()
@@ -104,8 +112,7 @@ class MediaDevice:
             if m.method == "INVITE":
                 self._answer(m)
             elif m.method == "BYE":
-                if self._stream_stop is not None:
-                    self._stream_stop.set()
+                self._stop_stream(self._calls.get(m.headers.get("Call-ID") or "", ""))
                 self._send(sip.response_to(m, 200))
             elif m.method != "ACK":
                 self._send(sip.response_to(m, 200, to_tag=sip.new_tag()))
@@ -114,8 +121,7 @@ class MediaDevice:
         """BYE in the dialog of the last INVITE, as a device whose media server restarts sends it."""
         assert self.dialog is not None
         invite, tag = self.dialog
-        if self._stream_stop is not None:
-            self._stream_stop.set()
+        self._stop_stream(self._calls.get(invite.headers.get("Call-ID") or "", ""))
         h = sip.Headers()
         local = self.sig.sock.getsockname()
         h.set("Via", f"SIP/2.0/UDP {local[0]}:{local[1]};rport;branch={sip.new_branch()}")
@@ -126,8 +132,14 @@ class MediaDevice:
         h.set("Max-Forwards", "70")
         self._send(sip.Request("BYE", sip.parse_name_addr(invite.headers.get("Contact") or "").uri, h))
 
+    def _stop_stream(self, channel: str) -> None:
+        stop = self._stream_stops.get(channel)
+        if stop is not None:
+            stop.set()
+
     def _answer(self, invite: sip.Request) -> None:
         offer = sdp.parse(invite.body)
+        channel = sip.uri_user(invite.uri)
         self.invites.append(offer)
         self.invited_at.append(time.monotonic())
         if self.refuse is not None:
@@ -138,20 +150,24 @@ class MediaDevice:
         if offer.setup == "active":  # the hub connects to us
             listener = socket.create_server(("127.0.0.1", 0))
             port = listener.getsockname()[1]
-        answer = sdp.Sdp(session="Play", user=CHANNEL, address="127.0.0.1", port=port, transport=offer.transport,
-                         direction="sendonly", ssrc=offer.ssrc,
+        ssrc = self.answered_ssrcs[0] if self.reuse_ssrc and self.answered_ssrcs else offer.ssrc
+        self.answered_ssrcs.append(ssrc or "")
+        answer = sdp.Sdp(session="Play", user=channel, address="127.0.0.1", port=port, transport=offer.transport,
+                         direction="sendonly", ssrc=ssrc,
                          setup=None if offer.setup is None else ("passive" if offer.setup == "active" else "active"))
         tag = sip.new_tag()
         self.dialog = (invite, tag)
         resp = sip.response_to(invite, 200, to_tag=tag)
         local = self.sig.sock.getsockname()
-        resp.headers.set("Contact", f"<sip:{CHANNEL}@{local[0]}:{local[1]}>")
+        resp.headers.set("Contact", f"<sip:{channel}@{local[0]}:{local[1]}>")
         resp.headers.set("Content-Type", "application/sdp")
         resp.body = sdp.build(answer)
-        if self._stream_stop is not None:
-            self._stream_stop.set()
-        stop = self._stream_stop = threading.Event()
+        self._stop_stream(channel)
+        stop = self._stream_stops[channel] = threading.Event()
+        self._calls[invite.headers.get("Call-ID") or ""] = channel
         self._send(resp)
+        if ssrc != offer.ssrc:  # as such a device does: it streams under the SSRC it answered
+            offer = dataclasses.replace(offer, ssrc=ssrc)
         t = threading.Thread(target=self._stream, args=(offer, listener, stop), daemon=True)
         t.start()
         self._threads.append(t)
@@ -205,9 +221,10 @@ class MediaDevice:
 def device(gb_hub: Any, clip: list[AU]) -> Iterator[Any]:  # noqa: F811  (the fixture imported above)
     made: list[MediaDevice] = []
 
-    def make(transport: str = "UDP", keepalive_s: float = 2.0, **gb: Any) -> tuple[Any, MediaDevice]:
+    def make(transport: str = "UDP", keepalive_s: float = 2.0, channels: tuple[str, ...] = (CHANNEL,),
+             **gb: Any) -> tuple[Any, MediaDevice]:
         hub = gb_hub(auto_accept=True, record=True, **gb)
-        dev = MediaDevice(port_of(hub), clip, keepalive_s=keepalive_s)
+        dev = MediaDevice(port_of(hub), clip, keepalive_s=keepalive_s, channels=channels)
         made.append(dev)
         dev.start()
         return hub, dev
@@ -346,3 +363,27 @@ def test_lost_and_reordered_packets_are_counted_and_recording_goes_on(device: An
     assert len(dev.invites) == 1  # damaged frames are no lost stream
     # Online by its video; the damaged pictures (2.5 % of packets lost) are the analysis' to judge.
     wait_until(lambda: state(hub, CHANNEL) != "offline", 10, "online", lambda: str(hub.snapshots.device(CHANNEL)))
+
+
+def test_a_second_stream_answered_with_the_first_ones_ssrc_is_refused_and_the_first_records_on(device: Any) -> None:
+    """Two channels of one device; the device answers the second INVITE with the SSRC of the first
+    stream (and sends under it). The second is hung up and counted, each time it is invited again;
+    the first is never disturbed: one INVITE, its video keeps being stored."""
+    second = "32058501001310000008"
+    hub, dev = device(channels=(CHANNEL, second))
+    dev.reuse_ssrc = True
+    player = hub.gb28181.player
+    wait_until(lambda: player.counters["ssrc_duplicates"] >= 1, 20, "the duplicate SSRC refused",
+               lambda: f"{player.counters} {player.view()}")
+    wait_until(lambda: len(stored(hub, CHANNEL)) + len(stored(hub, second)) >= 3, 20, "segments stored",
+               lambda: str(player.view()))
+    view = player.view()
+    first, dup = (CHANNEL, second) if view[CHANNEL]["state"] == "playing" else (second, CHANNEL)
+    assert view[first]["state"] == "playing" and view[first]["frames"] > 25, view
+    assert view[dup]["state"] != "playing" and "already used by another stream" in view[dup]["reason"], view
+    assert stored(hub, first) and not stored(hub, dup)
+    invites_of_first = sum(1 for o in dev.invites if o.ssrc == view[first]["ssrc"])
+    assert invites_of_first == 1, [o.ssrc for o in dev.invites]
+    wait_until(lambda: player.counters["ssrc_duplicates"] == len(dev.invites) - 1, 5,
+               "every INVITE after the first refused", lambda: f"{player.counters} {len(dev.invites)}")
+

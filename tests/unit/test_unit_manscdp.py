@@ -151,6 +151,44 @@ def test_keepalive_and_catalog_notify() -> None:
     ]
 
 
+KEEPALIVES = [
+    manscdp.build("Notify", "Keepalive", 43, NVR, {"Status": "OK"}),
+    manscdp.build("Notify", "Keepalive", 7, NVR, encoding="UTF-8"),
+    b"<Notify><CmdType>Keepalive</CmdType><SN>0</SN><DeviceID>34020000001320000001</DeviceID></Notify>",
+    b"\r\n <?xml version = '1.0'  encoding='GB2312' ?>\n<Notify>\n\t<CmdType> Keepalive </CmdType>\n\t<SN> 9 </SN>"
+    b"\n\t<DeviceID>\n34020000001320000001 </DeviceID>\t<Status>Error</Status>\r\n</Notify>\r\n",
+]
+
+
+@pytest.mark.parametrize("body", KEEPALIVES)
+def test_keepalive_read_without_the_xml_parser_is_what_the_parser_reads(body: bytes) -> None:
+    """A comment after the root sends the same body through the XML parser: both readings agree."""
+    fast = manscdp.parse(body)
+    assert manscdp._KEEPALIVE.fullmatch(body) is not None
+    slow = manscdp.parse(body + b"<!-- -->")
+    assert manscdp._KEEPALIVE.fullmatch(body + b"<!-- -->") is None
+    assert fast == slow and fast.cmd == "Keepalive"
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>x</DeviceID>", "malformed XML"),
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>x</DeviceID></Query>", "malformed XML"),
+        (b"<Notify>\f<CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>x</DeviceID></Notify>", "malformed XML"),
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN></Notify>", "lacks <DeviceID>"),
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID> </DeviceID></Notify>", "<DeviceID> is empty"),
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>" + b"9" * 19 + b"</SN><DeviceID>x</DeviceID></Notify>",
+         "SN is not"),
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>x</DeviceID></Notify>" + b" " * (1 << 20),
+         "exceeds"),
+    ],
+)
+def test_keepalive_lookalikes_get_the_parsers_precise_errors(body: bytes, match: str) -> None:
+    with pytest.raises(ManscdpError, match=match):
+        manscdp.parse(body)
+
+
 def test_catalog_item_defaults_and_bad_numbers() -> None:
     items = [
         {"DeviceID": "a", "Longitude": "abc", "Latitude": ""},

@@ -190,3 +190,49 @@ def test_reorder_accounts_for_every_packet(
     assert set(ext) <= set(sent)
     assert len(ext) + r.lost == max(ext) + 1, "every number up to the last released is released or lost"
     assert r.received == len(sent) == len(ext) + r.duplicates + r.late
+
+
+def test_parse_header_reads_a_reused_buffer_up_to_n() -> None:
+    """A receive buffer holds one datagram at its start and stale bytes after it: only ``n`` counts."""
+    head = struct.pack("!BBHII", 0x80 | 0x20, 0xE0, 9, 1800, 77)
+    buf = bytearray(64)
+    packet = head + b"payload" + b"\x00\x02"
+    buf[: len(packet)] = packet
+    buf[len(packet) :] = b"\xff" * (64 - len(packet))  # a longer earlier datagram's tail
+    assert rtp.parse_header(memoryview(buf), len(packet)) == (0xE0, 9, 1800, 77, 12, 12 + len(b"payload"))
+    with pytest.raises(RtpError, match="padding count is 0"):  # its byte n - 1, not the buffer's last (255)
+        rtp.parse_header(buf, len(packet) - 1)
+
+
+@PROPS
+@given(
+    start=st.integers(0, 65535),
+    n=st.integers(1, 300),
+    window=st.integers(1, 32),
+    drop=st.floats(0, 0.3),
+    dup=st.floats(0, 0.1),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_in_order_then_push_is_push(start: int, n: int, window: int, drop: float, dup: float, seed: int) -> None:
+    """A receiver that takes the in-order fast path first and pushes only the rest releases the same
+    packets in the same order, with the same counters, as one that pushes everything."""
+    rnd = random.Random(seed)
+    sent = [0] + [i for i in range(1, n) if rnd.random() >= drop]
+    sent += [rnd.choice(sent) for _ in range(int(len(sent) * dup))]
+    for k in range(1, len(sent) - 1):  # neighbours swapped now and then
+        if rnd.random() < 0.1:
+            sent[k], sent[k + 1] = sent[k + 1], sent[k]
+    plain, fast = Reorder(window), Reorder(window)
+    out_plain = [p.seq for i in sent for p in plain.push(pkt(start + i))] + [p.seq for p in plain.flush()]
+    out_fast: list[int] = []
+    for i in sent:
+        seq = (start + i) % 65536
+        if fast.in_order(seq):
+            out_fast.append(seq)
+        else:
+            out_fast += [p.seq for p in fast.push(pkt(seq))]
+    out_fast += [p.seq for p in fast.flush()]
+    assert out_fast == out_plain
+    counters = ("received", "lost", "duplicates", "late", "reordered", "resyncs")
+    assert [getattr(fast, c) for c in counters] == [getattr(plain, c) for c in counters]
+

@@ -549,9 +549,18 @@ def test_parse_via_refuses(value: str) -> None:
 
 def test_split_header_list() -> None:
     assert sip.split_header_list('"a, b" <sip:x@y>;p=1, <sip:z@w,q>') == ['"a, b" <sip:x@y>;p=1', "<sip:z@w,q>"]
-    for bad in ('"open, x', "a,,b", "<sip:x"):
+    assert sip.split_header_list("  SIP/2.0/UDP h;branch=z9hG4bK1 ") == ["SIP/2.0/UDP h;branch=z9hG4bK1"]
+    for bad in ('"open, x', "a,,b", "<sip:x", " \t"):
         with pytest.raises(SipError):
             sip.split_header_list(bad)
+
+
+def test_via_with_spaces_around_separators_and_bad_parameter_values() -> None:
+    assert sip.parse_via("SIP/2.0/UDP h:5060 ; rport ; branch = z9hG4bK1").params == {"rport": None,
+                                                                                    "branch": "z9hG4bK1"}
+    for bad in ("SIP/2.0/UDP h;branch=a\u3000b", 'SIP/2.0/UDP h;branch=a"b'):
+        with pytest.raises(SipError, match="bad value for parameter branch"):
+            sip.parse_via(bad)
 
 
 @pytest.mark.parametrize(

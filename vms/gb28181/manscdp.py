@@ -22,6 +22,19 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _GB_LABELS = {"gb2312": "gb2312", "gb_2312-80": "gb2312", "gbk": "gbk", "cp936": "gbk", "gb18030": "gb18030"}
 _LABELS = {**_GB_LABELS, "utf-8": "utf-8", "utf8": "utf-8"}
 _BUILD_ENCODINGS = {"GB2312": "gb2312", "GBK": "gbk", "GB18030": "gb18030", "UTF-8": "utf-8"}
+#: A Keepalive exactly as devices send it (an optional prolog, then CmdType, SN, DeviceID and an
+#: optional Status, in this order, each holding plain text): well-formed XML by construction, read
+#: to the same Message as ``parse`` would. Any other shape (another order, an Info element, a
+#: comment, an entity) goes through the XML parser and its checks.
+_WS = rb"[ \t\r\n]*"  # XML's white space (\s would take form feeds the XML parser refuses)
+_KEEPALIVE = re.compile(
+    _WS + rb"""(?:<\?xml[ \t]+version[ \t]*=[ \t]*["']1\.0["']"""
+    + rb"""[ \t]+encoding[ \t]*=[ \t]*["'][A-Za-z0-9._-]+["'][ \t]*\?>)?"""
+    + _WS + b"<Notify>" + _WS + b"<CmdType>" + _WS + b"Keepalive" + _WS + b"</CmdType>"
+    + _WS + b"<SN>" + _WS + rb"([0-9]{1,18})" + _WS + b"</SN>"
+    + _WS + b"<DeviceID>" + _WS + rb"([A-Za-z0-9]{1,64})" + _WS + b"</DeviceID>"
+    + rb"(?:" + _WS + b"<Status>" + _WS + rb"([A-Za-z]{1,16})" + _WS + rb"</Status>)?" + _WS + b"</Notify>" + _WS
+)
 
 
 class ManscdpError(ValueError):
@@ -54,6 +67,8 @@ def decode_body(body: bytes) -> str:
     """
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]
+    if body.isascii():  # every label reads ASCII alike (the usual Keepalive)
+        return body.decode("ascii")
     utf8 = _decodes(body, "utf-8")
     if utf8 is not None and not any("\x80" <= c < "\u0800" for c in utf8):
         return utf8
@@ -111,6 +126,13 @@ def parse(body: bytes) -> Message:
     a missing CmdType/SN/DeviceID, or a non-integer SN/SumNum/Num."""
     if len(body) > MAX_BODY_BYTES:
         raise ManscdpError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+    ka = _KEEPALIVE.fullmatch(body)
+    if ka is not None:  # the message of every device every minute, read without an XML parser
+        sn, device_id, status = ka.groups()
+        msg = Message("Notify", "Keepalive", int(sn), device_id.decode("ascii"))
+        if status is not None:
+            msg.fields["Status"] = status.decode("ascii")
+        return msg
     text = decode_body(body)
     if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE):
         raise ManscdpError("DOCTYPE/ENTITY declarations are refused")

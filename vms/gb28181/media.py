@@ -8,8 +8,10 @@ program stream, are read by FFmpeg's own ``mpeg`` demuxer (PyAV), which knows th
 finished segment is stored through the same ingest as an agent's upload, so recording, retention,
 clips, live view and analysis work for a GB/T 28181 channel as for an RTSP camera.
 
-The reader wakes at most every ``batch_s`` and drains the socket in one go, as the agent's ingest
-does at the live edge, instead of waking once per RTP packet.
+The reader sleeps ``batch_s`` and drains the socket in one go, as the agent's ingest does at the
+live edge, instead of waking once per RTP packet (a wakeup costs more than a batch's packets).
+A packet that is next in order has its payload appended from the receive buffer at once; only
+the others become packet objects in the reorder buffer.
 
 A stream ends when no RTP arrives for ``timeout_s``, when what arrives yields no video for that
 long (not a program stream), or when it is stopped; ``on_end`` says why, and the owner invites again.
@@ -105,7 +107,7 @@ class MediaReceiver:
 
     def __init__(self, channel: str, mode: Mode, ports: PortPool, segmenter: Segmenter,
                  signal: Callable[[str], None], on_end: Callable[[MediaReceiver, str], None],
-                 timeout_s: float = 4.0, batch_s: float = 0.05) -> None:
+                 timeout_s: float = 4.0, batch_s: float = 0.2) -> None:
         self.channel = channel
         self.mode = mode
         self.segmenter = segmenter
@@ -130,6 +132,8 @@ class MediaReceiver:
         else:
             self.port = 9  # TCP-active: the hub connects; the offer's port is not used (RFC 4145 uses 9)
         self._buf = bytearray()
+        self._datagram = memoryview(bytearray(65_536))  # every UDP datagram is received into it
+        self._counted = 0  # stats.packets when last_rtp was last set
         self._reorder = rtp.Reorder()
         self._deframer = rtp.TcpDeframer()
         self._stop = threading.Event()
@@ -229,37 +233,41 @@ class MediaReceiver:
         self._sock.setblocking(False)
 
     def pull(self, wait: float) -> None:
-        """Wait up to ``wait`` for packets, then take every packet waiting; raises _Ended when the
-        stream is over (stopped, silent, or no video for ``timeout_s``)."""
+        """Wait up to ``wait`` for packets (0: none), then take every packet waiting; raises _Ended
+        when the stream is over (stopped, silent, or no video for ``timeout_s``)."""
         if self._stop.is_set():
             raise _Ended(self.reason or "stopped")
         if self.ended:
             raise _Ended(self.ended)
         sock = self._sock
         assert sock is not None
-        ready, _, _ = select.select([sock], [], [], wait)
+        ready = wait <= 0 or select.select([sock], [], [], wait)[0]
         now = time.monotonic()
         st = self.stats
         if ready:
             if self.mode == "UDP":
-                self._drain_udp(sock, now)
+                self._drain_udp(sock)
             else:
                 try:
-                    self._drain_tcp(sock, now)
+                    self._drain_tcp(sock)
                 except _Ended as exc:
                     self.ended = str(exc)
                     raise
+            if st.packets != self._counted:  # per batch, not per packet
+                self._counted = st.packets
+                st.last_rtp = now
+                st.reordered = self._reorder.reordered
         if self._reorder.waiting:
             if self._gap_since is None:
                 self._gap_since = now
-            elif now - self._gap_since > MAX_REORDER_WAIT_S:
+            elif now - self._gap_since >= MAX_REORDER_WAIT_S:
                 for q in self._reorder.flush():
                     self._buf += q.payload
                     st.bytes += len(q.payload)
-                st.lost = self._reorder.lost
                 self._gap_since = None
         else:
             self._gap_since = None
+        st.lost = self._reorder.lost
         if now - st.last_rtp > self.timeout_s:
             self.ended = f"no RTP for {self.timeout_s:g} s"
             if st.ssrc_mismatch or st.malformed:
@@ -270,16 +278,35 @@ class MediaReceiver:
         if self.ended:
             raise _Ended(self.ended)
 
-    def _drain_udp(self, sock: socket.socket, now: float) -> None:
-        recv = sock.recv
+    def fill(self, n: int) -> None:
+        """Buffer up to ``n`` bytes of program stream: sleep ``batch_s`` (less when a gap is due to be
+        given up), then drain the socket once, then, if nothing came, wait for the first packet.
+        A wakeup costs more than the packets of a batch (on a VM, tens of microseconds), so the
+        thread wakes once per batch, not per packet; the socket buffer holds the batch. Raises
+        _Ended as ``pull`` does."""
+        buf = self._buf
+        if len(buf) >= n:
+            return
+        wait = self.batch_s
+        if self._gap_since is not None:
+            wait = min(wait, self._gap_since + MAX_REORDER_WAIT_S - time.monotonic())
+        if wait > 0:
+            self._stop.wait(wait)  # a stop wakes it, and the pull says so
+        self.pull(0)
+        while not buf:
+            self.pull(0.25)
+
+    def _drain_udp(self, sock: socket.socket) -> None:
+        """Every datagram waiting, each received into the one reused buffer (no allocation)."""
+        recv_into, view, packet = sock.recv_into, self._datagram, self._packet
         for _ in range(4096):
             try:
-                data = recv(65_536)
+                n = recv_into(view)
             except BlockingIOError:
                 return
-            self._packet(data, now)
+            packet(view, n)
 
-    def _drain_tcp(self, sock: socket.socket, now: float) -> None:
+    def _drain_tcp(self, sock: socket.socket) -> None:
         for _ in range(64):
             try:
                 data = sock.recv(262_144)
@@ -292,25 +319,30 @@ class MediaReceiver:
             except rtp.RtpError as exc:
                 raise _Ended(f"broken RTP framing on TCP: {exc}") from None
             for f in frames:
-                self._packet(f, now)
+                self._packet(f, len(f))
 
-    def _packet(self, data: bytes, now: float) -> None:
+    def _packet(self, data: bytes | memoryview, n: int) -> None:
+        """The packet in ``data[:n]``: checked, and its payload appended at once when it is the next
+        in order (no packet object), else through the reorder buffer."""
         st = self.stats
         try:
-            p = rtp.parse(data)
+            b1, seq, ts, ssrc, start, end = rtp.parse_header(data, n)
         except rtp.RtpError:
             st.malformed += 1
             return
-        if self.ssrc is not None and p.ssrc != self.ssrc:
+        if self.ssrc is not None and ssrc != self.ssrc:
             st.ssrc_mismatch += 1
             return
         st.packets += 1
-        st.last_rtp = now
-        for q in self._reorder.push(p):
+        reorder = self._reorder
+        if reorder.in_order(seq):
+            self._buf += data[start:end]
+            st.bytes += end - start
+            return
+        pkt = rtp.RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, bytes(data[start:end]))
+        for q in reorder.push(pkt):
             self._buf += q.payload
             st.bytes += len(q.payload)
-        st.lost = self._reorder.lost
-        st.reordered = self._reorder.reordered
 
 
 _PACK, _PSM = b"\x00\x00\x01\xba", b"\x00\x00\x01\xbc"
@@ -348,21 +380,17 @@ class _PsReader:
 
     def read(self, n: int) -> bytes:
         rx, buf = self.rx, self.rx._buf
-        t0 = time.monotonic()
         try:
             while not self.synced:
                 rx.pull(0.25)
                 self._sync(buf)
-            while len(buf) < n:
-                waited = time.monotonic() - t0
-                if buf and waited >= rx.batch_s:
-                    break
-                rx.pull(rx.batch_s - waited if buf else 0.25)
+            rx.fill(n)
         except _Ended as exc:
             rx.reason = str(exc)
             if not buf:
                 return b""  # end of file: the demuxer stops
-        out = bytes(buf[:n])
+        with memoryview(buf) as view:  # one copy; released before the buffer shrinks
+            out = bytes(view[:n])
         del buf[:n]
         return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TypeAlias
 from urllib.parse import unquote
 
@@ -58,6 +59,8 @@ _CANONICAL: dict[str, str] = {
 #: Headers every request and response must carry (RFC 3261 8.1.1; Max-Forwards is left out
 #: because field devices omit it and nothing here forwards).
 REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+#: What a response copies from its request besides the Vias, by lower-case name, in order.
+_COPIED = {"from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 
 REASONS: dict[int, str] = {
     100: "Trying",
@@ -92,6 +95,9 @@ _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([A-Za-z][A-Za-z0-9+.-]*:[^\s]+) SIP/2\
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: ([^\r\n]*))?", re.IGNORECASE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _DIGITS = re.compile(r"[0-9]+")
+_SPACE = re.compile(r"\s")
+_SPACE_OR_QUOTE = re.compile(r'[\s"]')
+_PARAM_SPACE = re.compile(r"\s*([;=])\s*")
 
 
 class SipError(ValueError):
@@ -111,6 +117,12 @@ def _canonical(name: str) -> str:
     return _CANONICAL.get(low, name)
 
 
+@lru_cache(maxsize=256)
+def _key(name: str) -> str:
+    """The lower-case canonical form of a name looked up (the code's own few names: cached)."""
+    return _canonical(name).lower()
+
+
 @dataclass
 class Headers:
     """Ordered multi-map of header lines; names compare case-insensitively, compact forms expanded."""
@@ -122,12 +134,15 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """The first value of ``name``, or None."""
-        low = _canonical(name).lower()
-        return next((v for n, v in self.pairs if n.lower() == low), None)
+        low = _key(name)
+        for n, v in self.pairs:
+            if n.lower() == low:
+                return v
+        return None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name`` in order, one per header line (see :func:`split_header_list`)."""
-        low = _canonical(name).lower()
+        low = _key(name)
         return [v for n, v in self.pairs if n.lower() == low]
 
     def set(self, name: str, value: str) -> None:
@@ -232,8 +247,10 @@ def _parse_headers(lines: list[str]) -> Headers:
             raise SipError(f"line {no}: header without a colon: {_snip(line)}")
         if not _TOKEN_RE.fullmatch(name):
             raise SipError(f"line {no}: invalid header name: {_snip(name)}")
-        pairs.append((name, value.strip(" \t")))
-    return Headers(pairs)
+        pairs.append((_canonical(name), value.strip(" \t")))
+    headers = Headers()
+    headers.pairs = pairs  # canonical already
+    return headers
 
 
 def _parse_start(line: str) -> Request | Response:
@@ -249,7 +266,8 @@ def _parse_start(line: str) -> Request | Response:
 
 
 def _check_required(msg: Message) -> None:
-    missing = [n for n in REQUIRED if msg.headers.get(n) is None]
+    present = {n.lower() for n, _ in msg.headers.pairs}
+    missing = [n for n in REQUIRED if n.lower() not in present]
     if missing:
         raise SipError(f"missing header(s): {', '.join(missing)}")
     _seq, method = parse_cseq(msg.headers.get("CSeq") or "")
@@ -268,9 +286,10 @@ def parse(data: bytes) -> Message:
     if not data:
         raise SipError("empty message")
     head, rest = _split_head(data)
-    lines = _decode_head(head).replace("\r\n", "\n").split("\n")
-    if any("\r" in ln or "\x00" in ln for ln in lines):
+    text = _decode_head(head).replace("\r\n", "\n")
+    if "\r" in text or "\x00" in text:
         raise SipError("stray CR or NUL in the header part")
+    lines = text.split("\n")
     msg = _parse_start(lines[0])
     msg.headers = _parse_headers(lines[1:])
     length = _content_length(msg.headers.get_all("Content-Length"))
@@ -348,6 +367,11 @@ def serialize(msg: Message) -> bytes:
 
 def split_header_list(value: str) -> list[str]:
     """Split a comma-joined header value (``Via: a, b``), respecting quotes and ``<...>``."""
+    if "," not in value and '"' not in value and "<" not in value:  # one element: the usual case
+        one = value.strip()
+        if not one:
+            raise SipError(f"empty element in list {_snip(value)}")
+        return [one]
     out: list[str] = []
     cur: list[str] = []
     quoted = angle = escaped = False
@@ -391,7 +415,7 @@ def _parse_params(text: str, where: str) -> dict[str, str | None]:
             continue
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
-        elif not value or any(c.isspace() or c == '"' for c in value):
+        elif not value or _SPACE_OR_QUOTE.search(value):
             raise SipError(f"{where}: bad value for parameter {name}: {_snip(part)}")
         params[name] = value
     return params
@@ -492,7 +516,10 @@ def parse_via(value: str) -> Via:
     transport, host, port, rest = m.groups()
     if port is not None and not 1 <= int(port) <= 65535:
         raise SipError(f"Via port out of range: {_snip(value)}")
-    params = _parse_params(re.sub(r"\s*([;=])\s*", r"\1", (rest or "").strip()), "Via")
+    rest = (rest or "").strip()
+    if _SPACE.search(rest):  # rare: spaces around ';' and '='
+        rest = _PARAM_SPACE.sub(r"\1", rest)
+    params = _parse_params(rest, "Via")
     return Via(transport.upper(), host.strip("[]"), int(port) if port else None, params)
 
 
@@ -537,16 +564,23 @@ def response_to(req: Request, status: int, reason: str | None = None, to_tag: st
     """A response copying Via (all, in order), From, To (plus ``to_tag`` if it has none), Call-ID, CSeq."""
     if not 100 <= status <= 699:
         raise SipError(f"status {status} is outside 100-699")
+    vias: list[tuple[str, str]] = []
+    first: dict[str, str] = {}
+    for n, v in req.headers.pairs:  # one pass (names are kept canonical)
+        low = n.lower()
+        if low == "via":
+            vias.append(("Via", v))
+        elif low in _COPIED and low not in first:
+            first[low] = v
     h = Headers()
-    for v in req.headers.get_all("Via"):
-        h.add("Via", v)
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        value = req.headers.get(name)
+    h.pairs = vias
+    for low, name in _COPIED.items():
+        value = first.get(low)
         if value is None:
             raise SipError(f"request has no {name} header to copy")
         if name == "To" and to_tag is not None and parse_name_addr(value).tag is None:
             value = f"{value};tag={to_tag}"
-        h.add(name, value)
+        h.pairs.append((name, value))
     text = reason if reason is not None else REASONS.get(status, _CLASS_REASONS[status // 100])
     return Response(status, text, h)
 

@@ -84,6 +84,7 @@ class Transport:
         self._answered: OrderedDict[tuple[str, str, Peer], tuple[float, sip.Response | None]] = OrderedDict()
         self._pending: dict[str, asyncio.Future[sip.Response]] = {}
         self._proceeding: set[str] = set()  # client transactions that had a provisional response
+        self._last_via: tuple[str, sip.Via | None] = ("", None)  # the top Via last parsed (see _top_via)
         self.on_stray: Callable[[sip.Response, Peer], None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -121,17 +122,18 @@ class Transport:
 
     def respond(self, req: sip.Request, peer: Peer, resp: sip.Response) -> None:
         """Answer ``req`` (also later than its handler returned); the answer is kept for retransmissions."""
-        vias = sip.vias(resp.headers)
-        if vias:
-            params = dict(vias[0].params)
+        top = self._top_via(resp.headers)
+        if top is not None:
+            params = dict(top.params)
             params["received"] = peer.host
             if "rport" in params:
                 params["rport"] = str(peer.port)
-            vias[0] = replace(vias[0], params=params)
-            resp.headers.set("Via", sip.format_via(vias[0]))
-            for extra in vias[1:]:
-                resp.headers.add("Via", sip.format_via(extra))
-        key = _txn_key(req, peer)
+            lines = resp.headers.get_all("Via")
+            extras = [*sip.split_header_list(lines[0])[1:], *lines[1:]]
+            resp.headers.set("Via", sip.format_via(replace(top, params=params)))
+            for extra in extras:
+                resp.headers.add("Via", extra)
+        key = self._txn_key(req, peer)
         if key is not None and resp.status >= 200:
             self._answered[key] = (time.monotonic(), resp)
         self.send(peer, resp)
@@ -177,7 +179,8 @@ class Transport:
             self.counters.warn("malformed", "SIP: malformed message from %s dropped: %s", peer, exc)
             return
         if isinstance(msg, sip.Response):
-            branch = sip.vias(msg.headers)[0].branch or ""
+            top = self._top_via(msg.headers)
+            branch = (top.branch if top is not None else None) or ""
             fut = self._pending.get(branch)
             if fut is None or fut.done():
                 if msg.status >= 200 and self.on_stray is not None:
@@ -191,7 +194,7 @@ class Transport:
 
     def _request(self, req: sip.Request, peer: Peer) -> None:
         self._expire_answers()
-        key = _txn_key(req, peer)
+        key = self._txn_key(req, peer)
         if key is not None and key in self._answered:
             self.counters.retransmissions_absorbed += 1
             answer = self._answered[key][1]
@@ -217,6 +220,26 @@ class Transport:
         answered = self._answered
         while answered and next(iter(answered.values()))[0] < cutoff:
             answered.popitem(last=False)
+
+    def _top_via(self, headers: sip.Headers) -> sip.Via | None:
+        """The top Via, parsed once per request: the request's key and its response's Via (the same
+        text, copied) share one parse. SipError if it is malformed."""
+        line = headers.get("Via")
+        if line is None:
+            return None
+        text = sip.split_header_list(line)[0]
+        if text != self._last_via[0]:
+            self._last_via = (text, sip.parse_via(text))
+        return self._last_via[1]
+
+    def _txn_key(self, req: sip.Request, peer: Peer) -> tuple[str, str, Peer] | None:
+        """A server transaction's identity: the top Via's branch, the method, and the peer."""
+        try:
+            top = self._top_via(req.headers)
+        except sip.SipError:
+            return None
+        branch = top.branch if top is not None else None
+        return (branch, req.method, peer) if branch else None
 
     async def connect(self, host: str, port: int, timeout: float = 5.0) -> Peer:
         """Open a TCP connection to a peer (a superior platform), served like an accepted one: its
@@ -273,12 +296,3 @@ class _Udp(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.owner.counters.warn("udp-error", "SIP: UDP error: %s", exc)
-
-
-def _txn_key(req: sip.Request, peer: Peer) -> tuple[str, str, Peer] | None:
-    """A server transaction's identity: the top Via's branch, the method, and the peer."""
-    try:
-        branch = sip.vias(req.headers)[0].branch
-    except (sip.SipError, IndexError):
-        return None
-    return (branch, req.method, peer) if branch else None

@@ -40,10 +40,19 @@ class RtpPacket:
 
 def parse(data: bytes) -> RtpPacket:
     """One RTP packet; RtpError says what is malformed."""
-    n = len(data)
+    b1, seq, ts, ssrc, start, end = parse_header(data, len(data))
+    return RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, bytes(data[start:end]))
+
+
+def parse_header(data: bytes | bytearray | memoryview, n: int) -> tuple[int, int, int, int, int, int]:
+    """The header of the packet in ``data[:n]`` (a reused receive buffer needs no slice): the
+    marker/payload-type byte, sequence number, timestamp, SSRC, and where the payload starts and
+    ends (without CSRCs, header extension or padding). RtpError says what is malformed."""
     if n < HEADER_SIZE:
         raise RtpError(f"RTP packet of {n} bytes is shorter than the 12-byte header")
     b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if b0 == 0x80:  # version 2, no padding, no extension, no CSRCs: what devices send
+        return b1, seq, ts, ssrc, HEADER_SIZE, n
     if b0 >> 6 != 2:
         raise RtpError(f"RTP version {b0 >> 6}, expected 2")
     start = HEADER_SIZE + 4 * (b0 & 0x0F)
@@ -60,13 +69,13 @@ def parse(data: bytes) -> RtpPacket:
     if b0 & 0x20:
         if start == n:
             raise RtpError("RTP padding bit set but no payload to hold the padding count")
-        pad = data[-1]
+        pad = data[n - 1]
         if pad == 0:
             raise RtpError("RTP padding count is 0 (it counts itself, so at least 1)")
         if pad > n - start:
             raise RtpError(f"RTP padding of {pad} bytes is longer than the {n - start} bytes after the header")
         end = n - pad
-    return RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, bytes(data[start:end]))
+    return b1, seq, ts, ssrc, start, end
 
 
 def _check_fields(seq: int, timestamp: int, ssrc: int, payload_type: int) -> None:
@@ -195,20 +204,30 @@ class Reorder:
             self._marks[lo:] = fill * (_SEQ_MOD - lo)
             self._marks[: hi - _SEQ_MOD] = fill * (hi - _SEQ_MOD)
 
+    def in_order(self, seq: int) -> bool:
+        """The common case, without a packet object: True when ``seq`` is the next number and nothing
+        waits, and it is then counted as received and released (its payload is the caller's to use);
+        False otherwise, and the caller ``push``es the packet."""
+        nxt = self._next
+        if self._pending or nxt is None or seq != nxt & 0xFFFF:
+            return False
+        self.received += 1
+        self._next = nxt + 1
+        self._top = nxt
+        self._marks[seq] = 1
+        return True
+
     def push(self, pkt: RtpPacket) -> list[RtpPacket]:
         """The packets now releasable, in order."""
-        self.received += 1
         seq = pkt.seq
+        if self.in_order(seq):
+            return [pkt]
+        self.received += 1
         nxt = self._next
         if nxt is None:
             self._next = seq + 1
             self._top = seq
             self._mark(seq, 1, 1)
-            return [pkt]
-        if not self._pending and seq == nxt & 0xFFFF:  # the common case: in order, nothing waiting
-            self._next = nxt + 1
-            self._top = nxt
-            self._marks[seq] = 1
             return [pkt]
         d = ((seq - nxt + _HALF) & 0xFFFF) - _HALF
         if d > MAX_DROPOUT or d < -MAX_DROPOUT:
