@@ -146,26 +146,44 @@ class Agent:
         return [CameraSource(url=c.url, name=c.name, location=c.location, device_id=c.device_id,
                              transport=c.transport, sub_url=c.sub_url) for c in self.cfg.cameras]
 
+    @property
+    def discovering(self) -> bool:
+        """ONVIF cameras come in: by WS-Discovery, or named by address in the config."""
+        return self.cfg.discovery.enabled or bool(self.cfg.discovery.onvif_hosts)
+
+    def credentials_for(self, address: str | None) -> tuple[str, str]:
+        """The ONVIF (and RTSP) credentials of the device at ``address``: its own when the config names
+        it with them, else the site's (``onvif:``)."""
+        o = self.cfg.onvif
+        named = next((h for h in self.cfg.discovery.onvif_hosts if address and h.address == address.lower()), None)
+        if named is None:
+            return o.username, o.password
+        return (o.username if named.username is None else named.username,
+                o.password if named.password is None else named.password)
+
     def discovered_sources(self) -> list[CameraSource]:
+        """ONVIF cameras found by WS-Discovery (when enabled) and named by address, with usable streams."""
         from .discovery import discover
 
         d = self.cfg.discovery
         o = self.cfg.onvif
         out = []
-        for cam in discover(o.username, o.password, d.timeout_s):
+        for cam in discover(o.username, o.password, d.timeout_s, multicast=d.enabled, hosts=d.onvif_hosts):
             uri = cam.main_stream()
             if uri is None:
                 refused = "; ".join(p.refused_uri for p in cam.profiles if p.refused_uri)
-                log.warning("ONVIF camera at %s has no usable stream (%s)", cam.address,
+                log.warning("ONVIF camera at %s%s has no usable stream (%s)", cam.address,
+                            " (named in the config)" if cam.named else "",
                             cam.error or (f"stream URIs refused: {refused}" if refused else "no stream URI"))
                 continue
             sub = cam.sub_stream()
             host = host_of(cam.address)
-            out.append(CameraSource(url=with_credentials(uri, o.username, o.password, host),
+            user, password = self.credentials_for(cam.address)
+            out.append(CameraSource(url=with_credentials(uri, user, password, host),
                                     name=" ".join(x for x in (cam.manufacturer, cam.model) if x),
                                     serial=cam.serial, manufacturer=cam.manufacturer, model=cam.model,
                                     address=cam.address,
-                                    sub_url=with_credentials(sub, o.username, o.password, host)
+                                    sub_url=with_credentials(sub, user, password, host)
                                     if sub and sub != uri else None, source="onvif"))
         return self.one_per_serial(out)
 
@@ -203,7 +221,6 @@ class Agent:
         starts must not drop out until the next restart: ingest keeps retrying it (with backoff)
         and recording resumes when it is back.
         """
-        o = self.cfg.onvif
         seen = {self.registry.lookup(url=s.url, serial=s.serial) for s in found}
         out = []
         for e in self.registry.entries():
@@ -212,9 +229,10 @@ class Agent:
             log.warning("accepted camera %s (%s) did not answer discovery; relaying it from %s", e.device_id,
                         e.name or "unnamed", e.url)
             host = host_of(e.address) if e.address else None
-            out.append(CameraSource(url=with_credentials(e.url, o.username, o.password, host), name=e.name,
+            user, password = self.credentials_for(e.address)
+            out.append(CameraSource(url=with_credentials(e.url, user, password, host), name=e.name,
                                     serial=e.serial, source="onvif", address=e.address,
-                                    sub_url=with_credentials(e.sub_url, o.username, o.password, host)
+                                    sub_url=with_credentials(e.sub_url, user, password, host)
                                     if e.sub_url else None))
         return out
 
@@ -250,14 +268,18 @@ class Agent:
             return
         src = self.sources[dev]
         seg = Segmenter(dev, self.spool, self.cfg.segment_seconds)
-        ing = CameraIngest(dev, src.url, seg, transport=src.transport, stall_timeout_s=self.cfg.stall_timeout_s,
-                           read_batch_s=self.cfg.read_batch_s, name=src.name, location=src.location)
+        c = self.cfg
+        retry: dict[str, Any] = {"stall_timeout_s": c.stall_timeout_s, "backoff_cap_s": c.backoff_cap_s,
+                                 "healthy_backoff_cap_s": c.healthy_backoff_cap_s,
+                                 "probe_interval_s": c.probe_interval_s}
+        ing = CameraIngest(dev, src.url, seg, transport=src.transport, read_batch_s=c.read_batch_s, name=src.name,
+                           location=src.location, **retry)
         ing.start()
         self.ingests.append(ing)
         if src.sub_url:
-            sub = CameraIngest(dev, src.sub_url, Segmenter(dev, self.live_spool, self.cfg.live_segment_seconds),
-                               transport=src.transport, stall_timeout_s=self.cfg.stall_timeout_s,
-                               read_batch_s=self.cfg.live_read_batch_s, name=src.name, location=src.location)
+            sub = CameraIngest(dev, src.sub_url, Segmenter(dev, self.live_spool, c.live_segment_seconds),
+                               transport=src.transport, read_batch_s=c.live_read_batch_s, name=src.name,
+                               location=src.location, **retry)
             sub.start()
             self.sub_ingests.append(sub)
 
@@ -302,7 +324,7 @@ class Agent:
             self.analysis.start()  # workers spawn on the first segment
         try:
             sources = self.configured_sources()
-            if self.cfg.discovery.enabled:
+            if self.discovering:
                 found = await asyncio.to_thread(self.discovered_sources)
                 sources += found + self.remembered_sources(found)
             prefix = self.cfg.id_prefix
@@ -382,7 +404,7 @@ class Agent:
 
         A camera streaming from another path on the same host is followed; one answering at another
         host (moved, or another device claiming its serial) stops and waits for an admin at the hub."""
-        if not self.cfg.discovery.enabled:
+        if not self.discovering:
             return
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):

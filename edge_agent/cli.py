@@ -18,14 +18,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="VMS edge age
 
 @app.command()
 def discover(
-    timeout: float = typer.Option(3.0, help="Seconds to wait for WS-Discovery answers."),
+    timeout: float = typer.Option(3.0, help="Seconds to wait for WS-Discovery answers (and each ONVIF query)."),
     username: str = typer.Option("", envvar="ONVIF_USERNAME", help="ONVIF user."),
     password: str = typer.Option("", envvar="ONVIF_PASSWORD", help="ONVIF password."),
+    host: list[str] = typer.Option(
+        [], "--host", help="HOST[:PORT] of an ONVIF device to query directly (another subnet or VLAN, where "
+        "WS-Discovery does not reach); repeat for more. Port 80 if not given.",
+    ),
+    multicast: bool | None = typer.Option(
+        None, "--multicast/--no-multicast", help="WS-Discovery on this network segment; default: on without "
+        "--host, off with it.",
+    ),
 ) -> None:
-    """Probe for ONVIF cameras and print them as JSON."""
+    """Probe for ONVIF cameras and print them as JSON; why a device could not be read is logged to stderr."""
+    from .config import OnvifHost
     from .discovery import discover as run_discovery
 
-    cams = run_discovery(username, password, timeout)
+    hosts: list[OnvifHost] = []
+    for text in host:
+        try:
+            hosts.append(OnvifHost.parse(text))
+        except ValidationError as exc:
+            raise typer.BadParameter(f"{text!r}: {format_errors(exc)}", param_hint="--host") from None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--host") from None
+    cams = run_discovery(username, password, timeout, multicast=not hosts if multicast is None else multicast,
+                         hosts=list({h.address: h for h in hosts}.values()))
     typer.echo(json.dumps([c.model_dump() for c in cams], indent=2))
 
 

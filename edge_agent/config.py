@@ -7,6 +7,7 @@ goes through :func:`redact` first.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -71,12 +72,86 @@ class OnvifConfig(_Model):
     timeout_s: float = Field(5.0, gt=0, le=60)
 
 
+#: A host name (RFC 1123 labels) or an IPv4 address; IPv6 addresses are checked by ``ipaddress``.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def check_host(v: str) -> str:
+    """A bare host name or IP address (no scheme, port, path or user): what an installer types."""
+    v = v.strip()
+    bare = v[1:-1] if v.startswith("[") and v.endswith("]") else v
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(bare):
+        raise ValueError(f"{v!r} is not a host name or IP address (no scheme, port or path here)")
+    return bare.lower()
+
+
+class OnvifHost(_Model):
+    """An ONVIF device named by its address: on another subnet or VLAN, where WS-Discovery multicast
+    does not reach. Queried like a discovered device (identity, profiles, sub stream, acceptance)."""
+
+    host: str = Field(max_length=253, description="Host name or IP address of the ONVIF device.")
+    port: int = Field(80, ge=1, le=65535, description="Port of its ONVIF device service (HTTP).")
+    username: str | None = Field(None, max_length=200, description="Default: onvif.username.")
+    password: str | None = Field(None, max_length=200, description="Default: onvif.password.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as discovery reports a device's address (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> OnvifHost:
+        """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT``, as typed after ``--host``; ValueError if not."""
+        text = text.strip()
+        if "://" in text or "/" in text:
+            raise ValueError(f"{text!r}: give HOST or HOST:PORT of the ONVIF device, without a scheme or path")
+        host, port = text, "80"
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0:
+                raise ValueError(f"{text!r}: an IPv6 address in brackets lacks its ']'")
+            host, rest = text[: end + 1], text[end + 1:]
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"{text!r}: expected [IPv6]:PORT")
+                port = rest[1:]
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        if not port.isdigit():
+            raise ValueError(f"{text!r}: the port {port!r} is not a number")
+        return cls(host=host, port=int(port))
+
+
 class DiscoveryConfig(_Model):
-    enabled: bool = False
+    enabled: bool = Field(False, description="WS-Discovery multicast on the agent's own network segment.")
     timeout_s: float = Field(3.0, gt=0, le=60)
     interval_s: float = Field(
         300.0, ge=5, le=86400, description="Probe again this often: cameras installed or powered on later, moved."
     )
+    onvif_hosts: list[OnvifHost] = Field(
+        default_factory=list, max_length=4096,
+        description="ONVIF devices named by address (other subnets, VLANs): queried at start and every "
+        "interval_s whether or not `enabled` is on, each with its own credentials or the onvif section's.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_hosts(self) -> DiscoveryConfig:
+        seen: set[str] = set()
+        for i, h in enumerate(self.onvif_hosts):
+            if h.address in seen:
+                raise ValueError(f"onvif_hosts.{i}: {h.address} is listed twice")
+            seen.add(h.address)
+        return self
 
 
 class AgentConfig(_Model):
@@ -101,6 +176,18 @@ class AgentConfig(_Model):
     )
     live_read_batch_s: float = Field(
         0.05, ge=0, le=1, description="The same for sub streams, which serve live view: less delay, less saving.",
+    )
+    backoff_cap_s: float = Field(
+        10.0, ge=1, le=300, description="Retries of a camera that never recorded (wrong URL, not installed yet) "
+        "back off up to this far apart.",
+    )
+    healthy_backoff_cap_s: float = Field(
+        3.0, ge=0.5, le=60, description="Retries of a camera that recorded and went away back off no further: "
+        "it is expected back, and each second waited after its return is lost footage.",
+    )
+    probe_interval_s: float = Field(
+        1.0, ge=0, le=30, description="While a camera is away, ask its RTSP service this often (one DESCRIBE, "
+        "no demuxer) and reconnect as soon as it serves again; 0 = retry on the backoff alone.",
     )
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=4096)
     onvif: OnvifConfig = Field(default_factory=OnvifConfig)

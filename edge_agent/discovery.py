@@ -5,25 +5,41 @@ answers of cheap devices that bend the standard are taken and their oddities log
 XAddr is queried with onvif-zeep for identity (manufacturer, model, serial: the registry's stable
 key) and the stream URI of each media profile. Cameras without ONVIF come from the config as plain
 RTSP URLs.
+
+Multicast stays on one network segment, and in the field cameras often sit on other subnets or
+VLANs than the agent; such devices are named by address (``discovery.onvif_hosts``,
+``edge-agent discover --host``) and their device service is queried the same way, even when no
+WS-Discovery answer comes. A named address is first asked one pre-authentication SOAP call, so an
+installer is told plainly whether nothing answers there or something that is not ONVIF does.
 """
 
 from __future__ import annotations
 
 import logging
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import BaseModel, Field
 
-from .config import redact, strip_credentials
+from .config import OnvifHost, redact, strip_credentials
 from .wsd import probe as wsd_probe
 
 log = logging.getLogger(__name__)
 
 #: Stream URI schemes the agent relays; anything else an ONVIF device names is refused.
 STREAM_SCHEMES = ("rtsp", "rtsps")
+#: Where ONVIF devices serve their device service (ONVIF Core; what onvif-zeep asks too).
+DEVICE_SERVICE_PATH = "/onvif/device_service"
+#: A call every ONVIF device answers before authentication (access class PRE_AUTH).
+_PRE_AUTH_CALL = (
+    b'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">'
+    b'<s:Body><GetSystemDateAndTime xmlns="http://www.onvif.org/ver10/device/wsdl"/></s:Body></s:Envelope>'
+)
 
 
 class Profile(BaseModel):
@@ -47,6 +63,7 @@ class DiscoveredCamera(BaseModel):
     firmware: str | None = None
     profiles: list[Profile] = Field(default_factory=list)
     error: str | None = Field(None, description="Why the ONVIF queries failed, if they did.")
+    named: bool = Field(False, description="Named by address (config or --host), not found by WS-Discovery.")
 
     def main_stream(self) -> str | None:
         return next((p.stream_uri for p in self.profiles if p.stream_uri), None)
@@ -147,14 +164,86 @@ def describe_error(exc: BaseException, username: str = "") -> str:
     return text
 
 
+def device_service_url(host: OnvifHost) -> str:
+    return f"http://{host.address}{DEVICE_SERVICE_PATH}"
+
+
+def check_device_service(xaddr: str, timeout_s: float = 5.0) -> str | None:
+    """None if an ONVIF device service answers at ``xaddr``, else what answers there (or that nothing does).
+
+    One GetSystemDateAndTime (no credentials needed): a SOAP envelope back, even a fault, or an HTTP 401
+    is an ONVIF device; a refused or silent port, or a web page, is not, and the message says which."""
+    where = redact(xaddr)
+    try:
+        r = httpx.post(xaddr, content=_PRE_AUTH_CALL, timeout=timeout_s,
+                       headers={"Content-Type": "application/soap+xml; charset=utf-8"})
+    except httpx.ConnectError as exc:
+        return f"nothing answers at {where} ({exc}); is the device on, and is {urlsplit(xaddr).port} its ONVIF port?"
+    except httpx.TimeoutException:
+        return f"no answer from {where} within {timeout_s:g} s; is the address reachable from the agent?"
+    except httpx.HTTPError as exc:
+        return f"no usable answer from {where}: {type(exc).__name__}: {exc}"
+    if r.status_code == 401:
+        return None  # HTTP authentication in front of the service: the ONVIF queries authenticate
+    body = r.content[:65536]
+    kind = r.headers.get("content-type", "no content type").split(";")[0]
+    if b"<!DOCTYPE" not in body[:4096].upper():
+        try:
+            if ET.fromstring(body).tag.rsplit("}", 1)[-1] == "Envelope":
+                return None
+        except ET.ParseError:
+            pass
+    return (f"not an ONVIF device service: {where} answered HTTP {r.status_code} {r.reason_phrase} ({kind}) "
+            "instead of SOAP; check the host and port")
+
+
+def query_named(host: OnvifHost, username: str, password: str, timeout_s: float = 5.0) -> DiscoveredCamera:
+    """An ONVIF device named by address: checked to be one, then queried like a discovered device."""
+    xaddr = device_service_url(host)
+    problem = check_device_service(xaddr, timeout_s)
+    if problem is not None:
+        log.error("ONVIF device %s: %s", host.address, problem)
+        return DiscoveredCamera(address=host.address, xaddr=xaddr, error=problem, named=True)
+    cam = query_onvif(xaddr, username, password, timeout_s)
+    cam.named, cam.address = True, host.address
+    return cam
+
+
+@dataclass(frozen=True)
+class _Job:
+    xaddr: str
+    username: str
+    password: str
+    named: OnvifHost | None = None
+
+
 def discover(username: str = "", password: str = "", timeout_s: float = 3.0,
-             targets: Sequence[tuple[str, int]] = (), multicast: bool = True) -> list[DiscoveredCamera]:
-    """Probe the network (and ``targets``) and query every ONVIF device found, a few at a time."""
-    xaddrs = probe(timeout_s, targets, multicast)
-    if not xaddrs:
+             targets: Sequence[tuple[str, int]] = (), multicast: bool = True,
+             hosts: Sequence[OnvifHost] = ()) -> list[DiscoveredCamera]:
+    """Probe the network (and ``targets``) and query every ONVIF device found, and every device named
+    in ``hosts`` (each with its own credentials, else ``username``/``password``), a few at a time.
+
+    A device both named and found is queried once, as named. Without multicast or targets, no
+    WS-Discovery probe is sent at all."""
+    jobs = [_Job(device_service_url(h), username if h.username is None else h.username,
+                 password if h.password is None else h.password, h) for h in hosts]
+    named = {h.address for h in hosts}
+    if multicast or targets:
+        for xa in probe(timeout_s, targets, multicast):
+            parts = urlsplit(xa)
+            host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+            if f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}" not in named:
+                jobs.append(_Job(xa, username, password))
+
+    def run(job: _Job) -> DiscoveredCamera:
+        if job.named is not None:
+            return query_named(job.named, job.username, job.password, timeout_s)
+        return query_onvif(job.xaddr, job.username, job.password, timeout_s)
+
+    if not jobs:
         return []
-    with ThreadPoolExecutor(max_workers=min(8, len(xaddrs))) as pool:
-        return list(pool.map(lambda xa: query_onvif(xa, username, password, timeout_s), xaddrs))
+    with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+        return list(pool.map(run, jobs))
 
 
 def _s(v: object) -> str | None:

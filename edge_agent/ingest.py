@@ -17,6 +17,16 @@ a slow disk) is never made to wait. The price is up to ``read_batch_s`` of added
 batching off. Over TCP only: the kernel holds what arrives meanwhile (and grows the receive buffer
 for a reader that drains in batches, to 0.3-1.8 MB per camera in the relay bench) and flow control
 holds back the camera; over UDP the socket buffer would overflow and packets would be lost.
+
+A camera that goes away is retried with exponential backoff, so a dead one costs little. But a
+camera that was recording is expected back, and every second of backoff after its return is a
+hole in the recording: its retries are capped at ``healthy_backoff_cap_s``, and meanwhile its RTSP
+service is asked every ``probe_interval_s`` with one DESCRIBE on a plain TCP connection (no
+demuxer, no FFmpeg), and the full open follows at once when that answer turns from "gone" to
+"serving" (see ``rtsp_probe``). A server just back may refuse its first requests (GStreamer's
+answers 503 to an open right after the probe's DESCRIBE), so such an open is retried twice more at
+0.2 and 0.4 s. Only that change triggers an open: a server that answers while its stream still
+fails is retried on the backoff alone.
 """
 
 from __future__ import annotations
@@ -24,10 +34,12 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 
@@ -48,6 +60,13 @@ EDGE_WAIT_S = 0.01
 MAX_EDGE_JUMP_S = 1.0
 #: A connection that delivered packets this long counts as healthy: the backoff restarts.
 HEALTHY_AFTER_S = 5.0
+#: Default ports of RTSP and RTSP over TLS when a URL names none.
+RTSP_PORTS = {"rtsp": 554, "rtsps": 322}
+#: Opens retried at once (0.2 s, 0.4 s) after the probe said a camera serves again and an open failed.
+QUICK_RETRIES = 2
+#: RTSP answers that mean the stream's server is back: served, redirected, or asking for credentials
+#: (the full open authenticates). 404 (stream not there yet), 5xx and silence mean it is not.
+_SERVING = (*range(200, 400), 401)
 
 
 @dataclass
@@ -113,6 +132,44 @@ def backoff_delay(failures: int, cap_s: float) -> float:
     return max(0.05, base * random.uniform(0.75, 1.25))
 
 
+def rtsp_probe(url: str, timeout_s: float = 1.0) -> str | None:
+    """None if the RTSP server of ``url`` serves again, else why not; never raises.
+
+    One DESCRIBE of the stream on a fresh TCP connection, without credentials (a 401 counts as
+    serving: the service is up, the full open authenticates), reading only the status line. That
+    costs the camera one request and the agent no demuxer, so it can be asked every second. Over
+    TLS (``rtsps``) the TCP connect alone is taken as the answer.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or RTSP_PORTS.get(parts.scheme.lower(), 554)
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if not host:
+        return "no host in the URL"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            if parts.scheme.lower() == "rtsps":
+                return None
+            sock.sendall(f"DESCRIBE {target} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
+                         "User-Agent: vms-edge-agent probe\r\n\r\n".encode())
+            head = b""
+            while b"\r\n" not in head and len(head) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+    fields = status.split(" ", 2)
+    if len(fields) < 2 or not fields[0].startswith("RTSP/") or not fields[1].isdigit():
+        return f"not an RTSP answer: {status[:60]!r}"
+    return None if int(fields[1]) in _SERVING else f"answered {status[:60]!r}"
+
+
 class CameraIngest:
     """Pulls one camera's stream on its own daemon thread and feeds its segmenter."""
 
@@ -125,10 +182,15 @@ class CameraIngest:
         transport: str = "tcp",
         stall_timeout_s: float = 5.0,
         backoff_cap_s: float = 10.0,
+        healthy_backoff_cap_s: float = 3.0,
+        probe_interval_s: float = 1.0,
         read_batch_s: float = 0.2,
         name: str = "",
         location: str = "",
     ) -> None:
+        """``backoff_cap_s`` caps the retries of a camera that has not recorded yet (wrong URL, not
+        installed); ``healthy_backoff_cap_s`` those of one that did (it is expected back).
+        ``probe_interval_s``: how often a camera that is away is probed between retries (0: never)."""
         self.device_id = device_id
         self._url = url
         self.safe_url = redact(url)
@@ -136,6 +198,9 @@ class CameraIngest:
         self.transport = transport
         self.stall_timeout_s = stall_timeout_s
         self.backoff_cap_s = backoff_cap_s
+        self.healthy_backoff_cap_s = healthy_backoff_cap_s
+        self.probe_interval_s = probe_interval_s
+        self._probe_up: bool | None = None  # the last probe's answer; unknown before the first
         self.name = name
         self.location = location
         self.read_batch_s = read_batch_s
@@ -193,6 +258,8 @@ class CameraIngest:
     def _run(self) -> None:
         failures = 0
         attempts = 0
+        recorded = False  # a healthy connection was seen: the camera is expected back
+        quick = 0  # retries left at once: the probe said the camera serves again
         while not self._stop.is_set():
             if attempts:
                 self._stats.reconnects += 1
@@ -214,10 +281,40 @@ class CameraIngest:
             if self._stop.is_set():
                 break
             healthy = got_packets and time.monotonic() - t0 >= HEALTHY_AFTER_S
+            recorded = recorded or healthy
             failures = 1 if healthy else failures + 1
-            delay = backoff_delay(failures, self.backoff_cap_s)
+            cap = min(self.backoff_cap_s, self.healthy_backoff_cap_s) if recorded else self.backoff_cap_s
+            if got_packets:
+                quick = 0
+            if quick:
+                delay = backoff_delay(QUICK_RETRIES - quick + 1, cap)
+                quick -= 1
+            else:
+                delay = backoff_delay(failures, cap)
             log.info("camera %s: reconnecting in %.1f s", self.device_id, delay)
-            self._stop.wait(delay)
+            if self._wait_to_reconnect(delay):
+                quick = QUICK_RETRIES
+
+    def _wait_to_reconnect(self, delay: float) -> bool:
+        """Wait ``delay`` (or until stopped), probing the camera meanwhile; return True early when
+        the probe's answer turns to "serving", so recording resumes within a probe interval of the
+        camera's return rather than a backoff later."""
+        deadline = time.monotonic() + delay
+        interval = self.probe_interval_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.wait(min(left, interval) if interval > 0 else left):
+                return False
+            if deadline - time.monotonic() <= 0:
+                return False  # the retry is due anyway
+            problem = rtsp_probe(self._url, min(1.0, interval))
+            up, was = problem is None, self._probe_up
+            self._probe_up = up
+            if up and was is not True:
+                log.info("camera %s answers again; reconnecting now", self.device_id)
+                return True
+            if problem and was is not False:
+                log.info("camera %s: probe: %s", self.device_id, scrub(problem, self._url))
 
     def _session(self) -> None:
         """One connection, until the stream ends or fails (raises) or we are stopped."""
