@@ -306,26 +306,29 @@ def cases(seeds: int, first: int = 1) -> list[Case]:
     return out
 
 
-def score(results: list[CaseResult], cfg: AnalysisConfig) -> tuple[dict[str, dict[str, Any]], int]:
+def score(
+    results: list[CaseResult], cfg: AnalysisConfig, on: float = ON, off: float = OFF, gop_s: float = GOP_S
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Per check: true/false positives, misses, delays; and the raises on clean clips."""
     table: dict[str, dict[str, Any]] = {c: {"tp": 0, "fn": 0, "fp": 0, "delays": [], "cleared": 0} for c in CHECKS}
     clean_alarms = 0
     for r in results:
         target = r.case.defect
         for check, at in r.raised:
-            if check == target and ON <= at < OFF + 2 * GOP_S:
+            if check == target and on <= at < off + 2 * gop_s:
                 continue
             table[check]["fp"] += 1
             if target is None:
                 clean_alarms += 1
         if target is None:
             continue
-        hits = [at for check, at in r.raised if check == target and ON <= at < OFF + 2 * GOP_S]
+        hits = [at for check, at in r.raised if check == target and on <= at < off + 2 * gop_s]
         row = table[target]
         if hits:
             row["tp"] += 1
             n = cfg.hysteresis_for(target).raise_after  # type: ignore[arg-type]
-            row["delays"].append(round((hits[0] - ON) / GOP_S) - (n - 1))
-            if any(check == target and at >= OFF for check, at in r.cleared):
+            row["delays"].append(round((hits[0] - on) / gop_s) - (n - 1))
+            if any(check == target and at >= off for check, at in r.cleared):
                 row["cleared"] += 1
         else:
             row["fn"] += 1
@@ -355,6 +358,10 @@ def main() -> None:
         f"{len(todo)} clips ({n_clean} clean, {len(todo) - n_clean} with a defect), "
         f"{W}x{H}, GOP {GOP_S:g} s, defect from {ON:g} s to {OFF:g} s; {took:.0f} s on {args.jobs} process(es)"
     )
+    print_table(table, clean_alarms)
+
+
+def print_table(table: dict[str, dict[str, Any]], clean_alarms: int) -> None:
     print(
         f"{'check':14s} {'clips':>5s} {'TP':>3s} {'FN':>3s} {'FP':>3s} {'precision':>9s} {'recall':>6s} "
         f"{'delay(kf after hysteresis)':>27s} {'cleared':>7s}"

@@ -15,6 +15,9 @@ analysis must never slow ingest or upload.
 The checks raised now are kept in ``<data_dir>/analysis-raised.json`` (written when they change):
 a restarted agent reports them again at once and its new analysers start from them, so a restart
 neither clears the hub's defects (resolving their alerts) nor raises them again seconds later.
+Each camera's learned normal (see :mod:`vms.analysis.analyzer`) comes back in every report and is kept
+in ``<data_dir>/analysis-normal.json`` (written at most once a minute and at stop), so a restarted
+agent judges its cameras against what they showed before instead of learning them again.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _MOTION_KEEP = 4096  # motion ratios kept for segments not yet uploaded (about 4 h of one camera)
 STATE_FILE = "analysis-raised.json"
+NORMAL_FILE = "analysis-normal.json"
+_NORMAL_SAVE_S = 60.0
+Normal = tuple[tuple[str, int, float], ...]
 
 
 class AgentAnalysis:
@@ -52,6 +58,9 @@ class AgentAnalysis:
         self._lock = threading.Lock()
         self._state = data_dir / STATE_FILE
         self._raised: dict[str, dict[str, float]] = self._load()  # device -> check -> raised at (monotonic)
+        self._normal_file = data_dir / NORMAL_FILE
+        self._normals: dict[str, Normal] = self._load_normals()  # device -> its learned normal
+        self._normals_saved = time.monotonic()
         self._motion: OrderedDict[str, float | None] = OrderedDict()  # sha256 -> ratio
         self._pending: set[str] = set()  # sha256 of segments queued for analysis
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
@@ -89,8 +98,36 @@ class AgentAnalysis:
         except OSError as exc:
             log.warning("cannot keep the raised checks in %s: %s", self._state, exc)
 
+    def _load_normals(self) -> dict[str, Normal]:
+        try:
+            data = json.loads(self._normal_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s (cameras learn their normal again)", self._normal_file, exc)
+            return {}
+        out: dict[str, Normal] = {}
+        for device_id, metrics in (data.items() if isinstance(data, dict) else ()):
+            if isinstance(metrics, dict):
+                out[device_id] = tuple((m, int(v[0]), float(v[1])) for m, v in metrics.items()
+                                       if isinstance(v, list) and len(v) == 2)
+        return out
+
+    def _save_normals(self) -> None:
+        """Called with the lock held: at most once a minute, and at stop."""
+        self._normals_saved = time.monotonic()
+        data = {d: {m: [n, v] for m, n, v in normal} for d, normal in self._normals.items()}
+        tmp = self._normal_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._normal_file)
+        except OSError as exc:
+            log.warning("cannot keep the cameras' normals in %s: %s", self._normal_file, exc)
+
     def stop(self) -> None:
         self.pool.stop()
+        with self._lock:
+            self._save_normals()
 
     # -- input: called from ingest threads after a segment enters the spool ----------------------
     def segment_added(self, seg: Segment) -> None:
@@ -104,8 +141,9 @@ class AgentAnalysis:
         with self._lock:
             self._pending.add(seg.sha256)
             raised = tuple((c, seg.start) for c in self._raised.get(seg.device_id, {}))
+            normal = self._normals.get(seg.device_id, ())
         work = Work(seg.device_id, str(link), seg.start, seg.start + seg.duration, remove_after=True,
-                    key=seg.sha256, raised=raised)
+                    key=seg.sha256, raised=raised, normal=normal)
         if not self.pool.submit(work):
             link.unlink(missing_ok=True)
             self._done(seg.sha256, None)
@@ -127,6 +165,10 @@ class AgentAnalysis:
             self._raised[rep.device_id] = {c: cur.get(c, now) for c in rep.raised}
             if self._raised[rep.device_id].keys() != cur.keys():
                 self._save()
+            if rep.normal:
+                self._normals[rep.device_id] = rep.normal
+                if now - self._normals_saved >= _NORMAL_SAVE_S:
+                    self._save_normals()
         if rep.key is not None:
             self._done(rep.key, rep.motion_ratio)
 

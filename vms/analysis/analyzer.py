@@ -1,17 +1,30 @@
-"""One camera's analysis state: verdicts per keyframe, hysteresis, the learned view, motion.
+"""One camera's analysis state: verdicts per keyframe, hysteresis, the learned view and normal, motion.
 
 A defect is raised after ``raise_after`` consecutive bad samples and cleared after
 ``clear_after`` good ones, so one odd keyframe (a truck in front of the lens, a flash) never
 flaps an alert. A check masked by a stronger defect in the same sample (see
 :data:`vms.analysis.config.CHECKS`) gives no verdict: its counters hold.
 
+Cameras differ more than any threshold: a lens that is soft by design, a lawn that is green, a
+sensor that is grainy at night, a scene where nothing moves. So sharpness, grain, light, colour,
+interference and change are judged against what *this* camera shows when healthy (:class:`Normal`):
+the median of its first ``learn_samples`` healthy keyframes, then followed slowly (``follow``) by
+healthy ones only, so a defect is never learned as normal. Absolute guards remain only where a
+value cannot be normal for any camera (black, a blur score no focused lens gives, snow far above
+any grain); they are what catches a camera defective at first sight, e.g. installed out of focus,
+before it has a normal. The normal is a few numbers: it travels in reports and comes back in
+``Work``, so a restarted hub or agent starts from it instead of learning again.
+
 Memory per camera: the last two keyframes' pictures (57 KB each at 320x180), block grids of the
-learned view, a 96x54 thumbnail and the motion background (230 KB): well under 1 MB.
+learned view, a 96x54 thumbnail, the normal (a few floats) and the motion background (230 KB):
+well under 1 MB.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +42,17 @@ class Picture:
     gray: npt.NDArray[np.uint8]  # the analysis picture (see checks.analysis_picture)
     u_mean: float = 128.0
     v_mean: float = 128.0
+    #: Mean bytes per inter (non-key) frame of the GOP this keyframe opens; None if unknown.
+    inter_bytes: float | None = None
+
+
+class Verdict(NamedTuple):
+    """One check on one sample: bad or not, the metric, the camera's normal and the limit it was held to."""
+
+    bad: bool
+    value: float
+    normal: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +61,8 @@ class Change:
     raised: bool
     at: float
     value: float | None
+    normal: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(slots=True)
@@ -47,6 +73,75 @@ class _Run:
     since: float = 0.0
 
 
+#: The metrics a camera's normal keeps, with the smallest step a later sample may move it by (see
+#: :meth:`Normal.add`): in their own units (score, luma levels, chroma per level, bytes).
+METRICS: dict[str, float] = {
+    "blur": 0.02,
+    "noise": 0.2,
+    "luma": 4.0,
+    "clipped": 0.02,
+    "cast_u": 0.02,
+    "cast_v": 0.02,
+    "stripes": 0.2,
+    "change": 0.1,
+    "inter_bytes": 200.0,
+}
+
+
+@dataclass(slots=True)
+class _Level:
+    n: int = 0
+    value: float = 0.0
+    first: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Normal:
+    """What one camera shows when healthy: the median of its first samples, then a slow follower.
+
+    A later sample moves a level by ``follow`` of its distance, the distance limited to half the
+    level (at least the metric's step): one odd healthy sample (a bus filling the view) cannot drag
+    the normal, a slow change (the season, a longer day) is followed within a few hundred samples.
+    """
+
+    learn: int = 15
+    follow: float = 0.01
+    levels: dict[str, _Level] = field(default_factory=dict)
+
+    def add(self, metric: str, x: float | None) -> None:
+        if x is None or not math.isfinite(x):
+            return
+        lv = self.levels.setdefault(metric, _Level())
+        if lv.n < self.learn:
+            lv.first.append(x)
+            lv.n += 1
+            lv.value = float(np.median(lv.first))
+            if lv.n == self.learn:
+                lv.first = []
+            return
+        span = max(abs(lv.value) * 0.5, METRICS.get(metric, 0.0))
+        lv.value += self.follow * (min(max(x, lv.value - span), lv.value + span) - lv.value)
+        lv.n += 1
+
+    def get(self, metric: str, at_least: int) -> float | None:
+        """The normal of ``metric`` once learned from ``at_least`` samples, else None."""
+        lv = self.levels.get(metric)
+        return lv.value if lv is not None and lv.n >= at_least else None
+
+    def state(self) -> dict[str, tuple[int, float]]:
+        """What is kept across restarts: samples seen and level, per metric."""
+        return {m: (lv.n, round(lv.value, 6)) for m, lv in self.levels.items()}
+
+    def restore(self, state: dict[str, tuple[int, float]] | dict[str, list[float]]) -> None:
+        for m, pair in state.items():
+            if m not in METRICS or len(pair) != 2:
+                continue
+            n, value = int(pair[0]), float(pair[1])
+            if n <= 0 or not math.isfinite(value):
+                continue
+            self.levels[m] = _Level(n, value, [value] * n if n < self.learn else [])
+
+
 @dataclass
 class _Reference:
     """The camera's normal view, learned from samples with no defect."""
@@ -55,18 +150,43 @@ class _Reference:
     thumb: npt.NDArray[np.float32] | None = None
     means: npt.NDArray[np.float32] | None = None
     stds: npt.NDArray[np.float32] | None = None
+    #: Per block, how well healthy samples matched the view: high where the view has a fixed layout
+    #: (walls, kerbs, windows), low where it is textureless or only shows what moves (a hand, traffic).
+    stable: npt.NDArray[np.float32] | None = None
 
     def learn(
-        self, thumb: npt.NDArray[np.float32], means: npt.NDArray[np.float32], stds: npt.NDArray[np.float32]
+        self,
+        thumb: npt.NDArray[np.float32],
+        means: npt.NDArray[np.float32],
+        stds: npt.NDArray[np.float32],
+        view: npt.NDArray[np.float32] | None = None,
     ) -> None:
         if self.thumb is None or self.means is None or self.stds is None or self.thumb.shape != thumb.shape:
-            self.thumb, self.means, self.stds, self.n = thumb.copy(), means.copy(), stds.copy(), 1
+            self.thumb, self.means, self.stds, self.n, self.stable = thumb.copy(), means.copy(), stds.copy(), 1, None
             return
         a = 0.2 if self.n >= 5 else 1.0 / (self.n + 1)  # average the first few, then follow slowly
         self.thumb += a * (thumb - self.thumb)
         self.means += a * (means - self.means)
         self.stds += a * (stds - self.stds)
+        if view is not None and view.shape == means.shape:
+            self.stable = view.copy() if self.stable is None else self.stable + 0.2 * (view - self.stable)
         self.n += 1
+
+    def layout_match(self, view: npt.NDArray[np.float32] | None, min_share: float) -> float | None:
+        """Median similarity over the blocks that hold the view's fixed layout; None when too few do.
+
+        A plain wall or a view where only moving things have texture has no layout to compare: no
+        block votes for a turned camera there, and no verdict is better than one made of noise.
+        """
+        if view is None or self.stable is None or self.stable.shape != view.shape:
+            return None
+        layout = self.stable >= 0.5
+        if np.count_nonzero(layout) < max(4, min_share * layout.size):
+            return None
+        return float(np.median(view[layout]))
+
+
+Verdicts = dict[CheckName, Verdict]
 
 
 @dataclass
@@ -81,30 +201,37 @@ class DeviceAnalyzer:
     def __post_init__(self) -> None:
         self.enabled = frozenset(self.cfg.checks)
         self.runs = {c: _Run() for c in CHECKS if c in self.enabled}
+        self.normal = Normal(self.cfg.learn_samples, self.cfg.follow)
         if self.cfg.motion.enabled:
             self.motion = MotionDetector(self.cfg.motion)
 
-    def resume(self, raised: dict[str, float]) -> None:
-        """Start with these checks raised (since when): they clear after ``clear_after`` good samples."""
+    def resume(self, raised: dict[str, float], normal: dict[str, tuple[int, float]] | None = None) -> None:
+        """Start with these checks raised (since when) and this normal (see :meth:`Normal.state`).
+
+        Raised checks clear after ``clear_after`` good samples, as if never interrupted.
+        """
         for check, since in raised.items():
             run = self.runs.get(check)
             if run is not None:
                 run.raised, run.since = True, since
+        if normal:
+            self.normal.restore(normal)
 
     @property
     def raised(self) -> dict[str, float]:
         """Raised checks and since when."""
         return {c: r.since for c, r in self.runs.items() if r.raised}
 
+    def _learned(self, metric: str) -> float | None:
+        return self.normal.get(metric, self.cfg.learn_min)
+
     # -- verdicts --------------------------------------------------------------------------------
-    def verdicts(self, pic: Picture | None) -> dict[CheckName, tuple[bool, float]]:
-        """(bad, metric) per check that has a verdict for this sample; updates the learned view."""
-        out: dict[CheckName, tuple[bool, float]] = {}
-        on = self.enabled
+    def verdicts(self, pic: Picture | None) -> Verdicts:
+        """A verdict per check that has one for this sample; learns the view and the normal from healthy ones."""
         if pic is None:
-            out["signal_loss"] = (True, 1.0)
-            return {k: v for k, v in out.items() if k in on}
-        out["signal_loss"] = (False, 0.0)
+            return self._only({"signal_loss": Verdict(True, 1.0)})
+        out: Verdicts = {"signal_loss": Verdict(False, 0.0)}
+        on = self.enabled
         th = self.cfg.thresholds
         g = pic.gray
         means, stds = C.block_stats(g)
@@ -119,18 +246,30 @@ class DeviceAnalyzer:
         )
         flat = C.flat_share(stds, th.solid_max_std)
         level = float(np.median(means))
-        solid = flat >= th.solid_min_share
+        spread = C.flat_spread(means, stds, th.solid_max_std)
+        # One uniform screen: flat almost everywhere *and* the same level everywhere. A dark scene
+        # (a night yard, a room with one lit object) is flat too, but darker here and lighter there.
+        solid = flat >= th.solid_min_share and spread <= th.solid_max_spread
+        match = ref.layout_match(view, th.scene_min_layout)
         # A night view turned much too dark is as flat as a black screen but still shows its layout.
-        dark_view = view is not None and float(np.median(view)) >= th.black_max_similarity
-        out["black_screen"] = (solid and level <= th.black_max_luma and not dark_view, level)
-        out["solid_screen"] = (solid and level > th.black_max_luma, flat)
+        dark_view = match is not None and match >= th.black_max_similarity
+        grey = C.color_cast(pic.u_mean, pic.v_mean) <= th.black_max_chroma  # a dark blue screen is not black
+        black = solid and level <= th.black_max_luma and grey and not dark_view
+        out["black_screen"] = Verdict(black, level, None, th.black_max_luma)
+        out["solid_screen"] = Verdict(solid and not black and not dark_view, flat, None, th.solid_min_share)
         if self._any_bad(out) or (solid and not dark_view):
             return self._only(out)
         mean, _ = C.luma_stats(g)
-        out["too_dark"] = (mean <= th.dark_max_luma, mean)
+        nm = self._learned("luma")
+        dark_at = th.dark_abs_luma
+        if nm is not None:
+            dark_at = max(dark_at, min(th.dark_max_luma, C.BLACK_LUMA + th.dark_ratio * (nm - C.BLACK_LUMA)))
+        out["too_dark"] = Verdict(mean <= dark_at, mean, nm, dark_at)
         clipped = C.clipped_share(g, th.bright_luma)
-        washed_out = mean >= th.bright_mean_luma
-        out["too_bright"] = (clipped >= th.bright_min_share or washed_out, clipped)
+        nc = self._learned("clipped")
+        clip_at = max(th.bright_min_share, (nc or 0.0) + th.bright_rise_share)
+        wash_at = max(th.bright_mean_luma, (nm or 0.0) + th.bright_rise_luma)
+        out["too_bright"] = Verdict(clipped >= clip_at or mean >= wash_at, clipped, nc, clip_at)
         if self._any_bad(out):
             return self._only(out)
         if "occlusion" in on:
@@ -142,61 +281,114 @@ class DeviceAnalyzer:
             if view is not None and view.shape == ignore.shape:
                 ignore |= view >= th.occlusion_max_similarity  # still the normal view: blurred, not covered
             share = C.flat_dark_share(means, stds, th.occlusion_flat_std, th.occlusion_dark_luma, ignore)
-            out["occlusion"] = (share >= th.occlusion_min_share, share)
-            if share >= th.occlusion_min_share:
-                return self._only(out)
+            # Before a view is learned a dark flat scene cannot be told from a cover: no verdict.
+            if view is not None:
+                out["occlusion"] = Verdict(share >= th.occlusion_min_share, share, None, th.occlusion_min_share)
+                if share >= th.occlusion_min_share:
+                    return self._only(out)
+        sample: dict[str, float | None] = {"luma": mean, "clipped": clipped, "inter_bytes": pic.inter_bytes}
         if "blur" in on:
             b = C.blur_score(g)
-            out["blur"] = (b >= th.blur_min, b)
+            nb = self._learned("blur")
+            at = th.blur_min if nb is None else min(th.blur_min, nb + th.blur_rise)
+            out["blur"] = Verdict(b >= at, b, nb, at)
+            sample["blur"] = b
         if "color_cast" in on:
-            cast = C.cast_ratio(pic.u_mean, pic.v_mean, mean)
-            out["color_cast"] = (cast >= th.cast_min_ratio, cast)
+            light = max(mean - C.BLACK_LUMA, 16.0)
+            cu, cv = (pic.u_mean - 128.0) / light, (pic.v_mean - 128.0) / light
+            nu, nv = self._learned("cast_u"), self._learned("cast_v")
+            cast = math.hypot(cu, cv)
+            bad = cast >= th.cast_min_ratio
+            shift = cast if nu is None or nv is None else math.hypot(cu - nu, cv - nv)
+            if nu is not None and nv is not None:
+                bad = bad or shift >= th.cast_shift
+            normal = None if nu is None or nv is None else math.hypot(nu, nv)
+            out["color_cast"] = Verdict(bad, shift, normal, th.cast_shift if normal is not None else th.cast_min_ratio)
+            sample["cast_u"], sample["cast_v"] = cu, cv
         if "snow_noise" in on:
             sigma = C.noise_sigma(g)
-            out["snow_noise"] = (sigma >= th.noise_min_sigma, sigma)
+            ns = self._learned("noise")
+            at = th.noise_min_sigma
+            if ns is not None:
+                at = min(at, ns * th.noise_rise_ratio + th.noise_rise_add)
+            out["snow_noise"] = Verdict(sigma >= at, sigma, ns, at)
+            sample["noise"] = sigma
         if "stripes" in on:
             amp = C.stripe_amplitude(g)
-            out["stripes"] = (amp >= th.stripe_min_amplitude, amp)
-        if "frozen" in on and prev:
+            na = self._learned("stripes")
+            at = max(th.stripe_min_amplitude, (na or 0.0) * th.stripe_rise_ratio)
+            out["stripes"] = Verdict(amp >= at, amp, na, at)
+            sample["stripes"] = amp
+        if prev:
             # Against the last two: a camera or recorder looping a short buffer repeats too.
-            d = min(C.frozen_diff(g, p) for p in prev)
-            out["frozen"] = (d <= th.frozen_max_diff, d)
+            grids = [b for b in (C.block_diff(g, p) for p in prev) if b is not None]
+            if grids:
+                d = min(float(np.median(b)) for b in grids)
+                sample["change"] = d
+                if "frozen" in on:
+                    out["frozen"] = self._frozen(d, min(float(b.max()) for b in grids), pic.inter_bytes)
         if self._any_bad(out):
             return self._only(out)
-        if view is not None and "scene_change" in on:
-            sim = float(np.median(view))
-            out["scene_change"] = (sim < th.scene_min_similarity, sim)
+        if match is not None and "scene_change" in on:
+            sim = match
+            out["scene_change"] = Verdict(sim < th.scene_min_similarity, sim, None, th.scene_min_similarity)
             run = self.runs["scene_change"]
             if sim < th.scene_min_similarity:
                 if run.bad + 1 >= self.cfg.scene_adopt_after:
                     self.ref = _Reference()  # the camera stays where it was moved: its view is the new normal
                     self.ref.learn(thumb, means, stds)
                 return self._only(out)
-        self.ref.learn(thumb, means, stds)
+        self.ref.learn(thumb, means, stds, view)
+        if not any(r.raised for r in self.runs.values()):
+            for metric, x in sample.items():
+                self.normal.add(metric, x)
         return self._only(out)
 
-    def _only(self, out: dict[CheckName, tuple[bool, float]]) -> dict[CheckName, tuple[bool, float]]:
+    def _frozen(self, d: float, most: float, inter_bytes: float | None) -> Verdict:
+        """Frozen: the keyframe barely changed *and* the encoder spent almost nothing on the frames between.
+
+        ``d`` is the median block change from the last keyframes, ``most`` the largest. Both against
+        the camera's normal: a quiet indoor scene changes little between keyframes, but its sensor
+        grain still costs the encoder bytes in every inter frame; a held picture costs only the
+        ticking clock. Re-encoding the same picture at another quantiser changes a grainy keyframe by
+        up to a third of its normal change, so the change limit alone would either miss a frozen
+        night view or take a quiet scene for frozen. An outright repeat (``frozen_repeat_diff``) of a
+        camera that normally changes more is frozen whatever the bytes: an empty, noise-reduced scene
+        costs the encoder as little live as frozen. Before a normal is learned, or for a stream
+        without inter frames, only an exact repeat counts, clock included: a dark room where only a
+        lamp or the clock moves is alive.
+        """
+        th = self.cfg.thresholds
+        nd, nb = self._learned("change"), self._learned("inter_bytes")
+        if nd is not None and nb is not None and inter_bytes is not None and nb > 0:
+            at = max(th.frozen_max_diff, th.frozen_ratio * nd)
+            repeat = d <= min(th.frozen_repeat_diff, th.frozen_ratio * nd)  # a still scene has no bytes to lose
+            return Verdict(repeat or (d <= at and inter_bytes <= th.frozen_bytes_ratio * nb), d, nd, at)
+        at = th.frozen_max_diff if nd is None else min(th.frozen_max_diff, th.frozen_ratio * nd)
+        return Verdict(most <= at, d, nd, at)
+
+    def _only(self, out: Verdicts) -> Verdicts:
         return {k: v for k, v in out.items() if k in self.enabled}
 
-    def _any_bad(self, out: dict[CheckName, tuple[bool, float]]) -> bool:
-        return any(bad for k, (bad, _) in out.items() if k in self.enabled)
+    def _any_bad(self, out: Verdicts) -> bool:
+        return any(v.bad for k, v in out.items() if k in self.enabled)
 
     # -- hysteresis ------------------------------------------------------------------------------
     def feed(self, pic: Picture | None, t: float) -> list[Change]:
         """One keyframe (or None: the segment had no decodable video); returns raised/cleared checks."""
         changes: list[Change] = []
-        for check, (bad, value) in self.verdicts(pic).items():
-            self.values[check] = value
+        for check, v in self.verdicts(pic).items():
+            self.values[check] = v.value
             run = self.runs[check]
             h = self.cfg.hysteresis_for(check)
-            if bad:
+            if v.bad:
                 run.bad, run.good = run.bad + 1, 0
                 if not run.raised and run.bad >= h.raise_after:
                     run.raised, run.since = True, t
-                    changes.append(Change(check, True, t, value))
+                    changes.append(Change(check, True, t, v.value, v.normal, v.threshold))
             else:
                 run.good, run.bad = run.good + 1, 0
                 if run.raised and run.good >= h.clear_after:
                     run.raised = False
-                    changes.append(Change(check, False, t, value))
+                    changes.append(Change(check, False, t, v.value, v.normal, v.threshold))
         return changes

@@ -4,7 +4,7 @@ Every function takes the *analysis picture*: the luma (Y) plane scaled to about 
 with ``cv2.resize(INTER_LINEAR)`` (40 µs from 1080p, where ``INTER_AREA`` costs 600 µs), uint8,
 limited or full range. Metrics are in luma levels or shares so that thresholds read plainly; the
 thresholds live in :class:`vms.analysis.config.Thresholds`. Nothing here keeps state: the
-per-camera memory (previous keyframe, learned view) is in :mod:`vms.analysis.analyzer`.
+per-camera memory (previous keyframe, learned view, the normal) is in :mod:`vms.analysis.analyzer`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,20 @@ def flat_share(stds: F32, flat_std: float) -> float:
     an OSD clock or a "NO VIDEO" caption, which a whole-picture std would count as contrast.
     """
     return float(np.count_nonzero(stds < flat_std)) / stds.size
+
+
+def flat_spread(means: F32, stds: F32, flat_std: float) -> float:
+    """Spread (10th to 90th percentile) of the mean luma of the flat blocks, in luma levels.
+
+    A black, blue or grey screen is one level everywhere (a few levels of encoder noise); a dark
+    scene with nothing in it is flat too, but the floor, the wall and the sky differ by more. Infinite
+    when no block is flat.
+    """
+    flat = means[stds < flat_std]
+    if flat.size == 0:
+        return math.inf
+    lo, hi = np.percentile(flat, (10.0, 90.0))
+    return float(hi - lo)
 
 
 def clipped_share(g: U8, level: int) -> float:
@@ -162,6 +176,14 @@ def cast_ratio(u_mean: float, v_mean: float, luma_mean: float) -> float:
     return color_cast(u_mean, v_mean) / max(luma_mean - BLACK_LUMA, 16.0)
 
 
+def block_diff(g: U8, prev: U8) -> F32 | None:
+    """Mean |difference| from an earlier keyframe in each block of :data:`GRID`, in luma levels (None: sizes differ)."""
+    if g.shape != prev.shape:
+        return None
+    d = cv2.absdiff(g, prev).astype(np.float32)
+    return cv2.resize(d, GRID, interpolation=cv2.INTER_AREA)  # type: ignore[return-value]
+
+
 def frozen_diff(g: U8, prev: U8) -> float:
     """Median over blocks of the mean |difference| from an earlier keyframe, in luma levels.
 
@@ -169,10 +191,8 @@ def frozen_diff(g: U8, prev: U8) -> float:
     compression); a frozen one repeats the same picture, re-encoded identically or nearly so. The
     median ignores an OSD clock that keeps ticking and a few changed blocks.
     """
-    if g.shape != prev.shape:
-        return math.inf
-    d = cv2.absdiff(g, prev).astype(np.float32)
-    return float(np.median(cv2.resize(d, GRID, interpolation=cv2.INTER_AREA)))
+    d = block_diff(g, prev)
+    return math.inf if d is None else float(np.median(d))
 
 
 def thumbnail(g: U8) -> F32:

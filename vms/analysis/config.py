@@ -49,9 +49,26 @@ class Thresholds(_Model):
         description="Median block correlation with the learned view below which a flat dark picture is a black "
         "screen; at or above it the scene still shows and the picture is too dark.",
     )
+    black_max_chroma: float = Field(
+        12.0, ge=0, le=128, description="Chroma distance from grey at most which a dark uniform screen is black; a "
+        "coloured one (a dark blue \"no video\" screen) is a solid screen."
+    )
     solid_max_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
     solid_min_share: float = Field(0.9, gt=0, le=1, description="Share of flat blocks that makes a solid screen.")
-    dark_max_luma: float = Field(35.0, ge=0, le=128, description="Mean luma at or below which the picture is too dark.")
+    solid_max_spread: float = Field(
+        4.0, gt=0, le=128, description="Spread (10th to 90th percentile) of the flat blocks' mean luma at most which "
+        "a flat picture is one uniform screen; a dark scene varies more, from place to place."
+    )
+    dark_max_luma: float = Field(
+        35.0, ge=0, le=128, description="Mean luma above which a picture is never too dark, whatever its normal."
+    )
+    dark_ratio: float = Field(
+        0.4, gt=0, lt=1, description="Share of the camera's normal light (mean luma above black) at or below which "
+        "the picture is too dark."
+    )
+    dark_abs_luma: float = Field(
+        20.0, ge=0, le=128, description="Mean luma at or below which a picture is too dark for any camera (at black)."
+    )
     bright_min_share: float = Field(
         0.45, gt=0, le=1, description="Share of clipped-white pixels at which the picture is overexposed."
     )
@@ -59,6 +76,13 @@ class Thresholds(_Model):
         190.0, ge=0, le=255, description="Mean luma at or above which the picture is washed out (overexposed)."
     )
     bright_luma: int = Field(230, ge=128, le=255, description="Luma counted as clipped white.")
+    bright_rise_share: float = Field(
+        0.25, ge=0, le=1, description="Clipped share above the camera's normal needed as well (a view with a white sky "
+        "clips a part of itself every day)."
+    )
+    bright_rise_luma: float = Field(
+        40.0, ge=0, le=255, description="Mean luma above the camera's normal needed as well for a washed-out picture."
+    )
     occlusion_min_share: float = Field(
         0.35, gt=0, le=1, description="Share of the view newly flat and dark at which the lens is covered."
     )
@@ -72,20 +96,56 @@ class Thresholds(_Model):
         "block still shows the view's layout.",
     )
     blur_min: float = Field(
-        0.34, gt=0, lt=1, description="Blur score (0 sharp .. 1 smooth) at which the view is blurred."
+        0.6, gt=0, lt=1, description="Blur score (0 sharp .. 1 smooth) at which any view is blurred, whatever its "
+        "normal: a camera installed out of focus."
+    )
+    blur_rise: float = Field(
+        0.08, gt=0, lt=1, description="Blur score above the camera's normal at which its view is blurred."
     )
     cast_min_ratio: float = Field(
-        0.15,
+        0.5,
         gt=0,
         le=10,
-        description="Chroma distance from grey per luma level above black at which colours are cast.",
+        description="Chroma distance from grey per luma level above black at which any view's colours are cast.",
     )
-    noise_min_sigma: float = Field(7.0, gt=0, le=100, description="Estimated noise sigma (luma levels) of snow.")
+    cast_shift: float = Field(
+        0.12, gt=0, le=10, description="Distance of the chroma per luma level from the camera's normal at which its "
+        "colours are cast (a lawn is green every day)."
+    )
+    noise_min_sigma: float = Field(
+        12.0, gt=0, le=100, description="Estimated noise sigma (luma levels) that is snow for any camera."
+    )
+    noise_rise_ratio: float = Field(
+        1.8, gt=1, le=100, description="Noise sigma as a multiple of the camera's normal grain (plus "
+        "noise_rise_add) at which it is snow."
+    )
+    noise_rise_add: float = Field(1.0, ge=0, le=100, description="Luma levels added to the multiple of the normal.")
     stripe_min_amplitude: float = Field(
         5.0, gt=0, le=128, description="Amplitude (luma levels) of a periodic row/column pattern that is interference."
     )
+    stripe_rise_ratio: float = Field(
+        2.5, gt=1, le=100, description="Amplitude as a multiple of the camera's normal (a fence, a tiled wall) "
+        "needed as well."
+    )
     frozen_max_diff: float = Field(
-        0.3, ge=0, le=20, description="Median block |difference| from a recent keyframe below which it is frozen."
+        0.3, ge=0, le=20, description="Median block |difference| from a recent keyframe below which it is frozen "
+        "before the camera's normal change is learned."
+    )
+    frozen_ratio: float = Field(
+        0.4, gt=0, lt=1, description="Share of the camera's normal keyframe change at or below which the picture "
+        "may be frozen."
+    )
+    frozen_repeat_diff: float = Field(
+        0.05, ge=0, le=20, description="Median block |difference| at or below which a keyframe repeats the last one "
+        "outright: frozen whatever the bytes, once the camera's normal change is larger."
+    )
+    frozen_bytes_ratio: float = Field(
+        0.3, gt=0, lt=1, description="Share of the camera's normal bytes per inter frame at or below which the "
+        "stream carries no change (a frozen picture costs the encoder almost nothing)."
+    )
+    scene_min_layout: float = Field(
+        0.1, ge=0, le=1, description="Share of blocks with a fixed layout (matching the learned view when healthy) "
+        "needed to judge a turned camera or a dark view by its layout."
     )
     scene_min_similarity: float = Field(
         0.4, ge=-1, le=1, description="Correlation with the learned view below which the camera has moved."
@@ -150,6 +210,17 @@ class AnalysisConfig(_Model):
         # when raised), and live footage stays several times above the threshold.
         default_factory=lambda: _FROZEN_DEFAULT.copy(),
         description="Hysteresis overrides for single checks.",
+    )
+    learn_samples: int = Field(
+        15, ge=1, le=10000, description="Healthy keyframes whose median is the camera's first normal (30 s at GOP 2 s)."
+    )
+    learn_min: int = Field(
+        3, ge=1, le=10000, description="Healthy keyframes before checks are taken relative to the normal; before, only "
+        "the absolute guards apply."
+    )
+    follow: float = Field(
+        0.01, gt=0, le=1, description="Weight of each later healthy keyframe in the normal: it follows slow changes "
+        "(seasons, the length of days) over a few hundred keyframes."
     )
     scene_adopt_after: int = Field(
         150, ge=1, le=100000, description="Bad samples after which a moved camera's new view becomes the reference."

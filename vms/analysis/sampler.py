@@ -9,7 +9,11 @@ Decode economy, the point of this module:
   frames, and analyses ``motion.fps`` of them a second; taller streams get a coarse motion
   figure from their keyframes;
 - pictures are the decoder's Y plane as a numpy view, scaled once with ``INTER_LINEAR``; no colour
-  conversion except for the JPEG snapshot of a raised defect.
+  conversion except for the JPEG snapshot of a raised defect;
+- the bytes of the inter frames that follow a keyframe are counted from the demuxed packets, never
+  decoded: what the encoder spends between keyframes tells a live quiet scene (its grain costs
+  bytes) from a frozen one (a held picture costs almost nothing). So a keyframe is judged once its
+  GOP has been read: at the next keyframe or at the end of the segment.
 
 Nothing here knows about the hub: an edge agent can run :class:`SegmentSampler` on its own spool.
 """
@@ -90,15 +94,21 @@ class Work:
     #: The checks its owner holds raised for the camera, with since when: an analyser made anew (a
     #: restarted hub or worker) starts from them instead of clearing and raising them again.
     raised: tuple[tuple[str, float], ...] = ()
+    #: The camera's learned normal as last reported (``Report.normal``): a new analyser starts from it.
+    normal: tuple[tuple[str, int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """A check raised or cleared: the metric, the camera's normal and the limit it crossed, and a snapshot."""
+
     check: str
     raised: bool
     at: float
     value: float | None
     snapshot: bytes | None = None
+    normal: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(slots=True)
@@ -112,6 +122,8 @@ class Report:
     events: list[Event] = field(default_factory=list)
     raised: dict[str, float] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)
+    #: The camera's normal after this segment (metric, samples, level): the owner keeps it for ``Work.normal``.
+    normal: tuple[tuple[str, int, float], ...] = ()
     motion_ratio: float | None = None
     keyframes: int = 0
     frames: int = 0
@@ -126,25 +138,33 @@ class SegmentSampler:
         self.cfg = cfg
         self.devices: dict[str, DeviceAnalyzer] = {}
 
-    def analyser(self, device_id: str, raised: tuple[tuple[str, float], ...] = ()) -> DeviceAnalyzer:
+    def analyser(
+        self,
+        device_id: str,
+        raised: tuple[tuple[str, float], ...] = (),
+        normal: tuple[tuple[str, int, float], ...] = (),
+    ) -> DeviceAnalyzer:
         an = self.devices.get(device_id)
         if an is None:
             an = self.devices[device_id] = DeviceAnalyzer(self.cfg.for_device(device_id))
-            an.resume(dict(raised))
+            an.resume(dict(raised), {m: (n, v) for m, n, v in normal})
         return an
 
     def analyse(self, work: Work) -> Report:
         t0 = time.perf_counter()
-        an = self.analyser(work.device_id, work.raised)
+        an = self.analyser(work.device_id, work.raised, work.normal)
         rep = Report(work.device_id, work.segment_id, work.start, work.key)
         try:
             self._decode(work, an, rep)
         except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
             rep.error = f"{type(exc).__name__}: {exc}"
         if rep.keyframes == 0:
-            rep.events.extend(Event(c.check, c.raised, c.at, c.value) for c in an.feed(None, work.start))
+            rep.events.extend(
+                Event(c.check, c.raised, c.at, c.value, None, c.normal, c.threshold) for c in an.feed(None, work.start)
+            )
         rep.raised = an.raised
         rep.values = dict(an.values)
+        rep.normal = tuple((m, n, v) for m, (n, v) in an.normal.state().items())
         rep.busy_s = time.perf_counter() - t0
         return rep
 
@@ -162,13 +182,26 @@ class SegmentSampler:
             first: float | None = None
             next_motion = -1.0
             peak: float | None = None
+            # Bytes and count of the inter frames after each keyframe packet (by its pts), and the decoded
+            # keyframes waiting for their GOP to end: (pts, picture, frame for a snapshot).
+            gops: dict[int | None, list[int]] = {}
+            last_key: int | None = None
+            waiting: list[tuple[int | None, Picture, av.VideoFrame]] = []
             for packet in container.demux(stream):
                 if packet.size == 0 and packet.pts is None:
                     frames = cc.decode(None)  # end of stream: flush
-                elif full or packet.is_keyframe:
+                elif packet.is_keyframe:
+                    last_key = packet.pts
+                    gops[last_key] = [0, 0]
                     frames = cc.decode(packet)
                 else:
-                    continue
+                    gop = gops.get(last_key)
+                    if gop is not None:
+                        gop[0] += packet.size
+                        gop[1] += 1
+                    if not full:
+                        continue
+                    frames = cc.decode(packet)
                 for frame in frames:
                     rep.frames += 1
                     rel = 0.0 if frame.time is None else float(frame.time)
@@ -184,13 +217,30 @@ class SegmentSampler:
                     if key:
                         rep.keyframes += 1
                         u, v = chroma_means(frame)
-                        changes = an.feed(Picture(t, g, u, v), t)
-                        jpeg = snapshot_jpeg(frame, cfg.snapshot_width) if any(c.raised for c in changes) else None
-                        rep.events.extend(
-                            Event(c.check, c.raised, c.at, c.value, jpeg if c.raised else None) for c in changes
-                        )
+                        waiting.append((frame.pts, Picture(t, g, u, v), frame))
                     if step_motion and an.motion is not None:
                         next_motion = t + step - 1e-3
                         ratio = an.motion.step(g).ratio
                         peak = ratio if peak is None else max(peak, ratio)
+                while waiting and waiting[0][0] != last_key:
+                    self._judge(an, rep, waiting.pop(0), gops)  # its GOP is complete: a later keyframe came
+            for item in waiting:
+                self._judge(an, rep, item, gops)
             rep.motion_ratio = peak
+
+    def _judge(
+        self,
+        an: DeviceAnalyzer,
+        rep: Report,
+        item: tuple[int | None, Picture, av.VideoFrame],
+        gops: dict[int | None, list[int]],
+    ) -> None:
+        """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe."""
+        pts, pic, frame = item
+        nbytes, frames = gops.pop(pts, (0, 0))
+        pic.inter_bytes = nbytes / frames if frames else None
+        changes = an.feed(pic, pic.t)
+        jpeg = snapshot_jpeg(frame, self.cfg.snapshot_width) if any(c.raised for c in changes) else None
+        rep.events.extend(
+            Event(c.check, c.raised, c.at, c.value, jpeg if c.raised else None, c.normal, c.threshold) for c in changes
+        )
