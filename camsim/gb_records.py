@@ -10,24 +10,21 @@ listed too.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import threading
 
+from vms.gb28181.manscdp import local_time as local_time  # re-exported: the simulator's callers use it here
+from vms.gb28181.manscdp import parse_local_time
+
 #: Length of one recorded file; files start on multiples of it (wall clock).
 RECORD_FILE_S = 60
-#: How GB/T 28181 writes a time: local time, whole seconds, no zone.
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
-
-
-def local_time(t: float) -> str:
-    """``t`` (Unix seconds) as the standard writes times."""
-    return dt.datetime.fromtimestamp(t).strftime(TIME_FORMAT)
-
 
 def parse_local(text: str) -> float:
     """A time as the standard writes it (local time unless it names a zone) in Unix seconds; ValueError."""
-    return dt.datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
+    t = parse_local_time(text)
+    if t is None:
+        raise ValueError(f"not a time: {text[:40]!r}")
+    return t
 
 
 class Recording:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import secrets
 import socket
@@ -454,15 +453,16 @@ class Cascade:
 
     async def _send_records(self, link: Link, q: manscdp.Message) -> None:
         """RecordInfo from the archive index: one item per span without gaps, paged like the catalog."""
-        start, end = _parse_local(q.fields.get("StartTime", "")), _parse_local(q.fields.get("EndTime", ""))
+        start = manscdp.parse_local_time(q.fields.get("StartTime", ""))
+        end = manscdp.parse_local_time(q.fields.get("EndTime", ""))
         items: list[dict[str, str]] = []
         if start is not None and end is not None and end > start and self.hub.recorded is not None:
             segs = await asyncio.get_running_loop().run_in_executor(None, self.hub.recorded, q.device_id, start, end)
             for span in spans_of(segs):
                 a, b = max(start, span[0][1]), min(end, span[-1][2])
                 items.append({"DeviceID": q.device_id, "Name": q.device_id, "FilePath": f"{q.device_id}/{int(a)}",
-                              "Address": "", "StartTime": _local(a), "EndTime": _local(b), "Secrecy": "0",
-                              "Type": "time", "RecorderID": self.server_id})
+                              "Address": "", "StartTime": manscdp.local_time(a), "EndTime": manscdp.local_time(b),
+                              "Secrecy": "0", "Type": "time", "RecorderID": self.server_id})
         self.offload(self.hub.audit, f"superior:{link.cfg.name}", "cascade.record_info", q.device_id,
                      {"superior": link.cfg.server_id, "start": q.fields.get("StartTime", "")[:40],
                       "end": q.fields.get("EndTime", "")[:40], "spans": len(items)})
@@ -499,7 +499,7 @@ class Cascade:
         return {"Result": "OK" if dev else "ERROR", "DeviceName": dev.name if dev else ""}
 
     def _device_status(self, about: str) -> dict[str, str]:
-        now = _local(self.clock())
+        now = manscdp.local_time(self.clock())
         if about == self.server_id:
             return {"Result": "OK", "Online": "ONLINE", "Status": "OK", "DeviceTime": now}
         state = self.hub.states([about]).get(about, "offline")
@@ -721,17 +721,6 @@ def _why(exc: BaseException, link: Link) -> str:
         return f"no answer from {c.transport}:{c.host}:{c.port} within {REQUEST_TIMEOUT_S:.0f} s"
     return f"cannot reach {c.transport}:{c.host}:{c.port}: {exc or type(exc).__name__}"
 
-
-def _local(t: float) -> str:
-    """A time as GB/T 28181 writes it: local time, seconds, no zone."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-
-
-def _parse_local(text: str) -> float | None:
-    try:
-        return dt.datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
-    except ValueError:
-        return None
 
 
 def _fingerprint(link: Link) -> str:

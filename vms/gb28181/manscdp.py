@@ -7,6 +7,7 @@ with a size cap and without any DTD (no defusedxml in the venv), so entity bombs
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -271,3 +272,16 @@ def catalog_items(msg: Message) -> list[CatalogItem]:
             )
         )
     return out
+
+
+def local_time(t: float) -> str:
+    """``t`` (Unix seconds) as GB/T 28181 writes times in bodies: local time, seconds, no zone."""
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def parse_local_time(text: str) -> float | None:
+    """A body's time (local unless it names a zone; a space for the T is taken) in Unix seconds, or None."""
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
+    except ValueError:
+        return None

@@ -491,7 +491,7 @@ class GbService:
         if reg is None:
             return []
         req, sn = self._query(reg, "RecordInfo", about=channel, fields={
-            "StartTime": _local(start), "EndTime": _local(end), "Secrecy": "0", "Type": "all"})
+            "StartTime": manscdp.local_time(start), "EndTime": manscdp.local_time(end), "Secrecy": "0", "Type": "all"})
         rec = self._records[sn] = _Records(channel)
         try:
             resp = await self.transport.request(reg.peer, req)
@@ -505,7 +505,7 @@ class GbService:
             self._records.pop(sn, None)
         spans = []
         for it in rec.items:
-            a, b = _parse_local(it.get("StartTime", "")), _parse_local(it.get("EndTime", ""))
+            a, b = manscdp.parse_local_time(it.get("StartTime", "")), manscdp.parse_local_time(it.get("EndTime", ""))
             if a is not None and b is not None and b > start and a < end:
                 spans.append((max(a, start), min(b, end)))
         merged: list[tuple[float, float]] = []
@@ -832,17 +832,6 @@ def _reported(it: manscdp.CatalogItem) -> ReportedCamera:
                           location=it.address[:200] or None, manufacturer=it.manufacturer[:200] or None,
                           model=it.model[:200] or None)
 
-
-def _local(t: float) -> str:
-    """A time as GB/T 28181 writes it: local time, seconds, no zone."""
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _parse_local(text: str) -> float | None:
-    try:
-        return dt.datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
-    except ValueError:
-        return None
 
 
 def _expires(req: sip.Request) -> int:
