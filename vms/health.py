@@ -292,12 +292,20 @@ class Health:
     def report(
         self, idx: int, now: float, *, fps: float, bitrate: float, reconnects: int, gaps: int, connected: bool
     ) -> None:
+        """Stream figures of device ``idx``; a connected stream below ``min_fps`` is the ``low_fps`` defect.
+
+        An fps of 0 is a rate not measured yet (the agent reports 0 until its first 2 s window ends,
+        and the hub's own GB/T 28181 streams likewise), not a low one: counting it would degrade every
+        camera at every connect. A stream that really delivers no frames is caught without it: its
+        packet age grows, so it goes offline after ``offline_after_s`` (and the agent's stall watchdog
+        reports it disconnected), and without segments it stops ``uploading``.
+        """
         self.last_report[idx] = now
         self.fps[idx] = fps
         self.bitrate[idx] = bitrate
         self.reconnects[idx] = reconnects
         self.gaps[idx] = gaps
-        low = connected and fps < self.cfg.min_fps
+        low = connected and 0 < fps < self.cfg.min_fps
         self.set_defect(idx, DEFECTS["low_fps"], low)
 
     def set_defect(self, idx: int, bit: int, on: bool) -> None:

@@ -25,11 +25,15 @@ class DefectOut(BaseModel):
     check: str
     since: str
     value: float | None = Field(description="The check's metric when it was raised")
+    normal: float | None = Field(None, description="The camera's learned normal of that metric; null when an "
+                                 "absolute guard judged it (or the camera's agent reported the defect)")
+    threshold: float | None = Field(None, description="The limit the metric crossed")
     snapshot_url: str | None
 
 
 class QualityEventOut(BaseModel):
-    """A defect raised or cleared; ``detail`` only when the event has one."""
+    """A defect raised or cleared; ``detail`` only when the event has one (the camera's ``normal`` and the
+    ``threshold`` next to the metric ``value``, a ``reason``)."""
 
     id: int
     check: str
@@ -65,7 +69,8 @@ def device_quality(
     hub: Hub = Depends(get_hub),
     _: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
-    """Quality defects raised now (with metric and snapshot) and raised/cleared events, newest first."""
+    """Quality defects raised now (metric, the camera's normal, threshold, snapshot) and raised/cleared
+    events, newest first."""
     hub.snapshots.index(device_id)  # Invalid -> 422, UnknownDevice -> 404
     try:
         start, end = window(period or (None if from_ or to else "7d"), from_, to, hub.clock(), hub.cfg.server.timezone)
@@ -85,6 +90,8 @@ def device_quality(
                 "check": check,
                 "since": iso(cur.since),
                 "value": cur.value,
+                "normal": cur.normal,
+                "threshold": cur.threshold,
                 "snapshot_url": book.snapshot_url(device_id, cur.event_id) if cur.snapshot and cur.event_id else None,
             }
             for check, cur in sorted(book.now(device_id).items())

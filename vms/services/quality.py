@@ -5,15 +5,25 @@ Findings come from the hub's own pool or, for cameras whose agent analyses them
 background thread (the pool's collector, or the book's own for agent reports), never on a request
 path. For each raised defect the JPEG snapshot is written under ``<data_dir>/snapshots/<device>/``
 and a ``quality_events`` row is committed *before* the device's defect bit is set, so the
-``device_degraded`` alert the next tick opens can already link its snapshot.
+``device_degraded`` alert the next tick opens can already link its snapshot. Each event keeps the
+metric, the camera's normal and the threshold it crossed (``detail``), and so does the alert, so a
+crew can judge the verdict.
+
+Each camera's learned normal (see :mod:`vms.analysis.analyzer`) comes back with every analysed
+segment and goes out with the camera's next one (``Work.normal``), so a restarted worker does not
+learn it again; it is kept in ``<data_dir>/analysis-normal.json`` (written at most once a minute
+and at stop, read at start), so a restarted hub does not either.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from vms.analysis.analyzer import METRICS
 from vms.analysis.config import CHECKS, AnalysisConfig
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Event, Report, Work, first_keyframe_jpeg
@@ -31,6 +42,11 @@ from vms.db.models import QualityEvent, Segment
 from vms.health import defect_bit
 
 log = logging.getLogger(__name__)
+
+NORMAL_FILE = "analysis-normal.json"
+_NORMAL_SAVE_S = 60.0
+#: A camera's learned normal as the analysis reports it: (metric, samples, level) per metric.
+Normal = tuple[tuple[str, int, float], ...]
 
 for _check in CHECKS:  # stable bit numbers, allocated once at import
     defect_bit(_check)
@@ -44,6 +60,8 @@ class Current:
     value: float | None
     event_id: int | None
     snapshot: str | None  # relative to the data directory
+    normal: float | None = None  # the camera's normal of the metric (None: judged by an absolute guard)
+    threshold: float | None = None  # the limit the metric crossed
 
 
 class QualityBook:
@@ -68,10 +86,16 @@ class QualityBook:
         self._agent_q: queue.Queue[tuple[str, Event | tuple[int, float]] | None] = queue.Queue(10_000)
         self._agent_thread: threading.Thread | None = None
         self._agent_inflight: set[tuple[str, str, bool]] = set()  # queued, not yet applied: never queue twice
+        self._normal_file = self.data_dir / NORMAL_FILE
+        self.normals: dict[str, Normal] = {}  # device -> its normal as last reported; one small tuple each
+        self._normals_saved = time.monotonic()
+        self._normals_dirty = False
+        self._save_lock = threading.Lock()  # the collector's periodic save and the one at stop share a file
 
     def start(self) -> None:
         self._restore()
         if self.pool is not None:
+            self.normals = self._load_normals()
             self.pool.start()
         if not self.read_only:
             self._agent_thread = threading.Thread(target=self._agent_loop, name="vms-agent-quality", daemon=True)
@@ -94,15 +118,73 @@ class QualityBook:
                                                               QualityEvent.state == "raised")))
         with self.lock:
             for r in rows:
-                self.current.setdefault(r.device_id, {})[r.check] = Current(r.at, r.value, r.id, r.snapshot)
+                d = r.detail or {}
+                self.current.setdefault(r.device_id, {})[r.check] = Current(
+                    r.at, r.value, r.id, r.snapshot, _number(d.get("normal")), _number(d.get("threshold"))
+                )
         for r in rows:
             self.set_quality(r.device_id, r.check, True)
         if rows:
             log.info("analysis: %d defect(s) still raised from before the restart", len(rows))
 
+    # -- each camera's normal, across restarts -----------------------------------------------------
+    def _load_normals(self) -> dict[str, Normal]:
+        """The normals saved at the last stop; a file that cannot be read only means learning again."""
+        try:
+            data = json.loads(self._normal_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s (cameras learn their normal again)", self._normal_file, exc)
+            return {}
+        out: dict[str, Normal] = {}
+        for device_id, metrics in (data.items() if isinstance(data, dict) else ()):
+            if isinstance(metrics, dict):
+                normal = _normal((m, *v) for m, v in metrics.items() if isinstance(v, list) and len(v) == 2)
+                if normal:
+                    out[device_id] = normal
+        if out:
+            log.info("analysis: the normal of %d camera(s) kept from before the restart", len(out))
+        return out
+
+    def _keep_normal(self, device_id: str, reported: Normal) -> None:
+        """Collector thread: the worker's newest normal of a camera; saved at most once a minute."""
+        normal = _normal(reported)
+        if not normal:
+            return
+        with self.lock:
+            if self.normals.get(device_id) == normal:
+                return
+            self.normals[device_id] = normal
+            self._normals_dirty = True
+        if time.monotonic() - self._normals_saved >= _NORMAL_SAVE_S:
+            self.save_normals()
+
+    def save_normals(self) -> None:
+        """Write the normals (temporary file, fsync, rename: a crash leaves the old file or the new one)."""
+        with self._save_lock:
+            with self.lock:
+                if not self._normals_dirty:
+                    return
+                data = {d: {m: [n, v] for m, n, v in normal} for d, normal in self.normals.items()}
+                self._normals_dirty = False
+                self._normals_saved = time.monotonic()
+            tmp = self._normal_file.with_name(self._normal_file.name + ".tmp")
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(data, f, separators=(",", ":"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._normal_file)
+            except OSError as exc:
+                with self.lock:
+                    self._normals_dirty = True  # try again at the next report or at stop
+                log.warning("cannot keep the cameras' normals in %s: %s", self._normal_file, exc)
+
     def stop(self) -> None:
         if self.pool is not None:
-            self.pool.stop()
+            self.pool.stop()  # its collector has handed over its last report: nothing changes the normals now
+            self.save_normals()
         if self._agent_thread is not None:
             self._agent_q.put(None)
             self._agent_thread.join(10)
@@ -128,7 +210,9 @@ class QualityBook:
             path = self.recordings / relative_path(device_id, start, sha256.lower())
             with self.lock:
                 raised = tuple((c, cur.since) for c, cur in self.current.get(device_id, {}).items())
-            self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id, raised=raised))
+                normal = self.normals.get(device_id, ())
+            self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id, raised=raised,
+                                  normal=normal))
 
     # -- findings of agents that analyse their cameras ---------------------------------------------
     def agent_report(self, device_id: str, defects: Mapping[str, float] | None, now: float) -> None:
@@ -206,19 +290,28 @@ class QualityBook:
             stale = [c for c in self.current.get(rep.device_id, {}) if c not in rep.raised]
         for check in stale:
             self.apply(rep.device_id, Event(check, False, rep.start, None), reason="analysis state was reset")
+        if rep.normal:
+            self._keep_normal(rep.device_id, rep.normal)
         if rep.segment_id is not None and rep.motion_ratio is not None:
             with self.sessions() as s:
                 s.execute(update(Segment).where(Segment.id == rep.segment_id).values(motion_ratio=rep.motion_ratio))
                 s.commit()
 
     def apply(self, device_id: str, ev: Event, reason: str = "") -> None:
-        """Record one raised/cleared defect and set the device's defect bit."""
+        """Record one raised/cleared defect and set the device's defect bit.
+
+        The event's ``detail`` keeps the camera's normal and the threshold next to the metric
+        (``value``) whenever the check gave them (an agent's heartbeat gives neither).
+        """
         with self.lock:
             known = self.current.setdefault(device_id, {})
             if ev.raised == (ev.check in known):
                 return  # nothing changes (a repeated report)
         rel = self._write_snapshot(device_id, ev) if ev.raised and ev.snapshot else None
+        normal, threshold = _finite(ev.normal), _finite(ev.threshold)
         detail: dict[str, Any] = {"reason": reason} if reason else {}
+        if normal is not None or threshold is not None:
+            detail.update(normal=normal, threshold=threshold)
         with self.sessions() as s:
             row = QualityEvent(
                 device_id=device_id,
@@ -234,7 +327,7 @@ class QualityBook:
             event_id = row.id
         with self.lock:
             if ev.raised:
-                known[ev.check] = Current(ev.at, _finite(ev.value), event_id, rel)
+                known[ev.check] = Current(ev.at, _finite(ev.value), event_id, rel, normal, threshold)
                 self.raised_total[ev.check] = self.raised_total.get(ev.check, 0) + 1
             else:
                 known.pop(ev.check, None)
@@ -263,12 +356,19 @@ class QualityBook:
         return f"{self.public_url()}/api/v1/devices/{device_id}/quality/events/{event_id}/snapshot"
 
     def alert_detail(self, device_id: str) -> dict[str, Any]:
-        """Snapshot link and metrics of the defects raised now, for a ``device_degraded`` alert."""
+        """Snapshot link and figures of the defects raised now, for a ``device_degraded`` alert.
+
+        ``quality`` maps each check to its metric; ``checks`` gives each the metric, the camera's
+        normal and the threshold it crossed, so a crew can see how far from its normal the camera is.
+        """
         cur = self.now(device_id)
         if not cur:
             return {}
         first = min(cur.items(), key=lambda kv: kv[1].since)
-        out: dict[str, Any] = {"quality": {c: v.value for c, v in cur.items()}}
+        out: dict[str, Any] = {
+            "quality": {c: v.value for c, v in cur.items()},
+            "checks": {c: {"value": v.value, "normal": v.normal, "threshold": v.threshold} for c, v in cur.items()},
+        }
         if first[1].snapshot and first[1].event_id is not None:
             out["snapshot_url"] = self.snapshot_url(device_id, first[1].event_id)
         return out
@@ -315,3 +415,25 @@ class QualityBook:
 
 def _finite(v: float | None) -> float | None:
     return None if v is None or v != v or v in (float("inf"), float("-inf")) else float(v)
+
+
+def _number(v: object) -> float | None:
+    """A finite number read back from a JSON detail, else None."""
+    return _finite(float(v)) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+_METRIC_NAMES = {m: m for m in METRICS}  # one string object per metric, however many cameras
+
+
+def _normal(items: Any) -> Normal:
+    """A normal with only known metrics, positive counts and finite levels (a file or a worker may hold others)."""
+    out = []
+    for item in items:
+        try:
+            m, n, v = item
+            name, count, level = _METRIC_NAMES.get(m), int(n), float(v)
+        except (TypeError, ValueError):
+            continue
+        if name is not None and count > 0 and math.isfinite(level):
+            out.append((name, count, level))
+    return tuple(out)
