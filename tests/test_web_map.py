@@ -166,7 +166,9 @@ def test_dark_camera_turns_red_on_the_wall_map_and_its_school_becomes_a_blind_sp
         rig.shot(wall, "wall-map")
         site = rig.page("duty", f"/site/{SCHOOL_SITE}")
         site.wait_for_selector(".site-view td[data-covered='0']")
-        assert SCHOOL in site.inner_text(".site-view")
+        # The covering cameras are listed by a request of their own, after the site's figures.
+        site.wait_for_function(f"document.querySelector('.site-view').innerText.includes('{SCHOOL}')",
+                               timeout=10_000)
         rig.shot(site, "site")
         site.context.close()
     finally:

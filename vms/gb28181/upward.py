@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 LiveSegments = Callable[[str, str], list[tuple[int, Path, float, float]]]
 #: (file, start, end) of each archived segment of a camera overlapping [start, end), oldest first.
 Recorded = Callable[[str, float, float], list[tuple[Path, float, float]]]
+#: Our own segments say what they hold in their first packets: FFmpeg's stream probe (which decodes
+#: frames) cost as much as the sending.
+OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
 #: Segments closer than this are one span of a recording (a longer gap is skipped in playback).
 SPAN_GAP_S = 1.0
 
@@ -76,7 +79,7 @@ def recorded_units(spans: list[list[tuple[Path, float, float]]]) -> Units:
 def segment_units(path: Path) -> list[AccessUnit]:
     """A segment's video access units, decoding times in 90 kHz ticks from its first (demuxed, not decoded)."""
     units: list[AccessUnit] = []
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=OPEN_OPTIONS) as container:
         stream = container.streams.video[0]
         tb = stream.time_base or Fraction(1, CLOCK)
         first: int | None = None
@@ -282,6 +285,6 @@ class Upward:
 
 def _codec(entries: list[tuple[int, Path, float, float]]) -> str:
     """The codec of a stream's newest segment (h264 or hevc), for the stream map."""
-    with contextlib.suppress(Exception), av.open(str(entries[-1][1])) as c:
+    with contextlib.suppress(Exception), av.open(str(entries[-1][1]), options=OPEN_OPTIONS) as c:
         return str(c.streams.video[0].codec_context.name)
     return "h264"

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 CLOCK = 90_000
 #: RTP payload bytes per packet, as GB/T 28181 devices send.
 MTU = 1400
+#: Frames due within this are sent in one go (receivers buffer far more than this).
+BURST_S = 0.2
 #: How long a TCP stream waits for the receiver to connect (setup:active) or to accept (passive).
 CONNECT_TIMEOUT_S = 10.0
 #: The reason ``on_end`` gets when a recording has been sent in full (no failure: the sender tells the
@@ -176,7 +178,8 @@ class RtpSender(threading.Thread):
         for first, last in self.spans:
             for at, au in self.units(None if last is None else last - first):
                 delay = t0 + (played + at) / CLOCK / self.speed - time.monotonic()
-                if (delay > 0 and self._stop.wait(delay)) or self._stop.is_set():  # behind (a download): no wait
+                # Frames due within BURST_S go now: a wakeup per frame cost as much CPU as the sending.
+                if (delay > BURST_S and self._stop.wait(delay)) or self._stop.is_set():
                     return
                 mode = self.mode()
                 dts = base + first + at
