@@ -55,6 +55,14 @@ class Setup:
     def get(self, path: str, role: str | None = "duty", **kw: Any) -> httpx.Response:
         return httpx.get(self.hub.url + path, headers=self.headers(role) if role else {}, timeout=20, **kw)
 
+    def media_token(self, cam: str, stream: str = "main") -> str:
+        """A media token for the ``?token=`` of the camera's HLS URLs (a person's token is refused there)."""
+        r = httpx.post(f"{self.hub.url}{LIVE}/{cam}/media-token", params={"stream": stream},
+                       headers=self.headers(), timeout=10)
+        assert r.status_code == 200, r.text
+        token: str = r.json()["token"]
+        return token
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
@@ -176,8 +184,10 @@ def test_auth_and_unknown_devices(live: Setup) -> None:
         assert r.status_code == 401 and r.json()["detail"] == "missing bearer token", path
         r = live.get(path, role="agent")
         assert r.status_code == 403 and "'agent' may not" in r.json()["detail"], path
-    r = live.get(f"{LIVE}/{cam}/index.m3u8", role=None, params={"token": "vms_nope_nope"})
-    assert r.status_code == 401 and r.json()["detail"] == "invalid or revoked token"
+    r = live.get(f"{LIVE}/{cam}/index.m3u8", role=None, params={"token": live.hub.tokens["duty"]})
+    assert r.status_code == 401 and r.json()["detail"].startswith("a bearer token is not accepted in the URL")
+    r = live.get(f"{LIVE}/{cam}/index.m3u8", role=None, params={"token": live.media_token(CAMS[0])})
+    assert r.status_code == 403 and r.json()["detail"] == f"this media token is for device {CAMS[0]}, not {cam}"
     offer = {"sdp": "v=0\r\n" * 3, "type": "offer"}
     r = httpx.post(f"{live.hub.url}{LIVE}/{cam}/webrtc", json=offer, timeout=10)
     assert r.status_code == 401
@@ -219,7 +229,7 @@ def test_old_media_is_not_live(live: Setup) -> None:
 
 def test_playlist_slides_and_serves_segments(live: Setup) -> None:
     cam, other = CAMS
-    token = live.hub.tokens["duty"]
+    token = live.media_token(cam)
     r = live.get(f"{LIVE}/{cam}/index.m3u8", role=None, params={"token": token})
     assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apple.mpegurl"
     text = r.text
@@ -251,7 +261,7 @@ def test_playlist_slides_and_serves_segments(live: Setup) -> None:
 
 
 def test_hls_client_reads_changing_frames(live: Setup) -> None:
-    url = f"{live.hub.url}{LIVE}/{CAMS[0]}/index.m3u8?token={live.hub.tokens['duty']}"
+    url = f"{live.hub.url}{LIVE}/{CAMS[0]}/index.m3u8?token={live.media_token(CAMS[0])}"
     frames = hls_frames(url)
     assert frames[0].shape == (180, 320)
     assert changing(frames) > 0.01  # objects move: the picture is live, not a still
@@ -403,7 +413,7 @@ def test_status_tells_streams_apart(live: Setup) -> None:
 
 def test_sub_stream_plays_over_hls(live: Setup) -> None:
     cam = CAMS[0]
-    token = live.hub.tokens["duty"]
+    token = live.media_token(cam, "sub")
     text = live.get(f"{LIVE}/{cam}/index.m3u8", params={"stream": "sub"}).text
     uris = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert uris and all(u.startswith("segments/") and u.endswith(".ts?stream=sub") for u in uris)

@@ -4,18 +4,24 @@
 hub's ``tokens``, checks bearer tokens and issues, lists and revokes them for an admin, audited.
 A token may expire (``expires_at``); its last use is kept in memory and written by the hub's tick
 (:meth:`TokenCache.flush_used`), so a request never waits on the store for it.
+
+:class:`MediaTokens` signs short-lived, device-scoped media tokens for the live media URLs, so a
+person's long-lived token never ends up in a URL (browser history, proxy logs).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -182,6 +188,18 @@ class TokenCache:
         except Unauthenticated:
             return None
 
+    def holder(self, tid: str) -> Principal:
+        """The principal of token ``tid`` while it is valid: a media token is worth no more than the token
+        it was issued to, so revoking that token stops its media tokens too (within ``ttl_s``).
+        Raises :class:`Unauthenticated`."""
+        row = self._row(tid)
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated("the token this media token was issued to is revoked")
+        if row.expires_at is not None and self.clock() >= row.expires_at:
+            raise Unauthenticated(f"token {row.name!r}, which this media token was issued to, expired at "
+                                  f"{iso(row.expires_at)}")
+        return Principal(row.id, row.name, Role(row.role), tuple(row.prefixes or ()))
+
     def flush_used(self, force: bool = False) -> int:
         """Write the last uses noted since the previous write, at most every ``LAST_USED_EVERY_S``
         unless ``force``; the number of tokens written. Kept for the next call if the store fails."""
@@ -236,3 +254,107 @@ def revoke(sessions: sessionmaker[Session], name_or_id: str) -> Token:
         row.revoked_at = time.time()
         s.commit()
         return row
+
+
+# --------------------------------------------------------------------------- media tokens
+
+#: The first part of a media token (``vmm.<payload>.<signature>``); a person's token starts ``vms_``.
+MEDIA_PREFIX = "vmm"
+#: The 401 of a person's own token in a media URL: it would end up in browser history and proxy logs.
+USE_MEDIA_TOKEN = ("a bearer token is not accepted in the URL: use a media token "
+                   "(POST /api/v1/live/{device_id}/media-token), or send the token in the Authorization header")
+
+
+class MediaTokenError(Exception):
+    """A media token refused; the message says why."""
+
+
+class MediaTokenInvalid(MediaTokenError):
+    """Malformed, forged, expired, or a person's token in its place (the API's 401)."""
+
+
+class MediaTokenScope(MediaTokenError):
+    """A valid media token for another device or stream (the API's 403)."""
+
+
+@dataclass(frozen=True)
+class MediaGrant:
+    """What a verified media token allows: ``streams`` of ``device_id`` until ``expires_at``, for the
+    holder of token ``token_id`` (named ``name``)."""
+
+    device_id: str
+    streams: tuple[str, ...]
+    name: str
+    token_id: str
+    expires_at: float
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class MediaTokens:
+    """Signs and verifies media tokens: ``vmm.<payload>.<signature>``, the payload base64url JSON
+    (device, streams, holder's name and token ID, expiry), the signature HMAC-SHA256 of
+    ``vmm.<payload>`` under ``key``.
+
+    The key is random per hub start unless given: nothing to keep secret on disk, and a restart costs
+    a page one new token (its player fetches one when a request is refused). Expiry is ``ttl_s`` on
+    ``clock`` (the hub's)."""
+
+    def __init__(self, ttl_s: float, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s:g}")
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._key = key if key is not None else secrets.token_bytes(32)
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, f"{MEDIA_PREFIX}.{payload}".encode(), hashlib.sha256).digest())
+
+    def issue(self, who: Principal, device_id: str, streams: Iterable[str], now: float | None = None) -> MediaGrant:
+        """A grant for ``who`` to play ``streams`` of ``device_id`` for ``ttl_s`` from ``now``; its token
+        is :meth:`encode` of it."""
+        at = self.clock() if now is None else now
+        s = tuple(dict.fromkeys(streams))
+        if not s:
+            raise ValueError("a media token needs at least one stream")
+        return MediaGrant(device_id, s, who.name, who.token_id, round(at + self.ttl_s, 3))
+
+    def encode(self, grant: MediaGrant) -> str:
+        body = {"d": grant.device_id, "s": list(grant.streams), "u": grant.name, "t": grant.token_id,
+                "e": grant.expires_at}
+        payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+        return f"{MEDIA_PREFIX}.{payload}.{self._sign(payload)}"
+
+    def verify(self, token: str, device_id: str, stream: str, now: float | None = None) -> MediaGrant:
+        """The grant of ``token`` if it allows ``stream`` of ``device_id`` now. Raises
+        :class:`MediaTokenInvalid` (the signature is checked before anything in the payload is
+        believed) or :class:`MediaTokenScope`."""
+        if token.startswith("vms_"):
+            raise MediaTokenInvalid(USE_MEDIA_TOKEN)
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != MEDIA_PREFIX or not parts[1] or not parts[2]:
+            raise MediaTokenInvalid(f"malformed media token: expected {MEDIA_PREFIX}.<payload>.<signature>")
+        if not hmac.compare_digest(parts[2], self._sign(parts[1])):
+            raise MediaTokenInvalid("media token not signed by this hub (altered, or issued before the hub "
+                                    "restarted): fetch a new one")
+        try:
+            body = json.loads(_unb64(parts[1]))
+            grant = MediaGrant(str(body["d"]), tuple(str(x) for x in body["s"]), str(body["u"]), str(body["t"]),
+                               float(body["e"]))
+        except (binascii.Error, ValueError, KeyError, TypeError) as exc:  # signed by this hub: a bug, not an attack
+            raise MediaTokenInvalid(f"unreadable media token payload: {exc}") from None
+        at = self.clock() if now is None else now
+        if at >= grant.expires_at:
+            raise MediaTokenInvalid(f"media token expired at {iso(grant.expires_at)}: fetch a new one")
+        if grant.device_id != device_id:
+            raise MediaTokenScope(f"this media token is for device {grant.device_id}, not {device_id}")
+        if stream not in grant.streams:
+            raise MediaTokenScope(f"this media token allows the {'/'.join(grant.streams)} stream of {device_id}, "
+                                  f"not the {stream} stream")
+        return grant

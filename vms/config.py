@@ -353,6 +353,10 @@ class LiveConfig(_Model):
     )
     max_viewers: int = Field(64, ge=1, le=10000, description="WebRTC viewers at once, all cameras together.")
     max_viewers_per_device: int = Field(16, ge=1, le=1000, description="WebRTC viewers of one camera at once.")
+    media_token_ttl_s: float = Field(
+        300.0, ge=30, le=3600,
+        description="Lifetime of a media token (the ?token= of live HLS URLs); pages fetch a new one at half of it.",
+    )
     sub_max_segment_bytes: int = Field(
         4_000_000, ge=10_000, le=100_000_000,
         description="Largest sub-stream segment taken (sub segments are live only: a small ring, never recorded).",

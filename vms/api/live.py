@@ -1,10 +1,12 @@
 """Live view: an HLS playlist of the relayed segments, and WebRTC with the camera's H.264 as it is.
 
-Token in the URL: a browser ``<video>`` element (native HLS) cannot send an Authorization header,
-so the playlist and segment routes, and only these two, also accept ``?token=...``. A playlist
-fetched that way carries the same token on every segment URI it lists. Everything else, WebRTC
-signalling included, takes the bearer header only. The token then appears in URLs: the hub keeps
-no access log, but proxies in front of it should not log query strings of ``/api/v1/live/``.
+Media tokens in the URL: a browser ``<video>`` element (native HLS) cannot send an Authorization
+header, so the playlist and segment routes, and only these two, also accept ``?token=...`` -- but
+only a media token from ``POST /{device_id}/media-token``: short-lived (``live.media_token_ttl_s``),
+for one device and the stream(s) named, signed by this hub (``vms.auth.MediaTokens``). A person's own
+token in the query is refused (401), so it never ends up in browser history or proxy logs. A
+playlist fetched with a media token carries it on every segment URI it lists. Everything else,
+WebRTC signalling included, takes the bearer header only; the header wins over a query token.
 
 Streams: every media route takes ``stream=main|sub``. ``sub`` is the camera's sub stream (子码流),
 relayed for multi-tile walls when the agent has one. WebRTC refuses a stream with B-frames (409,
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path as PathType
 from typing import Literal
 
@@ -26,8 +30,8 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from vms.api.deps import DeviceIdPath, bearer, get_hub, require
-from vms.auth import READERS, Principal
+from vms.api.deps import DeviceIdPath, bearer, get_hub, require, unauthorized
+from vms.auth import READERS, MediaTokenInvalid, MediaTokens, MediaTokenScope, Principal, Unauthenticated
 from vms.errors import Conflict, NotFound
 from vms.hub import Hub
 from vms.kernel.timeutil import iso
@@ -51,15 +55,58 @@ StreamQuery = Query("main", description="main, or sub: the camera's sub stream (
 _reader = require(*READERS)
 
 
+_signer_lock = threading.Lock()
+
+
+def media_tokens(request: Request) -> MediaTokens:
+    """The app's media token signer, made on first use with a random key (per hub start)."""
+    app = request.app
+    signer: MediaTokens | None = getattr(app.state, "media_tokens", None)
+    if signer is None:
+        with _signer_lock:  # sync dependencies run in worker threads: one key per app
+            signer = getattr(app.state, "media_tokens", None)
+            if signer is None:
+                hub = get_hub(request)
+                signer = MediaTokens(hub.cfg.live.media_token_ttl_s, clock=hub.clock)
+                app.state.media_tokens = signer
+    return signer
+
+
+@dataclass(frozen=True)
+class MediaAccess:
+    """Who fetches a live media route, and the media token they used (None: the bearer header)."""
+
+    principal: Principal
+    media_token: str | None
+
+
 def media_reader(
     request: Request,
-    token: str | None = Query(None, max_length=4096, description="Bearer token, for players that cannot set headers"),
+    device_id: str = DeviceIdPath,
+    stream: Stream = StreamQuery,
+    token: str | None = Query(None, max_length=4096, description="Media token, for players that cannot set headers"),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
-) -> Principal:
-    """``require(*READERS)`` that also takes the token from ``?token=`` (live media routes only)."""
-    if creds is None and token:
-        creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
-    return _reader(request, creds)
+) -> MediaAccess:
+    """``require(*READERS)`` by the bearer header, or a media token for this device and stream in ``?token=``.
+
+    A media token's holder must still hold a valid token of a reader role: revoking it stops its
+    media tokens too. Blocking on a token cache miss (a sync dependency: a worker thread)."""
+    if creds is not None or not token:
+        return MediaAccess(_reader(request, creds), None)
+    try:
+        grant = media_tokens(request).verify(token, device_id, stream)
+    except MediaTokenScope as exc:
+        raise HTTPException(403, str(exc)) from None
+    except MediaTokenInvalid as exc:
+        raise unauthorized(str(exc)) from None
+    try:
+        who = get_hub(request).tokens.holder(grant.token_id)
+    except Unauthenticated as exc:
+        raise unauthorized(str(exc)) from None
+    if who.role not in _reader.roles:  # type: ignore[attr-defined]
+        raise HTTPException(403, f"role {who.role.value!r} may not watch live video")
+    request.state.principal = who
+    return MediaAccess(who, token)
 
 
 media_reader.roles = _reader.roles  # type: ignore[attr-defined]
@@ -92,11 +139,10 @@ def _window(hub: Hub, device_id: str, stream: Stream, check: bool) -> tuple[int,
 )
 async def playlist(
     device_id: str = DeviceIdPath,
-    token: str | None = Query(None, include_in_schema=False),
     hls_msn: int | None = Query(None, alias="_HLS_msn", ge=0, description="Blocking reload: wait for this segment"),
     stream: Stream = StreamQuery,
     hub: Hub = Depends(get_hub),
-    _: Principal = Depends(media_reader),
+    access: MediaAccess = Depends(media_reader),
 ) -> Response:
     """The newest segments as a live HLS playlist; with ``_HLS_msn`` waits until that segment exists."""
     seen, entries, target = await asyncio.to_thread(_window, hub, device_id, stream, True)
@@ -110,7 +156,7 @@ async def playlist(
             seen, entries, target = await asyncio.to_thread(_window, hub, device_id, stream, False)
             last = entries[-1].seq
     return Response(
-        render_playlist(entries, target, token, stream),
+        render_playlist(entries, target, access.media_token, stream),
         media_type="application/vnd.apple.mpegurl",
         headers={"Cache-Control": "no-cache"},
     )
@@ -126,7 +172,7 @@ async def segment(
     segment_id: int = Path(ge=1, le=2**62),
     stream: Stream = StreamQuery,
     hub: Hub = Depends(get_hub),
-    _: Principal = Depends(media_reader),
+    _: MediaAccess = Depends(media_reader),
 ) -> FileResponse:
     """A segment listed in the live playlist; older footage is pulled through the archive."""
 
@@ -141,6 +187,39 @@ async def segment(
 
     path = await asyncio.to_thread(find)
     return FileResponse(path, media_type="video/mp2t", headers={"Cache-Control": "private, max-age=60"})
+
+
+class MediaToken(BaseModel):
+    """A media token for the ``?token=`` of this device's playlist and segment URLs."""
+
+    token: str
+    device_id: str
+    streams: list[Stream]
+    expires_at: str
+    ttl_s: float = Field(description="Lifetime in seconds: fetch a new token before half of it has passed")
+
+
+@router.post(
+    "/{device_id}/media-token",
+    response_model=MediaToken,
+    responses={404: {"description": "unknown device"}},
+)
+def media_token(
+    request: Request,
+    device_id: str = DeviceIdPath,
+    stream: Stream | None = Query(None, description="The one stream the token allows; both when absent"),
+    hub: Hub = Depends(get_hub),
+    who: Principal = Depends(require(*READERS)),
+) -> MediaToken:
+    """A short-lived token for this device's live HLS URLs (``?token=``), so no person's token goes in a URL.
+
+    Not audited: it grants only what the caller's own token already may (watch this camera live),
+    and pages fetch one per tile every few minutes; the caller is in its payload. Sync: a worker thread."""
+    _known(hub, device_id)
+    signer = media_tokens(request)
+    grant = signer.issue(who, device_id, (stream,) if stream else ("main", "sub"))
+    return MediaToken(token=signer.encode(grant), device_id=device_id, streams=list(grant.streams),
+                      expires_at=iso(grant.expires_at), ttl_s=signer.ttl_s)
 
 
 class Offer(BaseModel):

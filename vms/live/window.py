@@ -168,7 +168,8 @@ def _pdt(t: float) -> str:
 
 
 def render_playlist(entries: Sequence[Entry], target: int, token: str | None = None, stream: str = "main") -> str:
-    """An HLS media playlist (RFC 8216) of ``entries``; ``token`` and a ``sub`` stream go into segment URIs.
+    """An HLS media playlist (RFC 8216) of ``entries``; ``token`` (the media token the playlist was fetched
+    with, never a person's token) and a ``sub`` stream go into segment URIs.
 
     The first entry never carries EXT-X-DISCONTINUITY; its count is in EXT-X-DISCONTINUITY-SEQUENCE,
     so every segment keeps its discontinuity number as the window slides.

@@ -2,6 +2,7 @@
 // A "tile" player (walls of 4-16) plays the camera's sub stream (子码流) when the hub has one live;
 // a "full" player (single tile, camera view) plays the main stream. A stream with B-frames goes
 // straight to HLS: browsers' WebRTC shows it at keyframes only, and the hub refuses it anyway.
+// HLS URLs carry a short-lived media token for the one camera and stream, never the user's token.
 import { api, getToken } from "./api.js";
 
 let hlsModule = null;
@@ -40,6 +41,47 @@ function iceGathered(pc, ms) {
   ]);
 }
 
+/**
+ * A media token for one camera's stream (the ?token= of its HLS URLs), fetched again when half its
+ * lifetime has passed, so the playlist reloads and segments always carry a valid one.
+ */
+class MediaToken {
+  constructor(deviceId, stream, onRenew = () => {}) {
+    this.deviceId = deviceId;
+    this.stream = stream;
+    this.onRenew = onRenew;
+    this.token = null;
+    this.timer = null;
+    this.stopped = false;
+  }
+
+  async fetch() {
+    const r = await api(`/api/v1/live/${this.deviceId}/media-token`, { method: "POST", params: { stream: this.stream } });
+    if (this.stopped) return;
+    const first = this.token === null;
+    this.token = r.token;
+    this._schedule(Math.max(5, r.ttl_s / 2) * 1000);
+    if (!first) this.onRenew(this.token);
+  }
+
+  _schedule(ms) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.fetch().catch(() => !this.stopped && this._schedule(5000)), ms);
+  }
+
+  /** url with this token as its ?token= (hls.js asks for every playlist and segment through here). */
+  sign(url) {
+    const u = new URL(url, location.href);
+    u.searchParams.set("token", this.token);
+    return u.toString();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+}
+
 export class LivePlayer {
   /**
    * onStatus(status, mode, stream): status is "connecting" | "playing" | "unavailable"; stream is
@@ -54,6 +96,7 @@ export class LivePlayer {
     this.mode = null;
     this.pc = null;
     this.hls = null;
+    this.media = null; // MediaToken while playing over HLS
     this.stopped = true;
     this.retryTimer = null;
     this.frames = 0;
@@ -158,12 +201,20 @@ export class LivePlayer {
   }
 
   async _hls() {
-    const sub = this.stream === "sub" ? "stream=sub&" : "";
-    const url = `/api/v1/live/${this.deviceId}/index.m3u8?${sub}token=${encodeURIComponent(getToken())}`;
+    const media = new MediaToken(this.deviceId, this.stream);
+    this.media = media;
+    await media.fetch();
+    if (this.media !== media) throw new Error("stopped while fetching a media token");
+    const sub = this.stream === "sub" ? "?stream=sub" : "";
+    const url = media.sign(`/api/v1/live/${this.deviceId}/index.m3u8${sub}`);
     const Hls = await loadHls();
     if (Hls.isSupported()) {
-      // A short live window and no back buffer: memory stays flat over a shift.
-      const hls = new Hls({ liveSyncDurationCount: 2, maxBufferLength: 8, backBufferLength: 0, enableWorker: true });
+      // A short live window and no back buffer: memory stays flat over a shift. Every request
+      // (playlist reload, segment) goes out with the newest media token.
+      const hls = new Hls({
+        liveSyncDurationCount: 2, maxBufferLength: 8, backBufferLength: 0, enableWorker: true,
+        xhrSetup: (xhr, u) => xhr.open("GET", media.sign(u), true),
+      });
       this.hls = hls;
       hls.on(Hls.Events.ERROR, (_e, data) => {
         if (data.fatal && this.hls === hls && !this.stopped && this.mode === "hls") this.restart();
@@ -173,6 +224,13 @@ export class LivePlayer {
       hls.attachMedia(this.video);
       await Promise.race([firstFrame(this.video, 20000), fatal]);
     } else {
+      // Native HLS reloads the playlist from the URL it was given: give it the new token's URL.
+      media.onRenew = () => {
+        if (this.media === media && !this.stopped) {
+          this.video.src = media.sign(url);
+          this.video.play().catch(() => {});
+        }
+      };
       this.video.src = url;
       await firstFrame(this.video, 20000);
     }
@@ -199,8 +257,10 @@ export class LivePlayer {
   _teardown() {
     if (this.pc) this.pc.close();
     if (this.hls) this.hls.destroy();
+    if (this.media) this.media.stop();
     this.pc = null;
     this.hls = null;
+    this.media = null;
     this.mode = null;
     this.video.srcObject = null;
     if (this.video.hasAttribute("src")) {
