@@ -33,7 +33,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from vms.analysis import normals
 from vms.analysis.config import CHECKS, AnalysisConfig
+from vms.analysis.normals import Normal
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Report, Work
 
@@ -45,7 +47,6 @@ _MOTION_KEEP = 4096  # motion ratios kept for segments not yet uploaded (about 4
 STATE_FILE = "analysis-raised.json"
 NORMAL_FILE = "analysis-normal.json"
 _NORMAL_SAVE_S = 60.0
-Normal = tuple[tuple[str, int, float], ...]
 
 
 class AgentAnalysis:
@@ -59,7 +60,7 @@ class AgentAnalysis:
         self._state = data_dir / STATE_FILE
         self._raised: dict[str, dict[str, float]] = self._load()  # device -> check -> raised at (monotonic)
         self._normal_file = data_dir / NORMAL_FILE
-        self._normals: dict[str, Normal] = self._load_normals()  # device -> its learned normal
+        self._normals: dict[str, Normal] = normals.load(self._normal_file)  # device -> its learned normal
         self._normals_saved = time.monotonic()
         self._motion: OrderedDict[str, float | None] = OrderedDict()  # sha256 -> ratio
         self._pending: set[str] = set()  # sha256 of segments queued for analysis
@@ -98,29 +99,11 @@ class AgentAnalysis:
         except OSError as exc:
             log.warning("cannot keep the raised checks in %s: %s", self._state, exc)
 
-    def _load_normals(self) -> dict[str, Normal]:
-        try:
-            data = json.loads(self._normal_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s (cameras learn their normal again)", self._normal_file, exc)
-            return {}
-        out: dict[str, Normal] = {}
-        for device_id, metrics in (data.items() if isinstance(data, dict) else ()):
-            if isinstance(metrics, dict):
-                out[device_id] = tuple((m, int(v[0]), float(v[1])) for m, v in metrics.items()
-                                       if isinstance(v, list) and len(v) == 2)
-        return out
-
     def _save_normals(self) -> None:
         """Called with the lock held: at most once a minute, and at stop."""
         self._normals_saved = time.monotonic()
-        data = {d: {m: [n, v] for m, n, v in normal} for d, normal in self._normals.items()}
-        tmp = self._normal_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self._normal_file)
+            normals.save(self._normal_file, self._normals)
         except OSError as exc:
             log.warning("cannot keep the cameras' normals in %s: %s", self._normal_file, exc)
 

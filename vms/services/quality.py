@@ -17,9 +17,7 @@ and at stop, read at start), so a restarted hub does not either.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import queue
 import threading
@@ -33,8 +31,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from vms.analysis.analyzer import METRICS
+from vms.analysis import normals
 from vms.analysis.config import CHECKS, AnalysisConfig
+from vms.analysis.normals import Normal
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Event, Report, Work, first_keyframe_jpeg
 from vms.archive.store import relative_path
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 NORMAL_FILE = "analysis-normal.json"
 _NORMAL_SAVE_S = 60.0
 #: A camera's learned normal as the analysis reports it: (metric, samples, level) per metric.
-Normal = tuple[tuple[str, int, float], ...]
 
 for _check in CHECKS:  # stable bit numbers, allocated once at import
     defect_bit(_check)
@@ -130,26 +128,14 @@ class QualityBook:
     # -- each camera's normal, across restarts -----------------------------------------------------
     def _load_normals(self) -> dict[str, Normal]:
         """The normals saved at the last stop; a file that cannot be read only means learning again."""
-        try:
-            data = json.loads(self._normal_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s (cameras learn their normal again)", self._normal_file, exc)
-            return {}
-        out: dict[str, Normal] = {}
-        for device_id, metrics in (data.items() if isinstance(data, dict) else ()):
-            if isinstance(metrics, dict):
-                normal = _normal((m, *v) for m, v in metrics.items() if isinstance(v, list) and len(v) == 2)
-                if normal:
-                    out[device_id] = normal
+        out = normals.load(self._normal_file)
         if out:
             log.info("analysis: the normal of %d camera(s) kept from before the restart", len(out))
         return out
 
     def _keep_normal(self, device_id: str, reported: Normal) -> None:
         """Collector thread: the worker's newest normal of a camera; saved at most once a minute."""
-        normal = _normal(reported)
+        normal = normals.clean(reported)
         if not normal:
             return
         with self.lock:
@@ -166,16 +152,11 @@ class QualityBook:
             with self.lock:
                 if not self._normals_dirty:
                     return
-                data = {d: {m: [n, v] for m, n, v in normal} for d, normal in self.normals.items()}
+                kept = dict(self.normals)
                 self._normals_dirty = False
                 self._normals_saved = time.monotonic()
-            tmp = self._normal_file.with_name(self._normal_file.name + ".tmp")
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(data, f, separators=(",", ":"))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self._normal_file)
+                normals.save(self._normal_file, kept)
             except OSError as exc:
                 with self.lock:
                     self._normals_dirty = True  # try again at the next report or at stop
@@ -422,18 +403,3 @@ def _number(v: object) -> float | None:
     return _finite(float(v)) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-_METRIC_NAMES = {m: m for m in METRICS}  # one string object per metric, however many cameras
-
-
-def _normal(items: Any) -> Normal:
-    """A normal with only known metrics, positive counts and finite levels (a file or a worker may hold others)."""
-    out = []
-    for item in items:
-        try:
-            m, n, v = item
-            name, count, level = _METRIC_NAMES.get(m), int(n), float(v)
-        except (TypeError, ValueError):
-            continue
-        if name is not None and count > 0 and math.isfinite(level):
-            out.append((name, count, level))
-    return tuple(out)
