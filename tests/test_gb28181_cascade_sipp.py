@@ -79,10 +79,20 @@ def _query(sn: int, cmd: str, device: str) -> str:
             f"<DeviceID>{device}</DeviceID>\n</Query>")
 
 
-SUPERIOR_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="GB/T 28181 superior platform: challenge, verify, catalog, subscribe, wait for OFF">
-  <recv request="MESSAGE" optional="true" next="answer"/>
-  <recv request="REGISTER"/>
+def _register(verify: bool) -> str:
+    """The superior's side of a registration: a 401 challenge, then 200 to the answer (whose digest
+    SIPp checks itself with ``verify``, stopping on a wrong one)."""
+    check = f"""
+  <recv request="REGISTER">
+    <action>
+      <verifyauth assign_to="authvalid" username="{SERVER_ID}" password="{PASSWORD}"/>
+    </action>
+  </recv>
+  <nop hide="true" test="authvalid" next="goodauth"/>
+  <nop display="wrong digest"><action><exec int_cmd="stop_now"/></action></nop>
+  <label id="goodauth"/>""" if verify else """
+  <recv request="REGISTER"/>"""
+    return f"""  <recv request="REGISTER"/>
   <send>
     <![CDATA[
 SIP/2.0 401 Unauthorized
@@ -95,16 +105,14 @@ WWW-Authenticate: Digest realm="{SUP_DOMAIN}", nonce="[pid]n[call_number]", algo
 Content-Length: 0
 
     ]]>
-  </send>
-  <recv request="REGISTER">
-    <action>
-      <verifyauth assign_to="authvalid" username="{SERVER_ID}" password="{PASSWORD}"/>
-    </action>
-  </recv>
-  <nop hide="true" test="authvalid" next="goodauth"/>
-  <nop display="wrong digest"><action><exec int_cmd="stop_now"/></action></nop>
-  <label id="goodauth"/>
-{_ok("Expires: 3600" + chr(10))}
+  </send>{check}
+{_ok("Expires: 3600" + chr(10))}"""
+
+
+SUPERIOR_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="GB/T 28181 superior platform: challenge, verify, catalog, subscribe, wait for OFF">
+  <recv request="MESSAGE" optional="true" next="answer"/>
+{_register(verify=True)}
   <pause milliseconds="300"/>
 {_request("MESSAGE", 1, _query(701, "Catalog", SERVER_ID))}
   <recv response="200"/>
@@ -326,22 +334,7 @@ Content-Length: 0
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="GB/T 28181 superior platform: live video upward">
   <recv request="MESSAGE" optional="true" next="answer"/>
-  <recv request="REGISTER"/>
-  <send>
-    <![CDATA[
-SIP/2.0 401 Unauthorized
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]reg
-[last_Call-ID:]
-[last_CSeq:]
-WWW-Authenticate: Digest realm="{SUP_DOMAIN}", nonce="[pid]n[call_number]", algorithm=MD5
-Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="REGISTER"/>
-{_ok("Expires: 3600" + chr(10))}
+{_register(verify=False)}
   <pause milliseconds="500"/>
 {_invite(HIDDEN, rtp_port, 10)}
   <recv response="403"/>
@@ -499,22 +492,7 @@ def download_scenario(rtp_port: int, start: int, end: int) -> str:
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="GB/T 28181 superior platform: download a recording">
   <recv request="MESSAGE" optional="true" next="answer"/>
-  <recv request="REGISTER"/>
-  <send>
-    <![CDATA[
-SIP/2.0 401 Unauthorized
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]reg
-[last_Call-ID:]
-[last_CSeq:]
-WWW-Authenticate: Digest realm="{SUP_DOMAIN}", nonce="[pid]n[call_number]", algorithm=MD5
-Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="REGISTER"/>
-{_ok("Expires: 3600" + chr(10))}
+{_register(verify=False)}
 {_request("MESSAGE", 1, query)}
   <recv response="200"/>
   <pause milliseconds="500"/>
