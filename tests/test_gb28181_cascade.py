@@ -23,10 +23,9 @@ PASSWORD = "town-to-district"
 CAM = "32058501001320000001"
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_town_registers_with_district_shares_its_catalog_and_a_dark_camera_is_offline_there_in_10_s(
-    transport: str, make_hub_process: Any
-) -> None:
+def district_and_town(make_hub_process: Any, **link: Any) -> tuple[HubProcess, HubProcess]:
+    """A district hub that takes lower platforms, and a town hub (one camera) registering with it
+    with ``link`` settings; both started."""
     district_sip = free_port()
     district: HubProcess = make_hub_process(
         gb28181={"enabled": True, "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
@@ -36,14 +35,28 @@ def test_town_registers_with_district_shares_its_catalog_and_a_dark_camera_is_of
         gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False},
         devices=[{"id": CAM, "name": "南门 1", "location": "城厢镇 南门"}],
         superiors=[{"name": "district", "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
-                    "transport": transport, "password": PASSWORD, "share": ["chengxiang"],
-                    "keepalive_interval_s": 2}])
-    town.token("duty")
-    d_admin = {"Authorization": f"Bearer {district.token('admin')}"}
-    t_admin = {"Authorization": f"Bearer {town.token('admin')}"}
-    agent_token = town.token("agent", "32058501", name="edge-1")
+                    "password": PASSWORD, "share": ["chengxiang"], **link}])
+    district.token("admin")
+    for role in ("duty", "admin"):
+        town.token(role)
+    town.token("agent", "32058501", name="edge-1")
     district.start()
     town.start()
+    return district, town
+
+
+def tokens(district: HubProcess, town: HubProcess) -> tuple[dict[str, str], dict[str, str], str]:
+    """The district's and the town's admin headers, and the town agent's token."""
+    return ({"Authorization": f"Bearer {district.tokens['admin']}"},
+            {"Authorization": f"Bearer {town.tokens['admin']}"}, town.tokens["edge-1"])
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_town_registers_with_district_shares_its_catalog_and_a_dark_camera_is_offline_there_in_10_s(
+    transport: str, make_hub_process: Any
+) -> None:
+    district, town = district_and_town(make_hub_process, transport=transport, keepalive_interval_s=2)
+    d_admin, t_admin, agent_token = tokens(district, town)
 
     def at_district() -> dict[str, Any]:
         r = httpx.get(f"{district.url}/api/v1/devices/{CAM}", headers=d_admin)
@@ -81,23 +94,8 @@ def test_town_registers_with_district_shares_its_catalog_and_a_dark_camera_is_of
 def test_district_down_for_a_while_then_back_gets_the_town_its_catalog_and_its_changes_again(
     make_hub_process: Any
 ) -> None:
-    district_sip = free_port()
-    district: HubProcess = make_hub_process(
-        gb28181={"enabled": True, "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
-                 "passwords": {TOWN: PASSWORD}, "auto_accept": True, "record": False,
-                 "keepalive_interval_s": 5, "keepalive_misses": 2})
-    town: HubProcess = make_hub_process(
-        gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False},
-        devices=[{"id": CAM, "name": "南门 1"}],
-        superiors=[{"name": "district", "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
-                    "password": PASSWORD, "share": ["chengxiang"], "keepalive_interval_s": 1,
-                    "keepalive_misses": 2}])
-    town.token("duty")
-    d_admin = {"Authorization": f"Bearer {district.token('admin')}"}
-    t_admin = {"Authorization": f"Bearer {town.token('admin')}"}
-    agent_token = town.token("agent", "32058501", name="edge-1")
-    district.start()
-    town.start()
+    district, town = district_and_town(make_hub_process, keepalive_interval_s=1, keepalive_misses=2)
+    d_admin, t_admin, agent_token = tokens(district, town)
 
     def link() -> dict[str, Any]:
         return dict(httpx.get(f"{town.url}/api/v1/superiors", headers=t_admin).json()[0])
