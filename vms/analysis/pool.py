@@ -35,15 +35,14 @@ def _worker(cfg: AnalysisConfig, inbox: Any, outbox: Any) -> None:
         if work is None:
             return
         try:
-            outbox.put(sampler.analyse(work))
+            rep = sampler.analyse(work)
         except Exception as exc:  # a bug must not take the worker (and its cameras' state) down
-            outbox.put(
-                Report(work.device_id, work.segment_id, work.start, work.key, error=f"{type(exc).__name__}: {exc}")
-            )
+            rep = Report(work.device_id, work.segment_id, work.start, work.key, error=f"{type(exc).__name__}: {exc}")
         finally:
-            if work.remove_after:
+            if work.remove_after:  # before the report: whoever hears the segment is done finds no copy left
                 with contextlib.suppress(OSError):
                     os.unlink(work.path)
+        outbox.put(rep)
 
 
 @dataclass
