@@ -9,6 +9,7 @@ HTTP makes the town's camera online and then dark.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 
 from tests.conftest import HubProcess, free_port, wait_until
 from tests.test_alerts_e2e import Agent
+from tests.test_gb28181_cascade_sipp import Feeder, make_segments
 
 DISTRICT = "32058500002000000001"
 TOWN = "32058501002000000001"
@@ -23,19 +25,21 @@ PASSWORD = "town-to-district"
 CAM = "32058501001320000001"
 
 
-def district_and_town(make_hub_process: Any, **link: Any) -> tuple[HubProcess, HubProcess]:
+def district_and_town(make_hub_process: Any, district_gb: dict[str, Any] | None = None,
+                      hubs: dict[str, Any] | None = None, **link: Any) -> tuple[HubProcess, HubProcess]:
     """A district hub that takes lower platforms, and a town hub (one camera) registering with it
-    with ``link`` settings; both started."""
+    with ``link`` settings; both started. ``district_gb``: more of the district's ``gb28181``;
+    ``hubs``: more config sections of both."""
     district_sip = free_port()
     district: HubProcess = make_hub_process(
         gb28181={"enabled": True, "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
                  "passwords": {TOWN: PASSWORD}, "auto_accept": True, "record": False,
-                 "keepalive_interval_s": 5, "keepalive_misses": 2})
+                 "keepalive_interval_s": 5, "keepalive_misses": 2, **(district_gb or {})}, **(hubs or {}))
     town: HubProcess = make_hub_process(
         gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False},
         devices=[{"id": CAM, "name": "南门 1", "location": "城厢镇 南门"}],
         superiors=[{"name": "district", "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
-                    "password": PASSWORD, "share": ["chengxiang"], **link}])
+                    "password": PASSWORD, "share": ["chengxiang"], **link}], **(hubs or {}))
     district.token("admin")
     for role in ("duty", "admin"):
         town.token(role)
@@ -124,3 +128,126 @@ def test_district_down_for_a_while_then_back_gets_the_town_its_catalog_and_its_c
         assert time.monotonic() - dark < 10
     alerts = httpx.get(f"{town.url}/api/v1/alerts", headers=t_admin).json()["alerts"]
     assert [a["state"] for a in alerts if a["kind"] == "superior_down"] == ["resolved"]
+
+
+def test_district_plays_a_town_camera_live_through_the_cascade_while_watched_and_after_the_town_restarts(
+    make_hub_process: Any, tmp_path: Path
+) -> None:
+    """The district's wall asks for a town camera's live playlist: the district invites the town (the
+    footage comes through the cascade as PS over RTP), serves it as HLS, hangs up when nobody has
+    watched for ``watch_idle_s``, and plays again by itself after the town hub restarted."""
+    import av
+
+    district, town = district_and_town(make_hub_process, {"watch_idle_s": 5},
+                                       {"analysis": {"enabled": False}, "live": {"stale_after_s": 6}},
+                                       keepalive_interval_s=2)
+    d_admin, t_admin, agent_token = tokens(district, town)
+    duty = {"Authorization": f"Bearer {district.token('duty')}"}
+    segments = make_segments(tmp_path, 4)
+
+    def streams() -> dict[str, Any]:
+        reg = httpx.get(f"{district.url}/api/v1/gb28181/devices", headers=d_admin).json()["devices"]
+        return dict(reg[0]["streams"]) if reg else {}
+
+    def context() -> str:
+        return (f"district streams: {streams()}\n"
+                f"district log: {(district.log.read_text() if district.log else '')[-3000:]}\n"
+                f"town log: {(town.log.read_text() if town.log else '')[-3000:]}")
+
+    def playlist() -> httpx.Response:
+        return httpx.get(f"{district.url}/api/v1/live/{CAM}/index.m3u8", headers=duty, timeout=30)
+
+    def newest(text: str) -> str:
+        return [ln for ln in text.splitlines() if ln and not ln.startswith("#")][-1]
+
+    with Feeder(town, agent_token, CAM, segments):
+        wait_until(lambda: httpx.get(f"{district.url}/api/v1/devices/{CAM}", headers=d_admin).json().get("state")
+                   == "uploading", 45, "the town camera uploading at the district (told ON)", context)
+        assert streams() == {}  # nothing is invited while nobody watches
+        asked = time.monotonic()
+        r = playlist()  # waits for the first segment through the cascade
+        assert r.status_code == 200, f"{r.status_code} {r.text}\n{context()}"
+        first_s = time.monotonic() - asked
+        assert first_s < 8.5, first_s
+        seg = httpx.get(f"{district.url}/api/v1/live/{CAM}/{newest(r.text)}", headers=duty)
+        assert seg.status_code == 200, seg.text
+        (tmp_path / "d.ts").write_bytes(seg.content)
+        with av.open(str(tmp_path / "d.ts")) as c:  # FFmpeg's demuxer and decoder: the town's real video
+            v = c.streams.video[0]
+            frames = sum(1 for _ in c.decode(v))
+            assert (v.codec_context.name, v.codec_context.width, v.codec_context.height) == ("h264", 640, 360)
+        assert frames >= 25, frames
+        assert streams()[CAM]["watched"] is True and streams()[CAM]["state"] == "playing"
+        audit = httpx.get(f"{town.url}/api/v1/audit", headers=t_admin).json()["entries"]
+        assert any(e["action"] == "cascade.play" and e["target"] == CAM and e["actor"] == "superior:district"
+                   for e in audit)
+
+        # Nobody watches: the district hangs up; the camera's state stays the town's word.
+        wait_until(lambda: CAM not in streams(), 15, "the district hangs up an unwatched stream", context)
+        assert httpx.get(f"{district.url}/api/v1/devices/{CAM}", headers=d_admin).json()["state"] == "uploading"
+
+        # Watched again, then the town restarts under it: the district plays again by itself.
+        assert playlist().status_code == 200
+        town.stop()
+        time.sleep(3)
+        town.start()
+        back = time.monotonic()
+        before = newest(playlist().text) if playlist().status_code == 200 else ""
+
+        def fresh() -> bool:
+            r = playlist()  # the wall's reloads keep the stream watched
+            return r.status_code == 200 and newest(r.text) != before
+
+        wait_until(fresh, 45, "live again at the district after the town restarted", context)
+        took = time.monotonic() - back
+    assert took < 30, f"live again {took:.1f} s after the town came back"
+
+
+def test_district_police_pull_a_town_cameras_clip_fetched_from_the_town_by_download(
+    make_hub_process: Any, tmp_path: Path
+) -> None:
+    """The footage stays at the town; a police liaison at the district asks for a clip of a town camera
+    and the district fetches that span from the town's recording (RecordInfo, Download INVITE), keeps it
+    and serves the clip. Both sides audit the pull; a second pull of the same span fetches nothing."""
+    import av
+
+    district, town = district_and_town(make_hub_process, hubs={"analysis": {"enabled": False}},
+                                       keepalive_interval_s=2)
+    d_admin, t_admin, agent_token = tokens(district, town)
+    police = {"Authorization": f"Bearer {district.token('police')}"}
+    segments = make_segments(tmp_path, 4)
+
+    def pulls_at_town() -> list[dict[str, Any]]:
+        entries = httpx.get(f"{town.url}/api/v1/audit", headers=t_admin).json()["entries"]
+        return [e for e in entries if e["action"] == "cascade.download"]
+
+    with Feeder(town, agent_token, CAM, segments) as feeder:
+        began = time.time()
+        wait_until(lambda: time.time() - began > 14 and httpx.get(
+            f"{district.url}/api/v1/devices/{CAM}", headers=d_admin).json().get("state") == "uploading",
+            60, "14 s recorded at the town, told to the district", lambda: str(feeder.answers[-3:]) + httpx.get(
+                f"{district.url}/api/v1/devices/{CAM}", headers=d_admin).text + httpx.get(
+                f"{town.url}/api/v1/devices/{CAM}", headers=t_admin).text)
+        start, end = began + 2, began + 10
+        assert httpx.get(f"{district.url}/api/v1/gb28181/devices", headers=d_admin).json()["devices"][0][
+            "streams"] == {}  # nothing streams from the town: the district has no footage of its own
+        asked = time.monotonic()
+        r = httpx.get(f"{district.url}/api/v1/devices/{CAM}/clip.mp4", headers=police, timeout=60,
+                      params={"start": f"{start:.3f}", "end": f"{end:.3f}", "case": "2026-118"})
+        took = time.monotonic() - asked
+        log = district.log.read_text()[-3000:] if district.log else ""
+        assert r.status_code == 200, f"{r.status_code} {r.text}\n{log}"
+    (tmp_path / "clip.mp4").write_bytes(r.content)
+    with av.open(str(tmp_path / "clip.mp4")) as c:  # FFmpeg's demuxer: a playable clip of the town's video
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        assert (v.codec_context.width, v.codec_context.height) == (640, 360)
+    assert frames >= 7 * 25, frames  # about 8 s of 25 fps video
+    assert took < 20, f"the clip took {took:.1f} s (8 s of footage downloaded at 4x)"
+    assert [(e["actor"], e["target"]) for e in pulls_at_town()] == [("superior:district", CAM)]
+    d_audit = httpx.get(f"{district.url}/api/v1/audit", headers=d_admin).json()["entries"]
+    assert any(e["target"] == CAM and e["action"].startswith("clip") for e in d_audit), d_audit[-5:]
+    again = httpx.get(f"{district.url}/api/v1/devices/{CAM}/clip.mp4", headers=police, timeout=60,
+                      params={"start": f"{start + 2:.3f}", "end": f"{end - 2:.3f}", "case": "2026-118"})
+    assert again.status_code == 200
+    assert len(pulls_at_town()) == 1  # kept at the district: not fetched twice

@@ -474,6 +474,8 @@ class Gb28181Config(_Model):
                                  "(burst twice that); the rest are dropped and counted.")
     record: bool = Field(True, description="Stream every accepted channel (INVITE) and record it like an agent's "
                          "camera; its video, not keepalives, then says whether it is online.")
+    watch_idle_s: float = Field(30.0, ge=5, le=3600, description="A lower platform's camera watched here is "
+                                "streamed from it (INVITE through the cascade) until nobody has watched it this long.")
     media_host: str | None = Field(None, max_length=100, description="Address media is received on and offered "
                                    "to devices in SDP; default: host.")
     media_transport: Literal["UDP", "TCP-passive", "TCP-active"] = Field(

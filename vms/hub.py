@@ -101,6 +101,8 @@ class Hub:
             # Media cut into segments waits on the archive's own disk (a dot directory the repair skips).
             self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock, media_dir=self.segments.root / ".gb28181",
                                      superiors=cfg.superiors, up=self._cascade_link())
+            self.live.demand = self.gb28181.watch  # a lower platform's camera streams while watched here
+            self.archive.fetch = self.gb28181.fetch  # and its footage comes from the platform for a clip
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         with self.sessions() as s:

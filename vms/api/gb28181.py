@@ -17,6 +17,7 @@ class StreamOut(BaseModel):
     """A channel's live stream (INVITE) and what it received."""
 
     state: str = Field(description="idle (waiting to invite again), inviting, or playing")
+    watched: bool = Field(description="streamed only while someone here watches it (a lower platform's camera)")
     reason: str = Field(description="why the stream last ended or failed, empty if it never did")
     ssrc: str
     failures: int = Field(description="INVITEs failed or streams lost in a row (the backoff grows with it)")
@@ -36,7 +37,8 @@ class Registered(BaseModel):
     channels: dict[str, str] = Field(description="channel ID -> catalog status (ON, OFF, VLOST ...)")
     reachable: bool = Field(description="False after it did not answer a probe, until it speaks again")
     info: dict[str, str] = Field(description="its DeviceInfo and DeviceStatus answers")
-    streams: dict[str, StreamOut] = Field(description="channel ID -> its live stream, when recorded")
+    streams: dict[str, StreamOut] = Field(description="channel ID -> its live stream, when recorded "
+                                           "or watched")
 
 
 class Registrations(BaseModel):

@@ -38,6 +38,10 @@ from vms.kernel.timeutil import iso
 from vms.live import NoLiveMedia
 from vms.live.window import Entry, render_playlist
 
+#: How long a viewer of a camera streamed on demand waits for its first segment: the lower platform's
+#: answer and one segment (2 s, cut at a keyframe), under hls.js's 10 s playlist timeout.
+ON_DEMAND_WAIT_S = 8.0
+
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +132,25 @@ def _window(hub: Hub, device_id: str, stream: Stream, check: bool) -> tuple[int,
     return seen, entries, target
 
 
+async def _window_waiting(hub: Hub, device_id: str, stream: Stream) -> tuple[int, list[Entry], int]:
+    """``_window`` (unknown device refused); a camera streamed on demand (a lower platform's, through
+    the cascade) gets up to ``ON_DEMAND_WAIT_S`` for its first segment before the viewer is told there
+    is no live media."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ON_DEMAND_WAIT_S
+    check = True
+    while True:
+        seen = hub.live.version(device_id, stream)
+        try:
+            return await asyncio.to_thread(_window, hub, device_id, stream, check)
+        except NoLiveMedia:
+            left = deadline - loop.time()
+            if left <= 0 or not hub.live.on_demand(device_id, stream):
+                raise
+        check = False
+        await hub.live.wait_news(device_id, left, since=seen, stream=stream)
+
+
 @router.get(
     "/{device_id}/index.m3u8",
     response_class=Response,
@@ -145,7 +168,7 @@ async def playlist(
     access: MediaAccess = Depends(media_reader),
 ) -> Response:
     """The newest segments as a live HLS playlist; with ``_HLS_msn`` waits until that segment exists."""
-    seen, entries, target = await asyncio.to_thread(_window, hub, device_id, stream, True)
+    seen, entries, target = await _window_waiting(hub, device_id, stream)
     if hls_msn is not None:
         last = entries[-1].seq
         if hls_msn > last + 2:
@@ -251,7 +274,7 @@ async def webrtc(
     _: Principal = Depends(require(*READERS)),
 ) -> Answer:
     """WebRTC signalling in one round trip: post the offer (ICE gathered), get the answer."""
-    _v, entries, _t = await asyncio.to_thread(_window, hub, device_id, stream, True)
+    _v, entries, _t = await _window_waiting(hub, device_id, stream)
     fmt = entries[-1].fmt
     if fmt is not None and fmt.bframes:
         sub = "" if stream == "sub" else " or ask for its sub stream (stream=sub)"

@@ -30,6 +30,7 @@ from vms.archive.clip import (
     ClipNoSpace,
     ClipNotFound,
     ClipPlan,
+    find_gaps,
     gaps_json,
     plan_clip,
 )
@@ -94,6 +95,9 @@ class Archive:
         self.retention = Retention(
             self.cfg, sessions, self.root, self.policy_of, lookups.center_devices, segments.free_bytes
         )
+        #: ``fetch(device_id, start, end)``: footage held elsewhere (a lower platform's camera) fetched into
+        #: this archive before a clip is planned, blocking; None for a device whose footage is all here.
+        self.fetch: Callable[[str, float, float], float | None] = lambda *_a: None
         self.snapshot: Snapshot | None = None
         self.last_pass: PassReport | None = None
         self._pass_lock = threading.Lock()
@@ -439,6 +443,11 @@ class Archive:
                 if s.get(Device, device_id) is None:
                     raise ClipNotFound(f"unknown device {device_id}")
         plan = plan_clip(self.sessions, device_id, start, end)
+        missing = find_gaps([(p.start, p.end) for p in plan.pieces], start, end)
+        if missing and self.fetch(device_id, *missing[0]) is not None:  # kept elsewhere: fetched, plan again
+            for a, b in missing[1:]:
+                self.fetch(device_id, a, b)
+            plan = plan_clip(self.sessions, device_id, start, end)
         if not plan.pieces:
             raise ClipNotFound(f"no recordings of {device_id} between {iso(start)} and {iso(end)}")
         free = self.segments.free_bytes()

@@ -60,6 +60,13 @@ class Stream:
     hung_up: bool = False  # the device sent BYE: no BYE back
     ends: int = 0  # streams of this channel lost so far (its "reconnects")
     lost_at: float | None = None  # wall clock of the last frame before the live video went missing
+    watched_until: float | None = None  # monotonic; set: streamed while someone watches (``Player.watch``)
+
+    @property
+    def watched(self) -> bool:
+        """Streamed on demand (a lower platform's camera someone here watches): its end says nothing
+        about the camera, whose state the platform tells."""
+        return self.watched_until is not None
 
 
 class Player:
@@ -118,8 +125,20 @@ class Player:
                 self._drop(st, "the device registered again")
                 st.failures, st.next_try = 0, 0.0
 
+    def watch(self, device: str, peer: Peer, channel: str, for_s: float) -> None:
+        """Someone watches ``channel`` of ``device`` (a lower platform) live: stream it for ``for_s``
+        seconds more (invited at the next tick), then hang up unless watched again."""
+        until = time.monotonic() + for_s
+        st = self.streams.get(channel)
+        if st is None:
+            self.streams[channel] = Stream(channel, device, peer, watched_until=until)
+        elif st.watched_until is not None:
+            st.watched_until, st.peer = until, peer
+
     def streamed(self, device_id: str) -> bool:
-        return device_id in self.streams
+        """Streamed to be recorded: its video is its signal (a watched stream is not)."""
+        st = self.streams.get(device_id)
+        return st is not None and not st.watched
 
     # -- the tick -------------------------------------------------------------------------------------
     def tick(self, reachable: Callable[[str], bool]) -> None:
@@ -127,6 +146,9 @@ class Player:
         self._loop = asyncio.get_running_loop()
         now = time.monotonic()
         for st in list(self.streams.values()):
+            if st.watched_until is not None and now >= st.watched_until:
+                self._drop(self.streams.pop(st.channel), "nobody watches it any more")
+                continue
             if st.state == "idle" and now >= st.next_try and reachable(st.device):
                 st.state = "inviting"
                 task = self._loop.create_task(self._invite(st))
@@ -209,6 +231,8 @@ class Player:
         seg = Segmenter(st.channel, self.sink, self.cfg.segment_seconds)
 
         def video(channel: str) -> None:
+            if st.watched:
+                return  # a platform's camera: the platform tells its state
             self.signal(channel, seg.fps, seg.bitrate_bps, st.ends)
             if st.lost_at is not None and self._loop is not None:  # back after a gap: fetch it
                 lost, st.lost_at = st.lost_at, None
@@ -336,6 +360,12 @@ class Player:
             return  # dropped already
         self.counters["streams_ended"] += 1
         st.ends += 1
+        if st.watched:  # invited again while watched; the camera's state is the platform's word
+            log.warning("GB/T 28181: %s: watched stream ended: %s", st.channel, reason)
+            if not st.hung_up:
+                self._bye(st)
+            self._retry_later(st, reason)
+            return
         last = rx.segmenter.last_segment
         if st.lost_at is None and last is not None:  # the end of what it recorded
             st.lost_at = last.start + last.duration
@@ -405,7 +435,8 @@ class Player:
         out: dict[str, dict[str, Any]] = {}
         for ch, st in list(self.streams.items()):  # read from other threads: a copy
             stats = st.receiver.stats if st.receiver is not None else MediaStats()
-            out[ch] = {"state": st.state, "reason": st.reason, "ssrc": st.ssrc, "failures": st.failures,
+            out[ch] = {"state": st.state, "watched": st.watched, "reason": st.reason, "ssrc": st.ssrc,
+                       "failures": st.failures,
                        "port": st.receiver.port if st.receiver is not None else None,
                        "packets": stats.packets, "frames": stats.frames, "lost": stats.lost,
                        "ssrc_mismatch": stats.ssrc_mismatch, "codec": stats.codec}

@@ -162,7 +162,7 @@ class GbService:
         self.transport = Transport(cfg.host, cfg.port, self._handle, self._closed)
         self.player: Player | None = None
         self.sink: ArchiveSink | None = None
-        if cfg.record and media_dir is not None and hub.store_segment is not None:
+        if media_dir is not None and hub.store_segment is not None:  # ``record`` off: streams only when watched
             self.sink = ArchiveSink(media_dir, hub.store_segment, lambda d: f"gb:{self._owner(d)}")
             self.player = Player(cfg, self.transport, self.sink, self._media_signal, hub.silence, self._probe)
             self.transport.on_stray = self.player.on_stray
@@ -522,19 +522,52 @@ class GbService:
         self._loop.create_task(self._backfill_now(device_id, channel, start, end))
 
     async def _backfill_now(self, device_id: str, channel: str, start: float, end: float) -> None:
+        self.counters["gaps"] += 1
+        await self._fetch_now(device_id, channel, start, end, "live video missing")
+
+    async def _fetch_now(self, device_id: str, channel: str, start: float, end: float, why: str) -> float:
+        """What ``device_id`` recorded of ``channel`` in ``[start, end)``, downloaded into the archive
+        (RecordInfo, then a Download INVITE per recording); the seconds of video received."""
         assert self.player is not None
         spans = await self.record_info(device_id, channel, start, end)
-        log.info("GB/T 28181: %s: %.0f s of live video missing; the device recorded %.0f s of it", channel,
-                 end - start, sum(b - a for a, b in spans))
-        self.counters["gaps"] += 1
+        log.info("GB/T 28181: %s: %.0f s of %s; %s recorded %.0f s of it", channel, end - start, why, device_id,
+                 sum(b - a for a, b in spans))
+        total = 0.0
         for a, b in spans:
             with self._lock:
                 reg = self.registrations.get(device_id)
             if reg is None:
-                return
+                break
             got, how = await self.player.download(device_id, reg.peer, channel, a, b)
-            log.info("GB/T 28181: %s: fetched %.1f s of %.1f s from the device's recording (%s)", channel, got,
-                     b - a, how)
+            total += got
+            log.info("GB/T 28181: %s: fetched %.1f s of %.1f s from the recording of %s (%s)", channel, got, b - a,
+                     device_id, how)
+        return total
+
+    def fetch(self, device_id: str, start: float, end: float) -> float | None:
+        """Footage of a lower platform's camera fetched from the platform's own recording into this
+        archive (a police clip of a town camera pulled at the district: the footage stays at the town
+        until asked for). Blocking, from any thread but the SIP loop; returns once what arrived is
+        stored. None when ``device_id`` is no platform's camera; else the seconds of video received."""
+        loop, player, sink = self._loop, self.player, self.sink
+        if loop is None or player is None or sink is None or loop.is_closed():
+            return None
+        with self._lock:
+            reg = next((r for r in self.registrations.values() if r.platform and device_id in r.channels), None)
+        if reg is None:
+            return None
+        limit = (end - start) / self.cfg.download_speed + 2 * self.cfg.media_timeout_s + 20
+        work = asyncio.run_coroutine_threadsafe(
+            self._fetch_now(reg.device_id, device_id, start, end, "footage asked for here"), loop)
+        try:
+            got = work.result(limit)
+        except TimeoutError:
+            work.cancel()
+            got = 0.0
+        deadline = time.monotonic() + 30  # the sink's worker stores what the download cut
+        while any(p.name.startswith(f"{device_id}_") for p in sink.root.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return got
 
     def _carriers(self) -> None:
         """A device with channels counts through them, not itself: told once its catalog is known, and
@@ -551,7 +584,7 @@ class GbService:
         with self._lock:
             regs = list(self.registrations.values())
         for reg in regs:
-            if not reg.catalog_done or reg.platform:
+            if not reg.catalog_done or reg.platform or not self.cfg.record:
                 continue
             chans = list(reg.channels) or ([reg.device_id] if ids.parse(reg.device_id).type in ("131", "132") else [])
             self.player.want(reg.device_id, reg.peer, [c for c in chans if self.hub.streamable(c)])
@@ -561,6 +594,21 @@ class GbService:
             return r is not None and r.reachable
 
         self.player.tick(reachable)
+
+    def watch(self, device_id: str) -> bool:
+        """Someone here watches ``device_id`` live (any thread). A camera of a lower platform is
+        streamed from it on demand (INVITE through the cascade) while it is watched, and its footage
+        stored here like any camera's; False for every other device (its media comes by itself)."""
+        loop, player = self._loop, self.player
+        if loop is None or player is None or loop.is_closed():
+            return False
+        with self._lock:
+            reg = next((r for r in self.registrations.values() if r.platform and device_id in r.channels), None)
+        if reg is None or not self.hub.streamable(device_id):
+            return False
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the hub is stopping
+            loop.call_soon_threadsafe(player.watch, reg.device_id, reg.peer, device_id, self.cfg.watch_idle_s)
+        return True
 
     def _probe(self, device_id: str) -> None:
         """All of the device's streams stopped: is the device itself still there?"""

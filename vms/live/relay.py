@@ -51,6 +51,7 @@ class _Device:
     window: LiveWindow
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     version: int = 0  # segments stored since the relay started watching this device and stream
+    on_demand: bool = False  # its media comes only while watched (``LiveRelay.demand``)
 
 
 class LiveRelay:
@@ -78,6 +79,9 @@ class LiveRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._viewers: Viewers | None = None
         self._pruned_at = 0.0
+        #: ``demand(device_id)``: a viewer reads this camera's main window now; True when its media comes
+        #: only while someone watches (a lower platform's camera, streamed through the cascade on demand).
+        self.demand: Callable[[str], bool] = lambda _d: False
 
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -138,9 +142,11 @@ class LiveRelay:
 
         The main window reads new rows from the index; the sub window is filled as segments arrive.
         """
-        w = self._device(device_id, stream).window
+        d = self._device(device_id, stream)
+        w = d.window
         if stream != "main":
             return w
+        d.on_demand = self.demand(device_id)
         with w.lock:
             newest = w.newest
             q = select(Segment.id, Segment.start_at, Segment.end_at, Segment.path, Segment.received_at).where(
@@ -175,6 +181,11 @@ class LiveRelay:
         span = target * len(entries) * 2
         fresh = [e for e in entries if newest.end - e.seg.start <= span]
         return fresh, target
+
+    def on_demand(self, device_id: str, stream: str = "main") -> bool:
+        """Whether the camera's media was asked for by the last read of its window (it may take a few
+        seconds to arrive: a viewer waits for it instead of being told there is none)."""
+        return self._device(device_id, stream).on_demand
 
     def playlist(self, device_id: str, token: str | None = None, stream: str = "main") -> str:
         entries, target = self.live_entries(device_id, stream)
