@@ -154,3 +154,44 @@ def test_a_second_demo_beside_a_first_one_records_its_own_cameras(tmp_path: Path
         finally:
             code = stop_process(proc, timeout=30)
     assert code == 0
+
+
+def test_two_levels_the_district_sees_plays_and_counts_both_towns_cameras(tmp_path: Path) -> None:
+    """`vms demo --levels 2`: a district hub above two town hubs, each town with its own camera, agent and
+    GB/T 28181 device; the district knows every camera from the towns' catalogs (the GB channels come
+    after the first catalog, as ADD), sees them upload, plays one live through the cascade, and the
+    whole demo stops cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "vms.cli", "demo", "--levels", "2", "--cameras", "2",
+                             "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        printed = [proc.stdout.readline() for _ in range(3)]  # printed once every part is up
+        assert printed[0].startswith("hub:") and all(p.startswith("town hub:") for p in printed[1:]), printed
+        info = json.loads((tmp_path / "demo.json").read_text())
+        assert [t["center"] for t in info["towns"]] == ["chengxiang", "shaxi"]
+        duty = {"Authorization": f"Bearer {info['tokens']['duty']}"}
+        cams = {c["device_id"]: c for c in info["cameras"]}
+        assert len(cams) == 6  # one RTSP camera per town, the IPC's channel and the NVR's three
+
+        def states() -> dict[str, str]:
+            r = httpx.get(f"{info['hub_url']}/api/v1/devices", headers=duty, timeout=5).json()
+            return {d["id"]: d["state"] for d in r["devices"]}
+
+        def counts() -> dict[str, int]:
+            tree = httpx.get(f"{info['hub_url']}/api/v1/centers", headers=duty, timeout=5).json()["centers"][0]
+            return dict(tree["counts"])
+
+        # Every camera uploading, and only the cameras counted: not the IPC and NVR that carry channels.
+        deadline = time.monotonic() + 90
+        while not (all(states().get(d) == "uploading" for d in cams)
+                   and counts() | {"unknown": 0} == {"devices": 6, "online": 6, "uploading": 6, "intact": 6,
+                                                     "unknown": 0}):
+            assert proc.poll() is None and time.monotonic() < deadline, (states(), counts())
+            time.sleep(1)
+        town_cam = next(d for d, c in cams.items() if c["protocol"] == "rtsp" and c["town"] == "shaxi")
+        r = httpx.get(f"{info['hub_url']}/api/v1/live/{town_cam}/index.m3u8", headers=duty, timeout=30)
+        assert r.status_code == 200 and "#EXTINF" in r.text, r.text
+    finally:
+        code = stop_process(proc, timeout=60)
+    assert code == 0

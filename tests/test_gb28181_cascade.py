@@ -251,3 +251,40 @@ def test_district_police_pull_a_town_cameras_clip_fetched_from_the_town_by_downl
                       params={"start": f"{start + 2:.3f}", "end": f"{end - 2:.3f}", "case": "2026-118"})
     assert again.status_code == 200
     assert len(pulls_at_town()) == 1  # kept at the district: not fetched twice
+
+
+def test_a_camera_accepted_at_the_town_later_is_added_at_the_district_and_deleted_when_rejected(
+    make_hub_process: Any
+) -> None:
+    """The catalog was sent at registration; a camera the town accepts afterwards reaches the district
+    as a catalog ADD (its name and place with it), and one the town takes out of service as a DEL."""
+    district, town = district_and_town(make_hub_process, keepalive_interval_s=2)
+    d_admin, t_admin, agent_token = tokens(district, town)
+    new = "32058501001320000009"
+
+    def at_district(device: str) -> dict[str, Any]:
+        r = httpx.get(f"{district.url}/api/v1/devices/{device}", headers=d_admin)
+        return dict(r.json()) if r.status_code == 200 else {}
+
+    def channels() -> dict[str, str]:
+        reg = httpx.get(f"{district.url}/api/v1/gb28181/devices", headers=d_admin).json()["devices"]
+        return dict(reg[0]["channels"]) if reg else {}
+
+    with Agent(town, agent_token, [CAM]):
+        wait_until(lambda: at_district(CAM).get("state") in ("online", "uploading"), 30, "the first camera there")
+        r = httpx.post(f"{town.url}/api/v1/agents/cameras", headers={"Authorization": f"Bearer {agent_token}"},
+                       json={"cameras": [{"device_id": new, "source": "onvif", "name": "北门 2",
+                                          "location": "城厢镇 北门", "address": "127.0.0.1:8000"}]})
+        assert r.status_code == 200 and r.json()["cameras"][0]["state"] == "pending", r.text
+        time.sleep(3)
+        assert new not in channels()  # pending at the town: not shared
+        r = httpx.post(f"{town.url}/api/v1/discovered/{new}/accept", headers=t_admin, json={"comment": "北门 新装"})
+        assert r.status_code == 200, r.text
+        wait_until(lambda: new in channels(), 15, "the accepted camera added at the district", lambda: (
+            f"{channels()}\ntown: {httpx.get(f'{town.url}/api/v1/devices/{new}', headers=t_admin).text}\n"
+            f"{httpx.get(f'{town.url}/api/v1/superiors', headers=t_admin).text}"))
+        wait_until(lambda: at_district(new).get("name") == "北门 2", 10, "its catalog item (name) at the district")
+        r = httpx.post(f"{town.url}/api/v1/discovered/{new}/reject", headers=t_admin, json={"comment": "拆除"})
+        assert r.status_code == 200, r.text
+        wait_until(lambda: new not in channels(), 10, "the rejected camera deleted at the district")
+        assert CAM in channels()

@@ -425,9 +425,14 @@ def demo(
         min=1, max=65535, help="The hub's GB/T 28181 SIP port, UDP and TCP [default: a free one]")] = None,
     gb_control_port: Annotated[int | None, typer.Option(
         min=1, max=65535, help="GB/T 28181 devices' fault API [default: a free one]")] = None,
+    levels: Annotated[int, typer.Option(
+        min=1, max=2, help="1: one hub for the whole district; 2: a district hub above two town hubs, "
+        "linked by GB/T 28181 cascade")] = 1,
 ) -> None:
     """Run simulator, edge agent and hub together until Ctrl-C; writes DATA_DIR/demo.json.
 
+    With --levels 2 each town's center is a hub of its own (its cameras, agent and GB/T 28181 device)
+    registered with the district's hub, which sees, plays and pulls the towns' cameras through the cascade.
     A port not given is the usual one if it is free, else any free one; demo.json lists them all. A port
     given that is in use, or a part that does not start, stops the demo with a message saying why."""
     import signal
@@ -436,7 +441,9 @@ def demo(
     from vms.demo import Demo
 
     _logging()
-    d = Demo(cameras, port, data_dir, rtsp_port, control_port, gb_port=gb_port, gb_control_port=gb_control_port)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's own polling while its parts start
+    d = Demo(cameras, port, data_dir, rtsp_port, control_port, gb_port=gb_port, gb_control_port=gb_control_port,
+             levels=levels)
 
     def on_term(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -447,6 +454,8 @@ def demo(
         info = d.start()
         ports = info["ports"]
         typer.echo(f"hub:        {info['hub_url']}  (API docs at /docs)")
+        for town in info.get("towns", []):
+            typer.echo(f"town hub:   {town['hub_url']}  ({town['center']}, registered with the district above)")
         typer.echo(f"cameras:    rtsp://127.0.0.1:{ports['rtsp']}/cam/ID  (GB/T 28181 SIP on port {ports['gb_sip']})")
         typer.echo(f"simulator:  {info['camsim_control_url']}/cameras  (POST /cameras/ID/fault)")
         typer.echo(f"tokens, ports and cameras: {data_dir / 'demo.json'}")

@@ -65,6 +65,7 @@ class Hub:
         self.health = Health(cfg.health, self.started_at)
         self.registry = Registry(self.health, self.tree, cfg.health, self.sessions, clock)
         self.alerts = AlertWriter(self.sessions, cfg.alerts, lambda: self.public_url, self.events, clock)
+        self.registry.changed = lambda ids: self.alerts.publish(ids, [])  # new devices, carriers: pages, superiors
         self.outbox = Outbox(cfg.alerts, self.sessions, sender, self.alerts.raise_kind, self.alerts.resolve_active)
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
         self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s,
@@ -96,7 +97,7 @@ class Hub:
                 streamable=lambda d: reg.known(d) and d not in reg.held, store_segment=self.ingest.store_own,
                 figures=reg.stream_report, carrier=reg.set_carrier, told_upload=reg.told_upload,
                 place=lambda d, lon, lat, source: self.coverage.place_reported(d, lon, lat, source),
-                alarm=self.alerts.raise_or_update,
+                alarm=self.alerts.raise_or_update, withdraw=self.monitor.withdraw,
             )
             # Media cut into segments waits on the archive's own disk (a dot directory the repair skips).
             self.gb28181 = GbService(cfg.gb28181, self.tree, gb_link, clock, media_dir=self.segments.root / ".gb28181",

@@ -550,16 +550,18 @@ class Cascade:
                     root = root.parent
                 item |= {"ParentID": self._group_ids[node.parent.id], "BusinessGroupID": self._group_ids[root.id]}
             items.append(item)
-        for d in devices:
-            parent = self._group_ids.get(d.homes[0]) if d.homes else None
-            item = {"DeviceID": d.device_id, "Name": d.name or d.device_id, "Manufacturer": "", "Model": "",
-                    "Owner": "", "CivilCode": d.device_id[:6], "Address": d.location, "Parental": "0",
-                    "ParentID": parent or self.server_id, "SafetyWay": "0", "RegisterWay": "1", "Secrecy": "0",
-                    "Status": "OFF" if EVENT_OF_STATE.get(d.state, "OFF") == "OFF" else "ON"}
-            if d.lon is not None and d.lat is not None:
-                item |= {"Longitude": f"{d.lon:.6f}", "Latitude": f"{d.lat:.6f}"}
-            items.append(item)
-        return items
+        return items + [self._device_item(d) for d in devices]
+
+    def _device_item(self, d: Shared) -> dict[str, str]:
+        """A device's catalog item (in the catalog, and in the ADD event of a device shared later)."""
+        parent = self._group_ids.get(d.homes[0]) if d.homes else None
+        item = {"DeviceID": d.device_id, "Name": d.name or d.device_id, "Manufacturer": "", "Model": "",
+                "Owner": "", "CivilCode": d.device_id[:6], "Address": d.location, "Parental": "0",
+                "ParentID": parent or self.server_id, "SafetyWay": "0", "RegisterWay": "1", "Secrecy": "0",
+                "Status": "OFF" if EVENT_OF_STATE.get(d.state, "OFF") == "OFF" else "ON"}
+        if d.lon is not None and d.lat is not None:
+            item |= {"Longitude": f"{d.lon:.6f}", "Latitude": f"{d.lat:.6f}"}
+        return item
 
     async def _send_catalog(self, link: Link, sn: int) -> None:
         """The catalog in pages of ``catalog_page`` items, a few MESSAGEs in flight at once."""
@@ -677,8 +679,12 @@ class Cascade:
         for link in self.links.values():
             for cid in [c for c, s in link.subscriptions.items() if s.expires_at <= now]:
                 link.subscriptions.pop(cid)
+        if device_ids is not None and any(d not in x.told for x in listening for d in device_ids):
+            device_ids = None  # a device the superiors do not know yet: its whole item goes with an ADD
+        shared: dict[str, Shared] = {}
         if device_ids is None:
-            states = {d.device_id: (d.state, d.homes) for d in self.hub.devices()}
+            shared = {d.device_id: d for d in self.hub.devices()}
+            states = {d.device_id: (d.state, d.homes) for d in shared.values()}
         else:
             states = {d: (st, ()) for d, st in self.hub.states(device_ids).items()}
         for link in listening:
@@ -686,10 +692,17 @@ class Cascade:
             for d, (state, homes) in states.items():
                 if not self._may_see(link, d, homes or None):
                     continue
+                if d not in link.told and d in shared:  # shared since the catalog was sent
+                    items.append(self._device_item(shared[d]) | {"Event": "ADD"})
                 event = EVENT_OF_STATE.get(state, "OFF")
                 if link.told.get(d) != event:
                     link.told[d] = event
                     items.append({"DeviceID": d, "Event": event, "Status": "OFF" if event == "OFF" else "ON"})
+            asked = link.told if device_ids is None else [d for d in device_ids if d in link.told]
+            gone = [d for d in asked if d not in states or not self._may_see(link, d, states[d][1] or None)]
+            for d in gone:  # no longer shared (taken out of service, a carrier, or out of ``share``): DEL
+                del link.told[d]
+                items.append({"DeviceID": d, "Event": "DEL"})
             if not items:
                 continue
             page = link.cfg.catalog_page

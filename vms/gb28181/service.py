@@ -118,6 +118,7 @@ class HubLink:
     place: Callable[[str, float | None, float | None, str], bool] = lambda *_a: False  # Coverage.place_reported
     alarm: Callable[[NewAlert], int] = lambda _a: 0  # AlertWriter.raise_or_update
     store_segment: Callable[[str, Segment], Outcome] | None = None  # SegmentIngest.store_own
+    withdraw: Callable[[str, bool], None] = lambda *_a: None  # Monitor.withdraw: a platform's DEL, or ADD again
 
 
 class RateLimit:
@@ -799,9 +800,15 @@ class GbService:
         chans = self._channels(reg, items)
         self.counters["catalog_items"] += len(chans)
         with self._lock:
+            before = set(reg.channels)
             reg.channels = {it.device_id: (it.status or "ON").upper() for it in chans}
             reg.carrier_told = False
         self._report(reg.device_id, [_reported(it) for it in chans], chans)
+        if reg.platform:  # its catalog is the truth of what it shares: the rest leaves service here
+            for ch in before - set(reg.channels):
+                self.hub.withdraw(ch, True)
+            for ch in reg.channels:
+                self.hub.withdraw(ch, False)
         self._alive(reg, self.clock())
         lit = TOLD_ONLINE if reg.platform else ("ON",)
         self.hub.silence([c for c, st in reg.channels.items() if st not in lit])
@@ -835,11 +842,15 @@ class GbService:
                         reg.channels[ch] = (it.status or "ON").upper()
                         reg.carrier_told = False
                     self._report(reg.device_id, [_reported(it)], [it])
+                    if reg.platform:
+                        self.hub.withdraw(ch, False)
             elif event == "DEL":
                 with self._lock:
                     reg.channels.pop(ch, None)
                     reg.carrier_told = False
                 self.hub.silence([ch])
+                if reg.platform:  # no longer shared by the lower platform: out of service here
+                    self.hub.withdraw(ch, True)
 
     # -- views -----------------------------------------------------------------------------------------
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

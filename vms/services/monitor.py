@@ -25,6 +25,9 @@ from vms.health import Availability, IntervalLog, Transition, rates, state_name
 from vms.services.alerting import AlertTx, AlertWriter, NewAlert
 from vms.services.registry import HELD, Registry
 
+#: Why a lower platform's camera is out of service here: its platform no longer shares it.
+WITHDRAWN = "no longer in the catalog of the lower platform that shared it"
+
 log = logging.getLogger(__name__)
 
 ALIVE_KEY = "hub_alive_at"
@@ -101,10 +104,26 @@ class Monitor:
         A held camera that is already a device (an admin rejected it after accepting it) leaves
         service: no state, no alerts (open ones resolve), not in the centers' figures; its archive
         stays. Accepting it again puts it back."""
+        self._held(device_id, HELD.get(state))
+
+    def withdraw(self, device_id: str, out: bool) -> None:
+        """A lower platform took its camera out of its catalog (``out``: a DEL), or shares it again (an
+        ADD): out of service here as a rejected camera is, and back. Not an acceptance decision, so an
+        admin's hold (pending, rejected) is neither lifted nor replaced; kept in memory only, since the
+        platform tells its catalog again at every registration."""
+        with self.reg.lock:
+            reason = self.reg.held.get(device_id)
+            if out and reason is None:
+                self._held(device_id, WITHDRAWN)
+            elif not out and reason == WITHDRAWN:
+                self._held(device_id, None)
+
+    def _held(self, device_id: str, reason: str | None) -> None:
+        """Hold the device for ``reason`` (out of service), or release it (None)."""
         with self.reg.lock:
             i = self.health.index.get(device_id)
-            if state in HELD:
-                self.reg.held[device_id] = HELD[state]
+            if reason is not None:
+                self.reg.held[device_id] = reason
                 t = None if i is None else self.health.retire(i, self.clock())
                 if t is not None:
                     self._pending.append(([(t, device_id)], []))

@@ -87,6 +87,9 @@ class Registry:
     members: dict[str, list[int]] = field(default_factory=dict)
     _members_np: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     _create_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: ``changed(ids)``: devices that came into being, or became carriers, while the hub runs (outside the
+    #: tick's transitions: views and superiors hear of them through this).
+    changed: Callable[[list[str]], None] = lambda _ids: None
 
     def __post_init__(self) -> None:
         self.members = {c.id: [] for c in self.tree}
@@ -241,9 +244,12 @@ class Registry:
         no device (yet: pending)."""
         with self.lock:
             i = self.health.index.get(device_id)
+            news = i is not None and bool(self.health.carrier[i]) != carrier
             if i is not None:
                 self.health.carrier[i] = carrier
-            return i is not None
+        if news:
+            self.changed([device_id])
+        return i is not None
 
     def set_quality(self, device_id: str, check: str, raised: bool) -> None:
         """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""
@@ -307,6 +313,7 @@ class Registry:
                 for row in rows:
                     self._add(row)
         log.info("agent %s: %d new device(s)", agent, len(new))
+        self.changed([r.id for r in rows])
 
     def add_device(self, device_id: str, name: str = "", location: str = "", center: str | None = None) -> None:
         """Register a device by hand (admin); raises on invalid ID, unknown center or a known ID."""
