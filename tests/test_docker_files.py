@@ -425,7 +425,9 @@ def test_caddyfile_serves_a_real_hub_over_tls(tmp_path: Path, make_hub_process: 
         r = httpx.get(url + "/api/v1/devices", headers={"Authorization": f"Bearer {token}"}, verify=trust(root))
         assert r.status_code == 200 and r.headers["strict-transport-security"].startswith("max-age=")
         assert "server" not in r.headers
-        with httpx.stream("GET", url + "/api/v1/events", params={"token": token}, verify=trust(root),
+        ticket = httpx.post(url + "/api/v1/events/ticket", headers={"Authorization": f"Bearer {token}"},
+                            verify=trust(root)).json()["ticket"]
+        with httpx.stream("GET", url + "/api/v1/events", params={"token": ticket}, verify=trust(root),
                           timeout=10) as s:
             lines = s.iter_lines()
             assert next(line for line in lines if line.startswith("event:")) == "event: snapshot"

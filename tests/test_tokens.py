@@ -194,7 +194,8 @@ def test_event_streams_are_limited_per_token(make_hub_process: Any) -> None:
     lines: list[Any] = []  # each open stream's reader: dropping one would close its connection
 
     def opened(stack: contextlib.ExitStack, token: str) -> httpx.Response:
-        r = stack.enter_context(httpx.stream("GET", url, params={"token": token}, timeout=10))
+        ticket = httpx.post(url + "/ticket", headers=bearer(token), timeout=10).json()["ticket"]
+        r = stack.enter_context(httpx.stream("GET", url, params={"token": ticket}, timeout=10))
         if r.status_code == 200:
             lines.append(r.iter_lines())
             next(lines[-1])  # the stream is running

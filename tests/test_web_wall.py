@@ -431,13 +431,26 @@ def test_reports_view_matches_the_api_and_downloads_csv(rig: Rig) -> None:
     page.context.close()
 
 
-def test_event_stream_takes_a_reader_token_in_the_header_or_the_query(rig: Rig) -> None:
+def test_event_stream_takes_a_reader_token_in_the_header_or_a_ticket_in_the_query(rig: Rig) -> None:
+    """EventSource sends no headers: the page fetches a short-lived ticket with its token in the header
+    and opens the stream with the ticket; a person's own token in the URL is refused, saying why."""
     url = rig.hub.url + "/api/v1/events"
+    police = {"Authorization": f"Bearer {rig.hub.tokens['police']}"}
     assert httpx.get(url, timeout=5).status_code == 401
     assert httpx.get(url, params={"token": "vms_nope_nope"}, timeout=5).status_code == 401
+    own = httpx.get(url, params={"token": rig.hub.tokens["police"]}, timeout=5)
+    assert own.status_code == 401 and "POST /api/v1/events/ticket" in own.json()["detail"]
     agent = httpx.get(url, headers={"Authorization": f"Bearer {rig.hub.tokens['edge-1']}"}, timeout=5)
     assert agent.status_code == 403
-    with httpx.stream("GET", url, params={"token": rig.hub.tokens["police"]}, timeout=10) as r:
+    assert httpx.post(url + "/ticket", headers={"Authorization": f"Bearer {rig.hub.tokens['edge-1']}"},
+                      timeout=5).status_code == 403
+    ticket = httpx.post(url + "/ticket", headers=police, timeout=5).json()["ticket"]
+    forged = ticket[:-2] + ("AA" if not ticket.endswith("AA") else "BB")
+    assert httpx.get(url, params={"token": forged}, timeout=5).status_code == 401
+    media = httpx.post(f"{rig.hub.url}/api/v1/live/{GATE}/media-token", headers=police,
+                       timeout=5).json()["token"]
+    assert httpx.get(url, params={"token": media}, timeout=5).status_code == 401  # a camera's, not the events'
+    with httpx.stream("GET", url, params={"token": ticket}, timeout=10) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = r.iter_lines()
         event = next(line for line in lines if line.startswith("event:"))

@@ -15,9 +15,12 @@ so a revoked or expired token loses its stream within seconds. One token may hav
 ``server.max_event_streams_per_token`` streams open (429 beyond), so a leaked token cannot take
 every stream of the hub.
 
-The browser's ``EventSource`` cannot send an ``Authorization`` header, so this route alone also
-takes the token as ``?token=``. The hub does not log request URLs (uvicorn's access log is off),
-and the route is read-only for reader roles; a header still works and wins when both are given.
+The browser's ``EventSource`` cannot send an ``Authorization`` header, so this route also takes a
+*ticket* as ``?token=``: a short-lived signed token for the event stream only, fetched with the
+person's token in the header (``POST /api/v1/events/ticket``), so no person's token goes in a URL
+(browser history, proxy logs). A person's token in the query is refused (401, saying what to do).
+The ticket is worth no more than the token it was issued to: the stream checks that token again
+every 15 s. A header still works and wins when both are given.
 
 Payloads are built once per change by one feed task and shared by every client; each client has
 a bounded queue, and one that falls behind is told to resync rather than buffered without limit.
@@ -34,12 +37,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from starlette.types import Receive, Scope, Send
 
 from vms.api.alerts import alert_view
-from vms.api.deps import bearer, get_hub, require
-from vms.auth import READERS, Principal, Unauthenticated
+from vms.api.deps import bearer, get_hub, require, unauthorized
+from vms.api.live import media_tokens
+from vms.auth import READERS, MediaTokenInvalid, MediaTokenScope, Principal, Unauthenticated
 from vms.db.models import Alert
 from vms.events import Event, EventBus
 from vms.hub import Hub
@@ -56,17 +61,53 @@ BLIND_SPOTS_SHOWN = 100
 _check_reader = require(*READERS)
 
 
+#: The scope of an event-stream ticket (a media token whose "device" is no device: IDs are 20 digits).
+EVENTS = "events"
+USE_TICKET = ("a bearer token is not accepted in the URL: get a ticket (POST /api/v1/events/ticket) and pass "
+              "it as ?token=, or send the token in the Authorization header")
+
+
 def reader_by_header_or_query(
     request: Request,
-    token: str | None = Query(None, max_length=200, description="Bearer token (EventSource cannot send headers)"),
+    token: str | None = Query(None, max_length=4096, description="A ticket (POST /api/v1/events/ticket): "
+                              "EventSource cannot send headers"),
     creds: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Principal:
-    if creds is None and token:
-        creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
-    return _check_reader(request, creds)
+    """A reader by the bearer header, or by an event-stream ticket in ``?token=``. Blocking on a token
+    cache miss (a sync dependency: a worker thread)."""
+    if creds is not None or not token:
+        return _check_reader(request, creds)
+    try:
+        grant = media_tokens(request).verify(token, EVENTS, EVENTS)
+        who = get_hub(request).tokens.holder(grant.token_id)
+    except MediaTokenInvalid as exc:
+        raise unauthorized(USE_TICKET if token.startswith("vms_") else f"ticket refused: {exc}") from None
+    except (MediaTokenScope, Unauthenticated) as exc:
+        raise unauthorized(f"ticket refused: {exc}") from None
+    if who.role not in _check_reader.roles:  # type: ignore[attr-defined]
+        raise HTTPException(403, f"role {who.role.value!r} may not read the event stream")
+    request.state.principal = who
+    return who
 
 
 reader_by_header_or_query.roles = _check_reader.roles  # type: ignore[attr-defined]
+
+
+class Ticket(BaseModel):
+    """A ticket for ``GET /api/v1/events?token=``: fetch one right before opening the stream."""
+
+    ticket: str
+    expires_at: str
+    ttl_s: float
+
+
+@router.post("/events/ticket", response_model=Ticket)
+def events_ticket(request: Request, who: Principal = Depends(_check_reader)) -> Ticket:
+    """A short-lived ticket to open the event stream with (EventSource sends no headers, and no person's
+    token may go in a URL). Not audited: it grants only what the caller's token already may."""
+    signer = media_tokens(request)
+    grant = signer.issue(who, EVENTS, (EVENTS,))
+    return Ticket(ticket=signer.encode(grant), expires_at=iso(grant.expires_at), ttl_s=signer.ttl_s)
 
 
 def sse(kind: str, data: Any) -> str:
@@ -199,8 +240,6 @@ async def events(request: Request, who: Principal = Depends(reader_by_header_or_
     if feed.clients.subscribers >= MAX_CLIENTS:
         raise HTTPException(503, f"at most {MAX_CLIENTS} event streams at once", headers={"Retry-After": "5"})
     release = feed.take(who)
-    header = request.headers.get("authorization", "")
-    secret = header.split(" ", 1)[1] if header.lower().startswith("bearer ") else request.query_params["token"]
 
     async def stream() -> AsyncIterator[str]:
         sub = feed.clients.subscribe(64)  # before the snapshot, so no change falls between them
@@ -211,8 +250,8 @@ async def events(request: Request, who: Principal = Depends(reader_by_header_or_
                 try:
                     ev: Event = await asyncio.wait_for(sub.get(), PING_S)
                 except TimeoutError:
-                    try:
-                        hub.tokens.authenticate(secret)
+                    try:  # the person's token (header, or the one the ticket was issued to) still valid
+                        await asyncio.to_thread(hub.tokens.holder, who.token_id)
                     except Unauthenticated as exc:
                         yield sse("auth", {"reason": str(exc)})
                         return

@@ -45,7 +45,9 @@ export async function api(path, { method = "GET", body, params, raw = false, sig
 /**
  * The push stream, shared by all views. Keeps the latest snapshot state (center tree, counters,
  * problem list, active alerts) in bounded form and tells listeners what changed.
- * EventSource cannot send headers, so the token goes in the query string (this route only).
+ * EventSource cannot send headers, so a short-lived ticket (fetched with the token in the header)
+ * goes in the query string, never the token itself; a stream the hub closed (a restart, an expired
+ * ticket) is opened again with a new ticket.
  */
 export class Live extends EventTarget {
   constructor() {
@@ -54,11 +56,27 @@ export class Live extends EventTarget {
     this.connected = false;
     this.lastEventAt = 0;
     this.es = null;
+    this.gen = 0; // bumped by start(): a ticket fetched for an older start is not used
+    this.retry = null;
   }
 
-  start() {
+  async start() {
     this.stop();
-    const es = new EventSource(`/api/v1/events?token=${encodeURIComponent(getToken())}`);
+    const gen = ++this.gen;
+    let ticket;
+    try {
+      ticket = (await api("/api/v1/events/ticket", { method: "POST" })).ticket;
+    } catch (e) {
+      if (gen !== this.gen) return;
+      if (e instanceof ApiError && e.status === 401) {
+        this.dispatchEvent(new Event("unauthorised"));
+        return;
+      }
+      this.retry = setTimeout(() => this.start(), 2000); // the hub is down: try again
+      return;
+    }
+    if (gen !== this.gen) return;
+    const es = new EventSource(`/api/v1/events?token=${encodeURIComponent(ticket)}`);
     this.es = es;
     const on = (kind, fn) => es.addEventListener(kind, (e) => {
       this.lastEventAt = performance.now();
@@ -67,7 +85,11 @@ export class Live extends EventTarget {
       this.dispatchEvent(new CustomEvent(kind, { detail: d }));
     });
     es.onopen = () => this._conn(true);
-    es.onerror = () => this._conn(false);
+    es.onerror = () => {
+      this._conn(false);
+      // EventSource retries by itself with the same URL; once it gives up (its ticket refused), a new one.
+      if (es.readyState === EventSource.CLOSED && this.es === es) this.retry = setTimeout(() => this.start(), 2000);
+    };
     on("snapshot", (d) => {
       this.state.me = d.me;
       this._summary(d);
@@ -83,6 +105,8 @@ export class Live extends EventTarget {
   }
 
   stop() {
+    this.gen += 1;
+    clearTimeout(this.retry);
     if (this.es) this.es.close();
     this.es = null;
     this._conn(false);
