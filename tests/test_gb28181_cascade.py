@@ -288,3 +288,36 @@ def test_a_camera_accepted_at_the_town_later_is_added_at_the_district_and_delete
         assert r.status_code == 200, r.text
         wait_until(lambda: new not in channels(), 10, "the rejected camera deleted at the district")
         assert CAM in channels()
+
+
+def test_the_district_wall_in_chromium_plays_a_town_camera_through_the_cascade(
+    make_hub_process: Any, tmp_path: Path
+) -> None:
+    """A duty officer at the district opens the wall on a town camera: the tile plays moving pictures
+    that came from the town through the cascade (real headless Chromium, the page as it ships)."""
+    pw = pytest.importorskip("playwright.sync_api")
+    from tests.test_web_wall import CHROMIUM, CHROMIUM_ARGS
+
+    district, town = district_and_town(make_hub_process, hubs={"analysis": {"enabled": False}},
+                                       keepalive_interval_s=2)
+    d_admin, _t_admin, agent_token = tokens(district, town)
+    duty = district.token("duty")
+    with Feeder(town, agent_token, CAM, make_segments(tmp_path, 4)):
+        wait_until(lambda: httpx.get(f"{district.url}/api/v1/devices/{CAM}", headers=d_admin).json().get("state")
+                   == "uploading", 45, "the town camera uploading at the district")
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            ctx = browser.new_context(viewport={"width": 1280, "height": 720}, locale="zh-CN")
+            ctx.add_init_script(f"sessionStorage.setItem('vms.token', {duty!r});")
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{district.url}/web/#/wall?grid=1&cams={CAM}&cycle=0")
+            page.locator(f".tile[data-device='{CAM}'][data-status=playing]").wait_for(timeout=40_000)
+            a = page.evaluate("vmsWall.stats()")[0]
+            page.wait_for_timeout(3000)
+            b = page.evaluate("vmsWall.stats()")[0]
+            browser.close()
+    assert (b["width"], b["height"]) == (640, 360), b
+    assert b["frames"] >= a["frames"] + 40, (a, b)  # 25 fps: moving pictures, not a still
+    assert not errors, errors
