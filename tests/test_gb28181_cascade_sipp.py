@@ -339,12 +339,14 @@ Content-Length: 0
 {_invite(HIDDEN, rtp_port, 10)}
   <recv response="403"/>
 {_invite(CAM, rtp_port, 11)}
+  <recv response="100" optional="true"/>
   <recv response="200" rrs="true"/>
 {ack.format(cseq=11)}
   <pause milliseconds="5000"/>
 {bye.format(sup=SUPERIOR, dom=SUP_DOMAIN, cam=CAM, dom2=SERVER_ID[:10], cseq=11, cseq2=12)}
   <pause milliseconds="1000"/>
 {_invite(CAM, rtp_port, 13)}
+  <recv response="100" optional="true"/>
   <recv response="200" rrs="true"/>
 {ack.format(cseq=13)}
   <recv request="BYE" timeout="40000"/>
@@ -515,6 +517,7 @@ Content-Length: [len]
 {sdp}
     ]]>
   </send>
+  <recv response="100" optional="true"/>
   <recv response="200" rrs="true"/>
   <send>
     <![CDATA[

@@ -385,7 +385,7 @@ class Cascade:
             return sip.response_to(req, 200)
         return sip.response_to(req, 501, "Not Implemented (cascade)")
 
-    def _on_invite(self, link: Link, req: sip.Request, peer: Peer) -> sip.Response:
+    def _on_invite(self, link: Link, req: sip.Request, peer: Peer) -> sip.Response | None:
         device = sip.uri_user(req.uri) or sip.uri_user(sip.parse_name_addr(req.headers.get("To") or "").uri)
         if not ids.is_valid(device):
             return sip.response_to(req, 404, "Not Found (not a device ID)")
@@ -393,7 +393,21 @@ class Cascade:
             return self._refuse(link, req, device, "INVITE")
         if self.upward is None:
             return sip.response_to(req, 501, "Not Implemented (no live video here)")
-        resp = self.upward.invite(req, peer, link.cfg.name, device)
+        self.transport.respond(req, peer, sip.response_to(req, 100))  # Trying: the answer follows
+        self._spawn(self._answer_invite(link, req, peer, device))
+        return None  # answered by _answer_invite; retransmissions meanwhile are absorbed
+
+    async def _answer_invite(self, link: Link, req: sip.Request, peer: Peer, device: str) -> None:
+        """Answer a superior's INVITE off the SIP loop: reading the index and opening a segment take
+        milliseconds that every other device's message would wait for."""
+        upward = self.upward
+        assert upward is not None
+        try:
+            resp = await asyncio.to_thread(upward.invite, req, peer, link.cfg.name, device)
+        except Exception:
+            log.exception("GB/T 28181 upward: the INVITE of %s for %s failed", link.cfg.name, device)
+            resp = sip.response_to(req, 500)
+        self.transport.respond(req, peer, resp)
         if resp.status == 200:
             offer = sdp.parse(req.body)  # parsed by invite() already: it answered 200
             detail: dict[str, Any] = {"superior": link.cfg.server_id}
@@ -401,7 +415,6 @@ class Cascade:
                 detail |= {"start": offer.start, "end": offer.stop, "speed": offer.download_speed or 1}
             self.offload(self.hub.audit, f"superior:{link.cfg.name}", f"cascade.{offer.session.lower()}", device,
                          detail)
-        return resp
 
     def _media_ended(self, session: UpSession, why: str) -> None:
         """A stream upward ended by itself: a recording sent in full is told by MediaStatus 121 (the
