@@ -192,11 +192,11 @@ class Demo:
                         | ({"town": home[d]} if self.levels == 2 else {}) for d, n in cams]
             + [{"device_id": c.channel_id, "name": c.name, "protocol": "gb28181", "parent_id": g.device_id}
                for g in self.gb_devices for c in g.channels],
-            "gb28181": self.centers[0].config["gb28181"],
+            "gb28181": _sip_server(self.centers[0].config["gb28181"]),
             "camsim_gb_control_url": f"http://127.0.0.1:{self.gb_control_port}",
         }
         if self.levels == 2:
-            info["towns"] = [{"center": c.name, "hub_url": c.url, "gb28181": c.config["gb28181"],
+            info["towns"] = [{"center": c.name, "hub_url": c.url, "gb28181": _sip_server(c.config["gb28181"]),
                               "tokens": {k: v for k, v in tokens[c.name].items() if k != "agent"}}
                              for c in self.centers[1:]]
         info_path = self.data_dir / "demo.json"
@@ -371,6 +371,15 @@ class Demo:
         if self.sim is not None:
             self.sim.stop()
             self.sim = None
+
+
+def _sip_server(gb: dict[str, Any]) -> dict[str, Any]:
+    """A center's SIP server as devices are configured with it: address, IDs, and its one password."""
+    out: dict[str, Any] = {k: gb[k] for k in ("host", "port", "server_id") if k in gb}
+    out["domain"] = gb.get("domain") or gb["server_id"][:10]
+    if "password" in gb:
+        out["password"] = gb["password"]
+    return out
 
 
 def _healthy(url: str) -> bool:
