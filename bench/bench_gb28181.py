@@ -3,11 +3,11 @@
     .venv/bin/python bench/bench_gb28181.py [--parts 1,2,3] [--devices 100000] [--channels 1]
                                             [--ka-warm-s 33] [--window-s 10] [--fast-rate 20000]
                                             [--invite-runs 5]
-                                            [--streams 1] [--media-windows 3] [--media-window-s 15]
+                                            [--streams 4] [--media-windows 3] [--media-window-s 15]
                                             [--media-transport UDP] [--segment-s S] [--work-dir DIR]
 
-Defaults take about 9 minutes on 2 cores, most of it registering 100,000 devices (about 4 minutes);
-``--devices 20000`` takes about 3, ``--parts 2,3`` about 2.
+Defaults take about 10 minutes on 2 cores, most of it registering 100,000 devices (about 4 minutes);
+``--devices 20000`` takes about 4, ``--parts 3`` about 1.5.
 
 Three figures, each beside a baseline measured in the same run; nothing is asserted. Targets from
 the GB/T 28181 issue ("Speed"). Every process under test reads its own CPU clocks when asked (the
@@ -53,16 +53,34 @@ is attributed to a process or to one thread, at nanosecond resolution, whatever 
    camera starts every stream at a keyframe; a camera that starts mid-GOP adds up to a GOP (2 s here).
 
 3. **PS/RTP receive CPU against the agent's RTSP relay.** One 1080p25 ~4 Mbps H.264 clip (Baseline,
-   GOP 2 s, encoded with PyAV at bench time and cached in ``--work-dir``), (a) sent as PS over RTP by
-   simulated GB cameras (threads of the bench process) to a hub in its own process, which receives,
-   demuxes, segments and stores it (``MediaReceiver`` + segmenter + archive), and (b) served over
-   RTSP by the simulator (GStreamer) and relayed by the agent's ingest + segmenter + spool in its own
-   process (no uplink; the bench deletes finished spool segments, so deleting is charged to neither).
-   Both at once, over the same windows: CPU seconds per stream-second of each receiving process, and
-   their ratio. Each side cuts segments of its own default length unless ``--segment-s`` is given.
-   The hub process's background (tick, outbox, SIP loop), measured before the streams start, is
-   included in its figure; the ratio without it is printed too. Yardstick: ``ffmpeg -threads 1 -i
-   clip -f null -`` decoding the same clip, CPU seconds per clip second.
+   GOP 2 s, encoded with PyAV at bench time and cached in ``--work-dir``), ``--streams`` times on each
+   side at once: (a) sent as PS over RTP by simulated GB cameras (threads of the bench process) to a
+   hub in its own process, which receives, demuxes, segments and stores it (``MediaReceiver`` +
+   segmenter + archive), and (b) served over RTSP by the simulator (GStreamer) and relayed by the
+   agent's ingest + segmenter + spool in its own process (no uplink; the bench deletes finished spool
+   segments, so deleting is charged to neither). Both sides cut segments of the same length,
+   ``--segment-s`` (default: the hub's ``gb28181.segment_seconds``, 2 s), so both do the same
+   recording work per second of video. Both processes are first measured idle over one window (the
+   agent before its cameras are started), then over ``--media-windows`` windows with the streams;
+   each figure is the median over the windows of CPU seconds per stream-second. Compared:
+
+   - *the streams' own threads* (the target's figure): the hub's ``vms-gb-media-*`` threads (RTP
+     receive, SSRC check, reorder, FFmpeg's ``mpeg`` demuxer, segmenter: mux, sha256, fdatasync,
+     rename) against the agent's ``ingest-*`` threads (FFmpeg's RTSP/RTP receive and demux, the same
+     segmenter). One thread per stream on each side does all of a stream's receive and record work;
+     nothing else in either process works per packet or per frame.
+   - *each process above its own idle*: (process CPU over the window - idle rate x window) / streams.
+     The hub's includes its store worker (``vms-gb-store``: ``SegmentIngest.store_own``, the archive's
+     row and move for every segment), which the agent's has no counterpart for: an agent's segment
+     is stored by the same ``store_file`` in the hub's upload ingest, outside both figures. That
+     ratio is printed with and without the store worker.
+   - *whole processes*, idle work included (the hub's tick, outbox, SIP loop and the rest, shared by
+     all its streams: less per stream the more streams it has). The figure this bench printed before
+     (2.4-2.5) was this one at one stream, with the agent cutting 4 s segments and the hub 2 s: the
+     whole idle hub and twice the segments charged to one stream. The idle hub's busiest threads
+     are printed.
+
+   Yardstick: ``ffmpeg -threads 1 -i clip -f null -`` decoding the same clip, CPU per clip second.
 """
 
 from __future__ import annotations
@@ -791,6 +809,7 @@ def gbhub_worker(work: Path) -> None:
         view = player.view()
         return {"cpu": time.process_time(), "media_cpu": threads_cpu("vms-gb-media-"),
                 "store_cpu": threads_cpu("vms-gb-store"), "sip_cpu": threads_cpu("vms-gb28181"),
+                "threads_cpu": threads_cpu(""),
                 "playing": sum(v["state"] == "playing" for v in view.values()),
                 "frames": sum(v["frames"] for v in view.values()), "lost": sum(v["lost"] for v in view.values()),
                 "stored": sink.stored, "segment_s": hub.cfg.gb28181.segment_seconds}
@@ -803,7 +822,8 @@ def gbhub_worker(work: Path) -> None:
 
 
 def agent_worker(work: Path) -> None:
-    """The agent's RTSP relay: ingest threads, segmenters and spool, as bench_relay.py runs them."""
+    """The agent's RTSP relay: ingest threads, segmenters and spool, as bench_relay.py runs them; the
+    ingests start on the ``start`` command, so the idle process is measured first."""
     from edge_agent.config import AgentConfig
     from edge_agent.ingest import CameraIngest
     from edge_agent.spool import Spool
@@ -812,9 +832,7 @@ def agent_worker(work: Path) -> None:
     p = json.loads((work / "params.json").read_text())
     seg_s = float(p.get("segment_s") or AgentConfig.model_fields["segment_seconds"].default)
     spool = Spool(work / "spool", quota_bytes=50 * 10**9, live_window_s=3 * seg_s)
-    ingests = [CameraIngest(d, url, Segmenter(d, spool, seg_s)) for d, url in p["urls"].items()]
-    for ing in ingests:
-        ing.start()
+    ingests: list[CameraIngest] = []
     stop = threading.Event()
 
     def ack() -> None:  # the bench deleting a finished segment stands in for its upload
@@ -826,13 +844,17 @@ def agent_worker(work: Path) -> None:
     threading.Thread(target=ack, daemon=True).start()
     _emit({"ok": True, "segment_s": seg_s})
 
-    def stats(_cmd: dict[str, Any]) -> dict[str, Any]:
+    def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["cmd"] == "start":
+            ingests.extend(CameraIngest(d, url, Segmenter(d, spool, seg_s)) for d, url in p["urls"].items())
+            for ing in ingests:
+                ing.start()
         snaps = [ing.snapshot() for ing in ingests]
-        return {"cpu": time.process_time(), "packets": sum(s.packets for s in snaps),
-                "connected": sum(s.connected for s in snaps)}
+        return {"cpu": time.process_time(), "ingest_cpu": threads_cpu("ingest-"),
+                "packets": sum(s.packets for s in snaps), "connected": sum(s.connected for s in snaps)}
 
     try:
-        _commands(stats)
+        _commands(handle)
     finally:
         stop.set()
         for ing in ingests:
@@ -862,26 +884,49 @@ def ffmpeg_decode_cpu(clip: Path) -> float:
 
 @dataclass
 class MediaWindow:
-    """CPU seconds over one window: the hub process, its media, store and SIP threads; the agent process."""
+    """CPU seconds over one window of ``wall`` seconds: each process, and its streams' own threads."""
 
     wall: float
-    hub: float
-    media: float
-    store: float
-    sip: float
-    agent: float
+    hub: float  # the hub process, all threads
+    media: float  # its media threads (vms-gb-media-*), one per stream
+    store: float  # its store worker (vms-gb-store)
+    sip: float  # its SIP thread
+    agent: float  # the agent process, all threads
+    ingest: float  # its ingest threads (ingest-*), one per stream
     hub_frames: int
     agent_packets: int
+
+
+def _by_name(before: dict[str, float], after: dict[str, float], wall: float) -> list[tuple[str, float]]:
+    """Share of a core per thread name (threads of one name summed), busiest first."""
+    out: dict[str, float] = {}
+    for key, v in before.items():
+        if key in after:
+            name = key.rsplit("#", 1)[0]
+            out[name] = out.get(name, 0.0) + (after[key] - v) / wall
+    return sorted(out.items(), key=lambda kv: -kv[1])
+
+
+def media_window(gbhub: Child, agent: Child, seconds: float) -> MediaWindow:
+    h0, a0, w0 = gbhub.ask("stats"), agent.ask("stats"), time.monotonic()
+    time.sleep(seconds)
+    h1, a1, w1 = gbhub.ask("stats"), agent.ask("stats"), time.monotonic()
+    return MediaWindow(w1 - w0, h1["cpu"] - h0["cpu"], delta(h0["media_cpu"], h1["media_cpu"]),
+                       delta(h0["store_cpu"], h1["store_cpu"]), delta(h0["sip_cpu"], h1["sip_cpu"]),
+                       a1["cpu"] - a0["cpu"], delta(a0["ingest_cpu"], a1["ingest_cpu"]),
+                       h1["frames"] - h0["frames"], a1["packets"] - a0["packets"])
 
 
 def part_media(args: argparse.Namespace, work: Path, clip: Path, params: Any) -> list[tuple[str, str, str, str]]:
     from camsim.gb28181 import GbDevice, GbServer, fleet
     from camsim.gb_media import load_clip
     from camsim.sim import Simulator, device_ids
+    from vms.config import Gb28181Config
 
     k = args.streams
-    print(f"[3] PS/RTP receive vs RTSP relay: {k} stream(s) of 1080p25 {params.bitrate_kbps} kbps; ffmpeg decode "
-          "yardstick first ...", flush=True)
+    seg_s = args.segment_s if args.segment_s is not None else Gb28181Config.model_fields["segment_seconds"].default
+    print(f"[3] PS/RTP receive vs RTSP relay: {k} stream(s) of 1080p25 {params.bitrate_kbps} kbps on each side; "
+          "ffmpeg decode yardstick first ...", flush=True)
     decode_cpu = ffmpeg_decode_cpu(clip)
     units = load_clip(clip)
     clip_s = units.period / 90_000
@@ -901,18 +946,20 @@ def part_media(args: argparse.Namespace, work: Path, clip: Path, params: Any) ->
     try:
         sim.start()
         assert sim.proc is not None
-        gbhub = Child("gbhub", root / "gbhub", {"port": sip_port, "mode": args.media_transport,
-                                                "segment_s": args.segment_s})
+        gbhub = Child("gbhub", root / "gbhub", {"port": sip_port, "mode": args.media_transport, "segment_s": seg_s})
         children.append(gbhub)
-        time.sleep(2.0)
-        i0, t0 = gbhub.ask("stats")["cpu"], time.monotonic()
-        time.sleep(5.0)
-        background = (gbhub.ask("stats")["cpu"] - i0) / (time.monotonic() - t0)
         agent_dir = root / "agent"
-        agent = Child("agent", agent_dir, {"urls": {d: sim.rtsp_url(d) for d in rtsp_ids},
-                                           "segment_s": args.segment_s})
+        agent = Child("agent", agent_dir, {"urls": {d: sim.rtsp_url(d) for d in rtsp_ids}, "segment_s": seg_s})
         children.append(agent)
+        time.sleep(3.0)
+        print(f"    both processes idle for {args.media_window_s:.0f} s ...", flush=True)
+        hs0, a0, t0 = gbhub.ask("stats"), agent.ask("stats")["cpu"], time.monotonic()
+        time.sleep(args.media_window_s)
+        hs1, a1, t1 = gbhub.ask("stats"), agent.ask("stats")["cpu"], time.monotonic()
+        idle_hub, idle_agent = (hs1["cpu"] - hs0["cpu"]) / (t1 - t0), (a1 - a0) / (t1 - t0)
+        idle_threads = _by_name(hs0["threads_cpu"], hs1["threads_cpu"], t1 - t0)
         threading.Thread(target=delete_finished, args=(agent_dir / "spool", cleaning), daemon=True).start()
+        agent.ask("start")
         server = GbServer("127.0.0.1", sip_port, SERVER_ID)
         for spec in fleet(server, PASSWORD, cameras=k, prefix="3205850100", clip=params):
             cams.append(GbDevice(spec, clip).start())
@@ -924,19 +971,11 @@ def part_media(args: argparse.Namespace, work: Path, clip: Path, params: Any) ->
             time.sleep(0.5)
         else:
             raise RuntimeError(f"streams did not start: hub {h}, agent {a}")
-        print(f"    streaming (hub segments {h['segment_s']:g} s, agent {agent.ready['segment_s']:g} s); "
-              f"warming {args.media_warmup_s:.0f} s, then {args.media_windows} x {args.media_window_s:.0f} s ...",
-              flush=True)
+        print(f"    streaming (segments of {h['segment_s']:g} s at the hub, {agent.ready['segment_s']:g} s at the "
+              f"agent); warming {args.media_warmup_s:.0f} s, then {args.media_windows} x {args.media_window_s:.0f} s"
+              " ...", flush=True)
         time.sleep(args.media_warmup_s)
-        windows: list[MediaWindow] = []
-        for _ in range(args.media_windows):
-            h0, a0, w0 = gbhub.ask("stats"), agent.ask("stats"), time.monotonic()
-            time.sleep(args.media_window_s)
-            h1, a1, w1 = gbhub.ask("stats"), agent.ask("stats"), time.monotonic()
-            windows.append(MediaWindow(
-                w1 - w0, h1["cpu"] - h0["cpu"], delta(h0["media_cpu"], h1["media_cpu"]),
-                delta(h0["store_cpu"], h1["store_cpu"]), delta(h0["sip_cpu"], h1["sip_cpu"]),
-                a1["cpu"] - a0["cpu"], h1["frames"] - h0["frames"], a1["packets"] - a0["packets"]))
+        windows = [media_window(gbhub, agent, args.media_window_s) for _ in range(args.media_windows)]
         end = gbhub.ask("stats")
     finally:
         for c in cams:
@@ -945,27 +984,45 @@ def part_media(args: argparse.Namespace, work: Path, clip: Path, params: Any) ->
             ch.stop()
         sim.stop()
         cleaning.set()
+
     def per_stream(cpu: Callable[[MediaWindow], float]) -> float:
         """Median over the windows of CPU seconds per stream-second."""
         return statistics.median(cpu(w) / (w.wall * k) for w in windows)
 
-    hub_s, agent_s = per_stream(lambda w: w.hub), per_stream(lambda w: w.agent)
-    media_s, store_s, sip_s = per_stream(lambda w: w.media), per_stream(lambda w: w.store), per_stream(lambda w: w.sip)
-    net_s = hub_s - background / k  # without the idle hub's own background, shared by all its streams
-    ratios = [w.hub / w.agent if w.agent > 0 else float("inf") for w in windows]
+    media_s, ingest_s = per_stream(lambda w: w.media), per_stream(lambda w: w.ingest)
+    store_s, sip_s = per_stream(lambda w: w.store), per_stream(lambda w: w.sip)
+    hub_all, agent_all = per_stream(lambda w: w.hub), per_stream(lambda w: w.agent)
+    hub_m = per_stream(lambda w: w.hub - idle_hub * w.wall)
+    agent_m = per_stream(lambda w: w.agent - idle_agent * w.wall)
+    hub_m_ns = per_stream(lambda w: w.hub - w.store - idle_hub * w.wall)
+    thread_ratios = [w.media / w.ingest if w.ingest > 0 else float("inf") for w in windows]
     fps_h, fps_a = per_stream(lambda w: w.hub_frames), per_stream(lambda w: w.agent_packets)
-    print(f"    windows hub/agent CPU ratio: {', '.join(f'{r:.2f}' for r in ratios)}; frames per stream-second: "
-          f"hub {fps_h:.1f}, agent {fps_a:.1f}; hub lost {end['lost']} RTP packets, stored {end['stored']} segments",
+    print(f"    windows, stream-thread ratio hub/agent: {', '.join(f'{r:.2f}' for r in thread_ratios)}; frames per "
+          f"stream-second: hub {fps_h:.1f}, agent {fps_a:.1f}; hub lost {end['lost']} RTP packets, stored "
+          f"{end['stored']} segments", flush=True)
+    print(f"    idle processes before the streams: hub {100 * idle_hub:.2f}% core, agent {100 * idle_agent:.2f}% core; "
+          "the idle hub's busiest threads: " + ", ".join(f"{name} {100 * cpu:.2f}%" for name, cpu in idle_threads[:5]),
           flush=True)
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.3f}% core/stream"
+
     return [
-        ("PS/RTP receive + record, hub process", f"{100 * hub_s:.2f}% core/stream",
-         f"media thread {100 * media_s:.2f}%, store thread {100 * store_s:.2f}%, SIP thread {100 * sip_s:.2f}%; "
-         f"idle hub before the streams {100 * background:.2f}% (included)", ""),
-        ("RTSP relay, agent process (baseline)", f"{100 * agent_s:.2f}% core/stream",
-         f"ffmpeg -threads 1 decoding the clip: {100 * decode:.2f}% core per stream-second", ""),
-        ("ratio hub PS/RTP / agent RTSP relay", f"{hub_s / agent_s:.2f}",
-         f"windows {min(ratios):.2f}-{max(ratios):.2f}; without the idle hub's background {net_s / agent_s:.2f}; "
-         f"hub/ffmpeg decode {hub_s / decode:.2f}, agent/ffmpeg decode {agent_s / decode:.2f}", "<= 1.0"),
+        ("PS/RTP receive + record, the stream's thread (hub)", pct(media_s),
+         "RTP receive, SSRC check, reorder, FFmpeg mpeg demux, segmenter (mux, sha256, fdatasync, rename)", ""),
+        ("RTSP relay, the stream's thread (agent, baseline)", pct(ingest_s),
+         "FFmpeg RTSP/RTP receive and demux, the same segmenter; "
+         f"ffmpeg -threads 1 decoding the clip: {100 * decode:.2f}% core per stream-second (yardstick)", ""),
+        ("ratio, streams' own threads hub/agent", f"{media_s / ingest_s:.2f}",
+         f"windows {min(thread_ratios):.2f}-{max(thread_ratios):.2f}; hub/ffmpeg decode {media_s / decode:.3f}, "
+         f"agent/ffmpeg decode {ingest_s / decode:.3f}", "<= 1.0"),
+        ("ratio, process CPU above idle hub/agent", f"{hub_m / agent_m:.2f}",
+         f"hub {pct(hub_m)}, of it the store worker {pct(store_s)} (an agent's segments are stored by the hub's "
+         f"upload ingest, charged to neither; without it {hub_m_ns / agent_m:.2f}) and the SIP thread {pct(sip_s)}; "
+         f"agent {pct(agent_m)}", ""),
+        ("ratio, whole processes with their idle work", f"{hub_all / agent_all:.2f}",
+         f"hub {pct(hub_all)} (idle {100 * idle_hub:.2f}% core over {k} stream(s)), agent {pct(agent_all)} (idle "
+         f"{100 * idle_agent:.2f}% core)", ""),
     ]
 
 
@@ -992,11 +1049,11 @@ def main() -> None:
                     help="keepalives/s offered to find the hub's rate (0: as fast as the sender can; on 2 cores an "
                     "unbounded sender takes a core from the hub); the bare receiver always gets the unbounded one")
     ap.add_argument("--invite-runs", type=int, default=5, help="INVITE runs per media transport")
-    ap.add_argument("--streams", type=int, default=1, help="streams on each side in part 3")
+    ap.add_argument("--streams", type=int, default=4, help="streams on each side in part 3")
     ap.add_argument("--media-transport", default="UDP", choices=["UDP", "TCP-passive", "TCP-active"],
                     help="the hub's GB media transport in part 3")
     ap.add_argument("--segment-s", type=float, default=None,
-                    help="segment length on both sides in part 3 (default: each side's own default)")
+                    help="segment length on both sides in part 3 (default: the hub's gb28181.segment_seconds)")
     ap.add_argument("--media-warmup-s", type=float, default=5.0)
     ap.add_argument("--media-windows", type=int, default=3)
     ap.add_argument("--media-window-s", type=float, default=15.0)

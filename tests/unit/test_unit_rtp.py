@@ -236,3 +236,113 @@ def test_in_order_then_push_is_push(start: int, n: int, window: int, drop: float
     counters = ("received", "lost", "duplicates", "late", "reordered", "resyncs")
     assert [getattr(fast, c) for c in counters] == [getattr(plain, c) for c in counters]
 
+
+
+def test_tcp_spans_finds_complete_frames_in_place_and_where_the_rest_starts() -> None:
+    stream = b"junk" + rtp.frame_tcp(b"abc") + rtp.frame_tcp(b"de") + b"\x00\x05xy"
+    assert rtp.tcp_spans(stream, 4, len(stream)) == ([(6, 3), (11, 2)], 13)
+    assert rtp.tcp_spans(stream, 13, len(stream)) == ([], 13)  # a frame cut short waits
+    assert rtp.tcp_spans(stream, 4, 5) == ([], 4)  # half a length prefix too
+    with pytest.raises(RtpError, match="length 0 at offset 3"):
+        rtp.tcp_spans(b"\x00\x01a\x00\x00", 0, 5)
+
+
+def test_take_run_is_in_order_that_many_times_across_the_wrap() -> None:
+    plain, run = Reorder(), Reorder()
+    assert run.expected == -1  # nothing yet
+    for r in (plain, run):
+        r.push(pkt(65530))
+    assert run.expected == 65531
+    assert all(plain.in_order(s % 65536) for s in range(65531, 65541))
+    run.take_run(10)
+    assert run.expected == plain.expected == 5
+    plain.push(pkt(7))
+    assert plain.expected == -1  # 7 waits behind 5 and 6
+    with pytest.raises(ValueError, match="packets waiting"):
+        plain.take_run(1)
+    run.push(pkt(7))
+    for r in (plain, run):  # the same history: 5 and 6 given up, 8 next, the same counters
+        r.flush()
+    assert [r.push(pkt(8))[0].seq for r in (plain, run)] == [8, 8]
+    counters = ("received", "lost", "duplicates", "late", "reordered", "resyncs")
+    assert [getattr(run, c) for c in counters] == [getattr(plain, c) for c in counters]
+
+
+def _packet(seq: int, ssrc: int, payload: bytes, kind: int) -> bytes:
+    """Kind 0: the plain header; 1: CSRCs, an extension and padding; 2: malformed (version 1)."""
+    if kind == 1:
+        head = struct.pack("!BBHII", 0x80 | 0x20 | 0x10 | 1, 96, seq, 0, ssrc)
+        return head + b"\x00\x00\x00\x09" + b"\xbe\xde\x00\x01" + b"EXT!" + payload + b"\x00\x02"
+    b0 = 0x40 if kind == 2 else 0x80
+    return struct.pack("!BBHII", b0, 96, seq, 0, ssrc) + payload
+
+
+@PROPS
+@given(
+    start=st.integers(0, 65535),
+    n=st.integers(1, 300),
+    window=st.integers(1, 32),
+    drop=st.floats(0, 0.3),
+    dup=st.floats(0, 0.1),
+    odd=st.floats(0, 0.2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_payloads_take_spans_as_parse_and_push_each_packet(
+    start: int, n: int, window: int, drop: float, dup: float, odd: float, seed: int
+) -> None:
+    """Packets received back to back into one buffer and taken as spans, in batches cut anywhere:
+    the payloads come out as parsing each packet and pushing it through a reorder buffer gives them,
+    with the same counters; packets of another SSRC, malformed ones and unusual headers included."""
+    rnd = random.Random(seed)
+    sent = [0] + [i for i in range(1, n) if rnd.random() >= drop]
+    sent += [rnd.choice(sent) for _ in range(int(len(sent) * dup))]
+    for k in range(1, len(sent) - 1):
+        if rnd.random() < 0.1:
+            sent[k], sent[k + 1] = sent[k + 1], sent[k]
+    packets = []
+    for i in sent:
+        kind = 0 if rnd.random() >= odd else rnd.choice((1, 2))
+        ssrc = 7 if rnd.random() >= odd / 2 else 8
+        packets.append(_packet((start + i) % 65536, ssrc, bytes([i % 251]) * rnd.randint(0, 40), kind))
+    # The reference: each packet parsed and pushed.
+    ref = Reorder(window)
+    expected = bytearray()
+    malformed = foreign = 0
+    for data in packets:
+        try:
+            p = rtp.parse(data)
+        except RtpError:
+            malformed += 1
+            continue
+        if p.ssrc != 7:
+            foreign += 1
+            continue
+        expected += b"".join(q.payload for q in ref.push(p))
+    expected += b"".join(q.payload for q in ref.flush())
+    # Spans of one buffer, taken in batches.
+    buf = bytearray(b"".join(packets))
+    spans, pos = [], 0
+    for data in packets:
+        spans.append((pos, len(data)))
+        pos += len(data)
+    out = bytearray()
+    payloads = rtp.Payloads(out, Reorder(window), ssrc=7)
+    cuts = sorted(rnd.sample(range(len(spans) + 1), min(3, len(spans) + 1)))
+    with memoryview(buf) as view:
+        for a, b in itertools.pairwise([0, *cuts, len(spans)]):
+            payloads.take(view, spans[a:b])
+    payloads.flush()
+    assert out == expected
+    assert (payloads.malformed, payloads.ssrc_mismatch) == (malformed, foreign)
+    assert payloads.packets == len(packets) - malformed - foreign == ref.received
+    assert payloads.bytes == len(out)
+    counters = ("received", "lost", "duplicates", "late", "reordered", "resyncs")
+    assert [getattr(payloads.reorder, c) for c in counters] == [getattr(ref, c) for c in counters]
+
+
+def test_payloads_without_an_ssrc_take_any() -> None:
+    out = bytearray()
+    payloads = rtp.Payloads(out)
+    data = _packet(1, 5, b"ab", 0) + _packet(2, 6, b"cd", 0)
+    payloads.take(memoryview(data), [(0, 14), (14, 14)])
+    assert out == b"abcd" and payloads.ssrc_mismatch == 0 and payloads.packets == 2

@@ -1,8 +1,14 @@
-"""RTP (RFC 3550) packets, RFC 4571 framing for RTP over TCP, and a small reorder buffer. Pure, no I/O.
+"""RTP (RFC 3550) packets, RFC 4571 framing for RTP over TCP, a small reorder buffer, and the
+payload assembler a receiver runs over them. Pure, no I/O.
 
 GB/T 28181 media is MPEG-PS in RTP (payload type 96, 90 kHz), over UDP or over TCP with a 2-byte
 length prefix. Parsing is strict on the header (a peer that gets it wrong would otherwise feed
 the demuxer garbage) and errors say what is wrong, since they end up in logs.
+
+A 4 Mbps stream is about 370 packets a second, so the receive path works on packets where they
+were received (offsets into one buffer), never on a packet object per packet: ``Payloads`` appends
+the payload of the next packet in order straight from the receive buffer, and only a packet out of
+order, of another SSRC or with an unusual header takes the full parse and the reorder buffer.
 """
 
 from __future__ import annotations
@@ -125,6 +131,23 @@ def frame_tcp(packet: bytes) -> bytes:
     return _LEN.pack(n) + packet
 
 
+def tcp_spans(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[list[tuple[int, int]], int]:
+    """The RFC 4571 frames complete in ``data[start:end]``: each packet's (offset, length), and the
+    offset where the incomplete rest begins. RtpError on a zero length (the stream is lost then)."""
+    unpack = _LEN.unpack_from
+    spans: list[tuple[int, int]] = []
+    pos = start
+    while end - pos >= 2:
+        (n,) = unpack(data, pos)
+        if n == 0:
+            raise RtpError(f"RFC 4571 frame of length 0 at offset {pos - start} of the buffered stream")
+        if end - pos - 2 < n:
+            break
+        spans.append((pos + 2, n))
+        pos += 2 + n
+    return spans, pos
+
+
 class TcpDeframer:
     """RFC 4571 byte stream → packets; a partial frame waits for the next ``feed``."""
 
@@ -142,19 +165,9 @@ class TcpDeframer:
         """The packets completed by ``data``; RtpError on a zero length (the stream is lost then)."""
         buf = self._buf
         buf += data
-        out: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        unpack = _LEN.unpack_from
+        spans, pos = tcp_spans(buf, 0, len(buf))
         with memoryview(buf) as view:  # one copy per packet; released before the buffer shrinks
-            while end - pos >= 2:
-                (n,) = unpack(view, pos)
-                if n == 0:
-                    raise RtpError(f"RFC 4571 frame of length 0 at offset {pos} of the buffered stream")
-                if end - pos - 2 < n:
-                    break
-                out.append(bytes(view[pos + 2 : pos + 2 + n]))
-                pos += 2 + n
+            out = [bytes(view[a : a + n]) for a, n in spans]
         if pos:
             del buf[:pos]
         return out
@@ -203,6 +216,26 @@ class Reorder:
         else:
             self._marks[lo:] = fill * (_SEQ_MOD - lo)
             self._marks[: hi - _SEQ_MOD] = fill * (hi - _SEQ_MOD)
+
+    @property
+    def expected(self) -> int:
+        """The 16-bit number ``in_order`` would take now; -1 when it would take none (no packet yet,
+        or packets wait behind a gap)."""
+        nxt = self._next
+        return -1 if self._pending or nxt is None else nxt & 0xFFFF
+
+    def take_run(self, count: int) -> None:
+        """``count`` packets numbered on from ``expected``, released: what ``count`` calls of
+        ``in_order`` that returned True do, for a caller that checked the numbers itself."""
+        nxt = self._next
+        if count <= 0:
+            return
+        if self._pending or nxt is None:
+            raise ValueError("take_run with packets waiting or before the first packet")
+        self.received += count
+        self._next = nxt + count
+        self._top = nxt + count - 1
+        self._mark(nxt, count, 1)
 
     def in_order(self, seq: int) -> bool:
         """The common case, without a packet object: True when ``seq`` is the next number and nothing
@@ -305,3 +338,76 @@ class Reorder:
         while self._pending:
             out += self._skip_gap()
         return out
+
+
+class Payloads:
+    """One stream's RTP packets → their payloads in sequence order, appended to ``out``.
+
+    ``take`` gets packets as (offset, length) spans of a receive buffer (UDP datagrams received
+    back to back, or RFC 4571 frames found by ``tcp_spans``). A packet with the plain header
+    (version 2, nothing optional), of the session's SSRC and numbered next, has its payload
+    appended from the buffer at once, and the reorder buffer is told once per run of them; any
+    other packet is parsed in full (malformed ones counted and dropped), checked and pushed through
+    ``reorder``. Counters: ``packets`` (of the SSRC, taken), ``bytes`` (payload appended),
+    ``ssrc_mismatch`` and ``malformed`` (dropped)."""
+
+    __slots__ = ("bytes", "malformed", "out", "packets", "reorder", "ssrc", "ssrc_mismatch")
+
+    def __init__(self, out: bytearray, reorder: Reorder | None = None, ssrc: int | None = None) -> None:
+        """``ssrc`` None takes any SSRC."""
+        self.out = out
+        self.reorder = reorder if reorder is not None else Reorder()
+        self.ssrc = ssrc
+        self.packets = 0
+        self.bytes = 0
+        self.ssrc_mismatch = 0
+        self.malformed = 0
+
+    def take(self, view: memoryview, spans: list[tuple[int, int]]) -> None:
+        """The packets at ``spans`` of ``view``, in arrival order."""
+        unpack = _HEADER.unpack_from
+        out, want, reorder = self.out, self.ssrc, self.reorder
+        expect = reorder.expected
+        run = nbytes = 0
+        for off, n in spans:
+            if n >= HEADER_SIZE:
+                b0, _, seq, _, ssrc = unpack(view, off)
+                if b0 == 0x80 and seq == expect and (ssrc == want or want is None):
+                    out += view[off + HEADER_SIZE : off + n]
+                    nbytes += n - HEADER_SIZE
+                    run += 1
+                    expect = (expect + 1) & 0xFFFF
+                    continue
+            if run:
+                reorder.take_run(run)
+                self.packets += run
+                run = 0
+            self._other(view[off : off + n], n)
+            expect = reorder.expected
+        if run:
+            reorder.take_run(run)
+            self.packets += run
+        self.bytes += nbytes
+
+    def _other(self, data: memoryview, n: int) -> None:
+        """A packet off the fast path: parsed in full, checked, and through the reorder buffer."""
+        try:
+            b1, seq, ts, ssrc, start, end = parse_header(data, n)
+        except RtpError:
+            self.malformed += 1
+            return
+        if self.ssrc is not None and ssrc != self.ssrc:
+            self.ssrc_mismatch += 1
+            return
+        self.packets += 1
+        pkt = RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, bytes(data[start:end]))
+        self._append(self.reorder.push(pkt))
+
+    def flush(self) -> None:
+        """Gives up the gaps: what waits behind them is appended (the gaps count as lost)."""
+        self._append(self.reorder.flush())
+
+    def _append(self, packets: list[RtpPacket]) -> None:
+        for q in packets:
+            self.out += q.payload
+            self.bytes += len(q.payload)
