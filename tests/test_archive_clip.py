@@ -119,7 +119,7 @@ def audit_rows(hp: HubProcess) -> list[dict[str, Any]]:
 def decode_all(data: bytes) -> tuple[int, float, float]:
     """Decode every frame; (frames, first pts s, last pts s). Raises on any decoding error."""
     times: list[float] = []
-    with av.open(io.BytesIO(data)) as c:
+    with av.open(io.BytesIO(data), "r") as c:
         st = c.streams.video[0]
         for frame in c.decode(st):
             assert frame.pts is not None and frame.time_base is not None

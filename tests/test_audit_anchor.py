@@ -183,3 +183,57 @@ def test_a_key_others_can_read_is_refused(make_hub_process: Any) -> None:
     key.chmod(0o644)
     code, out = verify(hp)
     assert code == 1 and f"audit key file {key} may be read by others (mode 644): chmod 600 {key}" in out, out
+
+
+def test_serve_refuses_a_key_others_can_read_in_one_clear_message(make_hub_process: Any) -> None:
+    """Before: ``vms serve`` ended in a Python traceback."""
+    hp = make_hub_process()
+    key = data_of(hp) / "audit.key"
+    key.parent.mkdir(parents=True)
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o644)
+    r = vms_cli("serve", "--config", str(hp.config), "--port", str(hp.port), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert f"error: cannot start: audit key file {key} may be read by others (mode 644): chmod 600 {key}" in out, out
+    assert "Traceback" not in out, out
+
+
+def test_checkpoints_of_another_database_are_told_as_such_and_kept(make_hub_process: Any) -> None:
+    """A new database started beside the old one's checkpoints file. Before: the hub only logged that the
+    log was not signed, ``GET /audit`` and ``vms audit verify`` said that the newest rows were deleted, and
+    every clip manifest carried a checkpoint of the old log."""
+    hp = hub_with_rows(make_hub_process)
+    hp.stop()
+    data = data_of(hp)
+    old = data / "old-db"
+    old.mkdir()
+    for f in data.glob("vms.db*"):
+        f.rename(old / f.name)
+    file = data / "audit-checkpoints.jsonl"
+    kept = file.read_bytes()
+    hp.token("admin", name="admin2")  # row 1 of the new log
+    code, out = verify(hp)
+    assert code == 1, out
+    assert f"the audit checkpoints in {file} do not belong to this audit log: not even the earliest (row 2" in out
+    assert "this database is new and the checkpoints are an older database's" in out
+    assert "move them out of audit.checkpoints_file" in out
+    assert "newest rows were deleted" not in out, out
+    hp.start()
+    v = httpx.get(f"{hp.url}/api/v1/audit", headers={"Authorization": f"Bearer {hp.tokens['admin2']}"},
+                  timeout=30).json()
+    assert v["verified"] is False and "do not belong to this audit log" in v["reason"], v
+    log = hp.log
+    assert log is not None
+    wait_until(lambda: "audit log not signed: the audit checkpoints in" in log.read_text(), 20,
+               "the hub to say at start that the checkpoints are another log's")
+    time.sleep(2.5)  # two checkpoint intervals: nothing of this log is signed into the other's file
+    hp.stop()
+    assert file.read_bytes() == kept
+    # Resolved as told: the old checkpoints go with the old database, and the hub starts a new file.
+    file.rename(old / file.name)
+    hp.start()
+    wait_until(lambda: bool(checkpoints(hp)), 20, "a checkpoint of the new log")
+    hp.stop()
+    code, out = verify(hp)
+    assert code == 0 and "chain intact;" in out and "signed checkpoint(s) agree" in out, out

@@ -13,7 +13,9 @@ Each checkpoint is appended to ``audit.checkpoints_file`` (default
 and written into clip manifests, so copies live outside the store. ``vms audit verify`` checks the
 chain against every checkpoint it is given: rows missing after the last row the log still has
 (the newest deleted) and a chain whose hashes differ from a signed checkpoint (rebuilt without
-the key) are told with the rows concerned; a checkpoint whose HMAC is wrong is named.
+the key) are told with the rows concerned; a checkpoint whose HMAC is wrong is named. Checkpoints
+none of which agrees with the log (a new database started beside an old one's checkpoints file, or
+a log replaced whole) are told as such: the hub then signs nothing and says how to resolve it.
 """
 
 from __future__ import annotations
@@ -225,10 +227,15 @@ def load_key(path: Path, create: bool) -> bytes | None:
         st = path.stat()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read audit key file {path}: {exc.strerror or exc}") from None
     if st.st_mode & 0o077:
         raise AuditKeyError(f"audit key file {path} may be read by others (mode {st.st_mode & 0o777:o}): "
                             f"chmod 600 {path}")
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read audit key file {path}: {exc.strerror or exc}") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -280,6 +287,31 @@ def anchor_problem(cp: Checkpoint, head_seq: int, hash_at: str | None) -> str | 
     return None
 
 
+def foreign_problem(earliest: Checkpoint | None, head: int, hash_at: str | None, sources: str) -> str | None:
+    """Why the checkpoints of ``sources`` belong to another log, judged by ``earliest`` (the valid one of
+    the lowest row above 0) against a log whose newest row is ``head`` and whose row ``earliest.seq`` has
+    chain hash ``hash_at``; None if it agrees. A chain that agrees with a checkpoint agrees with every
+    earlier one, so when even the earliest does not, none does: no row of this log was ever signed. A
+    checkpoint of row 0 (an empty log) agrees with every log and tells nothing."""
+    if earliest is None or anchor_problem(earliest, head, hash_at) is None:
+        return None
+    differs = f"its row {earliest.seq} differs" if earliest.seq <= head else f"it has only {head} row(s)"
+    return (f"the audit checkpoints in {sources} do not belong to this audit log: not even the earliest (row "
+            f"{earliest.seq}, signed {iso(earliest.at)}) agrees with it ({differs}). Either this database is new "
+            "and the checkpoints are an older database's, or every row of this log was replaced or deleted. If the "
+            "database was recreated on purpose, keep the old checkpoints with the old database's backup and move "
+            "them out of audit.checkpoints_file: the hub then starts a new one")
+
+
+def _sources(entries: list[tuple[str, Checkpoint | str]]) -> str:
+    """The files ``entries`` came from (their ``path:line`` without the line), in order."""
+    names: dict[str, None] = {}
+    for where, _ in entries:
+        path, _, line = where.rpartition(":")
+        names[path if path and line.isdigit() else where] = None
+    return ", ".join(names)
+
+
 def _hashes_at(sessions: sessionmaker[Session], seqs: Iterable[int]) -> dict[int, str]:
     wanted = sorted(set(seqs))
     out: dict[int, str] = {}
@@ -309,7 +341,8 @@ def check_anchors(
 ) -> AnchorReport:
     """Check the log against every checkpoint: each entry's HMAC, then the newest rows (truncation,
     against the checkpoint covering most rows) and each checkpoint's row hash (a rebuilt chain: the
-    earliest checkpoint it no longer matches, and the latest one it still matches)."""
+    earliest checkpoint it no longer matches, and the latest one it still matches). Checkpoints none of
+    which agrees with the log are told as another log's (:func:`foreign_problem`), not row by row."""
     problems: list[str] = []
     valid: list[Checkpoint] = []
     for where, cp in entries:
@@ -325,6 +358,11 @@ def check_anchors(
     head = head_seq(sessions)
     hashes = _hashes_at(sessions, (c.seq for c in valid if 0 < c.seq <= head))
     newest = max(valid, key=lambda c: (c.seq, c.at))
+    earliest = min((c for c in valid if c.seq > 0), key=lambda c: (c.seq, c.at), default=None)
+    foreign = foreign_problem(earliest, head, hashes.get(earliest.seq) if earliest else None, _sources(entries))
+    if foreign is not None:
+        problems.append(foreign)
+        return AnchorReport(problems, len(valid), newest)
     if newest.seq > head:
         problems.append(str(anchor_problem(newest, head, None)))
     by_seq = sorted({c.seq: c for c in valid if c.seq <= head}.values(), key=lambda c: c.seq)
@@ -337,6 +375,15 @@ def check_anchors(
         problems.append(f"{anchor_problem(first, head, hashes.get(first.seq))}; the rewrite starts {since}, "
                         f"{len(wrong)} checkpoint(s) disagree")
     return AnchorReport(problems, len(valid), newest)
+
+
+def _head(path: Path, size: int = 1 << 16) -> str:
+    """The whole lines of the first ``size`` bytes of ``path``: where the earliest checkpoints are."""
+    with path.open("rb") as f:
+        data = f.read(size)
+    if len(data) == size:
+        data = data.rpartition(b"\n")[0]
+    return data.decode("utf-8", errors="replace")
 
 
 def _tail(path: Path, size: int = 1 << 16) -> str:
@@ -355,7 +402,9 @@ class AuditAnchor:
     """Signs checkpoints of the log and keeps the cheap verdict of ``GET /api/v1/audit``.
 
     Without a key (a read-only hub beside the serving one, before the first start) it signs nothing
-    and :meth:`checkpoint` returns None.
+    and :meth:`checkpoint` returns None. Nor with a checkpoints file of another log (``foreign``, told
+    at start and in every verdict): signing this log after another's would make the file say that
+    the other one's rows were deleted, and a manifest would carry a checkpoint of no row of this log.
     """
 
     def __init__(self, sessions: sessionmaker[Session], key: bytes | None, checkpoints_file: Path,
@@ -371,10 +420,19 @@ class AuditAnchor:
         self._verdict_lock = threading.Lock()
         self._good: tuple[int, str] | None = None  # (seq, hash) of the newest row verified with all before it
         self._full_at = float("-inf")
+        self.foreign: str | None = None  # why the checkpoints file is another log's (nothing is signed then)
         if key is not None and checkpoints_file.exists():
             good = [c for _, c in parse_checkpoints(_tail(checkpoints_file), str(checkpoints_file))
                     if isinstance(c, Checkpoint) and c.signed_by(key)]
             self.last = max(good, key=lambda c: (c.seq, c.at), default=None)
+            first = [c for _, c in parse_checkpoints(_head(checkpoints_file), str(checkpoints_file))
+                     if isinstance(c, Checkpoint) and c.seq > 0 and c.signed_by(key)]
+            earliest = min(first, key=lambda c: (c.seq, c.at), default=None)
+            if earliest is not None:
+                at = _hashes_at(sessions, [earliest.seq]).get(earliest.seq)
+                self.foreign = foreign_problem(earliest, head_seq(sessions), at, str(checkpoints_file))
+            if self.foreign is not None:
+                log.error("audit log not signed: %s", self.foreign)
 
     @classmethod
     def for_config(cls, cfg: HubConfig, sessions: sessionmaker[Session], clock: Callable[[], float],
@@ -387,7 +445,7 @@ class AuditAnchor:
         """Sign the log as it stands if it grew since the last checkpoint, and return the newest
         checkpoint. Only rows that extend the last checkpoint's chain are signed: a log that no longer
         does is reported (logged, and in ``unsigned``) and left unsigned, so tampering is never blessed."""
-        if self.key is None:
+        if self.key is None or self.foreign is not None:
             return None
         with self._lock:
             base = (self.last.seq, self.last.hash) if self.last else (0, GENESIS)
@@ -442,6 +500,8 @@ class AuditAnchor:
                 v = verify(self.sessions)
                 self._full_at = now
             self._good = (v.head_seq, v.head_hash) if v.ok else None
+            if v.ok and self.foreign is not None:
+                return Verdict(False, v.rows, None, self.foreign, v.head_seq, v.head_hash)
             cp = self.last
             if v.ok and cp is not None:
                 problem = anchor_problem(cp, v.head_seq, _hashes_at(self.sessions, [cp.seq]).get(cp.seq))

@@ -131,13 +131,18 @@ def serve(
     import uvicorn
 
     from vms.api import create_app
+    from vms.audit import AuditKeyError
     from vms.hub import Hub
 
     _logging(log_level)
     cfg = _load(config)
     server = cfg.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
     cfg = cfg.model_copy(update={"server": server})
-    hub = Hub(cfg)
+    try:
+        hub = Hub(cfg)
+    except AuditKeyError as exc:  # e.g. a key others may read: the file and the fix, no traceback
+        _die(f"cannot start: {exc}", 2)
+        return
     uvicorn.run(create_app(hub), host=server.host, port=server.port, log_level=log_level.lower(), access_log=False,
                 timeout_graceful_shutdown=3)  # open event streams (web pages) never finish by themselves
 

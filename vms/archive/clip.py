@@ -11,6 +11,11 @@ clip's timeline is the recording's: gaps stay gaps (reported, not hidden) and pt
 
 The output is fragmented MP4 (a fragment per GOP): playable while it is still being written,
 which is what lets the first byte leave before the last segment is read.
+
+The hub builds clips in worker processes (:class:`ClipWorkers`, :func:`worker_main`) at a lower CPU
+priority: demuxing and muxing hold the interpreter lock for every packet, and in the hub's own
+threads they delayed its event loop (heartbeats, uploads) by hundreds of milliseconds. A worker
+writes the file itself and tells its progress through a pipe; the hub only follows it.
 """
 
 from __future__ import annotations
@@ -18,19 +23,29 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from select import POLLIN, poll
+from typing import IO, TYPE_CHECKING, Any
 
 import av
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
-from vms.db.models import Segment
 from vms.errors import DomainError, Invalid, NoSpace, NotFound
 from vms.kernel.timeutil import iso
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 #: Uncovered stretches shorter than this are timestamp jitter between segments, not gaps.
 GAP_TOLERANCE_S = 0.5
@@ -41,6 +56,18 @@ MAX_EXPORT_SECONDS = 86400.0
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 OUT_TB = Fraction(1, 90000)
 _WRAP = 1 << 33  # MPEG-TS timestamps are 33-bit
+#: A clip worker's CPU niceness: the hub's own work (heartbeats, uploads, live view) comes first,
+#: clips take what is left, and all of it when the hub is idle.
+WORKER_NICE = 10
+#: A worker tells its progress at most this often (and at its first byte): enough for readers that
+#: follow the file, few enough wake-ups for the hub.
+PROGRESS_MESSAGE_S = 0.05
+#: How often the hub looks, while a worker builds, whether the build was cancelled.
+CANCEL_CHECK_S = 0.25
+#: A cancelled worker that has not stopped after this long is killed (stuck in a read, say).
+CANCEL_KILL_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class ClipError(DomainError):
@@ -61,6 +88,10 @@ class ClipNoSpace(ClipError, NoSpace):
 
 class ClipFailed(RuntimeError):
     """A build the hub accepted broke (an I/O or demuxer fault): not a refusal, so no domain kind."""
+
+
+class ClipCancelled(ClipFailed):
+    """The build of a direct clip stopped because its client went away: nobody would read the rest."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,17 @@ class ClipPlan:
     end: float
     pieces: list[Piece]
 
+    def to_json(self) -> dict[str, Any]:
+        """The plan for a worker process: pieces as plain rows (a day's export has 40,000 of them, and
+        :func:`dataclasses.asdict` would deep-copy each in the hub's thread)."""
+        rows = [[p.id, p.path, p.start, p.end, p.bytes, p.sha256] for p in self.pieces]
+        return {"device_id": self.device_id, "start": self.start, "end": self.end, "pieces": rows}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClipPlan:
+        """The plan :meth:`to_json` made."""
+        return cls(d["device_id"], d["start"], d["end"], [Piece(*p) for p in d["pieces"]])
+
     @property
     def estimated_bytes(self) -> int:
         return sum(p.bytes for p in self.pieces)
@@ -111,6 +153,11 @@ class ClipResult:
     sha256: str
     gaps: list[tuple[float, float]]
     skipped: list[Skipped] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClipResult:
+        """The result as :func:`dataclasses.asdict` gave it (sent back by a worker process)."""
+        return cls(**{**d, "gaps": [(a, b) for a, b in d["gaps"]], "skipped": [Skipped(**k) for k in d["skipped"]]})
 
     def manifest(self) -> dict[str, Any]:
         """The JSON sidecar: what the clip covers, where it has holes, and its checksum."""
@@ -152,6 +199,11 @@ def find_gaps(
 
 def plan_clip(sessions: sessionmaker[Session], device_id: str, start: float, end: float) -> ClipPlan:
     """The indexed segments overlapping [start, end), oldest first."""
+    # Imported here: a clip worker process never plans, and starts faster without the store's modules.
+    from sqlalchemy import select
+
+    from vms.db.models import Segment
+
     with sessions() as s:
         rows = s.execute(
             select(Segment.id, Segment.path, Segment.start_at, Segment.end_at, Segment.bytes, Segment.sha256)
@@ -387,3 +439,274 @@ def _discard(f: Any, path: Path) -> None:
         with contextlib.suppress(OSError):
             f.close()
     path.unlink(missing_ok=True)
+
+
+# -- building in a worker process -----------------------------------------------------------------
+#: The directory holding the ``vms`` package, so that a worker imports the hub's own code.
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER_CODE = "from vms.archive.clip import worker_main; worker_main()"
+#: How a worker names a build that ended without a clip, and what the hub raises for it.
+_REFUSALS: dict[str, type[ClipError]] = {"not_found": ClipNotFound, "invalid": ClipInvalid, "no_space": ClipNoSpace}
+
+
+def _error_reply(job: int, exc: BaseException) -> dict[str, Any]:
+    """A worker's report of a build that ended without a clip: the kind, so that the hub raises the same."""
+    kind = next((k for k, cls in _REFUSALS.items() if isinstance(exc, cls)), None)
+    if kind is not None:
+        return {"job": job, "error": kind, "message": str(exc)}
+    if isinstance(exc, ClipCancelled):
+        return {"job": job, "error": "cancelled", "message": str(exc)}
+    if isinstance(exc, OSError):
+        return {"job": job, "error": "os", "errno": exc.errno, "message": exc.strerror or str(exc)}
+    log.error("clip build failed", exc_info=exc)  # the worker's stderr is the hub's log
+    return {"job": job, "error": "failed", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _raise_reply(msg: dict[str, Any]) -> None:
+    """The hub's side of :func:`_error_reply`."""
+    kind, message = msg["error"], str(msg["message"])
+    if kind in _REFUSALS:
+        raise _REFUSALS[kind](message)
+    if kind == "os":
+        raise OSError(msg.get("errno") or 0, message)
+    if kind == "cancelled":
+        raise ClipCancelled(message)
+    raise ClipFailed(f"clip failed: {message}")
+
+
+def _lower_priority() -> None:
+    """Run at ``WORKER_NICE``. Where the kernel groups processes by session for CPU shares (autogroups),
+    a nice value counts only inside the group: the worker, started in a session of its own, lowers its
+    group's niceness too, so that its CPU is not taken from the hub's share."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+        f.write(str(WORKER_NICE))
+
+
+def worker_main() -> None:
+    """A clip worker process: builds the jobs the hub sends, one at a time, at ``WORKER_NICE``.
+
+    JSON lines. On stdin: ``{"job": n, "plan": ..., "root": ..., "out": ...}`` and ``{"cancel": n}``.
+    On stdout: ``{"job": n, "written": bytes, "fraction": f}`` (progress, at most every
+    ``PROGRESS_MESSAGE_S``), then ``{"job": n, "result": ...}`` or ``{"job": n, "error": kind, ...}``.
+    A closed stdin means that the hub stopped or died: the worker ends at once, nobody would read on.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the hub, which stops us
+    _lower_priority()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s clip worker %(process)d %(name)s: %(message)s")
+    replies = os.fdopen(os.dup(1), "wb")  # the messages only: whatever a library prints goes to stderr
+    os.dup2(2, 1)
+    jobs: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    cancelled = [-1]  # the newest job the hub cancelled
+
+    def listen() -> None:
+        for line in sys.stdin.buffer:
+            msg = json.loads(line)
+            if "cancel" in msg:
+                cancelled[0] = max(cancelled[0], int(msg["cancel"]))
+            else:
+                jobs.put(msg)
+        os._exit(0)
+
+    def send(msg: dict[str, Any]) -> None:
+        replies.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        replies.flush()
+
+    threading.Thread(target=listen, name="clip-listen", daemon=True).start()
+    while True:
+        job = jobs.get()
+        n = int(job["job"])
+        told = [0.0]
+
+        def progress(written: int, fraction: float, n: int = n, told: list[float] = told) -> None:
+            if cancelled[0] >= n:
+                raise ClipCancelled(f"cancelled after {written} bytes")
+            now = time.monotonic()
+            if now - told[0] >= PROGRESS_MESSAGE_S:
+                told[0] = now
+                send({"job": n, "written": written, "fraction": fraction})
+
+        try:
+            result = build_clip(ClipPlan.from_json(job["plan"]), Path(job["root"]), Path(job["out"]), progress)
+            reply = {"job": n, "result": asdict(result)}
+        except Exception as exc:
+            reply = _error_reply(n, exc)
+        send(reply)
+
+
+class _Worker:
+    """One worker process and the hub's ends of its pipes."""
+
+    def __init__(self) -> None:
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": _SOURCE_ROOT + (os.pathsep + path if path else "")}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, start_new_session=True)
+        except OSError as exc:
+            raise ClipFailed(f"clip failed: cannot start a worker process ({exc})") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin: IO[bytes] = self.proc.stdin
+        self.stdout: IO[bytes] = self.proc.stdout
+        self.poller = poll()
+        self.poller.register(self.stdout.fileno(), POLLIN)
+        self.buf = b""
+        self.idle = True  # no job of ours is running in it (its last one answered)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.stdin.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        self.stdin.flush()
+
+    def receive(self, timeout: float) -> list[dict[str, Any]] | None:
+        """The messages that arrived within ``timeout`` s ([] if none); None once the process has ended."""
+        if not self.poller.poll(timeout * 1000):
+            return []
+        chunk = os.read(self.stdout.fileno(), 1 << 16)
+        if not chunk:
+            return None
+        *lines, self.buf = (self.buf + chunk).split(b"\n")
+        return [json.loads(line) for line in lines]
+
+    def kill(self) -> None:
+        """End the process now; the thread following its build then reads the end of its pipe."""
+        self.idle = False
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
+    def stop(self) -> None:
+        """End the process and close the pipes (only by the thread that owns it: a build it runs leaves its
+        partial file to the caller)."""
+        self.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        for f in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+class ClipWorkers:
+    """At most ``size`` worker processes building clips: started when first needed, kept for the next.
+
+    The hub's thread that asks for a build only follows it (it waits on the worker's pipe, the
+    interpreter lock free), so clips cost the hub's event loop nothing but their readers' wake-ups.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._jobs = 0
+        self._closed = False
+
+    def build(
+        self,
+        plan: ClipPlan,
+        root: Path,
+        out_path: Path,
+        progress: Progress | None = None,
+        cancelled: Callable[[], str | None] | None = None,
+    ) -> ClipResult:
+        """:func:`build_clip` in a worker process, raising what it raises. ``progress`` is called in the
+        caller's thread; ``cancelled()`` is asked every ``CANCEL_CHECK_S`` and at each progress message:
+        a reason stops the build (:class:`ClipCancelled`, the partial file removed by the worker, or left
+        to the caller if the worker had to be killed). Waits for a free worker if all ``size`` are busy."""
+        with self._free:
+            worker, job = self._take()
+            try:
+                return self._follow(worker, job, plan, root, out_path, progress, cancelled)
+            finally:
+                self._give_back(worker)
+
+    def _take(self) -> tuple[_Worker, int]:
+        with self._lock:
+            if self._closed:
+                raise ClipFailed("the hub is stopping: no new clips")
+            self._jobs += 1
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive():
+                    worker.idle = False
+                    return worker, self._jobs
+                self._all.discard(worker)
+                worker.stop()
+            worker = _Worker()
+            worker.idle = False
+            self._all.add(worker)
+            return worker, self._jobs
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker.idle and worker.alive() and not self._closed:
+                self._idle.append(worker)
+                return
+            self._all.discard(worker)
+        worker.stop()
+
+    def _follow(
+        self,
+        worker: _Worker,
+        job: int,
+        plan: ClipPlan,
+        root: Path,
+        out_path: Path,
+        progress: Progress | None,
+        cancelled: Callable[[], str | None] | None,
+    ) -> ClipResult:
+        try:
+            worker.send({"job": job, "plan": plan.to_json(), "root": str(root), "out": str(out_path)})
+        except OSError as exc:
+            raise ClipFailed(f"clip failed: its worker process cannot be reached ({exc})") from None
+        written, asked, why = 0, 0.0, ""
+        while True:
+            messages = worker.receive(CANCEL_CHECK_S)
+            if messages is None:
+                code = worker.proc.wait()
+                if asked:
+                    raise ClipCancelled(f"cancelled after {written} bytes: {why}")
+                if self._closed:
+                    raise ClipFailed("the hub stopped during the build")
+                raise ClipFailed(f"clip failed: its worker process ended (exit code {code})")
+            for m in messages:
+                if m.get("job") != job:
+                    continue
+                if "written" in m:
+                    written = int(m["written"])
+                    if progress is not None and not asked:
+                        progress(written, float(m["fraction"]))
+                    continue
+                worker.idle = True  # its answer came: the worker is free for the next build
+                if "result" in m:
+                    result = ClipResult.from_json(m["result"])
+                    if progress is not None:
+                        progress(result.bytes, 1.0)
+                    return result
+                if asked:
+                    raise ClipCancelled(f"cancelled after {written} bytes: {why}")
+                _raise_reply(m)
+            if not asked:
+                reason = cancelled() if cancelled is not None else None
+                if reason is not None:
+                    asked, why = time.monotonic(), reason
+                    with contextlib.suppress(OSError):
+                        worker.send({"cancel": job})
+            elif time.monotonic() - asked > CANCEL_KILL_S:
+                worker.stop()
+                raise ClipCancelled(f"cancelled after {written} bytes: {why} (its worker process was stopped)")
+
+    def close(self) -> None:
+        """Stop every worker: the builds they run fail (:class:`ClipFailed`), new ones are refused."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            busy = [w for w in self._all if w not in idle]
+            self._all = set()
+        for w in idle:
+            w.stop()
+        for w in busy:
+            w.kill()  # its build's thread sees the pipe end and closes it

@@ -6,12 +6,15 @@ only once it is complete, so a failed or interrupted build (disk full, hub resta
 a half-written clip that looks finished. A direct download streams the ``.part`` file while it
 grows (:class:`LiveExport`); a Range request or a later download reads the finished file.
 
-Clips have threads of their own, never those of ingest or live view: a build per direct clip
-(at most ``archive.max_clips`` downloads at once, ``archive.max_clips_per_user`` per user, 429
-beyond), one worker for export jobs (at most ``archive.max_queued_exports`` waiting or building),
-and a pool of ``archive.max_clips`` threads for the blocking file and store calls of the clip
-routes (:meth:`Exports.run`). A reader waits for the builder on its event loop, holding no
-thread (:meth:`LiveExport.progress`), and a direct clip whose client went away is cancelled.
+Clips are built in worker processes at a lower CPU priority (``vms/archive/clip.py``
+:class:`ClipWorkers`, at most ``archive.max_clips`` + 1): the demuxer and muxer hold the interpreter
+lock for every packet, which in the hub's own threads delayed heartbeats and uploads. The hub keeps
+threads of its own for clips, never those of ingest or live view: one per direct clip that follows
+its worker (at most ``archive.max_clips`` downloads at once, ``archive.max_clips_per_user`` per user,
+429 beyond), one for export jobs (at most ``archive.max_queued_exports`` waiting or building), and a
+pool of ``archive.max_clips`` threads for the blocking file and store calls of the clip routes
+(:meth:`Exports.run`). A reader waits for the builder on its event loop, holding no thread
+(:meth:`LiveExport.progress`), and a direct clip whose client went away is cancelled.
 Every manifest carries the audit log's newest signed checkpoint (``vms/audit.py``).
 """
 
@@ -33,7 +36,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vms.archive.clip import ClipError, ClipFailed, ClipNoSpace, ClipPlan, ClipResult, build_clip, gaps_json
+from vms.archive.clip import ClipError, ClipFailed, ClipNoSpace, ClipPlan, ClipResult, ClipWorkers, gaps_json
 from vms.config import ArchiveConfig
 from vms.db.models import ExportJob
 from vms.errors import Busy
@@ -53,10 +56,6 @@ QUEUE_RETRY_AFTER_S = 30.0
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class ClipCancelled(ClipFailed):
-    """The build of a direct clip stopped because its client went away: nobody would read the rest."""
 
 
 class LiveExport:
@@ -102,7 +101,8 @@ class LiveExport:
             self._wake()
 
     def cancel(self, why: str) -> None:
-        """Ask the builder to stop (it does at its next write); nothing if the build is over."""
+        """Ask the builder to stop (its worker is told within ``CANCEL_CHECK_S`` and stops at its next
+        write); nothing if the build is over."""
         with self._lock:
             if not self.finished:
                 self.cancelled = why
@@ -195,6 +195,7 @@ class Exports:
         directory.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vms-export")
         self._io = ThreadPoolExecutor(max_workers=cfg.max_clips, thread_name_prefix="vms-clip-io")
+        self._builders = ClipWorkers(cfg.max_clips + 1)  # the direct clips and the export being built
         self.slots = ClipSlots(cfg.max_clips, cfg.max_clips_per_user)
         self._queued = 0
         self._live: dict[str, LiveExport] = {}
@@ -279,8 +280,6 @@ class Exports:
         last = [0.0]
 
         def progress(n: int, fraction: float) -> None:
-            if live.cancelled is not None:
-                raise ClipCancelled(f"cancelled after {n} bytes: {live.cancelled}")
             live.advance(n)
             now = time.monotonic()
             if now - last[0] >= PROGRESS_EVERY_S:
@@ -288,13 +287,13 @@ class Exports:
                 self._update(live.id, progress=round(fraction, 4), bytes=n)
 
         try:
-            result = build_clip(plan, self.recordings, live.part, progress)
+            result = self._builders.build(plan, self.recordings, live.part, progress, lambda: live.cancelled)
             manifest = {"export_id": live.id, **result.manifest(), "audit_checkpoint": self.checkpoint()}
             self.manifest_path(live.id).write_text(
                 json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8"
             )
             live.publish()
-        except (ClipError, ClipCancelled) as exc:
+        except (ClipError, ClipFailed) as exc:
             self._fail(live, exc)
             return
         except OSError as exc:
@@ -381,6 +380,8 @@ class Exports:
         return len(rows)
 
     def close(self) -> None:
-        """Queued exports are dropped (failed at the next start); audit rows still queued are written."""
+        """Queued exports are dropped (failed at the next start), builds stop; audit rows still queued are
+        written."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._builders.close()
         self._io.shutdown(wait=True)
