@@ -277,6 +277,8 @@ class CaseResult:
     raised: list[tuple[str, float]] = field(default_factory=list)  # (check, seconds into the clip)
     cleared: list[tuple[str, float]] = field(default_factory=list)
     keyframes: int = 0
+    #: Analysed from another stream than the case's (a sub stream too narrow is left for the main one).
+    fallback: str | None = None
 
 
 def run_case(case: Case, cfg: AnalysisConfig | None = None, work_dir: Path | None = None) -> CaseResult:

@@ -1,6 +1,6 @@
 """Evaluation of the video-quality checks on real camera footage, with a held-out part.
 
-    .venv/bin/python bench/eval_real.py [--jobs 2] [--part tune|held-out|all] [--scenes a,b] [--verbose]
+    .venv/bin/python bench/eval_real.py [--jobs 2] [--part tune|held-out|all] [--scenes a,b] [--sub] [--verbose]
 
 Footage: the sample videos of OpenCV's documentation as Debian ships them (package ``opencv-doc``,
 3-clause BSD licence like OpenCV; ``vtest.avi``, ``tree.avi``, ``box.mp4``, ``cup.mp4``: static
@@ -27,6 +27,13 @@ was added after that fix and not run before the final figures. All are printed a
 Scoring is that of ``bench/eval_quality.py``: a fault clip is a true
 positive if its check is raised between 20 s and 40 s + two keyframes; any other raise is a false
 positive; delay in keyframes after the hysteresis.
+
+``--sub`` scores every clip a second time as the camera's sub stream would deliver it, which is what
+the hub analyses while a camera has one live (see ``vms/analysis/substream.py``): the same picture,
+fault and clock scaled to half the width and height (a D1 camera's CIF sub stream), encoded as sub
+streams are (Baseline, no B-frames, GOP 2 s, 512 kbit/s), analysed as ``Work(stream="sub")``. Each
+part then prints the sub stream's table and a line comparing it with the main stream's, check by
+check: the sub stream's verdicts must not be worse.
 """
 
 from __future__ import annotations
@@ -42,12 +49,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.eval_quality import T0, CaseResult, print_table, score, split
 from vms.analysis.config import CHECKS, AnalysisConfig
 from vms.analysis.sampler import SegmentSampler, Work
+from vms.analysis.substream import Stream
 
 CACHE = Path(os.environ.get("VMS_EVAL_CACHE", Path.home() / ".cache" / "vms-eval"))
 PACKAGE = "opencv-doc"
@@ -59,6 +68,8 @@ SOURCES = {
     "cup": f"{_DOC}/opencv4/html/cup.mp4.gz",
 }
 CLIP_S, ON, OFF, GOP_S = 60.0, 20.0, 40.0, 2.0
+#: The sub stream: this share of the main's width and height, at this bit rate (Baseline, no B-frames).
+SUB_SCALE, SUB_KBPS = 0.5, 512
 #: Bump when the clip recipe changes, so cached clips are rebuilt.
 RECIPE = 4
 
@@ -97,10 +108,19 @@ SCENES = (
 class RealCase:
     scene: Scene
     defect: str | None = None
+    stream: Stream = "main"
 
     @property
     def name(self) -> str:
-        return f"{self.defect or 'clean'}-{self.scene.name}"
+        return f"{self.defect or 'clean'}-{self.scene.name}" + ("-sub" if self.stream == "sub" else "")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The stream's picture size: the scene's, or the sub stream's (even numbers)."""
+        w, h = self.scene.width, self.scene.height
+        if self.stream == "main":
+            return w, h
+        return round(w * SUB_SCALE / 2) * 2, round(h * SUB_SCALE / 2) * 2
 
 
 # --------------------------------------------------------------------------- the footage
@@ -200,7 +220,10 @@ def fault_filter(case: RealCase) -> str:
 
 
 def encode(case: RealCase, path: Path) -> None:
-    """60 s of the scene with its fault and an OSD clock, encoded like a camera, as MPEG-TS."""
+    """60 s of the scene with its fault and an OSD clock, encoded like a camera, as MPEG-TS.
+
+    A sub stream is made of the same picture (fault and grain at the sensor's size, then scaled as the
+    camera's second encoder does) and encoded as sub streams are."""
     s = case.scene
     chain = ["noise=alls=9:allf=t"] if s.low_light else []
     if case.defect == "scene_change":
@@ -213,17 +236,24 @@ def encode(case: RealCase, path: Path) -> None:
         size = max(10, s.height // 28)
         chain.append(f"drawtext=font=monospace:fontsize={size}:fontcolor=white:borderw=1:x=8:y=8:"
                      f"text='%{{pts\\:gmtime\\:{T0:.0f}\\:%Y-%m-%d %H\\\\\\:%M\\\\\\:%S}}  CAM-01'")
+    if case.stream == "sub":
+        chain.append("scale={}:{}:flags=area".format(*case.size))
     graph = "[0:v]" + ",".join(c for c in chain if c) + "[v]"
     gop = str(int(GOP_S * s.fps))
+    if case.stream == "sub":
+        codec = ["-profile:v", "baseline", "-bf", "0", "-b:v", f"{SUB_KBPS}k", "-maxrate", f"{SUB_KBPS}k",
+                 "-bufsize", f"{2 * SUB_KBPS}k"]
+    else:
+        codec = ["-profile:v", "high", "-bf", "2", "-b:v", "1500k", "-maxrate", "1500k", "-bufsize", "3000k"]
     _ffmpeg("-stream_loop", "-1", "-i", str(base_clip(s)), "-t", f"{CLIP_S:g}", "-filter_complex", graph,
-            "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", "2",
-            "-g", gop, "-keyint_min", gop, "-sc_threshold", "0", "-b:v", "1500k", "-maxrate", "1500k",
-            "-bufsize", "3000k", "-pix_fmt", "yuv420p", "-f", "mpegts", str(path))
+            "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", *codec,
+            "-g", gop, "-keyint_min", gop, "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "mpegts", str(path))
 
 
 def clip(case: RealCase) -> Path:
     """The case's encoded clip, from the cache when it was made before with this recipe."""
-    key = hashlib.sha1(f"{RECIPE}|{case.scene}|{case.defect}|{fault_filter(case)}".encode()).hexdigest()[:10]
+    sub = f"|sub {case.size} {SUB_KBPS}" if case.stream == "sub" else ""
+    key = hashlib.sha1(f"{RECIPE}|{case.scene}|{case.defect}|{fault_filter(case)}{sub}".encode()).hexdigest()[:10]
     out = CACHE / "clips" / f"{case.name}-{key}.ts"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +267,8 @@ def clip(case: RealCase) -> Path:
 
 
 def run_case(case: RealCase, cfg: AnalysisConfig | None = None) -> CaseResult:
-    """The case's clip through SegmentSampler, segment by segment, as the hub does."""
+    """The case's clip through SegmentSampler, segment by segment, as the hub does. A sub stream the
+    sampler finds too narrow is left for the main stream, as the hub and the agent do."""
     cfg = cfg or AnalysisConfig()
     src = clip(case)
     res = CaseResult(case)  # type: ignore[arg-type]
@@ -247,16 +278,30 @@ def run_case(case: RealCase, cfg: AnalysisConfig | None = None) -> CaseResult:
         for p, start, end in segs:
             if case.defect == "signal_loss" and ON <= start - T0 < OFF:
                 p.write_bytes(os.urandom(188 * 50))  # the media is gone: nothing decodable arrives
-            rep = sampler.analyse(Work("32058501001320000001", str(p), start, end))
+            rep = sampler.analyse(Work("32058501001320000001", str(p), start, end, stream=case.stream))
+            if rep.narrow:
+                main = run_case(RealCase(case.scene, case.defect, "main"), cfg)
+                return CaseResult(case, main.raised, main.cleared, main.keyframes, fallback="main")  # type: ignore[arg-type]
             res.keyframes += rep.keyframes
             for e in rep.events:
                 (res.raised if e.raised else res.cleared).append((e.check, round(e.at - T0, 3)))
     return res
 
 
-def cases(part: str, scenes: list[str] | None = None) -> list[RealCase]:
+def cases(part: str, scenes: list[str] | None = None, stream: Stream = "main") -> list[RealCase]:
     chosen = [s for s in SCENES if (part == "all" or s.part == part) and (not scenes or s.name in scenes)]
-    return [RealCase(s, d) for s in chosen for d in (None, *CHECKS)]
+    return [RealCase(s, d, stream) for s in chosen for d in (None, *CHECKS)]
+
+
+def compare(main: dict[str, dict[str, Any]], sub: dict[str, dict[str, Any]]) -> list[str]:
+    """The checks whose verdicts the sub stream makes worse: fewer found, more false raises, or later."""
+    worse = []
+    for check in CHECKS:
+        m, s = main[check], sub[check]
+        if s["tp"] < m["tp"] or s["fp"] > m["fp"] or max(s["delays"], default=0) > max(m["delays"], default=0):
+            worse.append(f"{check} (TP {m['tp']}->{s['tp']}, FP {m['fp']}->{s['fp']}, delay max "
+                         f"{max(m['delays'], default=0)}->{max(s['delays'], default=0)})")
+    return worse
 
 
 def main() -> None:
@@ -264,6 +309,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--part", choices=("tune", "held-out", "fresh", "all"), default="all")
     ap.add_argument("--scenes", default="", help="comma-separated scene names (default: all of the part)")
+    ap.add_argument("--sub", action="store_true", help="score each clip's sub stream too and compare")
     ap.add_argument("--verbose", action="store_true", help="print every clip's raises")
     args = ap.parse_args()
     try:
@@ -273,26 +319,44 @@ def main() -> None:
     cfg = AnalysisConfig()
     parts = ("tune", "held-out", "fresh") if args.part == "all" else (args.part,)
     scenes = [s for s in args.scenes.split(",") if s] or None
+    streams: tuple[Stream, ...] = ("main", "sub") if args.sub else ("main",)
     for part in parts:
-        todo = cases(part, scenes)
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        for s in {c.scene for c in todo}:
-            base_clip(s)  # once per scene, before the processes that need it
-        with ProcessPoolExecutor(args.jobs) as ex:
-            results = list(ex.map(run_case, todo))
-        took = time.perf_counter() - t0
-        if args.verbose:
-            for r in results:
-                print(f"{r.case.name:28s} keyframes={r.keyframes} raised={r.raised} cleared={r.cleared}")
-        chosen = sorted({c.scene.name for c in todo}, key=[s.name for s in SCENES].index)
-        desc = "; ".join(f"{s.name} {s.width}x{s.height} {s.fps} fps ({s.what})" for s in SCENES if s.name in chosen)
-        print(f"== real footage, {part} part: {len(todo)} clips of {CLIP_S:g} s, fault from {ON:g} s to {OFF:g} s, "
-              f"GOP {GOP_S:g} s, 2 B-frames, 1.5 Mbit/s; {took:.0f} s on {args.jobs} process(es)")
-        print(f"   scenes: {desc}")
-        table, clean_alarms = score(results, cfg, ON, OFF, GOP_S)
-        print_table(table, clean_alarms)
+        tables = {}
+        for stream in streams:
+            todo = cases(part, scenes, stream)
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            for s in {c.scene for c in todo}:
+                base_clip(s)  # once per scene, before the processes that need it
+            with ProcessPoolExecutor(args.jobs) as ex:
+                results = list(ex.map(run_case, todo))
+            took = time.perf_counter() - t0
+            if args.verbose:
+                for r in results:
+                    print(f"{r.case.name:32s} keyframes={r.keyframes} raised={r.raised} cleared={r.cleared}")
+            chosen = sorted({c.scene.name for c in todo}, key=[s.name for s in SCENES].index)
+            sizes = {c.scene.name: c.size for c in todo}
+            fell = {r.case.scene.name for r in results if r.fallback}  # type: ignore[attr-defined]
+            desc = "; ".join(f"{s.name} {sizes[s.name][0]}x{sizes[s.name][1]} {s.fps} fps ({s.what})"
+                             + (" [narrower than the analysis picture: analysed from its main stream]"
+                                if s.name in fell else "")
+                             for s in SCENES if s.name in chosen)
+            how = ("the sub stream: Baseline, no B-frames, " + f"{SUB_KBPS} kbit/s" if stream == "sub"
+                   else "2 B-frames, 1.5 Mbit/s")
+            print(f"== real footage, {part} part, {stream} stream: {len(todo)} clips of {CLIP_S:g} s, fault from "
+                  f"{ON:g} s to {OFF:g} s, GOP {GOP_S:g} s, {how}; {took:.0f} s on {args.jobs} process(es)")
+            print(f"   scenes: {desc}")
+            table, clean_alarms = score(results, cfg, ON, OFF, GOP_S)
+            print_table(table, clean_alarms)
+            tables[stream] = (table, clean_alarms)
+        if len(tables) == 2:
+            (m, m_clean), (s_, s_clean) = tables["main"], tables["sub"]
+            worse = compare(m, s_)
+            if s_clean > m_clean:
+                worse.append(f"raises on clean clips {m_clean}->{s_clean}")
+            print(f"   sub stream against main, {part} part: "
+                  + ("no check worse" if not worse else "WORSE: " + "; ".join(worse)))
 
 
 if __name__ == "__main__":

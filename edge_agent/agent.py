@@ -116,6 +116,7 @@ class Agent:
         self.analysis = AgentAnalysis(cfg.analysis, self.data_dir) if cfg.analysis.enabled else None
         if self.analysis is not None:
             self.spool.on_added = self.analysis.segment_added
+            self.live_spool.on_added = self.analysis.sub_segment_added  # a live sub stream is analysed instead
             self.uplink.motion_of = self._motion_of
 
     def _lock_data_dir(self) -> IO[str]:

@@ -18,6 +18,12 @@ neither clears the hub's defects (resolving their alerts) nor raises them again 
 Each camera's learned normal (see :mod:`vms.analysis.analyzer`) comes back in every report and is kept
 in ``<data_dir>/analysis-normal.json`` (written at most once a minute and at stop), so a restarted
 agent judges its cameras against what they showed before instead of learning them again.
+
+A camera whose sub stream is live (its segments keep entering the live-only spool) is analysed from
+it, as at the hub (:mod:`vms.analysis.substream`): its main segments are not decoded, and each one's
+motion ratio, sent with its upload, is the peak of the sub segments that cover it (the upload waits
+for it as it waited for a main segment's analysis). Sub segments are analysed while the hub is away
+too, as main ones were.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from vms.analysis.config import CHECKS, AnalysisConfig
 from vms.analysis.normals import Normal
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Report, Work
+from vms.analysis.substream import Stream, SubStreams, normal_key
 
 from .spool import Segment
 
@@ -66,6 +73,9 @@ class AgentAnalysis:
         self._pending: set[str] = set()  # sha256 of segments queued for analysis
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self.link_errors = 0
+        self.subs: SubStreams[str] = SubStreams(cfg.sub_stale_s)  # cameras analysed from their sub stream
+        self._subs_expired = 0.0
+        self.main_skipped = 0  # main segments not decoded: their camera's sub stream is analysed
 
     def start(self) -> None:
         self.pool.start()
@@ -114,26 +124,68 @@ class AgentAnalysis:
 
     # -- input: called from ingest threads after a segment enters the spool ----------------------
     def segment_added(self, seg: Segment) -> None:
+        """A main-stream segment entered the spool: analysed, unless the camera's sub stream is."""
+        now = time.monotonic()
+        with self._lock:
+            self._pending.add(seg.sha256)
+            from_sub = self.cfg.for_device(seg.device_id).sub_stream and self.subs.live(seg.device_id, now)
+            settled = []
+            if from_sub:
+                self.main_skipped += 1
+                settled = self.subs.wait_motion(seg.device_id, seg.sha256, seg.start, seg.start + seg.duration, now)
+            expired = self._expire(now)
+        for sha256, ratio in settled + [(k, r) for _, k, r in expired]:
+            self._done(sha256, ratio)
+        if not from_sub and not self._stage(seg, "main"):
+            self._done(seg.sha256, None)
+
+    def sub_segment_added(self, seg: Segment) -> None:
+        """A sub-stream segment entered the live-only spool: analysed instead of the camera's main segments."""
+        if not self.cfg.for_device(seg.device_id).sub_stream:
+            return
+        with self._lock:
+            if self.subs.refused(seg.device_id, time.monotonic()):
+                return
+            self.subs.seen(seg.device_id, time.monotonic())
+        self._stage(seg, "sub")
+
+    def _stage(self, seg: Segment, stream: Stream) -> bool:
+        """Link ``seg`` for a worker and queue it; False if it could not be (dropped, counted)."""
         link = self.dir / seg.path.name
         try:
             os.link(seg.path, link)
         except OSError as exc:
             self.link_errors += 1
             log.warning("cannot stage %s for analysis: %s", seg.path.name, exc)
-            return
+            return False
         with self._lock:
-            self._pending.add(seg.sha256)
             raised = tuple((c, seg.start) for c in self._raised.get(seg.device_id, {}))
-            normal = self._normals.get(seg.device_id, ())
+            normal = self._normals.get(normal_key(seg.device_id, stream), ())
         work = Work(seg.device_id, str(link), seg.start, seg.start + seg.duration, remove_after=True,
-                    key=seg.sha256, raised=raised, normal=normal)
+                    key=seg.sha256 if stream == "main" else None, raised=raised, normal=normal, stream=stream)
         if not self.pool.submit(work):
             link.unlink(missing_ok=True)
-            self._done(seg.sha256, None)
+            return False
+        return True
+
+    def _expire(self, now: float) -> list[tuple[str, str, float | None]]:
+        """With the lock held: at most once a second, what cameras whose sub stream stopped left waiting."""
+        if now - self._subs_expired < 1.0:
+            return []
+        self._subs_expired = now
+        return self.subs.expire(now)
 
     # -- output ------------------------------------------------------------------------------------
     def _on_report(self, rep: Report) -> None:
         """Pool collector thread: keep the device's raised checks and the segment's motion ratio."""
+        if rep.narrow:  # nothing was judged: the camera goes back to its main stream for a while
+            with self._lock:
+                back = self.subs.narrow(rep.device_id, time.monotonic())
+            log.info("camera %s: its sub stream is narrower than the analysis picture; analysing its main stream",
+                     rep.device_id)
+            for sha256, ratio in back:
+                self._done(sha256, ratio)
+            return
         if rep.error:
             log.warning("analysis of a %s segment: %s", rep.device_id, rep.error)
         now = time.monotonic()
@@ -149,11 +201,18 @@ class AgentAnalysis:
             if self._raised[rep.device_id].keys() != cur.keys():
                 self._save()
             if rep.normal:
-                self._normals[rep.device_id] = rep.normal
+                self._normals[normal_key(rep.device_id, rep.stream)] = rep.normal
                 if now - self._normals_saved >= _NORMAL_SAVE_S:
                     self._save_normals()
+            settled: list[tuple[str, float | None]] = []
+            if rep.stream == "sub":
+                end = rep.end if rep.end is not None else rep.start
+                settled = self.subs.motion(rep.device_id, rep.start, end, rep.motion_ratio, now)
+                settled += [(k, r) for _, k, r in self._expire(now)]
         if rep.key is not None:
             self._done(rep.key, rep.motion_ratio)
+        for sha256, ratio in settled:
+            self._done(sha256, ratio)
 
     def _done(self, sha256: str, ratio: float | None) -> None:
         with self._lock:

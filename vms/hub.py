@@ -84,7 +84,7 @@ class Hub:
         self.heartbeats = Heartbeats(cfg.health, reg, self.spool_losses.note, q.agent_report,
                                      lambda d: d in q.agent_analysed)
         self.ingest = SegmentIngest(self.segments, self.live, reg.observe_upload, q.segment_stored, clock,
-                                    cfg.health.max_clock_skew_s)
+                                    cfg.health.max_clock_skew_s, analyse_sub=q.sub_stored)
         self.snapshots = Snapshots(reg, self.monitor)  # what views read
         self.acceptance = Acceptance(self.sessions, cfg.discovery.auto_accept, cfg.gb28181.auto_accept,
                                      reg.claim_problem, reg.known,

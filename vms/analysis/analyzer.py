@@ -23,6 +23,7 @@ well under 1 MB.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ import numpy.typing as npt
 from vms.analysis import checks as C
 from vms.analysis.config import CHECKS, AnalysisConfig, CheckName
 from vms.analysis.motion import MotionDetector
+from vms.analysis.substream import Stream
 
 
 @dataclass(slots=True)
@@ -42,7 +44,8 @@ class Picture:
     gray: npt.NDArray[np.uint8]  # the analysis picture (see checks.analysis_picture)
     u_mean: float = 128.0
     v_mean: float = 128.0
-    #: Mean bytes per inter (non-key) frame of the GOP this keyframe opens; None if unknown.
+    #: What the encoder spends between keyframes: :func:`vms.analysis.checks.inter_level` of the inter
+    #: (non-key) frames of the GOP this keyframe opens, in bytes; None if unknown.
     inter_bytes: float | None = None
 
 
@@ -84,7 +87,7 @@ METRICS: dict[str, float] = {
     "cast_v": 0.02,
     "stripes": 0.2,
     "change": 0.1,
-    "inter_bytes": 200.0,
+    "inter_low": 200.0,
 }
 
 
@@ -111,11 +114,13 @@ class Normal:
     def add(self, metric: str, x: float | None) -> None:
         if x is None or not math.isfinite(x):
             return
-        lv = self.levels.setdefault(metric, _Level())
+        lv = self.levels.get(metric)
+        if lv is None:
+            lv = self.levels[metric] = _Level()
         if lv.n < self.learn:
             lv.first.append(x)
             lv.n += 1
-            lv.value = float(np.median(lv.first))
+            lv.value = statistics.median(lv.first)
             if lv.n == self.learn:
                 lv.first = []
             return
@@ -183,7 +188,7 @@ class _Reference:
         layout = self.stable >= 0.5
         if np.count_nonzero(layout) < max(4, min_share * layout.size):
             return None
-        return float(np.median(view[layout]))
+        return C.median(view[layout])
 
 
 Verdicts = dict[CheckName, Verdict]
@@ -197,6 +202,7 @@ class DeviceAnalyzer:
     prev: tuple[npt.NDArray[np.uint8], ...] = ()  # the last two keyframes' pictures
     ref: _Reference = field(default_factory=_Reference)
     motion: MotionDetector | None = None
+    stream: Stream = "main"  # the camera's stream whose pictures this state is made of
 
     def __post_init__(self) -> None:
         self.enabled = frozenset(self.cfg.checks)
@@ -245,7 +251,7 @@ class DeviceAnalyzer:
             else None
         )
         flat = C.flat_share(stds, th.solid_max_std)
-        level = float(np.median(means))
+        level = C.median(means)
         spread = C.flat_spread(means, stds, th.solid_max_std)
         # One uniform screen: flat almost everywhere *and* the same level everywhere. A dark scene
         # (a night yard, a room with one lit object) is flat too, but darker here and lighter there.
@@ -286,7 +292,7 @@ class DeviceAnalyzer:
                 out["occlusion"] = Verdict(share >= th.occlusion_min_share, share, None, th.occlusion_min_share)
                 if share >= th.occlusion_min_share:
                     return self._only(out)
-        sample: dict[str, float | None] = {"luma": mean, "clipped": clipped, "inter_bytes": pic.inter_bytes}
+        sample: dict[str, float | None] = {"luma": mean, "clipped": clipped, "inter_low": pic.inter_bytes}
         if "blur" in on:
             b = C.blur_score(g)
             nb = self._learned("blur")
@@ -323,7 +329,7 @@ class DeviceAnalyzer:
             # Against the last two: a camera or recorder looping a short buffer repeats too.
             grids = [b for b in (C.block_diff(g, p) for p in prev) if b is not None]
             if grids:
-                d = min(float(np.median(b)) for b in grids)
+                d = min(C.median(b) for b in grids)
                 sample["change"] = d
                 if "frozen" in on:
                     out["frozen"] = self._frozen(d, min(float(b.max()) for b in grids), pic.inter_bytes)
@@ -359,7 +365,7 @@ class DeviceAnalyzer:
         lamp or the clock moves is alive.
         """
         th = self.cfg.thresholds
-        nd, nb = self._learned("change"), self._learned("inter_bytes")
+        nd, nb = self._learned("change"), self._learned("inter_low")
         if nd is not None and nb is not None and inter_bytes is not None and nb > 0:
             at = max(th.frozen_max_diff, th.frozen_ratio * nd)
             repeat = d <= min(th.frozen_repeat_diff, th.frozen_ratio * nd)  # a still scene has no bytes to lose

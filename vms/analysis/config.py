@@ -119,7 +119,7 @@ class Thresholds(_Model):
         1.8, gt=1, le=100, description="Noise sigma as a multiple of the camera's normal grain (plus "
         "noise_rise_add) at which it is snow."
     )
-    noise_rise_add: float = Field(1.0, ge=0, le=100, description="Luma levels added to the multiple of the normal.")
+    noise_rise_add: float = Field(0.4, ge=0, le=100, description="Luma levels added to the multiple of the normal.")
     stripe_min_amplitude: float = Field(
         5.0, gt=0, le=128, description="Amplitude (luma levels) of a periodic row/column pattern that is interference."
     )
@@ -164,14 +164,21 @@ class MotionConfig(_Model):
         480,
         ge=0,
         le=4320,
-        description="Fully decode streams up to this height for motion (sub streams); taller streams get motion "
-        "from keyframes only, so the hub never full-decodes 1080p main streams.",
+        description="Fully decode main streams up to this height for motion (a small camera's only stream); taller "
+        "streams get motion from keyframes only, so the hub never full-decodes 1080p main streams. A sub stream "
+        "only with decode_sub.",
     )
     threshold: int = Field(25, ge=1, le=255, description="Luma change counted as motion.")
     alpha: float = Field(0.05, gt=0, le=1, description="Background running-average weight per analysed frame.")
     min_area: float = Field(0.001, ge=0, le=1, description="Smallest box, as a share of the picture.")
     recalibrate_share: float = Field(
         0.6, gt=0, le=1, description="Change over this share of the picture is light, not motion: relearn."
+    )
+    decode_sub: bool = Field(
+        False,
+        description="Fully decode a camera's sub stream (up to max_height) for motion at `fps`, when the sub stream is "
+        "what is analysed: motion between keyframes too, at about a quarter of the cameras per core "
+        "(bench/bench_analysis.py). Off: motion from the sub stream's keyframes, as for a 1080p main stream.",
     )
 
 
@@ -181,6 +188,10 @@ class CameraAnalysis(_Model):
     ignore the alerts."""
 
     checks: list[CheckName] | None = Field(None, description="The checks run on this camera, instead of the list.")
+    sub_stream: bool | None = Field(
+        None, description="Analyse this camera's sub stream while live (None: as `analysis.sub_stream`); off for a "
+        "camera whose sub stream is not its main picture (a crop, a dewarped view)."
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict, max_length=64, description="Thresholds that differ for this camera, by name."
     )
@@ -225,6 +236,18 @@ class AnalysisConfig(_Model):
     scene_adopt_after: int = Field(
         150, ge=1, le=100000, description="Bad samples after which a moved camera's new view becomes the reference."
     )
+    sub_stream: bool = Field(
+        True,
+        description="Analyse a camera's sub stream (子码流) instead of its main stream while it has one live: its "
+        "keyframes cost several times less to decode, and the main stream is then not decoded for analysis at all.",
+    )
+    sub_stale_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A camera whose newest sub-stream segment is older than this is analysed from its main stream "
+        "again.",
+    )
     snapshot_width: int = Field(640, ge=64, le=3840, description="Width of JPEG snapshots of raised defects.")
     motion: MotionConfig = Field(default_factory=MotionConfig)
     cameras: dict[ids.DeviceIdKey, CameraAnalysis] = Field(
@@ -244,6 +267,8 @@ class AnalysisConfig(_Model):
         update: dict[str, object] = {}
         if own.checks is not None:
             update["checks"] = own.checks
+        if own.sub_stream is not None:
+            update["sub_stream"] = own.sub_stream
         if own.thresholds:
             update["thresholds"] = Thresholds.model_validate({**self.thresholds.model_dump(), **own.thresholds})
         return self.model_copy(update=update)

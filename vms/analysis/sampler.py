@@ -4,10 +4,16 @@ Decode economy, the point of this module:
 - quality checks read keyframes only: non-key packets are not even sent to the decoder and
   ``skip_frame = "NONKEY"`` guards the rest (1080p25 GOP 2 s: ~61 keyframes/s per core instead
   of ~310 frames/s for a full decode, i.e. ~120 cameras instead of ~12);
-- motion needs consecutive frames, so it fully decodes only streams no taller than
-  ``motion.max_height`` (sub streams), with ``skip_frame = "NONREF"`` dropping non-reference
-  frames, and analyses ``motion.fps`` of them a second; taller streams get a coarse motion
-  figure from their keyframes;
+- a segment is opened with its probe told not to decode (:data:`PROBE`): the probe that fills in the
+  stream's parameters would otherwise decode its first keyframe once more (and up to seven frames of
+  an H.264 stream that does not state its reordering, as Baseline sub streams often do), which on a
+  textured 1080p camera is half the cost of the segment (``bench/bench_analysis.py``);
+- a camera with a live sub stream is analysed from it instead (``Work.stream``, see
+  :mod:`vms.analysis.substream`): its keyframes decode several times faster than the main's;
+- motion needs consecutive frames, so it fully decodes only main streams no taller than
+  ``motion.max_height`` (and sub streams with ``motion.decode_sub``), with ``skip_frame = "NONREF"``
+  dropping non-reference frames, and analyses ``motion.fps`` of them a second; other streams get
+  a coarse motion figure from their keyframes;
 - pictures are the decoder's Y plane as a numpy view, scaled once with ``INTER_LINEAR``; no colour
   conversion except for the JPEG snapshot of a raised defect;
 - the bytes of the inter frames that follow a keyframe are counted from the demuxed packets, never
@@ -31,12 +37,18 @@ import numpy as np
 import numpy.typing as npt
 
 from vms.analysis.analyzer import DeviceAnalyzer, Picture
-from vms.analysis.checks import analysis_picture
+from vms.analysis.checks import analysis_picture, inter_level
 from vms.analysis.config import AnalysisConfig
+from vms.analysis.substream import Stream
 
 log = logging.getLogger(__name__)
 U8 = npt.NDArray[np.uint8]
 _PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"})
+
+
+#: Options of ``av.open``: the stream probe reads the parameters from the headers and decodes nothing.
+#: Only the probe's own decoder takes them; the stream's codec context is opened afresh.
+PROBE = {"skip_frame": "all"}
 
 
 def plane_view(frame: av.VideoFrame, index: int) -> U8:
@@ -68,7 +80,7 @@ def snapshot_jpeg(frame: av.VideoFrame, width: int, quality: int = 80) -> bytes:
 def first_keyframe_jpeg(path: str | os.PathLike[str], width: int) -> bytes | None:
     """A JPEG of the first keyframe in a segment file (None if it has none or cannot be read)."""
     try:
-        with av.open(os.fspath(path)) as container:
+        with av.open(os.fspath(path), options=PROBE) as container:
             if not container.streams.video:
                 return None
             stream = container.streams.video[0]
@@ -94,8 +106,10 @@ class Work:
     #: The checks its owner holds raised for the camera, with since when: an analyser made anew (a
     #: restarted hub or worker) starts from them instead of clearing and raising them again.
     raised: tuple[tuple[str, float], ...] = ()
-    #: The camera's learned normal as last reported (``Report.normal``): a new analyser starts from it.
+    #: The camera's learned normal of this stream as last reported (``Report.normal``): a new analyser starts from it.
     normal: tuple[tuple[str, int, float], ...] = ()
+    #: ``sub``: the camera's sub stream, analysed instead of its main one while live.
+    stream: Stream = "main"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +143,10 @@ class Report:
     frames: int = 0
     error: str | None = None
     busy_s: float = 0.0
+    end: float | None = None
+    stream: Stream = "main"
+    #: A sub stream narrower than the analysis picture: not judged; its camera belongs on its main stream.
+    narrow: bool = False
 
 
 class SegmentSampler:
@@ -143,21 +161,35 @@ class SegmentSampler:
         device_id: str,
         raised: tuple[tuple[str, float], ...] = (),
         normal: tuple[tuple[str, int, float], ...] = (),
+        stream: Stream = "main",
     ) -> DeviceAnalyzer:
+        """The camera's analyser; made anew when the stream it reads changes, since its pictures, learned
+        view and normal belong to one stream; it starts from the checks its owner holds raised."""
         an = self.devices.get(device_id)
-        if an is None:
-            an = self.devices[device_id] = DeviceAnalyzer(self.cfg.for_device(device_id))
+        if an is None or an.stream != stream:
+            an = self.devices[device_id] = DeviceAnalyzer(self.cfg.for_device(device_id), stream=stream)
             an.resume(dict(raised), {m: (n, v) for m, n, v in normal})
         return an
 
     def analyse(self, work: Work) -> Report:
         t0 = time.perf_counter()
-        an = self.analyser(work.device_id, work.raised, work.normal)
-        rep = Report(work.device_id, work.segment_id, work.start, work.key)
+        rep = Report(work.device_id, work.segment_id, work.start, work.key, end=work.end, stream=work.stream)
+        an: DeviceAnalyzer | None = None
         try:
-            self._decode(work, an, rep)
+            with av.open(work.path, options=PROBE) as container:
+                if not container.streams.video:
+                    raise ValueError("segment has no video stream")
+                stream = container.streams.video[0]
+                if work.stream == "sub" and 0 < (stream.codec_context.width or 0) < self.cfg.width:
+                    rep.narrow = True  # its pictures would be smaller than the main's: the camera's state stays
+                    rep.busy_s = time.perf_counter() - t0
+                    return rep
+                an = self.analyser(work.device_id, work.raised, work.normal, work.stream)
+                self._decode(container, stream, work, an, rep)
         except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
             rep.error = f"{type(exc).__name__}: {exc}"
+        if an is None:
+            an = self.analyser(work.device_id, work.raised, work.normal, work.stream)
         if rep.keyframes == 0:
             rep.events.extend(
                 Event(c.check, c.raised, c.at, c.value, None, c.normal, c.threshold) for c in an.feed(None, work.start)
@@ -168,65 +200,64 @@ class SegmentSampler:
         rep.busy_s = time.perf_counter() - t0
         return rep
 
-    def _decode(self, work: Work, an: DeviceAnalyzer, rep: Report) -> None:
+    def _decode(
+        self, container: av.container.InputContainer, stream: av.VideoStream, work: Work, an: DeviceAnalyzer,
+        rep: Report,
+    ) -> None:
         cfg = self.cfg
-        with av.open(work.path) as container:
-            if not container.streams.video:
-                raise ValueError("segment has no video stream")
-            stream = container.streams.video[0]
-            cc = stream.codec_context
-            height = cc.height or 0
-            full = an.motion is not None and 0 < height <= cfg.motion.max_height
-            cc.skip_frame = "NONREF" if full else "NONKEY"
-            step = 1.0 / cfg.motion.fps
-            first: float | None = None
-            next_motion = -1.0
-            peak: float | None = None
-            # Bytes and count of the inter frames after each keyframe packet (by its pts), and the decoded
-            # keyframes waiting for their GOP to end: (pts, picture, frame for a snapshot).
-            gops: dict[int | None, list[int]] = {}
-            last_key: int | None = None
-            waiting: list[tuple[int | None, Picture, av.VideoFrame]] = []
-            for packet in container.demux(stream):
-                if packet.size == 0 and packet.pts is None:
-                    frames = cc.decode(None)  # end of stream: flush
-                elif packet.is_keyframe:
-                    last_key = packet.pts
-                    gops[last_key] = [0, 0]
-                    frames = cc.decode(packet)
-                else:
-                    gop = gops.get(last_key)
-                    if gop is not None:
-                        gop[0] += packet.size
-                        gop[1] += 1
-                    if not full:
-                        continue
-                    frames = cc.decode(packet)
-                for frame in frames:
-                    rep.frames += 1
-                    rel = 0.0 if frame.time is None else float(frame.time)
-                    if first is None:
-                        first = rel
-                    t = work.start + max(0.0, rel - first)
-                    key = frame.key_frame
-                    step_motion = an.motion is not None and (key if not full else t >= next_motion)
-                    if not (key or step_motion):
-                        continue  # decoded only as a reference for the frames we sample
-                    frame = _planar(frame)
-                    g = analysis_picture(plane_view(frame, 0), cfg.width)
-                    if key:
-                        rep.keyframes += 1
-                        u, v = chroma_means(frame)
-                        waiting.append((frame.pts, Picture(t, g, u, v), frame))
-                    if step_motion and an.motion is not None:
-                        next_motion = t + step - 1e-3
-                        ratio = an.motion.step(g).ratio
-                        peak = ratio if peak is None else max(peak, ratio)
-                while waiting and waiting[0][0] != last_key:
-                    self._judge(an, rep, waiting.pop(0), gops)  # its GOP is complete: a later keyframe came
-            for item in waiting:
-                self._judge(an, rep, item, gops)
-            rep.motion_ratio = peak
+        cc = stream.codec_context
+        height = cc.height or 0
+        full = (an.motion is not None and 0 < height <= cfg.motion.max_height
+                and (work.stream == "main" or cfg.motion.decode_sub))
+        cc.skip_frame = "NONREF" if full else "NONKEY"
+        step = 1.0 / cfg.motion.fps
+        first: float | None = None
+        next_motion = -1.0
+        peak: float | None = None
+        # Sizes of the inter frames after each keyframe packet (by its pts), and the decoded keyframes
+        # waiting for their GOP to end: (pts, picture, frame for a snapshot).
+        gops: dict[int | None, list[int]] = {}
+        last_key: int | None = None
+        waiting: list[tuple[int | None, Picture, av.VideoFrame]] = []
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.pts is None:
+                frames = cc.decode(None)  # end of stream: flush
+            elif packet.is_keyframe:
+                last_key = packet.pts
+                gops[last_key] = []
+                frames = cc.decode(packet)
+            else:
+                gop = gops.get(last_key)
+                if gop is not None:
+                    gop.append(packet.size)
+                if not full:
+                    continue
+                frames = cc.decode(packet)
+            for frame in frames:
+                rep.frames += 1
+                rel = 0.0 if frame.time is None else float(frame.time)
+                if first is None:
+                    first = rel
+                t = work.start + max(0.0, rel - first)
+                key = frame.key_frame
+                step_motion = an.motion is not None and (key if not full else t >= next_motion)
+                if not (key or step_motion):
+                    continue  # decoded only as a reference for the frames we sample
+                frame = _planar(frame)
+                g = analysis_picture(plane_view(frame, 0), cfg.width)
+                if key:
+                    rep.keyframes += 1
+                    u, v = chroma_means(frame)
+                    waiting.append((frame.pts, Picture(t, g, u, v), frame))
+                if step_motion and an.motion is not None:
+                    next_motion = t + step - 1e-3
+                    ratio = an.motion.step(g).ratio
+                    peak = ratio if peak is None else max(peak, ratio)
+            while waiting and waiting[0][0] != last_key:
+                self._judge(an, rep, waiting.pop(0), gops)  # its GOP is complete: a later keyframe came
+        for item in waiting:
+            self._judge(an, rep, item, gops)
+        rep.motion_ratio = peak
 
     def _judge(
         self,
@@ -237,8 +268,7 @@ class SegmentSampler:
     ) -> None:
         """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe."""
         pts, pic, frame = item
-        nbytes, frames = gops.pop(pts, (0, 0))
-        pic.inter_bytes = nbytes / frames if frames else None
+        pic.inter_bytes = inter_level(gops.pop(pts, []))
         changes = an.feed(pic, pic.t)
         jpeg = snapshot_jpeg(frame, self.cfg.snapshot_width) if any(c.raised for c in changes) else None
         rep.events.extend(

@@ -2,10 +2,14 @@
 
 An agent relays a camera's sub stream (子码流: low resolution, Baseline, no B-frames) so that a
 wall of 4-16 tiles decodes little. Those segments matter only while they are fresh, so they stay
-out of the segment index and therefore out of retention, archive, clips and analysis. Each one is
-verified (sha256), written here under a temporary name and renamed (no fsync: a segment lost in a
-crash costs nothing), and listed in the camera's ``sub`` live window. Its file is deleted when it
-slides out of that window or ages out; the whole ring is emptied when the serving hub starts.
+out of the segment index and therefore out of retention, archive and clips. Each one is verified
+(sha256), written here under a temporary name and renamed (no fsync: a segment lost in a crash
+costs nothing), and listed in the camera's ``sub`` live window. Its file is deleted when it slides
+out of that window or ages out; the whole ring is emptied when the serving hub starts.
+
+The analysis reads a camera's sub stream instead of its main one while it is live (see
+``vms/analysis/substream.py``): it takes each new file by a hard link of its own (:meth:`SubRing.path`
+names it), so the ring deletes on its own schedule and the analysis when it is done.
 """
 
 from __future__ import annotations
@@ -39,11 +43,15 @@ class SubRing:
         with self._lock:
             self.files = self.bytes = 0
 
+    def path(self, device_id: str, seg_id: int) -> Path:
+        """Where segment ``seg_id`` of ``device_id`` is kept while in its window."""
+        return self.root / device_id / f"{seg_id}.ts"
+
     def write(self, device_id: str, data: bytes) -> tuple[int, Path]:
         """Write one segment; returns its ID and path. Raises OSError."""
         with self._lock:
             seg_id = next(self._ids)
-        final = self.root / device_id / f"{seg_id}.ts"
+        final = self.path(device_id, seg_id)
         tmp = final.with_name(final.name + ".part")
         final.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -1,7 +1,9 @@
 """Segment ingest: a relayed segment into the archive, and what follows from it.
 
 A stored main-stream segment makes its device count as uploading, wakes live viewers and is
-offered to the analysis; a sub-stream segment only feeds live view (never indexed or analysed).
+offered to the analysis; a sub-stream segment feeds live view and is offered to the analysis too
+(never indexed or recorded): while a camera's sub stream is live the analysis reads it instead of
+the main stream, whose keyframes cost several times more to decode (``vms/analysis/substream.py``).
 
 A segment that would start further in the future than the clock-skew bound (after the skew
 correction) is refused (``bad_range``): it would become a camera's "newest" segment, freeze its
@@ -21,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from vms.archive.store import Adopted, Incoming, Outcome, Result, SegmentStore
@@ -40,13 +43,16 @@ class SegmentIngest:
         analyse: Callable[[str, float, float, str, int | None, float | None], None],
         clock: Callable[[], float],
         max_clock_skew_s: float,
+        analyse_sub: Callable[[str, float, float, Path], None] | None = None,
     ) -> None:
         """``observe_upload(device, content_end)`` tells health; ``analyse(device, start, duration,
-        sha256, segment_id, motion_ratio)`` offers the segment to the analysis."""
+        sha256, segment_id, motion_ratio)`` offers the segment to the analysis, ``analyse_sub(device,
+        start, duration, path)`` a sub-stream segment kept at ``path`` in the live ring."""
         self.segments = segments
         self.live = live
         self.observe_upload = observe_upload
         self.analyse = analyse
+        self.analyse_sub = analyse_sub
         self.clock = clock
         self.max_skew = max_clock_skew_s
         self._uploads: dict[str, int] = {}
@@ -134,12 +140,15 @@ class SegmentIngest:
 
     def store_sub(self, device_id: str, start: float, duration: float, data: bytes, sha256: str,
                   sent_at: float | None) -> Outcome:
-        """A sub-stream segment: live view only; not indexed, recorded or analysed, and no health signal."""
+        """A sub-stream segment: live view and the analysis; not indexed or recorded, and no health signal."""
         now = self.clock()
         start = self.hub_time(start, sent_at, now)
         if (refused := self.too_new(device_id, start, duration, now)) is not None:
             return refused
-        return self.live.store_sub(device_id, start, duration, data, sha256)
+        outcome = self.live.store_sub(device_id, start, duration, data, sha256)
+        if outcome.result is Result.STORED and outcome.segment_id is not None and self.analyse_sub is not None:
+            self.analyse_sub(device_id, start, duration, self.live.ring.path(device_id, outcome.segment_id))
+        return outcome
 
     def hub_time(self, start: float, sent_at: float | None, now: float) -> float:
         """A segment's start on the hub's time line: moved by the skew when the agent's clock is off."""

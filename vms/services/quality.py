@@ -13,6 +13,12 @@ Each camera's learned normal (see :mod:`vms.analysis.analyzer`) comes back with 
 segment and goes out with the camera's next one (``Work.normal``), so a restarted worker does not
 learn it again; it is kept in ``<data_dir>/analysis-normal.json`` (written at most once a minute
 and at stop, read at start), so a restarted hub does not either.
+
+While a camera's sub stream is live, the analysis reads its sub-stream segments instead of the main
+ones (:mod:`vms.analysis.substream`): each is hard-linked out of the live ring into
+``<data_dir>/analysis-sub/`` (the worker removes the link; the directory is emptied at start), the
+main segments are not decoded, and each main segment's motion ratio is the peak of the sub segments
+that cover it, written once they are analysed. The sub stream has a normal of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +43,7 @@ from vms.analysis.config import CHECKS, AnalysisConfig
 from vms.analysis.normals import Normal
 from vms.analysis.pool import AnalysisPool
 from vms.analysis.sampler import Event, Report, Work, first_keyframe_jpeg
+from vms.analysis.substream import SubStreams, normal_key
 from vms.archive.store import relative_path
 from vms.db.models import QualityEvent, Segment
 from vms.health import defect_bit
@@ -89,11 +97,19 @@ class QualityBook:
         self._normals_saved = time.monotonic()
         self._normals_dirty = False
         self._save_lock = threading.Lock()  # the collector's periodic save and the one at stop share a file
+        self.subs: SubStreams[int] = SubStreams(cfg.sub_stale_s)  # cameras analysed from their sub stream
+        self._sub_dir = self.data_dir / "analysis-sub"
+        self._subs_expired = 0.0
+        self.sub_submitted = 0  # sub-stream segments handed to the analysis
+        self.main_skipped = 0  # main-stream segments not decoded: their camera's sub stream is analysed
+        self.sub_link_errors = 0
 
     def start(self) -> None:
         self._restore()
         if self.pool is not None:
             self.normals = self._load_normals()
+            shutil.rmtree(self._sub_dir, ignore_errors=True)  # links left by a crash: their analysis is gone
+            self._sub_dir.mkdir(parents=True, exist_ok=True)
             self.pool.start()
         if not self.read_only:
             self._agent_thread = threading.Thread(target=self._agent_loop, name="vms-agent-quality", daemon=True)
@@ -182,18 +198,66 @@ class QualityBook:
         """Hand a stored segment to the analysis; returns at once (dropped and counted if behind).
 
         A camera its agent analyses is not decoded again here; the agent's motion ratio for the
-        segment, if it sent one, is recorded instead.
+        segment, if it sent one, is recorded instead. Nor is a camera whose sub stream is analysed:
+        the segment's motion ratio comes from the sub segments that cover it.
         """
         if device_id in self.agent_analysed:
             if segment_id is not None and motion_ratio is not None:
                 self._queue_agent(device_id, (segment_id, motion_ratio))
         elif self.pool is not None:
-            path = self.recordings / relative_path(device_id, start, sha256.lower())
+            now = time.monotonic()
+            settled: list[tuple[int, float | None]] = []
             with self.lock:
-                raised = tuple((c, cur.since) for c, cur in self.current.get(device_id, {}).items())
-                normal = self.normals.get(device_id, ())
-            self.pool.submit(Work(device_id, str(path), start, start + duration, segment_id, raised=raised,
-                                  normal=normal))
+                from_sub = self.cfg.for_device(device_id).sub_stream and self.subs.live(device_id, now)
+                if from_sub:
+                    self.main_skipped += 1
+                    if segment_id is not None:
+                        settled = self.subs.wait_motion(device_id, segment_id, start, start + duration, now)
+                expired = self._expire(now)
+            for dev, seg, ratio in expired:
+                self._motion_settled(dev, [(seg, ratio)])
+            if from_sub:
+                self._motion_settled(device_id, settled)
+                return
+            path = self.recordings / relative_path(device_id, start, sha256.lower())
+            self._submit(Work(device_id, str(path), start, start + duration, segment_id))
+
+    def sub_stored(self, device_id: str, start: float, duration: float, path: Path) -> None:
+        """A sub-stream segment in the live ring: analysed instead of the camera's main segments while
+        they keep coming (see :mod:`vms.analysis.substream`). Returns at once, like :meth:`segment_stored`."""
+        if self.pool is None or device_id in self.agent_analysed or not self.cfg.for_device(device_id).sub_stream:
+            return
+        with self.lock:
+            if self.subs.refused(device_id, time.monotonic()):
+                return
+        link = self._sub_dir / f"{device_id}-{path.name}"
+        try:
+            os.link(path, link)  # the ring deletes its file when it leaves the live window, maybe before the worker
+        except OSError as exc:
+            self.sub_link_errors += 1
+            if self.sub_link_errors == 1 or self.sub_link_errors % 1000 == 0:  # one cause fails them all: say it once
+                log.warning("cannot stage a sub-stream segment of %s for analysis (%d so far): %s", device_id,
+                            self.sub_link_errors, exc)
+            return
+        with self.lock:
+            self.subs.seen(device_id, time.monotonic())
+            self.sub_submitted += 1
+        if not self._submit(Work(device_id, str(link), start, start + duration, remove_after=True, stream="sub")):
+            link.unlink(missing_ok=True)
+
+    def _submit(self, work: Work) -> bool:
+        """Queue ``work`` with the checks raised now and its stream's normal: a new analyser starts from them."""
+        assert self.pool is not None
+        with self.lock:
+            raised = tuple((c, cur.since) for c, cur in self.current.get(work.device_id, {}).items())
+            normal = self.normals.get(normal_key(work.device_id, work.stream), ())
+        return self.pool.submit(replace(work, raised=raised, normal=normal))
+
+    def _motion_settled(self, device_id: str, settled: list[tuple[int, float | None]]) -> None:
+        """Main segments whose motion the sub stream has told: written by the background thread."""
+        for segment_id, ratio in settled:
+            if ratio is not None:
+                self._queue_agent(device_id, (segment_id, ratio))
 
     # -- findings of agents that analyse their cameras ---------------------------------------------
     def agent_report(self, device_id: str, defects: Mapping[str, float] | None, now: float) -> None:
@@ -262,6 +326,13 @@ class QualityBook:
 
     # -- reports from the pool ---------------------------------------------------------------------
     def on_report(self, rep: Report) -> None:
+        if rep.narrow:  # nothing was judged: the camera goes back to its main stream for a while
+            with self.lock:
+                settled = self.subs.narrow(rep.device_id, time.monotonic())
+            log.info("camera %s: its sub stream is narrower than the analysis picture; analysing its main stream",
+                     rep.device_id)
+            self._motion_settled(rep.device_id, settled)
+            return
         if rep.error:
             log.warning("analysis of %s segment %s: %s", rep.device_id, rep.segment_id, rep.error)
         for ev in rep.events:
@@ -272,11 +343,32 @@ class QualityBook:
         for check in stale:
             self.apply(rep.device_id, Event(check, False, rep.start, None), reason="analysis state was reset")
         if rep.normal:
-            self._keep_normal(rep.device_id, rep.normal)
+            self._keep_normal(normal_key(rep.device_id, rep.stream), rep.normal)
+        if rep.stream == "sub":
+            self._sub_motion(rep)
         if rep.segment_id is not None and rep.motion_ratio is not None:
             with self.sessions() as s:
                 s.execute(update(Segment).where(Segment.id == rep.segment_id).values(motion_ratio=rep.motion_ratio))
                 s.commit()
+
+    def _sub_motion(self, rep: Report) -> None:
+        """Collector thread: a sub segment's motion goes to the main segments it covers; once a second,
+        main segments of cameras whose sub stream stopped settle with what is known."""
+        now = time.monotonic()
+        end = rep.end if rep.end is not None else rep.start
+        with self.lock:
+            settled = self.subs.motion(rep.device_id, rep.start, end, rep.motion_ratio, now)
+            expired = self._expire(now)
+        self._motion_settled(rep.device_id, settled)
+        for device_id, segment_id, ratio in expired:
+            self._motion_settled(device_id, [(segment_id, ratio)])
+
+    def _expire(self, now: float) -> list[tuple[str, int, float | None]]:
+        """With the lock held: at most once a second, what cameras whose sub stream stopped left waiting."""
+        if now - self._subs_expired < 1.0:
+            return []
+        self._subs_expired = now
+        return self.subs.expire(now)
 
     def apply(self, device_id: str, ev: Event, reason: str = "") -> None:
         """Record one raised/cleared defect and set the device's defect bit.
@@ -388,6 +480,10 @@ class QualityBook:
                 ("vms_analysis_keyframes", "Keyframes checked", st.keyframes),
                 ("vms_analysis_busy_seconds", "Worker time spent decoding and analysing", st.busy_s),
                 ("vms_analysis_worker_restarts", "Analysis workers restarted", st.restarts),
+                ("vms_analysis_sub_segments", "Sub-stream segments handed to the analysis (cameras analysed from "
+                 "their sub stream)", self.sub_submitted),
+                ("vms_analysis_main_skipped", "Main-stream segments not decoded: their camera's sub stream is "
+                 "analysed", self.main_skipped),
             ):
                 yield CounterMetricFamily(name, doc, value=value)
             depth = self.pool.depth()
