@@ -231,6 +231,10 @@ def test_district_police_pull_a_town_cameras_clip_fetched_from_the_town_by_downl
         start, end = began + 2, began + 10
         assert httpx.get(f"{district.url}/api/v1/gb28181/devices", headers=d_admin).json()["devices"][0][
             "streams"] == {}  # nothing streams from the town: the district has no footage of its own
+        rec = httpx.get(f"{district.url}/api/v1/devices/{CAM}/recordings", headers=police, timeout=20,
+                        params={"start": f"{start:.3f}", "end": f"{end:.3f}"}).json()
+        assert rec["segments_total"] == 0 and TOWN in rec["elsewhere_note"], rec
+        assert sum(g["seconds"] for g in rec["elsewhere"]) >= 7.5, rec  # what the town recorded, from RecordInfo
         asked = time.monotonic()
         r = httpx.get(f"{district.url}/api/v1/devices/{CAM}/clip.mp4", headers=police, timeout=60,
                       params={"start": f"{start:.3f}", "end": f"{end:.3f}", "case": "2026-118"})
@@ -251,6 +255,9 @@ def test_district_police_pull_a_town_cameras_clip_fetched_from_the_town_by_downl
                       params={"start": f"{start + 2:.3f}", "end": f"{end - 2:.3f}", "case": "2026-118"})
     assert again.status_code == 200
     assert len(pulls_at_town()) == 1  # kept at the district: not fetched twice
+    rec = httpx.get(f"{district.url}/api/v1/devices/{CAM}/recordings", headers=police, timeout=20,
+                    params={"start": f"{start:.3f}", "end": f"{end:.3f}"}).json()
+    assert rec["recorded_s"] >= 7, rec  # now kept here too
 
 
 def test_a_camera_accepted_at_the_town_later_is_added_at_the_district_and_deleted_when_rejected(
@@ -317,7 +324,16 @@ def test_the_district_wall_in_chromium_plays_a_town_camera_through_the_cascade(
             a = page.evaluate("vmsWall.stats()")[0]
             page.wait_for_timeout(3000)
             b = page.evaluate("vmsWall.stats()")[0]
+            # The camera view at the district shows what the town recorded, to be pulled from there.
+            admin = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+            admin.add_init_script(f"sessionStorage.setItem('vms.token', {district.tokens['admin']!r});")
+            page = admin.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{district.url}/web/#/camera/{CAM}")
+            page.wait_for_selector(".recordings[data-recordings=ready] rect.rec-elsewhere", timeout=30_000)
+            summary = page.inner_text(".rec-summary")
             browser.close()
+    assert TOWN in summary, summary
     assert (b["width"], b["height"]) == (640, 360), b
     assert b["frames"] >= a["frames"] + 40, (a, b)  # 25 fps: moving pictures, not a still
     assert not errors, errors

@@ -628,6 +628,12 @@ class Recordings(BaseModel):
     gaps: list[Gap]
     quality_events: list[QualityMark]
     holds: list[HoldOut] = Field(description="Active legal holds overlapping the range")
+    elsewhere: list[Gap] | None = Field(
+        None, description="A lower platform's camera (a town's, seen at the district): what that platform recorded "
+        "in the range (its RecordInfo), fetched into this archive when a clip of it is pulled; null for this "
+        "center's own cameras, or when the platform did not answer within 5 s (see elsewhere_note)")
+    elsewhere_note: str | None = Field(None, description="Which platform keeps the camera's footage, or why its "
+                                       "recordings are not listed")
 
 
 @router.get("/api/v1/devices/{device_id}/recordings", response_model=Recordings,
@@ -674,7 +680,17 @@ def recordings(
         ).all()
     gaps = find_gaps([(a, b) for a, b, _, _ in rows], s, e)
     shown = [r for r in rows if min_motion is None or (r[3] is not None and r[3] >= min_motion)]
+    remote = hub.gb28181.recorded_elsewhere(device_id, s, e) if hub.gb28181 is not None else None
+    elsewhere, note = None, None
+    if remote is not None:
+        platform, spans = remote
+        note = (f"kept at the lower platform {platform}; a clip fetches it" if spans is not None
+                else f"kept at the lower platform {platform}, which did not answer for its recordings")
+        elsewhere = None if spans is None else [{"start": iso(a), "end": iso(b), "seconds": round(b - a, 3)}
+                                                for a, b in spans]
     return {
+        "elsewhere": elsewhere,
+        "elsewhere_note": note,
         "device_id": device_id,
         "start": iso(s),
         "end": iso(e),

@@ -545,6 +545,27 @@ class GbService:
                      device_id, how)
         return total
 
+    def _platform_of(self, device_id: str) -> Registration | None:
+        """The lower platform that shares ``device_id`` with this center, if one does."""
+        with self._lock:
+            return next((r for r in self.registrations.values() if r.platform and device_id in r.channels), None)
+
+    def recorded_elsewhere(self, device_id: str, start: float, end: float,
+                           timeout_s: float = 5.0) -> tuple[str, list[tuple[float, float]] | None] | None:
+        """What the lower platform sharing ``device_id`` recorded of it in ``[start, end)`` (RecordInfo),
+        for views: (its ID, the spans, or None when it did not answer within ``timeout_s``); None
+        when no platform shares the device. Blocking, from any thread but the SIP loop."""
+        loop = self._loop
+        reg = self._platform_of(device_id)
+        if loop is None or loop.is_closed() or reg is None:
+            return None
+        work = asyncio.run_coroutine_threadsafe(self.record_info(reg.device_id, device_id, start, end), loop)
+        try:
+            return reg.device_id, work.result(timeout_s)
+        except TimeoutError:
+            work.cancel()
+            return reg.device_id, None
+
     def fetch(self, device_id: str, start: float, end: float) -> float | None:
         """Footage of a lower platform's camera fetched from the platform's own recording into this
         archive (a police clip of a town camera pulled at the district: the footage stays at the town
@@ -553,8 +574,7 @@ class GbService:
         loop, player, sink = self._loop, self.player, self.sink
         if loop is None or player is None or sink is None or loop.is_closed():
             return None
-        with self._lock:
-            reg = next((r for r in self.registrations.values() if r.platform and device_id in r.channels), None)
+        reg = self._platform_of(device_id)
         if reg is None:
             return None
         limit = (end - start) / self.cfg.download_speed + 2 * self.cfg.media_timeout_s + 20
@@ -603,8 +623,7 @@ class GbService:
         loop, player = self._loop, self.player
         if loop is None or player is None or loop.is_closed():
             return False
-        with self._lock:
-            reg = next((r for r in self.registrations.values() if r.platform and device_id in r.channels), None)
+        reg = self._platform_of(device_id)
         if reg is None or not self.hub.streamable(device_id):
             return False
         with contextlib.suppress(RuntimeError):  # the loop is closing: the hub is stopping

@@ -120,6 +120,14 @@ export function recordingsPanel(deviceId, me, params, onPick) {
     };
     const bar = svg("svg", { viewBox: "0 0 1000 56", preserveAspectRatio: "none", class: "rec-bar", role: "img" },
       svg("rect", { x: 0, y: 10, width: 1000, height: 24, class: "rec-gap" }),
+      (rec.elsewhere || []).map((g) => {
+        const a = Date.parse(g.start), b = Date.parse(g.end);
+        const r = svg("rect", { x: x(a), y: 10, width: w(a, b), height: 24, class: "rec-elsewhere",
+          "data-start": g.start, "data-end": g.end },
+        svg("title", {}, `${t("rec.elsewhere")} ${clock(a)} – ${clock(b)} (${duration(g.seconds)})`));
+        r.addEventListener("click", (e) => pick(e, a, b));
+        return r;
+      }),
       spans.map(([a, b]) => {
         const r = svg("rect", { x: x(a), y: 10, width: w(a, b), height: 24, class: "rec-span",
           "data-start": new Date(a).toISOString(), "data-end": new Date(b).toISOString() },
@@ -140,6 +148,7 @@ export function recordingsPanel(deviceId, me, params, onPick) {
       el("span", { class: "key span" }, t("rec.recorded")), el("span", { class: "key gap" }, t("rec.gap")),
       el("span", { class: "key motion" }, t("rec.motion")), el("span", { class: "key quality" }, t("rec.quality")),
       el("span", { class: "key hold" }, t("rec.hold")),
+      rec.elsewhere && rec.elsewhere.length ? el("span", { class: "key elsewhere" }, t("rec.elsewhere")) : null,
       onPick ? el("span", { class: "muted" }, t("rec.clickHint")) : null);
     const windowS = (t1 - t0) / 1000;
     const summary = el("p", { class: "rec-summary", dataset: {
@@ -148,7 +157,7 @@ export function recordingsPanel(deviceId, me, params, onPick) {
     } }, t("rec.summary", {
       n: rec.segments_total, rec: duration(rec.recorded_s), pct: pct(rec.recorded_s / windowS),
       g: rec.gaps.length, m: rec.segments.length, q: rec.quality_events.length,
-    }), rec.truncated ? ` ${t("rec.truncated")}` : "");
+    }), rec.truncated ? ` ${t("rec.truncated")}` : "", rec.elsewhere_note ? ` ${rec.elsewhere_note}` : "");
     const gaps = [...rec.gaps].sort((p, q) => q.seconds - p.seconds).slice(0, GAPS_LISTED);
     const gapList = gaps.length ? el("details", { class: "rec-gaps" },
       el("summary", {}, t("rec.gapList", { n: rec.gaps.length })),
