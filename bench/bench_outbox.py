@@ -106,6 +106,7 @@ def scenario(dead: str | None, args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < deadline and not all(fp in healthy.arrived for fp in raised):
             time.sleep(0.05)
         hub._stop.set()
+        hub.outbox.wake()  # an idle outbox waits to be woken
         loop.join(15)
         with hub.sessions() as s:
             from sqlalchemy import select

@@ -67,6 +67,7 @@ class Hub:
         self.alerts = AlertWriter(self.sessions, cfg.alerts, lambda: self.public_url, self.events, clock)
         self.registry.changed = lambda ids: self.alerts.publish(ids, [])  # new devices, carriers: pages, superiors
         self.outbox = Outbox(cfg.alerts, self.sessions, sender, self.alerts.raise_kind, self.alerts.resolve_active)
+        self.alerts.delivering = self.outbox.wake  # committed deliveries are sent at once
         self.segments = SegmentStore(cfg.storage.data_dir / "recordings", cfg.archive, self.sessions)
         self.live = LiveRelay(cfg.live, self.segments.root, self.sessions, clock, cfg.health.max_clock_skew_s,
                               ring_dir=cfg.storage.data_dir / "live-sub")
@@ -178,14 +179,11 @@ class Hub:
                 log.exception("tick failed")
 
     def _outbox_loop(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self.outbox.drain(self.clock())
-            except Exception:
-                log.exception("outbox drain failed")
+        self.outbox.run(self._stop, self.clock)
 
     def stop(self) -> None:
         self._stop.set()
+        self.outbox.wake()  # its idle wait ends now
         for th in self._threads:
             th.join(timeout=10)
         self._threads.clear()

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -103,15 +104,18 @@ def _description(alert: Alert) -> str:
     return f"{alert.device_id} ({where}) since {since}"
 
 
-def enqueue(session: Session, alert: Alert, status: str, cfg: AlertsConfig, external_url: str, now: float) -> None:
+def enqueue(session: Session, alert: Alert, status: str, cfg: AlertsConfig, external_url: str, now: float) -> int:
     """Add one pending delivery per receiver; call inside the transaction that changed ``alert``.
+    Returns how many were added: after the commit, the outbox is woken for them (``Outbox.wake``).
 
     A ``receiver_down`` alert goes to every receiver but the one it is about: that one cannot take
     it, and its queue must not grow because it is dead."""
     about = (alert.detail or {}).get("receiver") if alert.kind == AlertKind.RECEIVER_DOWN else None
+    added = 0
     for r in cfg.receivers:
         if r.name == about:
             continue
+        added += 1
         session.add(
             Delivery(
                 alert_id=alert.id,
@@ -124,6 +128,7 @@ def enqueue(session: Session, alert: Alert, status: str, cfg: AlertsConfig, exte
                 created_at=now,
             )
         )
+    return added
 
 
 # -- secrets in receiver URLs ------------------------------------------------------------------
@@ -263,6 +268,14 @@ MAX_PARALLEL = 16
 #: How long a round waits for a receiver that is already failing; a hung one (its ``timeout_s``, up
 #: to 60 s) then finishes in the background, and is not tried again until that attempt has ended.
 DETACH_AFTER_S = 1.0
+#: How often :meth:`Outbox.run` drains while it has work: deliveries waiting (due now or backing
+#: off), attempts running, a failing receiver not yet alerted.
+POLL_S = 0.5
+#: With no work it waits for :meth:`Outbox.wake` (the alert writer, after committing deliveries)
+#: and reads the store only this often, in case another process wrote some.
+IDLE_POLL_S = 10.0
+#: Receivers with deliveries pending: the one query of a drain that finds nothing to do (built once).
+_PENDING_RECEIVERS = select(Delivery.receiver).where(Delivery.status == "pending").distinct()
 
 
 def receiver_down_fingerprint(name: str) -> str:
@@ -312,8 +325,34 @@ class Outbox:
                                         thread_name_prefix="vms-outbox")
         weakref.finalize(self, self._pool.shutdown, wait=False)
         self._rounds: dict[str, Future[_Round]] = {}  # in flight, one per receiver at most
+        self._wake = threading.Event()
+        self._waiting = False  # the last drain found deliveries pending
         self.sent_total = 0
         self.failed_total = 0
+
+    def wake(self) -> None:
+        """Deliveries were committed (or the hub stops): :meth:`run` drains now instead of at its idle poll."""
+        self._wake.set()
+
+    def idle(self) -> bool:
+        """Nothing to do until new deliveries are written: none were pending at the last drain, no
+        attempt is running and no failing receiver is still on its way to a ``receiver_down``."""
+        return not (self._waiting or self._rounds
+                    or any(st.failing_since is not None and not st.alerted for st in self.state.values()))
+
+    def run(self, stop: threading.Event, clock: Callable[[], float]) -> None:
+        """Drain until ``stop`` is set (call :meth:`wake` after setting it): every ``POLL_S`` while
+        there is work; idle, at once when woken and every ``IDLE_POLL_S`` otherwise. An idle hub thus
+        costs a wait, not a store query twice a second, and an alert is sent as soon as it is committed."""
+        while not stop.is_set():
+            self._wake.clear()  # before the drain: a commit during it makes the wait below return at once
+            failed = False
+            try:
+                self.drain(clock())
+            except Exception:
+                log.exception("outbox drain failed")
+                failed = True  # the store may be back soon
+            self._wake.wait(POLL_S if failed or not self.idle() else IDLE_POLL_S)
 
     def backoff(self, attempts: int) -> float:
         base = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** max(0, attempts - 1))
@@ -325,12 +364,13 @@ class Outbox:
         round, except that a receiver already failing gets ``DETACH_AFTER_S`` before its round is
         left to end in the background (taken in by a later call)."""
         with self.sessions() as s:
-            waiting = set(s.scalars(select(Delivery.receiver).where(Delivery.status == "pending").distinct()))
+            waiting = set(s.connection().execute(_PENDING_RECEIVERS).scalars())
             gone = waiting - self.receivers.keys()
             if gone:
                 s.execute(update(Delivery).where(Delivery.status == "pending", Delivery.receiver.in_(gone))
                           .values(status="failed", last_error="receiver no longer configured"))
                 s.commit()
+        self._waiting = bool(waiting - gone)
         delivered = self._collect()  # rounds left running by an earlier call
         for n in self.receivers:
             if n in waiting and n not in self._rounds:

@@ -29,7 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import select
+from sqlalchemy import Engine, Executable, bindparam, insert, literal_column, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +44,25 @@ INCOMING = ".incoming"
 #: Files start-up repair could not index (torn, unreadable, conflicting), kept for a person to look at.
 QUARANTINE = ".quarantine"
 _STRIPES = 64
+
+# The index's statements, built once: a segment costs two round trips to the store (the duplicate
+# check, the insert) as plain Core statements on a pooled connection. Building ORM objects and
+# queries per segment cost several times the store's own work (``bench/bench_archive.py``).
+_T = Segment.__table__
+_BY_START = (
+    select(_T.c.id, _T.c.sha256, literal_column("1").label("leg"))
+    .where(_T.c.device_id == bindparam("d"), _T.c.start_at == bindparam("s"))
+)
+#: Rows that make an upload a duplicate or a conflict: the same upload (device, content, agent
+#: start; ``leg`` 0) and whatever is stored at its start (``leg`` 1). Two index searches: SQLite
+#: plans an ``OR`` of the two as a scan of all the device's segments.
+_SAME_OR_AT_START = union_all(
+    select(_T.c.id, _T.c.sha256, literal_column("0").label("leg")).where(
+        _T.c.device_id == bindparam("d"), _T.c.sha256 == bindparam("h"), _T.c.agent_start == bindparam("a")
+    ),
+    _BY_START,
+)
+_INSERT = insert(Segment)
 
 
 class Result(Enum):
@@ -150,6 +169,10 @@ class SegmentStore:
         self.root = root
         self.cfg = cfg
         self.sessions = sessions
+        bind = sessions.kw.get("bind")
+        if not isinstance(bind, Engine):
+            raise TypeError("the segment store needs sessions bound to an engine")
+        self.engine: Engine = bind  # the index is written without ORM objects (see _INSERT)
         root.mkdir(parents=True, exist_ok=True)
         self.incoming_dir = root / INCOMING
         self.stored_total = 0
@@ -222,22 +245,8 @@ class SegmentStore:
         if digest != sha256.lower():
             return Outcome(Result.BAD_CHECKSUM, f"body sha256 {digest} does not match X-VMS-SHA256 {sha256}")
         with self._stripes[int(digest[:8], 16) % _STRIPES]:
-            with self.sessions() as s:
-                if agent_start is not None:
-                    same = s.scalars(
-                        select(Segment.id).where(
-                            Segment.device_id == device_id, Segment.sha256 == digest, Segment.agent_start == agent_start
-                        ).limit(1)
-                    ).first()
-                    if same is not None:
-                        return Outcome(Result.DUPLICATE, "already stored", same)
-                existing = s.scalars(
-                    select(Segment).where(Segment.device_id == device_id, Segment.start_at == start)
-                ).first()
-                if existing is not None:
-                    if existing.sha256 == digest:
-                        return Outcome(Result.DUPLICATE, "already stored", existing.id)
-                    return Outcome(Result.CONFLICT, f"a different segment is stored for {device_id} at {start}")
+            if (known := self._known(device_id, start, digest, agent_start)) is not None:
+                return known
             if self.free_bytes() < self.cfg.min_free_bytes:  # the body is on this disk already
                 self.refused_total += 1
                 return Outcome(Result.DISK_FULL, f"archive disk has less than {self.cfg.min_free_bytes} bytes free")
@@ -254,32 +263,40 @@ class SegmentStore:
                 return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
             return self._index(final, rel, device_id, start, duration, size, digest, agent_id, now, agent_start)
 
+    def _known(self, device_id: str, start: float, digest: str, agent_start: float | None) -> Outcome | None:
+        """``duplicate`` or ``conflict`` if the store has this segment or another at its start, else None
+        (one query)."""
+        stmt: Executable = _BY_START
+        params: dict[str, object] = {"d": device_id, "s": start}
+        if agent_start is not None:
+            stmt, params = _SAME_OR_AT_START, {**params, "h": digest, "a": agent_start}
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt, params).all()
+        same = next((r for r in rows if r.leg == 0), None)
+        at_start = next((r for r in rows if r.leg == 1), None)  # one at most (unique index)
+        if same is not None:
+            return Outcome(Result.DUPLICATE, "already stored", same.id)
+        if at_start is None:
+            return None
+        if at_start.sha256 == digest:
+            return Outcome(Result.DUPLICATE, "already stored", at_start.id)
+        return Outcome(Result.CONFLICT, f"a different segment is stored for {device_id} at {start}")
+
     def _index(
         self, final: Path, rel: str, device_id: str, start: float, duration: float, size: int, digest: str,
         agent_id: str | None, now: float, agent_start: float | None,
     ) -> Outcome:
+        row = {"device_id": device_id, "start_at": start, "end_at": start + duration, "bytes": size, "path": rel,
+               "sha256": digest, "received_at": now, "agent_id": agent_id, "agent_start": agent_start,
+               "deleting": False}
         try:
-            with self.sessions() as s:
-                row = Segment(
-                    device_id=device_id,
-                    start_at=start,
-                    end_at=start + duration,
-                    bytes=size,
-                    path=rel,
-                    sha256=digest,
-                    received_at=now,
-                    agent_id=agent_id,
-                    agent_start=agent_start,
-                )
-                s.add(row)
-                s.commit()  # durable before the caller answers "stored" (synchronous=FULL)
-                seg_id = row.id
+            with self.engine.begin() as conn:  # committed, durable, before the caller answers "stored"
+                key = conn.execute(_INSERT, row).inserted_primary_key
+            seg_id = int(key[0]) if key is not None and key[0] is not None else None
         except IntegrityError:
             # A concurrent upload of the same segment (another process) won the race; judge against what it stored.
-            with self.sessions() as s:
-                other = s.scalars(
-                    select(Segment).where(Segment.device_id == device_id, Segment.start_at == start)
-                ).first()
+            with self.engine.connect() as conn:
+                other = conn.execute(_BY_START, {"d": device_id, "s": start}).first()
             if other is not None and other.sha256 == digest:
                 return Outcome(Result.DUPLICATE, "already stored", other.id)
             final.unlink(missing_ok=True)

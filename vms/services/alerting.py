@@ -4,7 +4,8 @@ Rooms decide *whether* an alert opens or resolves (``vms/alerts.py`` for outages
 archive for its disk, the spool-loss watch for agents' lost footage); this service writes the
 decision. One transaction holds the alert change and its deliveries, so a crash never sends a
 notification for an alert that was not stored, nor stores one that is never sent; after the
-commit, the change is published on the event bus, so the pages see every alert live.
+commit, the outbox is woken for the new deliveries and the change is published on the event bus,
+so the pages see every alert live.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class AlertTx:
     now: float
     alerts: list[int] = field(default_factory=list)  # changed, published after the commit
     devices: list[str] = field(default_factory=list)
+    deliveries: int = 0  # outbox rows added: the outbox is woken after the commit
 
     def find_active(self, fingerprint: str) -> Alert | None:
         """The open or acknowledged alert with this fingerprint."""
@@ -91,7 +93,7 @@ class AlertTx:
         self.session.add(row)
         self.session.flush()
         self._event(row, self.now, "opened", "system", "")
-        enqueue(self.session, row, "firing", self.cfg, self.url, self.now)
+        self.deliveries += enqueue(self.session, row, "firing", self.cfg, self.url, self.now)
         return row
 
     def update(self, row: Alert, *, title: str | None = None, detail: dict[str, Any] | None = None,
@@ -119,7 +121,7 @@ class AlertTx:
         when = self.now if at is None else at
         row.state, row.resolved_at, row.resolved_by = AlertState.RESOLVED.value, when, by
         self._event(row, when, "resolved", by, comment)
-        enqueue(self.session, row, "resolved", self.cfg, self.url, self.now)
+        self.deliveries += enqueue(self.session, row, "resolved", self.cfg, self.url, self.now)
 
     def _event(self, row: Alert, at: float, action: str, actor: str, comment: str) -> None:
         self.session.add(AlertEvent(alert_id=row.id, at=at, action=action, actor=actor, comment=comment))
@@ -136,6 +138,9 @@ class AlertWriter:
         self.public_url = public_url
         self.events = events
         self.clock = clock
+        #: Called after a commit that added outbox deliveries (the hub wires ``Outbox.wake``): the
+        #: outbox sends them at once instead of polling the store.
+        self.delivering: Callable[[], None] | None = None
 
     @contextmanager
     def transaction(self, now: float | None = None) -> Iterator[AlertTx]:
@@ -145,6 +150,8 @@ class AlertWriter:
             tx = AlertTx(s, self.cfg, self.public_url(), self.clock() if now is None else now)
             yield tx
             s.commit()
+        if tx.deliveries and self.delivering is not None:
+            self.delivering()
         self.publish(tx.devices, tx.alerts)
 
     def publish(self, devices: Iterable[str], alerts: Iterable[int | None]) -> None:

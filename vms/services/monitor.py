@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.alerts import BOOK_KINDS, AddMembers, AlertBook, AlertKind, Op, Open, OpenAlert, Resolve
@@ -31,6 +31,7 @@ WITHDRAWN = "no longer in the catalog of the lower platform that shared it"
 log = logging.getLogger(__name__)
 
 ALIVE_KEY = "hub_alive_at"
+_MARK_ALIVE = update(Meta).where(Meta.key == ALIVE_KEY).values(value=bindparam("v"))
 Named = list[tuple[Transition, str]]
 
 
@@ -151,8 +152,21 @@ class Monitor:
         return transitions
 
     def flush(self, now: float) -> bool:
-        """Write pending state changes and alert operations; keep them if the store fails."""
+        """Write pending state changes and alert operations; keep them if the store fails.
+
+        Every call marks the hub alive (``hub_alive_at``, where a crashed run's open intervals end).
+        With nothing pending, as in most ticks, that mark is all: one prepared statement on a
+        connection of the pool, without a session or the alert writer's transaction."""
         batch = list(self._pending)
+        if not batch:
+            try:
+                with self.sessions() as s:
+                    self._mark_alive(s.connection(), now)
+                    s.commit()
+            except Exception as exc:
+                log.error("store write failed (%s); the hub's alive mark is written again next tick", exc)
+                return False
+            return True
         try:
             with self.writer.transaction(now) as tx:
                 for named, ops in batch:
@@ -160,13 +174,19 @@ class Monitor:
                     self._write_ops(tx, ops)
                     tx.session.flush()
                     tx.devices.extend(d for _, d in named)
-                tx.session.merge(Meta(key=ALIVE_KEY, value=repr(now)))
+                self._mark_alive(tx.session.connection(), now)
         except Exception as exc:
             # Nothing of the batch is stored (one transaction); it is written again next tick.
             log.error("store write failed (%s); %d tick(s) of changes kept for retry", exc, len(self._pending))
             return False
         del self._pending[: len(batch)]
         return True
+
+    @staticmethod
+    def _mark_alive(conn: Connection, now: float) -> None:
+        """``hub_alive_at`` = now: an update of the one row (inserted by the first run)."""
+        if conn.execute(_MARK_ALIVE, {"v": repr(now)}).rowcount == 0:
+            conn.execute(insert(Meta), {"key": ALIVE_KEY, "value": repr(now)})
 
     def _write_transitions(self, s: Session, named: Named) -> None:
         """Close each device's open interval and open the next: two statements for the whole tick."""
