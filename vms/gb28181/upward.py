@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 LiveSegments = Callable[[str, str], list[tuple[int, Path, float, float]]]
 #: (file, start, end) of each archived segment of a camera overlapping [start, end), oldest first.
 Recorded = Callable[[str, float, float], list[tuple[Path, float, float]]]
-#: Our own segments say what they hold in their first packets: FFmpeg's stream probe (which decodes
-#: frames) cost as much as the sending.
-OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
+#: Our own segments say what they hold in their first packets: FFmpeg's stream probe reads no further,
+#: and its decoder decodes nothing (``skip_frame``): decoding the first keyframe cost more than the sending.
+OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0", "skip_frame": "all"}
 #: Segments closer than this are one span of a recording (a longer gap is skipped in playback).
 SPAN_GAP_S = 1.0
 
