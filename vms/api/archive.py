@@ -44,8 +44,9 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
 #: How long a streamed clip waits for its first byte before answering anyway.
 FIRST_BYTE_S = 60.0
-#: While a clip builds, whether its client is still there is checked this often.
-DISCONNECT_CHECK_S = 1.0
+#: While a clip builds, whether its client is still there is checked this often (a build in a worker
+#: process takes about a second for an hour of footage: a client gone is noticed well before its end).
+DISCONNECT_CHECK_S = 0.25
 
 
 class Gap(BaseModel):
