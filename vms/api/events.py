@@ -43,7 +43,7 @@ from starlette.types import Receive, Scope, Send
 
 from vms.api.alerts import alert_view
 from vms.api.deps import bearer, get_hub, require, unauthorized
-from vms.api.live import media_tokens
+from vms.api.live import media_tokens, signed_reader
 from vms.auth import READERS, MediaTokenInvalid, MediaTokenScope, Principal, Unauthenticated
 from vms.db.models import Alert
 from vms.events import Event, EventBus
@@ -78,16 +78,11 @@ def reader_by_header_or_query(
     if creds is not None or not token:
         return _check_reader(request, creds)
     try:
-        grant = media_tokens(request).verify(token, EVENTS, EVENTS)
-        who = get_hub(request).tokens.holder(grant.token_id)
+        return signed_reader(request, token, EVENTS, EVENTS, "read the event stream")
     except MediaTokenInvalid as exc:
         raise unauthorized(USE_TICKET if token.startswith("vms_") else f"ticket refused: {exc}") from None
-    except (MediaTokenScope, Unauthenticated) as exc:
+    except MediaTokenScope as exc:
         raise unauthorized(f"ticket refused: {exc}") from None
-    if who.role not in _check_reader.roles:  # type: ignore[attr-defined]
-        raise HTTPException(403, f"role {who.role.value!r} may not read the event stream")
-    request.state.principal = who
-    return who
 
 
 reader_by_header_or_query.roles = _check_reader.roles  # type: ignore[attr-defined]

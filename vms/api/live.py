@@ -98,19 +98,28 @@ def media_reader(
     if creds is not None or not token:
         return MediaAccess(_reader(request, creds), None)
     try:
-        grant = media_tokens(request).verify(token, device_id, stream)
+        who = signed_reader(request, token, device_id, stream, "watch live video")
     except MediaTokenScope as exc:
         raise HTTPException(403, str(exc)) from None
     except MediaTokenInvalid as exc:
         raise unauthorized(str(exc)) from None
+    return MediaAccess(who, token)
+
+
+def signed_reader(request: Request, token: str, scope: str, stream: str, may: str) -> Principal:
+    """The reader a token signed by this hub (a media token, an event-stream ticket) was issued to, for
+    ``stream`` of ``scope``, while that person's own token is valid: revoking it stops what it was
+    issued too. Raises :class:`MediaTokenInvalid` or :class:`MediaTokenScope` for the caller to answer;
+    401 when the person's token is revoked or expired, 403 for a role that may not ``may``."""
+    grant = media_tokens(request).verify(token, scope, stream)
     try:
         who = get_hub(request).tokens.holder(grant.token_id)
     except Unauthenticated as exc:
         raise unauthorized(str(exc)) from None
     if who.role not in _reader.roles:  # type: ignore[attr-defined]
-        raise HTTPException(403, f"role {who.role.value!r} may not watch live video")
+        raise HTTPException(403, f"role {who.role.value!r} may not {may}")
     request.state.principal = who
-    return MediaAccess(who, token)
+    return who
 
 
 media_reader.roles = _reader.roles  # type: ignore[attr-defined]
