@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import socket
 import time
@@ -472,7 +473,8 @@ class Cascade:
         if start is not None and end is not None and end > start and self.hub.recorded is not None:
             segs = await asyncio.get_running_loop().run_in_executor(None, self.hub.recorded, q.device_id, start, end)
             for span in spans_of(segs):
-                a, b = max(start, span[0][1]), min(end, span[-1][2])
+                # Whole seconds in the body: the end rounded up, so that a recording is never told shorter.
+                a, b = max(start, span[0][1]), min(end, math.ceil(span[-1][2]))
                 items.append({"DeviceID": q.device_id, "Name": q.device_id, "FilePath": f"{q.device_id}/{int(a)}",
                               "Address": "", "StartTime": manscdp.local_time(a), "EndTime": manscdp.local_time(b),
                               "Secrecy": "0", "Type": "time", "RecorderID": self.server_id})

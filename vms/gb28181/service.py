@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -492,7 +493,9 @@ class GbService:
         if reg is None:
             return []
         req, sn = self._query(reg, "RecordInfo", about=channel, fields={
-            "StartTime": manscdp.local_time(start), "EndTime": manscdp.local_time(end), "Secrecy": "0", "Type": "all"})
+            # Body times are whole seconds: ask for every second the span touches, then clip the answer.
+            "StartTime": manscdp.local_time(start), "EndTime": manscdp.local_time(math.ceil(end)), "Secrecy": "0",
+            "Type": "all"})
         rec = self._records[sn] = _Records(channel)
         try:
             resp = await self.transport.request(reg.peer, req)
