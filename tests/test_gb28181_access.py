@@ -359,3 +359,41 @@ def test_a_device_alarm_is_an_alert_and_is_answered(gb_hub: Any) -> None:
         assert hub.gb28181.counters["alarms"] == 2
     finally:
         dev.close()
+
+
+def test_a_camera_a_lower_platform_adds_and_at_once_deletes_stays_out_of_service(gb_hub: Any) -> None:
+    """A lower platform (a town center) that shares a camera and takes it back in the same breath (an ADD,
+    then a DEL: a town learning that a device it just shared carries channels) leaves it out of service
+    here and out of the centers' figures: the DEL is applied after the ADD's report, never before it."""
+    platform = "32058501002000000009"
+    added, marker = "32058501001320000021", "32058501001310000022"
+    hub = gb_hub(auto_accept=True, passwords={platform: PASSWORD})
+    dev = Device(port_of(hub), platform)
+    try:
+        assert dev.register().status == 200
+        dev.answer_catalog([item(CHANNEL, "西门")])
+        wait_until(lambda: hub.registry.known(CHANNEL), 10, "the shared camera")
+
+        def notify(sn: int, items: list[dict[str, str]]) -> None:
+            body = manscdp.build("Notify", "Catalog", sn, platform, {"SumNum": str(len(items))}, items=items)
+            dev.send(dev.request("MESSAGE", body=body))
+            assert dev.response().status == 200
+
+        notify(8, [{**item(added, "东门 IPC"), "Event": "ADD"}, {"DeviceID": added, "Event": "DEL"}])
+        notify(9, [{**item(marker, "北门"), "Event": "ADD"}])  # reports are applied in order: once this one is,
+        wait_until(lambda: hub.registry.known(marker), 10, "the camera added after")  # so is the DEL before it
+        h = hub.health
+
+        def counted() -> str:
+            return str([(h.ids[i], "retired" if h.retired[i] else "carrier" if h.carrier[i] else "counted")
+                        for i in range(h.n)])
+
+        # The platform counts through its cameras once its catalog is known (within a second); the camera
+        # it took back stays out, for good.
+        wait_until(lambda: hub.snapshots.centers()[0]["counts"]["devices"] == 2, 5, "two cameras counted", counted)
+        time.sleep(1.5)
+        assert hub.snapshots.centers()[0]["counts"]["devices"] == 2, counted()
+        assert added not in hub.snapshots.states([added, marker])
+        assert added not in [d[0] for d in hub.snapshots.in_service()]
+    finally:
+        dev.close()

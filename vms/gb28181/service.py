@@ -402,6 +402,11 @@ class GbService:
                   if it.longitude is not None and it.latitude is not None]  # (typed: both known)
         self._reports.submit(self._report_now, device_id, cams, places)
 
+    def _withdraw(self, channel: str, out: bool) -> None:
+        """A lower platform's DEL (``out``) or ADD of ``channel``, applied after the reports before it: an
+        ADD's report creates the device, so a DEL told right after it must not overtake it."""
+        self._reports.submit(self.hub.withdraw, channel, out)
+
     def _report_now(self, device_id: str, cams: list[ReportedCamera],
                     places: list[tuple[str, float, float]] | None = None) -> None:
         try:
@@ -828,9 +833,9 @@ class GbService:
         self._report(reg.device_id, [_reported(it) for it in chans], chans)
         if reg.platform:  # its catalog is the truth of what it shares: the rest leaves service here
             for ch in before - set(reg.channels):
-                self.hub.withdraw(ch, True)
+                self._withdraw(ch, True)
             for ch in reg.channels:
-                self.hub.withdraw(ch, False)
+                self._withdraw(ch, False)
         self._alive(reg, self.clock())
         lit = TOLD_ONLINE if reg.platform else ("ON",)
         self.hub.silence([c for c, st in reg.channels.items() if st not in lit])
@@ -865,14 +870,14 @@ class GbService:
                         reg.carrier_told = False
                     self._report(reg.device_id, [_reported(it)], [it])
                     if reg.platform:
-                        self.hub.withdraw(ch, False)
+                        self._withdraw(ch, False)
             elif event == "DEL":
                 with self._lock:
                     reg.channels.pop(ch, None)
                     reg.carrier_told = False
                 self.hub.silence([ch])
                 if reg.platform:  # no longer shared by the lower platform: out of service here
-                    self.hub.withdraw(ch, True)
+                    self._withdraw(ch, True)
 
     # -- views -----------------------------------------------------------------------------------------
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
