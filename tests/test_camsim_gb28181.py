@@ -192,6 +192,9 @@ def test_registers_again_when_the_center_forgot_it_with_a_sha256_challenge(
         svc = second.gb28181
         wait_until(lambda: any(r.device_id == IPC for r in svc.registrations_now()), 10,
                    "registered with the new center (after its keepalive was answered 404, or its TCP closed)")
+        # The center keeps the registration before its 200 reaches the device: wait for the device's count.
+        wait_until(lambda: ipc.counters["registrations"] >= 2, 5, "the device counts the second registration",
+                   lambda: str(ipc.counters))
         assert ipc.counters["registrations"] == 2
         assert svc.counters["bad_password"] == 0
 
