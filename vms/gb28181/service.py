@@ -158,6 +158,7 @@ class GbService:
         self.nonces = digest.Nonces(secret or secrets.token_bytes(32))
         self.limit = RateLimit(cfg.register_rate, 2 * cfg.register_rate)
         self.registrations: dict[str, Registration] = {}
+        self._platforms: dict[str, Registration] = {}  # the lower platforms among them: looked up per view
         self.counters: dict[str, int] = dict.fromkeys(
             ("registered", "refused", "bad_password", "replayed_nonces", "keepalives", "unregistered_messages",
              "catalog_items", "catalog_incomplete", "probes_unanswered", "alarms", "gaps"), 0)
@@ -319,6 +320,8 @@ class GbService:
                 if known is not None:
                     reg.channels = dict(known.channels)
                 self.registrations[device_id] = reg
+                if reg.platform:
+                    self._platforms[device_id] = reg
             else:  # a refresh: the same registration (a catalog query under way keeps writing to it)
                 assert known is not None
                 reg = known
@@ -453,6 +456,7 @@ class GbService:
     def _goodbye(self, device_id: str, why: str) -> None:
         with self._lock:
             reg = self.registrations.pop(device_id, None)
+            self._platforms.pop(device_id, None)
         if reg is not None:
             log.info("GB/T 28181: %s %s", device_id, why)
             if self.player is not None:
@@ -554,9 +558,10 @@ class GbService:
         return total
 
     def _platform_of(self, device_id: str) -> Registration | None:
-        """The lower platform that shares ``device_id`` with this center, if one does."""
+        """The lower platform that shares ``device_id`` with this center, if one does: a scan of the
+        platforms alone (tens), not of every registered device, since each live view and clip asks."""
         with self._lock:
-            return next((r for r in self.registrations.values() if r.platform and device_id in r.channels), None)
+            return next((r for r in self._platforms.values() if device_id in r.channels), None)
 
     def recorded_elsewhere(self, device_id: str, start: float, end: float,
                            timeout_s: float = 5.0) -> tuple[str, list[tuple[float, float]] | None] | None:
