@@ -207,6 +207,8 @@ class DeviceAnalyzer:
     def __post_init__(self) -> None:
         self.enabled = frozenset(self.cfg.checks)
         self.runs = {c: _Run() for c in CHECKS if c in self.enabled}
+        self._every = self.enabled.issuperset(CHECKS)  # verdicts need no filtering
+        self._hysteresis = {c: self.cfg.hysteresis_for(c) for c in CHECKS if c in self.enabled}
         self.normal = Normal(self.cfg.learn_samples, self.cfg.follow)
         if self.cfg.motion.enabled:
             self.motion = MotionDetector(self.cfg.motion)
@@ -325,14 +327,13 @@ class DeviceAnalyzer:
             at = max(th.stripe_min_amplitude, (na or 0.0) * th.stripe_rise_ratio)
             out["stripes"] = Verdict(amp >= at, amp, na, at)
             sample["stripes"] = amp
-        if prev:
+        if prev and "frozen" in on:  # the change from the last keyframes only serves the frozen check
             # Against the last two: a camera or recorder looping a short buffer repeats too.
             grids = [b for b in (C.block_diff(g, p) for p in prev) if b is not None]
             if grids:
                 d = min(C.median(b) for b in grids)
                 sample["change"] = d
-                if "frozen" in on:
-                    out["frozen"] = self._frozen(d, min(float(b.max()) for b in grids), pic.inter_bytes)
+                out["frozen"] = self._frozen(d, min(float(b.max()) for b in grids), pic.inter_bytes)
         if self._any_bad(out):
             return self._only(out)
         if match is not None and "scene_change" in on:
@@ -374,7 +375,7 @@ class DeviceAnalyzer:
         return Verdict(most <= at, d, nd, at)
 
     def _only(self, out: Verdicts) -> Verdicts:
-        return {k: v for k, v in out.items() if k in self.enabled}
+        return out if self._every else {k: v for k, v in out.items() if k in self.enabled}
 
     def _any_bad(self, out: Verdicts) -> bool:
         return any(v.bad for k, v in out.items() if k in self.enabled)
@@ -386,7 +387,7 @@ class DeviceAnalyzer:
         for check, v in self.verdicts(pic).items():
             self.values[check] = v.value
             run = self.runs[check]
-            h = self.cfg.hysteresis_for(check)
+            h = self._hysteresis[check]
             if v.bad:
                 run.bad, run.good = run.bad + 1, 0
                 if not run.raised and run.bad >= h.raise_after:

@@ -4,12 +4,14 @@ Every function takes the *analysis picture*: the luma (Y) plane scaled to about 
 with ``cv2.resize(INTER_LINEAR)`` (40 µs from 1080p, where ``INTER_AREA`` costs 600 µs), uint8,
 limited or full range. Metrics are in luma levels or shares so that thresholds read plainly; the
 thresholds live in :class:`vms.analysis.config.Thresholds`. Nothing here keeps state: the
-per-camera memory (previous keyframe, learned view, the normal) is in :mod:`vms.analysis.analyzer`.
+per-camera memory (previous keyframe, learned view, the normal) is in :mod:`vms.analysis.analyzer`;
+the only memory here is each thread's work arrays (:func:`scratch`), whose contents never outlive a call.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import cv2
@@ -24,29 +26,53 @@ GRID = (16, 9)
 #: Size of the thumbnail compared with the learned view for scene change.
 THUMB = (96, 54)
 
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+#: ``cv2.GaussianBlur(x, (0, 0), 3)``'s kernel for float pictures, made once instead of at every call.
+_GAUSS_3 = cv2.getGaussianKernel(25, 3, cv2.CV_32F)
+#: Immerkær's noise mask [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] is this kernel along each axis.
+_SECOND = np.array([1, -2, 1], np.float32)
+
+
+_local = threading.local()
+
+
+def scratch(slot: str, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    """A work array of this thread for ``slot``, reused from keyframe to keyframe (contents undefined).
+
+    The full-size temporaries of the checks and of motion are 50 to 350 KB each. Allocated and freed
+    at every keyframe, they made the C allocator hand their pages back to the system and fault them
+    in again: 60 to 230 faults a keyframe at about 3 µs each on the test VM, 0.2 ms of a sub stream's
+    keyframe. A worker keeps one array per slot and picture size (a few, whatever the number of cameras).
+    """
+    bufs: dict[tuple[str, tuple[int, ...], type[np.generic]], npt.NDArray[Any]] = _local.__dict__.setdefault("bufs", {})
+    key = (slot, shape, dtype)
+    b = bufs.get(key)
+    if b is None:
+        if len(bufs) >= 64:  # many odd sizes: start again rather than grow
+            bufs.clear()
+        b = bufs[key] = np.empty(shape, dtype)
+    return b
 
 
 def median(a: npt.NDArray[Any]) -> float:
     """``np.median`` of a small array (a block grid) with one partition: a tenth of its cost."""
-    flat = a.ravel()
-    n = flat.size
+    p = a.flatten()  # a copy, partitioned in place
+    n = p.size
     if n == 0:
         return math.nan
     k = n // 2
     if n % 2:
-        return float(np.partition(flat, k)[k])
-    p = np.partition(flat, (k - 1, k))
+        p.partition(k)
+        return float(p[k])
+    p.partition((k - 1, k))
     return (float(p[k - 1]) + float(p[k])) / 2.0
 
 
 def quantiles(a: npt.NDArray[Any], qs: tuple[float, ...]) -> list[float]:
     """``np.quantile`` (linear interpolation) of a small array at each of ``qs``, with one partition."""
-    flat = a.ravel()
-    n = flat.size
+    p = a.flatten()  # a copy, partitioned in place
+    n = p.size
     pos = [q * (n - 1) for q in qs]
-    kth = sorted({i for x in pos for i in (int(x), min(int(x) + 1, n - 1))})
-    p = np.partition(flat, kth)
+    p.partition(sorted({i for x in pos for i in (int(x), min(int(x) + 1, n - 1))}))
     return [float(p[int(x)]) + (x - int(x)) * (float(p[min(int(x) + 1, n - 1)]) - float(p[int(x)])) for x in pos]
 
 
@@ -65,12 +91,29 @@ def luma_stats(g: U8) -> tuple[float, float]:
     return float(mean[0, 0]), float(std[0, 0])
 
 
+def grid_means(x: npt.NDArray[Any]) -> F32:
+    """Mean of ``x`` (uint8, uint16, int16 or float32) in each block of :data:`GRID`.
+
+    What ``cv2.resize(INTER_AREA)`` of the picture in float32 gives, without a float copy of it: each
+    row is summed across each block's width (``cv2.reduce`` over the rows cut into block-wide pieces,
+    exact), and only those 16 narrow columns of sums are area-resized. A picture that is not a whole
+    number of blocks high (320x262 from a 704x576 sub stream, 320x240 from 4:3) costs no more: the
+    general area resize of the whole picture would cost five times the rest.
+    """
+    h, w = x.shape
+    if w % GRID[0] or not x.flags.c_contiguous:
+        return cv2.resize(x.astype(np.float32), GRID, interpolation=cv2.INTER_AREA)  # type: ignore[return-value]
+    bw = w // GRID[0]
+    depth = cv2.CV_32S if x.dtype == np.uint8 else cv2.CV_32F  # exact either way; 32S is faster from uint8
+    sums = cv2.reduce(x.reshape(h * GRID[0], bw), 1, cv2.REDUCE_SUM, dtype=depth).reshape(h, GRID[0])
+    return cv2.resize(sums.astype(np.float32), GRID, interpolation=cv2.INTER_AREA) * np.float32(1.0 / bw)
+
+
 def block_stats(g: U8) -> tuple[F32, F32]:
     """Mean and std of luma in each block of :data:`GRID` (rows x columns arrays)."""
-    f = g.astype(np.float32)
-    m = cv2.resize(f, GRID, interpolation=cv2.INTER_AREA)
-    m2 = cv2.resize(cv2.multiply(f, f), GRID, interpolation=cv2.INTER_AREA)
-    return m, np.sqrt(np.maximum(m2 - m * m, 0.0))  # type: ignore[return-value]
+    m = grid_means(g)
+    m2 = grid_means(cv2.multiply(g, g, dst=scratch("16", g.shape, np.uint16), dtype=cv2.CV_16U))
+    return m, np.sqrt(np.maximum(m2 - m * m, 0.0))
 
 
 def flat_share(stds: F32, flat_std: float) -> float:
@@ -103,7 +146,8 @@ def clipped_share(g: U8, level: int) -> float:
     clip only the brighter third and lift the rest close to white, so the analyzer also calls a
     picture whose mean luma reaches ``bright_mean_luma`` overexposed (washed out).
     """
-    return float(np.count_nonzero(g >= level)) / g.size
+    clipped = np.greater_equal(g, level, out=scratch("a", g.shape, np.uint8).view(np.bool_))
+    return float(np.count_nonzero(clipped)) / g.size
 
 
 def flat_dark_share(means: F32, stds: F32, flat_std: float, dark_luma: float, ignore: npt.NDArray[np.bool_]) -> float:
@@ -150,19 +194,23 @@ def noise_sigma(g: U8) -> float:
     block times sqrt(pi/2)/6 estimates the noise sigma there. Edges inflate some blocks, so the
     lower quartile of blocks is taken. Snow (雪花) shows as a sigma far above sensor grain.
     """
-    r = np.abs(cv2.filter2D(g.astype(np.float32), -1, _IMMERKAER, borderType=cv2.BORDER_REFLECT))
-    blocks = cv2.resize(r, GRID, interpolation=cv2.INTER_AREA).ravel()
+    # The mask is [1, -2, 1] along each axis: two 3-tap passes, in whole numbers (at most 16 x 255).
+    r = scratch("16", g.shape, np.uint16).view(np.int16)
+    cv2.sepFilter2D(g, cv2.CV_16S, _SECOND, _SECOND, dst=r, borderType=cv2.BORDER_REFLECT)
+    blocks = grid_means(np.abs(r, out=r)).ravel()
     q = float(np.partition(blocks, blocks.size // 4)[blocks.size // 4])
     return q * math.sqrt(math.pi / 2) / 6.0
 
 
 def _periodic_amplitude(profile: npt.NDArray[Any]) -> float:
     n = profile.size
+    lo, hi = max(2, n // 40), n // 3  # periods of 3 to 40 pixels
+    if hi <= lo:
+        return 0.0
     k = max(3, n // 24) | 1
     detrended = profile - cv2.blur(profile.reshape(-1, 1), (1, k), borderType=cv2.BORDER_REFLECT).ravel()
-    spec = np.abs(np.fft.rfft(detrended)) * (2.0 / n)
-    lo, hi = max(2, n // 40), n // 3  # periods of 3 to 40 pixels
-    return float(spec[lo : hi + 1].max()) if hi > lo else 0.0
+    # The magnitude of those periods' bins only, scaled once their largest is found.
+    return float(np.abs(np.fft.rfft(detrended)[lo : hi + 1]).max()) * (2.0 / n)
 
 
 def stripe_amplitude(g: U8) -> float:
@@ -203,8 +251,7 @@ def block_diff(g: U8, prev: U8) -> F32 | None:
     """Mean |difference| from an earlier keyframe in each block of :data:`GRID`, in luma levels (None: sizes differ)."""
     if g.shape != prev.shape:
         return None
-    d = cv2.absdiff(g, prev).astype(np.float32)
-    return cv2.resize(d, GRID, interpolation=cv2.INTER_AREA)  # type: ignore[return-value]
+    return grid_means(cv2.absdiff(g, prev, dst=scratch("b", g.shape, np.uint8)))
 
 
 def frozen_diff(g: U8, prev: U8) -> float:
@@ -242,8 +289,11 @@ def thumbnail(g: U8) -> F32:
     """
     h, w = g.shape
     k = (max(1, round(w / THUMB[0])), max(1, round(h / THUMB[1])))
-    small = cv2.resize(cv2.blur(g, k) if k != (1, 1) else g, THUMB, interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    return small - cv2.GaussianBlur(small, (0, 0), 3)
+    box = cv2.blur(g, k, dst=scratch("a", g.shape, np.uint8)) if k != (1, 1) else g
+    small = cv2.resize(box, THUMB, interpolation=cv2.INTER_LINEAR)
+    # cv2.GaussianBlur(small, (0, 0), 3) in float, and the difference in float, straight from uint8.
+    blurred = cv2.sepFilter2D(small, cv2.CV_32F, _GAUSS_3, _GAUSS_3)
+    return cv2.subtract(small, blurred, dtype=cv2.CV_32F)  # type: ignore[return-value]
 
 
 def block_similarity(a: F32, b: F32) -> F32:
@@ -261,7 +311,7 @@ def block_similarity(a: F32, b: F32) -> F32:
     cov = block_mean(a * b) - ma * mb
     var = np.maximum(block_mean(a * a) - ma * ma, 0.0) * np.maximum(block_mean(b * b) - mb * mb, 0.0)
     den = np.sqrt(var)
-    return np.where(den > 1e-4, cov / np.maximum(den, 1e-9), 0.0).astype(np.float32)
+    return np.divide(cov, den, out=np.zeros_like(cov), where=den > 1e-4)
 
 
 def similarity(a: F32, b: F32) -> float:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from vms.analysis.checks import scratch
 from vms.analysis.config import MotionConfig
 
 _KERNEL = np.ones((3, 3), np.uint8)
@@ -33,13 +34,15 @@ class MotionDetector:
         self.background: npt.NDArray[np.float32] | None = None
 
     def step(self, g: npt.NDArray[np.uint8]) -> MotionResult:
-        smooth = cv2.GaussianBlur(g, (5, 5), 0)
+        # Temporaries in the worker's scratch arrays (see vms.analysis.checks.scratch): no page faults.
+        smooth = cv2.GaussianBlur(g, (5, 5), 0, dst=scratch("a", g.shape, np.uint8))
         bg = self.background
         if bg is None or bg.shape != smooth.shape:
             self.background = smooth.astype(np.float32)
             return MotionResult(0.0, recalibrated=True)
-        diff = cv2.absdiff(smooth, cv2.convertScaleAbs(bg))
-        _, mask = cv2.threshold(diff, self.cfg.threshold, 255, cv2.THRESH_BINARY)
+        diff = scratch("b", g.shape, np.uint8)
+        cv2.absdiff(smooth, cv2.convertScaleAbs(bg, dst=diff), dst=diff)
+        _, mask = cv2.threshold(diff, self.cfg.threshold, 255, cv2.THRESH_BINARY, dst=diff)
         changed = cv2.countNonZero(mask) / mask.size
         if changed >= self.cfg.recalibrate_share:
             self.background = smooth.astype(np.float32)
@@ -47,7 +50,7 @@ class MotionDetector:
         cv2.accumulateWeighted(smooth, bg, self.cfg.alpha)
         if changed == 0:
             return MotionResult(0.0)
-        mask = cv2.dilate(mask, _KERNEL, iterations=2)
+        mask = cv2.dilate(mask, _KERNEL, dst=smooth, iterations=2)  # smooth is done with
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         min_area = self.cfg.min_area * mask.size
         boxes: list[tuple[int, int, int, int]] = []

@@ -215,21 +215,22 @@ class SegmentSampler:
         next_motion = -1.0
         peak: float | None = None
         # Sizes of the inter frames after each keyframe packet (by its pts), and the decoded keyframes
-        # waiting for their GOP to end: (pts, picture, frame for a snapshot).
+        # waiting for their GOP to end: (pts, time, frame, its picture if made already).
         gops: dict[int | None, list[int]] = {}
         last_key: int | None = None
-        waiting: list[tuple[int | None, Picture, av.VideoFrame]] = []
+        waiting: list[tuple[int | None, float, av.VideoFrame, Picture | None]] = []
+        gop: list[int] | None = None  # the current GOP's sizes: most packets only add to it
         for packet in container.demux(stream):
-            if packet.size == 0 and packet.pts is None:
+            size = packet.size
+            if size == 0 and packet.pts is None:
                 frames = cc.decode(None)  # end of stream: flush
             elif packet.is_keyframe:
                 last_key = packet.pts
-                gops[last_key] = []
+                gop = gops[last_key] = []
                 frames = cc.decode(packet)
             else:
-                gop = gops.get(last_key)
                 if gop is not None:
-                    gop.append(packet.size)
+                    gop.append(size)
                 if not full:
                     continue
                 frames = cc.decode(packet)
@@ -244,33 +245,51 @@ class SegmentSampler:
                 if not (key or step_motion):
                     continue  # decoded only as a reference for the frames we sample
                 frame = _planar(frame)
-                g = analysis_picture(plane_view(frame, 0), cfg.width)
                 if key:
                     rep.keyframes += 1
-                    u, v = chroma_means(frame)
-                    waiting.append((frame.pts, Picture(t, g, u, v), frame))
+                if not full:  # keyframes only: picture, chroma and motion are made when the keyframe is judged
+                    waiting.append((frame.pts, t, frame, None))
+                    continue
+                g = analysis_picture(plane_view(frame, 0), cfg.width)
+                if key:
+                    waiting.append((frame.pts, t, frame, Picture(t, g, *chroma_means(frame))))
                 if step_motion and an.motion is not None:
                     next_motion = t + step - 1e-3
-                    ratio = an.motion.step(g).ratio
-                    peak = ratio if peak is None else max(peak, ratio)
+                    peak = _higher(peak, an.motion.step(g).ratio)
             while waiting and waiting[0][0] != last_key:
-                self._judge(an, rep, waiting.pop(0), gops)  # its GOP is complete: a later keyframe came
+                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops))  # its GOP is complete
         for item in waiting:
-            self._judge(an, rep, item, gops)
+            peak = _higher(peak, self._judge(an, rep, item, gops))
         rep.motion_ratio = peak
 
     def _judge(
         self,
         an: DeviceAnalyzer,
         rep: Report,
-        item: tuple[int | None, Picture, av.VideoFrame],
+        item: tuple[int | None, float, av.VideoFrame, Picture | None],
         gops: dict[int | None, list[int]],
-    ) -> None:
-        """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe."""
-        pts, pic, frame = item
+    ) -> float | None:
+        """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe.
+
+        A keyframe decoded alone (no full decode for motion) gets its picture, chroma and coarse motion
+        step here, right before its checks: between two decodes every step starts with cold caches,
+        and one burst of work pays that once. Returns the motion ratio of that step (None: none made).
+        """
+        pts, t, frame, pic = item
+        ratio = None
+        if pic is None:
+            g = analysis_picture(plane_view(frame, 0), self.cfg.width)
+            pic = Picture(t, g, *chroma_means(frame))
+            if an.motion is not None:
+                ratio = an.motion.step(g).ratio  # keyframes are judged in order: motion sees them in order
         pic.inter_bytes = inter_level(gops.pop(pts, []))
         changes = an.feed(pic, pic.t)
         jpeg = snapshot_jpeg(frame, self.cfg.snapshot_width) if any(c.raised for c in changes) else None
         rep.events.extend(
             Event(c.check, c.raised, c.at, c.value, jpeg if c.raised else None, c.normal, c.threshold) for c in changes
         )
+        return ratio
+
+
+def _higher(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
