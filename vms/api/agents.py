@@ -115,11 +115,6 @@ def _declared_length(request: Request) -> int | None:
         return None
 
 
-def _write_error(exc: OSError) -> Outcome:
-    result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
-    return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
-
-
 async def _receive_into(request: Request, body: Incoming, limit: int, ingest: SegmentIngest) -> bool:
     """Stream the request body into ``body`` (written and hashed in the ingest's threads, about 1 MB at
     a time); False as soon as it is larger than ``limit`` (the rest is not read)."""
@@ -209,14 +204,14 @@ async def put_segment(
         try:
             body = await hub.ingest.run(hub.ingest.receive)
         except OSError as exc:
-            return _segment_reply(_write_error(exc), sub)
+            return _segment_reply(Outcome.write_failed(exc), sub)
         handed = False
         try:
             try:
                 if not await _receive_into(request, body, limit, hub.ingest):
                     return _segment_reply(too_large, sub)
             except OSError as exc:
-                return _segment_reply(_write_error(exc), sub)
+                return _segment_reply(Outcome.write_failed(exc), sub)
             handed = True  # from here the store moves the file into place or removes it
             out = await hub.ingest.run(
                 hub.ingest.store_file, who.name, device_id, start, duration, body, x_vms_sha256, x_vms_sent_at,

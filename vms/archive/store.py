@@ -84,6 +84,12 @@ class Outcome:
     message: str
     segment_id: int | None = None
 
+    @classmethod
+    def write_failed(cls, exc: OSError) -> Outcome:
+        """A body that could not be written: a full disk (or quota) says so, anything else is a store error."""
+        result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
+        return cls(result, f"cannot write segment: {exc.strerror or exc}")
+
 
 def relative_path(device_id: str, start: float, sha256: str) -> str:
     """``DEVICE/YYYYMMDD/START_US-SHA12.ts``: distinct content never shares a file name."""
@@ -200,8 +206,7 @@ class SegmentStore:
             if body is not None:
                 body.discard()
             self.refused_total += 1
-            result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
-            return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+            return Outcome.write_failed(exc)
         return self.ingest_file(device_id, start, duration, body, sha256, agent_id, now)
 
     def ingest_file(
@@ -259,8 +264,7 @@ class SegmentStore:
             except OSError as exc:
                 self.refused_total += 1
                 log.error("cannot write segment %s: %s", rel, exc)
-                result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
-                return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+                return Outcome.write_failed(exc)
             return self._index(final, rel, device_id, start, duration, size, digest, agent_id, now, agent_start)
 
     def _known(self, device_id: str, start: float, digest: str, agent_start: float | None) -> Outcome | None:

@@ -105,8 +105,7 @@ class SegmentIngest:
         except OSError as exc:
             if body is not None:
                 body.discard()
-            result = Result.DISK_FULL if exc.errno in (28, 122) else Result.STORE_ERROR  # ENOSPC, EDQUOT
-            return Outcome(result, f"cannot write segment: {exc.strerror or exc}")
+            return Outcome.write_failed(exc)
         return self.store_file(agent, device_id, start, duration, body, sha256, sent_at, motion_ratio)
 
     def store_file(self, agent: str, device_id: str, start: float, duration: float, body: Incoming, sha256: str,
