@@ -1,6 +1,7 @@
 """Fault injection against a real hub process (`vms serve`): is anything acknowledged ever lost?
 
     .venv/bin/python bench/bench_faults.py [--kills 50] [--parts kills,alerts,clips] [--seconds 20]
+                                          [--downloads 20] [--clip-mbit M]
 
 kills: agent uploads run without pause (a recent camera, kept, and a camera whose footage is 40 days
 old, which retention passes delete every second in batches of two) while the hub is killed with
@@ -18,12 +19,14 @@ one that never answers) and one healthy; ten cameras go dark one after another a
 alert's delay from its opening at the hub to its arrival at the healthy receiver (target: every
 alert, within seconds).
 
-clips: heartbeat and segment-upload latency at the hub, first alone, then while 20 clip downloads
-(10-minute clips, 20 police users) run; printed as measured with the code of the day. The downloads
-run in a process of their own and read like ``curl -o /dev/null`` (a user whose clip is refused asks
-again after 0.5 s) at the clip workers' niceness (in the field the clients are other machines), so
-that the bench times the hub, not its own client; the machine's load average
-is printed beside, since other work on a shared machine moves the figures.
+clips: heartbeat and segment-upload latency at the hub, first alone, then with the machine kept busy
+by other work at the lowest CPU priority (what a busy machine alone does to the figures), then while
+20 clip downloads (10-minute clips, 20 police users) run at the hub's ``archive.clip_send_mbit_s``
+(``--clip-mbit``; 0 sends as fast as the machine can). The probe keeps one HTTP client open, as an
+agent's uplink does. The downloads run in a process of their own and read like ``curl -o /dev/null``
+(a user whose clip is refused asks again after 0.5 s) at the clip workers' niceness (in the field the
+clients are other machines), so that the bench times the hub, not its own client; the machine's load
+average is printed beside, since other work on a shared machine moves the figures.
 """
 
 from __future__ import annotations
@@ -442,8 +445,17 @@ def download_users(port: int, path: str, params: dict[str, str], tokens: list[st
     results.put((status, got[0]))
 
 
-def part_clips(work: Path, seconds: float, downloads: int) -> None:
-    hub = new_hub(work, "clips")
+def spin(stop: Any) -> None:
+    """A busy loop at the lowest CPU priority, until ``stop``: the machine kept busy without taking
+    from the hub, the reference for what a busy machine alone does to the figures."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | None) -> None:
+    archive = {**QUIET["archive"], **({} if clip_mbit is None else {"clip_send_mbit_s": clip_mbit})}
+    hub = new_hub(work, "clips", archive=archive)
     hub.token("agent", "320585", name="agent")
     for i in range(downloads):
         hub.token("police", name=f"police-{i}")
@@ -475,21 +487,36 @@ def part_clips(work: Path, seconds: float, downloads: int) -> None:
                 hb.append(time.perf_counter() - a)
                 failed += r.status_code != 200
                 if k % 2 == 0:
+                    # One client kept open, as an agent's uplink does: a new client per request would time
+                    # its own set-up (TLS context, about 20 ms of CPU) instead of the hub.
                     data, dur = segs[k % len(segs)]
+                    headers = {"X-VMS-SHA256": hashlib.sha256(data).hexdigest()}
+                    params = {"start": next_start[0], "duration": dur}
                     a = time.perf_counter()
-                    r = upload(hub, probe_dev, next_start[0], data, dur)
+                    r = c.put(f"{hub.url}/api/v1/agents/segments/{probe_dev}", params=params, content=data,
+                              headers=headers)
                     up.append(time.perf_counter() - a)
                     failed += r.status_code != 201
                     next_start[0] = round(next_start[0] + dur, 3)
                 k += 1
-                time.sleep(0.25)
+                time.sleep(0.1)
         return hb, up, failed
 
     base_hb, base_up, base_failed = measure(seconds)
     base_load = os.getloadavg()[0]
+    ctx = multiprocessing.get_context("spawn")
+    stop_spin = ctx.Event()
+    spinners = [ctx.Process(target=spin, args=(stop_spin,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    for p in spinners:
+        p.start()
+    time.sleep(2)
+    busy_hb, busy_up, busy_failed = measure(seconds)
+    busy_load = os.getloadavg()[0]
+    stop_spin.set()
+    for p in spinners:
+        p.join(10)
     # The downloads run in a process of their own: threads of this one would share its GIL with the
     # probe above, and the figures would then time the bench's own client instead of the hub.
-    ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     results: multiprocessing.queues.Queue[tuple[dict[int, int], int]] = ctx.Queue()
     params = {"start": str(t0), "end": str(clip_end), "reason": "bench"}
@@ -497,25 +524,30 @@ def part_clips(work: Path, seconds: float, downloads: int) -> None:
     loader = ctx.Process(target=download_users, args=(hub.port, f"/api/v1/devices/{KEPT}/clip.mp4", params, tokens,
                                                       stop, results), daemon=True)
     loader.start()
+    began = time.monotonic()
     time.sleep(2)
     load_hb, load_up, load_failed = measure(seconds)
     clips_load = os.getloadavg()[0]
     stop.set()
+    served_s = time.monotonic() - began
     status, got = results.get(timeout=180)
     loader.join(30)
     hub.stop()
     print(f"clips: heartbeat and upload latency at the hub, alone and with {downloads} clip downloads running "
           f"(10-minute clips, {downloads} police users)")
     for name, hb, up, failed in (("alone", base_hb, base_up, base_failed),
+                                 ("busy", busy_hb, busy_up, busy_failed),
                                  (f"{downloads} clips", load_hb, load_up, load_failed)):
         print(f"  {name:<10} heartbeat p50 {pct(hb, 0.5) * 1000:6.1f} ms  p95 {pct(hb, 0.95) * 1000:6.1f} ms  "
               f"max {max(hb) * 1000:6.1f} ms | upload p50 {pct(up, 0.5) * 1000:6.1f} ms  "
               f"p95 {pct(up, 0.95) * 1000:6.1f} ms  max {max(up) * 1000:6.1f} ms | failed {failed}")
     codes = ", ".join(f"{'error' if c < 0 else 'cut short' if c == 0 else c}: {n}" for c, n in sorted(status.items()))
-    print(f"  clip requests by status: {codes}; {got / 1e6:.0f} MB served")
+    rate = "the hub's default" if clip_mbit is None else f"{clip_mbit:g}"
+    print(f"  clip requests by status: {codes}; {got / 1e6:.0f} MB served, {got * 8 / 1e6 / served_s:.0f} Mbit/s "
+          f"(archive.clip_send_mbit_s: {rate})")
     # The machine's own load says how far other work on it (not the hub) moved the figures.
-    print(f"  load average (1 min) at the end of each phase: alone {base_load:.1f}, {downloads} clips {clips_load:.1f} "
-          f"on {os.cpu_count()} cores")
+    print(f"  load average (1 min) at the end of each phase: alone {base_load:.1f}, busy {busy_load:.1f}, "
+          f"{downloads} clips {clips_load:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> None:
@@ -525,6 +557,8 @@ def main() -> None:
     ap.add_argument("--dead", default="refused", choices=["refused", "http500", "silent"])
     ap.add_argument("--seconds", type=float, default=20.0, help="latency window of the clips part, each phase")
     ap.add_argument("--downloads", type=int, default=20)
+    ap.add_argument("--clip-mbit", type=float, default=None,
+                    help="the hub's archive.clip_send_mbit_s for the clips part (default: the hub's own; 0: no limit)")
     ap.add_argument("--seed", type=int, default=16)
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -535,7 +569,7 @@ def main() -> None:
         if "alerts" in parts:
             part_alerts(work, args.dead)
         if "clips" in parts:
-            part_clips(work, args.seconds, args.downloads)
+            part_clips(work, args.seconds, args.downloads, args.clip_mbit)
 
 
 if __name__ == "__main__":
