@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -296,19 +297,46 @@ class _VerifiedSegments:
         return self.accepted[max(k, 0)]
 
 
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` (not in :mod:`os`), or None where the C library lacks it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+#: Bytes of clip output after which their writeback to disk is started (see :class:`_HashingSink`).
+WRITEBACK_BYTES = 4 << 20
+
+
 class _HashingSink:
-    """The MP4 muxer's output: written to ``f``, hashed, and counted as it goes."""
+    """The MP4 muxer's output: written to ``f``, hashed, and counted as it goes.
+
+    Every ``WRITEBACK_BYTES`` the writeback of what was written is started, without waiting for it.
+    A clip file is a cache that is never synced; left to the kernel, tens of megabytes per clip stay
+    dirty and are written back at once, and on ext4 (``data=ordered``) a segment upload's fsync then
+    waits for them: with 20 clip downloads, upload p95 was 60 ms instead of 21 ms
+    (``bench/bench_faults.py --parts clips``)."""
 
     def __init__(self, f: Any, on_write: Callable[[int], None] | None) -> None:
         self.f = f
         self.h = hashlib.sha256()
         self.n = 0
+        self.flushed = 0
         self.on_write = on_write
 
     def write(self, b: bytes) -> int:
         self.f.write(b)
         self.h.update(b)
         self.n += len(b)
+        if self.n - self.flushed >= WRITEBACK_BYTES and _sync_file_range is not None:
+            _sync_file_range(self.f.fileno(), self.flushed, self.n - self.flushed, _SYNC_FILE_RANGE_WRITE)
+            self.flushed = self.n
         if self.on_write is not None:
             self.on_write(self.n)
         return len(b)
