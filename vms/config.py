@@ -334,6 +334,13 @@ class ArchiveConfig(_Model):
     max_clips_per_user: int = Field(
         2, ge=1, le=256, description="Clip downloads one token holder may have at once (429 beyond).",
     )
+    clip_send_mbit_s: float = Field(
+        400.0, ge=0, le=100_000,
+        description="Clip downloads sent at most this fast, all together (0: no limit). Sending is the hub's own "
+        "work on the event loop that also takes heartbeats, uploads and live view: at full speed 20 downloads "
+        "doubled their latency on two cores (bench/bench_faults.py --parts clips). It also keeps the uplink "
+        "for live view and the cascade. One user alone gets all of it: a 10-minute 1 Mbit/s clip in 2 s.",
+    )
     max_queued_exports: int = Field(
         16, ge=1, le=10_000,
         description="Export jobs waiting or building at once (POST /api/v1/exports); more are answered 429.",

@@ -237,6 +237,7 @@ async def _follow(live: LiveExport, ctx: _Served, slot: ClipSlot) -> AsyncIterat
             chunk = await exports.run(_read, f, h, CHUNK)
             if chunk:
                 sent += len(chunk)
+                await exports.pace.turn(len(chunk))
                 yield chunk
                 continue
             written, finished = await live.progress(sent, 5.0)
@@ -244,6 +245,7 @@ async def _follow(live: LiveExport, ctx: _Served, slot: ClipSlot) -> AsyncIterat
                 rest = await exports.run(_read, f, h)
                 if rest:
                     sent += len(rest)
+                    await exports.pace.turn(len(rest))
                     yield rest
                 if live.error is not None:
                     error = str(live.error)
@@ -310,6 +312,7 @@ async def _serve_file(
                 if left == 0:
                     complete = True
                     await exports.run(ctx.record, sent, h.hexdigest(), True, label, file_sha, None)
+                await exports.pace.turn(len(chunk))
                 yield chunk
         finally:
             # No await here: a response torn down by a disconnect is being cancelled.

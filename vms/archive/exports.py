@@ -14,7 +14,8 @@ its worker (at most ``archive.max_clips`` downloads at once, ``archive.max_clips
 429 beyond), one for export jobs (at most ``archive.max_queued_exports`` waiting or building), and a
 pool of ``archive.max_clips`` threads for the blocking file and store calls of the clip routes
 (:meth:`Exports.run`). A reader waits for the builder on its event loop, holding no thread
-(:meth:`LiveExport.progress`), and a direct clip whose client went away is cancelled.
+(:meth:`LiveExport.progress`), and a direct clip whose client went away is cancelled. All downloads
+together are sent at most ``archive.clip_send_mbit_s`` fast (:class:`SendPace`).
 Every manifest carries the audit log's newest signed checkpoint (``vms/audit.py``).
 """
 
@@ -174,6 +175,28 @@ class ClipSlots:
             return ClipSlot(self, user)
 
 
+class SendPace:
+    """One sending rate shared by all clip downloads: each piece waits for its turn before it is sent,
+    so together they never send faster than ``mbit_s`` (0: no limit). Turns are handed out in order of
+    asking, so downloads share the rate evenly; an idle pace lets the next piece go at once."""
+
+    def __init__(self, mbit_s: float) -> None:
+        self.bytes_per_s = mbit_s * 1e6 / 8
+        self._next = 0.0  # loop time at which the next piece may go
+        self.waited_s = 0.0  # the time pieces spent waiting for their turn, all together
+
+    async def turn(self, n: int) -> None:
+        """Wait until ``n`` more bytes may be sent."""
+        if self.bytes_per_s <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        at = max(self._next, now)
+        self._next = at + n / self.bytes_per_s
+        if at > now:
+            self.waited_s += at - now
+            await asyncio.sleep(at - now)
+
+
 class Exports:
     def __init__(
         self,
@@ -197,6 +220,7 @@ class Exports:
         self._io = ThreadPoolExecutor(max_workers=cfg.max_clips, thread_name_prefix="vms-clip-io")
         self._builders = ClipWorkers(cfg.max_clips + 1)  # the direct clips and the export being built
         self.slots = ClipSlots(cfg.max_clips, cfg.max_clips_per_user)
+        self.pace = SendPace(cfg.clip_send_mbit_s)
         self._queued = 0
         self._live: dict[str, LiveExport] = {}
         self._lock = threading.Lock()

@@ -224,6 +224,10 @@ class Archive:
         yield CounterMetricFamily(
             "vms_retention_deleted_segments", "Segments deleted by retention", value=self.retention.deleted_total
         )
+        yield CounterMetricFamily(
+            "vms_clip_send_waited_seconds", "Time clip downloads waited for archive.clip_send_mbit_s, all together",
+            value=self.exports.pace.waited_s,
+        )
 
     def _created(self) -> dict[str, float]:
         with self.sessions() as s:
