@@ -146,7 +146,7 @@ class AgentAnalysis:
         with self._lock:
             if self.subs.refused(seg.device_id, time.monotonic()):
                 return
-            self.subs.seen(seg.device_id, time.monotonic())
+            self.subs.seen(seg.device_id, time.monotonic(), seg.start)
         self._stage(seg, "sub")
 
     def _stage(self, seg: Segment, stream: Stream) -> bool:

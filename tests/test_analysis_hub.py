@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from tests.conftest import hub_config, wait_until
-from vms.analysis.sampler import Work
+from vms.analysis.config import AnalysisConfig
+from vms.analysis.pool import AnalysisPool
+from vms.analysis.sampler import Report, Work
 from vms.auth import Principal, Role
 from vms.config import HubConfig
 from vms.hub import Hub
@@ -178,3 +180,26 @@ def test_a_raised_defect_survives_a_hub_restart_without_flapping(
         wait_until(lambda: ("black_screen", "cleared") in events(), 60, "black_screen cleared")
         assert events() == [("black_screen", "cleared"), ("black_screen", "raised")]
         wait_until(lambda: degraded_alerts() == [(alert[0], "resolved")], 20, "the same alert resolved")
+
+
+def test_backlog_never_takes_more_than_half_of_a_workers_queue(tmp_path: Path, black_segments: list[bytes]) -> None:
+    """An hour of one camera's backlog (``Work.backlog``) must not push out live segments: it is queued
+    only while its worker's queue is at most half full, and what is refused is counted."""
+    paths = []
+    for k, data in enumerate(black_segments[:4]):
+        (p := tmp_path / f"{k}.ts").write_bytes(data)
+        paths.append(str(p))
+    reports: list[Report] = []
+    pool = AnalysisPool(AnalysisConfig(workers=1, queue_per_worker=4), reports.append)
+    pool.start()
+    try:
+        # The worker is still starting (a spawned process importing OpenCV and PyAV): nothing leaves the queue.
+        assert pool.submit(Work(DEV, paths[0], 0.0, 2.0, backlog=True))  # an empty queue takes backlog
+        assert pool.submit(Work(DEV, paths[1], 2.0, 4.0))
+        assert not pool.submit(Work(DEV, paths[2], 4.0, 6.0, backlog=True))  # half full: refused
+        assert pool.stats.backlog_dropped == 1 and pool.stats.dropped == 1
+        assert pool.submit(Work(DEV, paths[3], 6.0, 8.0))  # live work still finds room
+        wait_until(lambda: len(reports) == 3, 60, "the queued segments analysed")
+        assert sorted(r.backlog for r in reports) == [False, False, True]
+    finally:
+        pool.stop()

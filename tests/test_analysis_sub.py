@@ -163,3 +163,46 @@ def test_the_hub_reads_the_sub_stream_while_it_is_live_and_the_main_stream_again
         wait_until(lambda: normal_key(DEV, "main") in q.normals, 10, "the main stream's normal")
     finally:
         hub.stop()
+
+
+def test_backlog_older_than_the_live_sub_stream_gets_its_motion_and_judges_nothing(
+    tmp_path: Path, black_segments: list[bytes]
+) -> None:
+    """Main segments an agent uploads after an outage, from before the sub stream's live stretch, have
+    no sub segment to take motion from (before: no motion, so a search by motion missed them). They
+    are decoded for their motion alone. They show a black screen here: had they been judged, a
+    ``black_screen`` alert on hour-old footage would be raised between the live stream's verdicts."""
+    cfg = HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1, "sub_stale_s": 30}))
+    hub = Hub(cfg)
+    hub.registry.add_device(DEV)
+    hub.start()
+    try:
+        q, pool = hub.quality, hub.quality.pool
+        assert pool is not None
+        base = time.time() - 40
+        for k in range(4):  # live: a normal street view on both streams
+            data = black_segments[k]
+            sha = hashlib.sha256(data).hexdigest()
+            assert hub.ingest.store_sub(DEV, base + 2 * k, 2.0, data, sha, None).result is Result.STORED
+            assert hub.ingest.store("agent-1", DEV, base + 2 * k, 2.0, data, sha, None).result is Result.STORED
+        wait_until(lambda: pool.stats.analysed == 4, 60, "the live sub segments analysed")
+        ids = []
+        for k in range(4, 9):  # backlog from an hour before: the black part of the clip
+            data = black_segments[k]
+            out = hub.ingest.store("agent-1", DEV, base - 3600 + 2 * k, 2.0, data, hashlib.sha256(data).hexdigest(),
+                                   None)
+            assert out.result is Result.STORED and out.segment_id is not None
+            ids.append(out.segment_id)
+        assert q.main_skipped == 9 and q.backlog_submitted == 5 and pool.stats.submitted == 9
+        wait_until(lambda: pool.stats.analysed == 9, 60, "the backlog decoded")
+
+        def motions() -> list[float | None]:
+            with hub.sessions() as s:
+                return list(s.scalars(select(Segment.motion_ratio).where(Segment.id.in_(ids)).order_by(Segment.id)))
+
+        wait_until(lambda: all(m is not None for m in motions()), 20, "the backlog's motion", lambda: str(motions()))
+        assert q.current.get(DEV, {}) == {}, q.current  # nothing raised from old footage
+        assert q.raised_total.get("black_screen", 0) == 0
+        assert q.normals.keys() == {normal_key(DEV, "sub")}, "the backlog taught the main stream's normal"
+    finally:
+        hub.stop()

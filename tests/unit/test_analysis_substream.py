@@ -22,16 +22,47 @@ T = 1_790_000_000.0
 def test_a_sub_stream_is_live_until_it_has_been_silent_for_the_stale_time() -> None:
     subs: SubStreams[int] = SubStreams(stale_s=10.0)
     assert not subs.live(DEV, 100.0)
-    subs.seen(DEV, 100.0)
+    subs.seen(DEV, 100.0, T + 100.0)
     assert subs.live(DEV, 105.0) and subs.live(DEV, 110.0)
     assert not subs.live(DEV, 110.5)  # silent too long: the main stream is analysed again
-    subs.seen(DEV, 111.0)
+    subs.seen(DEV, 111.0, T + 111.0)
     assert subs.live(DEV, 111.0)
+
+
+def test_main_segments_from_before_the_sub_streams_live_stretch_are_backlog() -> None:
+    subs: SubStreams[int] = SubStreams(stale_s=10.0)
+    assert not subs.before_live(DEV, T)  # no sub stream: nothing is backlog of it
+    subs.seen(DEV, 100.0, T)
+    subs.seen(DEV, 102.0, T + 2)  # the same stretch: where it began stays
+    assert subs.before_live(DEV, T - 3600) and subs.before_live(DEV, T + 0.4)
+    assert not subs.before_live(DEV, T + 2) and not subs.before_live(DEV, T + 60)
+    subs.seen(DEV, 200.0, T + 100)  # silent for longer than the stale time: a new stretch begins
+    assert subs.before_live(DEV, T + 60) and not subs.before_live(DEV, T + 102)
+
+
+def test_backlog_work_is_judged_by_nothing_and_leaves_the_cameras_state_alone(tmp_path: Path) -> None:
+    """``Work.backlog``: a motion ratio, no events, nothing raised, no normal, and the analyser of the
+    live stream untouched (a black screen on old footage must not be raised)."""
+    from bench.eval_quality import Case, encode, split
+
+    encode(Case(1, "day", "black_screen"), tmp_path / "clip.ts")
+    segs = [p for p, _, _ in split(tmp_path / "clip.ts", tmp_path)]
+    sampler = SegmentSampler(AnalysisConfig())
+    live = sampler.analyser(DEV, stream="sub")
+    reps = [sampler.analyse(Work(DEV, str(p), T + 2 * k, T + 2 * k + 2, segment_id=k, backlog=True))
+            for k, p in enumerate(segs[3:9])]
+    assert all(r.backlog and r.error is None for r in reps), [r.error for r in reps]
+    assert all(r.events == [] and r.raised == {} and r.normal == () for r in reps)
+    assert sum(r.motion_ratio is not None for r in reps) >= 5, [r.motion_ratio for r in reps]
+    assert sampler.devices[DEV] is live and live.prev == () and live.raised == {}
+    # The same segments judged as live footage raise the black screen: the fixture is what it says.
+    judged = [sampler.analyse(Work(DEV, str(p), T + 2 * k, T + 2 * k + 2)) for k, p in enumerate(segs[3:9])]
+    assert any(e.check == "black_screen" and e.raised for r in judged for e in r.events)
 
 
 def test_a_main_segment_waits_for_the_sub_segment_that_reaches_its_end_and_takes_the_peak() -> None:
     subs: SubStreams[int] = SubStreams(stale_s=10.0)
-    subs.seen(DEV, 0.0)
+    subs.seen(DEV, 0.0, T + 0.0)
     assert subs.motion(DEV, T, T + 2, 0.1, 0.5) == []
     # Main segment 7 covers T..T+4: the sub segment of T+2..T+4 is not analysed yet.
     assert subs.wait_motion(DEV, 7, T, T + 4, 1.0) == []
@@ -43,7 +74,7 @@ def test_a_main_segment_waits_for_the_sub_segment_that_reaches_its_end_and_takes
 
 def test_main_segments_settle_with_what_is_known_when_the_sub_stream_stops() -> None:
     subs: SubStreams[int] = SubStreams(stale_s=10.0)
-    subs.seen(DEV, 0.0)
+    subs.seen(DEV, 0.0, T + 0.0)
     subs.motion(DEV, T, T + 2, 0.2, 0.1)
     assert subs.wait_motion(DEV, 1, T, T + 4, 0.2) == []
     assert subs.expire(5.0) == []  # still live
@@ -58,7 +89,7 @@ def test_every_waiting_main_segment_settles_once_with_a_peak_of_its_covering_sub
     subs_in: list[tuple[float, float, float | None]],
 ) -> None:
     subs: SubStreams[int] = SubStreams(stale_s=10.0)
-    subs.seen(DEV, 0.0)
+    subs.seen(DEV, 0.0, T + 0.0)
     settled: list[tuple[int, float | None]] = []
     for k in range(40):  # more than are kept waiting: the oldest settle early
         settled += subs.wait_motion(DEV, k, T + 4 * k, T + 4 * k + 4, 0.0)
@@ -96,10 +127,10 @@ def test_a_camera_can_be_kept_on_its_main_stream() -> None:
 
 def test_a_sub_stream_too_narrow_sends_the_camera_back_to_its_main_stream_for_a_while() -> None:
     subs: SubStreams[int] = SubStreams(stale_s=10.0)
-    subs.seen(DEV, 0.0)
+    subs.seen(DEV, 0.0, T + 0.0)
     assert subs.wait_motion(DEV, 3, T, T + 4, 0.5) == []
     assert subs.narrow(DEV, 1.0) == [(3, None)]  # the main segment waiting for its motion is let go
-    subs.seen(DEV, 2.0)
+    subs.seen(DEV, 2.0, T + 2.0)
     assert subs.refused(DEV, 2.0) and not subs.live(DEV, 2.0)
     assert subs.expire(100.0) == [] and subs.refused(DEV, 100.0)  # remembered while refused
     assert not subs.refused(DEV, 1.0 + NARROW_S)  # then looked at again

@@ -55,6 +55,7 @@ class PoolStats:
     frames: int = 0
     busy_s: float = 0.0
     restarts: int = 0
+    backlog_dropped: int = 0  # backlog work refused to keep half of its worker's queue for live work
 
 
 class AnalysisPool:
@@ -96,12 +97,20 @@ class AnalysisPool:
         return zlib.crc32(device_id.encode()) % self.n
 
     def submit(self, work: Work) -> bool:
-        """Queue a segment for analysis, or drop it (and count it) if its worker is behind."""
+        """Queue a segment for analysis, or drop it (and count it) if its worker is behind. Backlog
+        (``Work.backlog``) is queued only while its worker's queue is at most half full: a camera's
+        hour of backlog must never push out live segments."""
         self.stats.submitted += 1
         if not self._running:
             self.stats.dropped += 1
             return False
         i = self.worker_of(work.device_id)
+        if work.backlog:
+            with contextlib.suppress(NotImplementedError):  # qsize: not on macOS, where backlog then fills the queue
+                if self._inboxes[i].qsize() * 2 >= self.cfg.queue_per_worker:
+                    self.stats.dropped += 1
+                    self.stats.backlog_dropped += 1
+                    return False
         if self._procs[i] is None:
             with self._spawn_lock:
                 if self._procs[i] is None:

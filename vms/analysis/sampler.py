@@ -110,6 +110,9 @@ class Work:
     normal: tuple[tuple[str, int, float], ...] = ()
     #: ``sub``: the camera's sub stream, analysed instead of its main one while live.
     stream: Stream = "main"
+    #: Footage older than the live stream being analysed (see :mod:`vms.analysis.substream`): its
+    #: motion only, with a motion state of its own; no verdicts, and the camera's state is untouched.
+    backlog: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,8 @@ class Report:
     stream: Stream = "main"
     #: A sub stream narrower than the analysis picture: not judged; its camera belongs on its main stream.
     narrow: bool = False
+    #: ``Work.backlog``: only ``motion_ratio`` says anything (no events, nothing raised, no normal).
+    backlog: bool = False
 
 
 class SegmentSampler:
@@ -155,6 +160,7 @@ class SegmentSampler:
     def __init__(self, cfg: AnalysisConfig) -> None:
         self.cfg = cfg
         self.devices: dict[str, DeviceAnalyzer] = {}
+        self.backlog: dict[str, DeviceAnalyzer] = {}  # per camera, the motion state of its backlog footage
 
     def analyser(
         self,
@@ -172,6 +178,8 @@ class SegmentSampler:
         return an
 
     def analyse(self, work: Work) -> Report:
+        if work.backlog:
+            return self._backlog_motion(work)
         t0 = time.perf_counter()
         rep = Report(work.device_id, work.segment_id, work.start, work.key, end=work.end, stream=work.stream)
         an: DeviceAnalyzer | None = None
@@ -200,9 +208,27 @@ class SegmentSampler:
         rep.busy_s = time.perf_counter() - t0
         return rep
 
+    def _backlog_motion(self, work: Work) -> Report:
+        """:attr:`Work.backlog`: the segment's motion ratio, decoded as a live one would be, judged by nothing."""
+        t0 = time.perf_counter()
+        rep = Report(work.device_id, work.segment_id, work.start, work.key, end=work.end, backlog=True)
+        an = self.backlog.get(work.device_id)
+        if an is None:
+            an = self.backlog[work.device_id] = DeviceAnalyzer(self.cfg.for_device(work.device_id))
+        if an.motion is not None:
+            try:
+                with av.open(work.path, options=PROBE) as container:
+                    if not container.streams.video:
+                        raise ValueError("segment has no video stream")
+                    self._decode(container, container.streams.video[0], work, an, rep, judge=False)
+            except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+                rep.error = f"{type(exc).__name__}: {exc}"
+        rep.busy_s = time.perf_counter() - t0
+        return rep
+
     def _decode(
         self, container: av.container.InputContainer, stream: av.VideoStream, work: Work, an: DeviceAnalyzer,
-        rep: Report,
+        rep: Report, judge: bool = True,
     ) -> None:
         cfg = self.cfg
         cc = stream.codec_context
@@ -257,9 +283,9 @@ class SegmentSampler:
                     next_motion = t + step - 1e-3
                     peak = _higher(peak, an.motion.step(g).ratio)
             while waiting and waiting[0][0] != last_key:
-                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops))  # its GOP is complete
+                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops, judge))  # its GOP is complete
         for item in waiting:
-            peak = _higher(peak, self._judge(an, rep, item, gops))
+            peak = _higher(peak, self._judge(an, rep, item, gops, judge))
         rep.motion_ratio = peak
 
     def _judge(
@@ -268,20 +294,26 @@ class SegmentSampler:
         rep: Report,
         item: tuple[int | None, float, av.VideoFrame, Picture | None],
         gops: dict[int | None, list[int]],
+        judge: bool = True,
     ) -> float | None:
         """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe.
 
         A keyframe decoded alone (no full decode for motion) gets its picture, chroma and coarse motion
         step here, right before its checks: between two decodes every step starts with cold caches,
         and one burst of work pays that once. Returns the motion ratio of that step (None: none made).
+        Without ``judge``, the motion step only.
         """
         pts, t, frame, pic = item
         ratio = None
         if pic is None:
             g = analysis_picture(plane_view(frame, 0), self.cfg.width)
-            pic = Picture(t, g, *chroma_means(frame))
             if an.motion is not None:
                 ratio = an.motion.step(g).ratio  # keyframes are judged in order: motion sees them in order
+            if not judge:
+                return ratio
+            pic = Picture(t, g, *chroma_means(frame))
+        elif not judge:
+            return ratio
         pic.inter_bytes = inter_level(gops.pop(pts, []))
         changes = an.feed(pic, pic.t)
         jpeg = snapshot_jpeg(frame, self.cfg.snapshot_width) if any(c.raised for c in changes) else None

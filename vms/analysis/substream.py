@@ -12,6 +12,12 @@ is the peak of the sub segments that cover it. The main segment often arrives be
 those is analysed, so it waits here until a sub segment reaching its end is analysed, or until the
 sub stream has been silent for ``sub_stale_s`` (then it takes what is known).
 
+A main segment that ends before the sub stream's live stretch began (:meth:`SubStreams.before_live`:
+backlog an agent uploads after the hub or its link was down; sub segments are live only and never
+spooled) has no sub segment to take its motion from. It is decoded for its motion alone
+(``Work.backlog``): no verdicts, since verdicts on old footage would raise and clear the camera's
+alerts between the live sub stream's, and a motion state of its own, so the live one is untouched.
+
 A sub stream narrower than the analysis picture (``analysis.width``, 320: a QCIF sub stream) would
 give the checks a smaller picture than the main stream does, so the analysis never judges from it:
 the worker reports it (``Report.narrow``) and the camera stays on its main stream for ``NARROW_S``
@@ -45,6 +51,7 @@ _SLACK_S = 0.5
 @dataclass(slots=True)
 class _Camera(Generic[K]):
     seen: float = float("-inf")  # clock of the newest sub segment offered to the analysis
+    began: float = float("inf")  # start (media time) of the first sub segment of the live stretch
     narrow_until: float = float("-inf")  # its sub stream is narrower than the analysis picture until then
     motion: deque[tuple[float, float, float | None]] = field(default_factory=lambda: deque(maxlen=_KEEP))
     waiting: list[tuple[K, float, float, float]] = field(default_factory=list)  # key, start, end, since
@@ -57,12 +64,20 @@ class SubStreams(Generic[K]):
         self.stale_s = stale_s
         self._cams: dict[str, _Camera[K]] = {}
 
-    def seen(self, device_id: str, now: float) -> None:
-        """A sub segment of the camera was offered to the analysis."""
+    def seen(self, device_id: str, now: float, start: float) -> None:
+        """A sub segment of the camera, starting at ``start``, was offered to the analysis."""
         cam = self._cams.get(device_id)
         if cam is None:
             cam = self._cams[device_id] = _Camera()
+        if now - cam.seen > self.stale_s:  # a new live stretch
+            cam.began = start
         cam.seen = now
+
+    def before_live(self, device_id: str, end: float) -> bool:
+        """A main segment ending at ``end`` is older than the sub stream's live stretch: no sub segment
+        can give it its motion."""
+        cam = self._cams.get(device_id)
+        return cam is not None and end <= cam.began + _SLACK_S
 
     def live(self, device_id: str, now: float) -> bool:
         """The camera's sub stream is what the analysis reads now."""

@@ -101,7 +101,8 @@ class QualityBook:
         self._sub_dir = self.data_dir / "analysis-sub"
         self._subs_expired = 0.0
         self.sub_submitted = 0  # sub-stream segments handed to the analysis
-        self.main_skipped = 0  # main-stream segments not decoded: their camera's sub stream is analysed
+        self.main_skipped = 0  # main-stream segments not judged: their camera's sub stream is analysed
+        self.backlog_submitted = 0  # of those, backlog decoded for its motion alone
         self.sub_link_errors = 0
 
     def start(self) -> None:
@@ -199,7 +200,8 @@ class QualityBook:
 
         A camera its agent analyses is not decoded again here; the agent's motion ratio for the
         segment, if it sent one, is recorded instead. Nor is a camera whose sub stream is analysed:
-        the segment's motion ratio comes from the sub segments that cover it.
+        the segment's motion ratio comes from the sub segments that cover it, unless it is older than
+        the sub stream's live stretch (backlog): then it is decoded for its motion alone.
         """
         if device_id in self.agent_analysed:
             if segment_id is not None and motion_ratio is not None:
@@ -209,18 +211,20 @@ class QualityBook:
             settled: list[tuple[int, float | None]] = []
             with self.lock:
                 from_sub = self.cfg.for_device(device_id).sub_stream and self.subs.live(device_id, now)
+                backlog = from_sub and self.subs.before_live(device_id, start + duration)
                 if from_sub:
                     self.main_skipped += 1
-                    if segment_id is not None:
+                    self.backlog_submitted += backlog
+                    if segment_id is not None and not backlog:
                         settled = self.subs.wait_motion(device_id, segment_id, start, start + duration, now)
                 expired = self._expire(now)
             for dev, seg, ratio in expired:
                 self._motion_settled(dev, [(seg, ratio)])
-            if from_sub:
+            if from_sub and not backlog:
                 self._motion_settled(device_id, settled)
                 return
             path = self.recordings / relative_path(device_id, start, sha256.lower())
-            self._submit(Work(device_id, str(path), start, start + duration, segment_id))
+            self._submit(Work(device_id, str(path), start, start + duration, segment_id, backlog=backlog))
 
     def sub_stored(self, device_id: str, start: float, duration: float, path: Path) -> None:
         """A sub-stream segment in the live ring: analysed instead of the camera's main segments while
@@ -240,7 +244,7 @@ class QualityBook:
                             self.sub_link_errors, exc)
             return
         with self.lock:
-            self.subs.seen(device_id, time.monotonic())
+            self.subs.seen(device_id, time.monotonic(), start)
             self.sub_submitted += 1
         if not self._submit(Work(device_id, str(link), start, start + duration, remove_after=True, stream="sub")):
             link.unlink(missing_ok=True)
@@ -326,6 +330,12 @@ class QualityBook:
 
     # -- reports from the pool ---------------------------------------------------------------------
     def on_report(self, rep: Report) -> None:
+        if rep.backlog:  # old footage: its motion, nothing about the camera's state now
+            if rep.error:
+                log.warning("motion of %s backlog segment %s: %s", rep.device_id, rep.segment_id, rep.error)
+            if rep.segment_id is not None:
+                self._motion_settled(rep.device_id, [(rep.segment_id, rep.motion_ratio)])
+            return
         if rep.narrow:  # nothing was judged: the camera goes back to its main stream for a while
             with self.lock:
                 settled = self.subs.narrow(rep.device_id, time.monotonic())
@@ -482,8 +492,12 @@ class QualityBook:
                 ("vms_analysis_worker_restarts", "Analysis workers restarted", st.restarts),
                 ("vms_analysis_sub_segments", "Sub-stream segments handed to the analysis (cameras analysed from "
                  "their sub stream)", self.sub_submitted),
-                ("vms_analysis_main_skipped", "Main-stream segments not decoded: their camera's sub stream is "
+                ("vms_analysis_main_skipped", "Main-stream segments not judged: their camera's sub stream is "
                  "analysed", self.main_skipped),
+                ("vms_analysis_backlog_segments", "Main-stream segments older than their camera's live sub stream, "
+                 "decoded for their motion alone", self.backlog_submitted),
+                ("vms_analysis_backlog_dropped", "Of those, dropped to keep half of a worker's queue for live "
+                 "segments", st.backlog_dropped),
             ):
                 yield CounterMetricFamily(name, doc, value=value)
             depth = self.pool.depth()
