@@ -361,3 +361,31 @@ def test_vms_clip_command_pulls_through_the_hub(
         check=False,
     )
     assert bad.returncode == 1 and "403" in bad.stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_clip_downloads_together_keep_to_the_sending_rate(tmp_path: Path, make_hub_process: Any) -> None:
+    """``archive.clip_send_mbit_s``: what one download sent is paid for by the next one's wait, so
+    downloads together never go faster than the rate (here 1 Mbit/s), and the wait is counted."""
+    hp: HubProcess = make_hub_process(archive={"min_free_bytes": 0, "clip_send_mbit_s": 1},
+                                      retention={"emergency_free_bytes": 0, "emergency_target_free_bytes": 0})
+    for role in ("police", "duty"):
+        hp.token(role)
+    hp.token("agent", "320585", name="agent")
+    hp.start()
+    segs = split_segments(make_clip(tmp_path / "src.ts", seconds=8, gop=25, bitrate=300_000), SEG_S)
+    t0 = float(int(time.time()) - 300)
+    for k, (data, dur) in enumerate(segs):
+        assert upload(hp, CAM, t0 + k * SEG_S, data, dur).status_code == 201
+    began = time.monotonic()
+    first = clip(hp, t0, t0 + 8, reason="first")
+    second = clip(hp, t0, t0 + 8, reason="second")
+    took = time.monotonic() - began
+    assert first.status_code == second.status_code == 200
+    assert decode_all(second.content)[0] == pytest.approx(8 * 25, abs=3)
+    # The first clip went at once; the second started only once the rate had paid for the first.
+    sent_s = (len(first.content) + len(second.content)) * 8 / 1e6
+    assert took >= sent_s - len(second.content) * 8 / 1e6 - 0.1, (took, sent_s)
+    metrics = get(hp, "/metrics", "duty").text
+    waited = float(next(line.split()[1] for line in metrics.splitlines()
+                        if line.startswith("vms_clip_send_waited_seconds_total ")))
+    assert waited >= len(first.content) * 8 / 1e6 - 0.5, (waited, len(first.content))
