@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,25 @@ def sim(tmp_path: Path) -> Iterator[Simulator]:
     with Simulator(device_ids(1), tmp_path / "sim", rtsp_port=rtsp, control_port=control, onvif_base_port=None,
                    params=MAIN, sub_params=SUB, variants=("normal", "black"), mix_profiles=False) as s:
         yield s
+
+
+@contextmanager
+def hub_in_process(tmp_path: Path, sub_stale_s: float) -> Iterator[Hub]:
+    """A hub in this process with one analysis worker, fed through the ingest as the upload routes do."""
+    cfg = HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1, "sub_stale_s": sub_stale_s}))
+    hub = Hub(cfg)
+    hub.registry.add_device(DEV)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def motions(hub: Hub, ids: list[int]) -> list[float | None]:
+    """The motion ratio kept with each of these main segments (None: none yet)."""
+    with hub.sessions() as s:
+        return list(s.scalars(select(Segment.motion_ratio).where(Segment.id.in_(ids)).order_by(Segment.id)))
 
 
 def metrics(c: httpx.Client) -> dict[str, float]:
@@ -127,11 +147,7 @@ def test_the_hub_reads_the_sub_stream_while_it_is_live_and_the_main_stream_again
     """In process, through the ingest as the upload routes call it: sub segments are analysed (their
     staged links removed), main segments are not decoded but get their motion from the sub segments
     covering them, and once the sub stream has been silent for ``sub_stale_s`` the main one is read."""
-    cfg = HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1, "sub_stale_s": 2}))
-    hub = Hub(cfg)
-    hub.registry.add_device(DEV)
-    hub.start()
-    try:
+    with hub_in_process(tmp_path, sub_stale_s=2) as hub:
         q, pool = hub.quality, hub.quality.pool
         assert pool is not None
         base = time.time() - 40
@@ -146,12 +162,8 @@ def test_the_hub_reads_the_sub_stream_while_it_is_live_and_the_main_stream_again
         assert q.sub_submitted == 6 and q.main_skipped == 6 and pool.stats.submitted == 6
         wait_until(lambda: pool.stats.analysed == 6, 60, "the sub segments analysed")
         assert list((tmp_path / "data" / "analysis-sub").iterdir()) == [], "staged sub segments left behind"
-
-        def motions() -> list[float | None]:
-            with hub.sessions() as s:
-                return list(s.scalars(select(Segment.motion_ratio).where(Segment.id.in_(ids)).order_by(Segment.id)))
-
-        wait_until(lambda: all(m is not None for m in motions()), 20, "main segments' motion from the sub stream")
+        wait_until(lambda: all(m is not None for m in motions(hub, ids)), 20,
+                   "main segments' motion from the sub stream")
         assert q.normals.keys() == {normal_key(DEV, "sub")}  # the sub stream learns a normal of its own
         time.sleep(2.5)  # the sub stream went silent
         for k in range(9, 13):  # the picture is back
@@ -161,8 +173,6 @@ def test_the_hub_reads_the_sub_stream_while_it_is_live_and_the_main_stream_again
         assert q.main_skipped == 6 and pool.stats.submitted == 10, "the main stream is not analysed again"
         wait_until(lambda: pool.stats.analysed == 10, 60, "the main segments analysed")
         wait_until(lambda: normal_key(DEV, "main") in q.normals, 10, "the main stream's normal")
-    finally:
-        hub.stop()
 
 
 def test_backlog_older_than_the_live_sub_stream_gets_its_motion_and_judges_nothing(
@@ -172,11 +182,7 @@ def test_backlog_older_than_the_live_sub_stream_gets_its_motion_and_judges_nothi
     no sub segment to take motion from (before: no motion, so a search by motion missed them). They
     are decoded for their motion alone. They show a black screen here: had they been judged, a
     ``black_screen`` alert on hour-old footage would be raised between the live stream's verdicts."""
-    cfg = HubConfig.model_validate(hub_config(tmp_path / "data", analysis={"workers": 1, "sub_stale_s": 30}))
-    hub = Hub(cfg)
-    hub.registry.add_device(DEV)
-    hub.start()
-    try:
+    with hub_in_process(tmp_path, sub_stale_s=30) as hub:
         q, pool = hub.quality, hub.quality.pool
         assert pool is not None
         base = time.time() - 40
@@ -195,14 +201,8 @@ def test_backlog_older_than_the_live_sub_stream_gets_its_motion_and_judges_nothi
             ids.append(out.segment_id)
         assert q.main_skipped == 9 and q.backlog_submitted == 5 and pool.stats.submitted == 9
         wait_until(lambda: pool.stats.analysed == 9, 60, "the backlog decoded")
-
-        def motions() -> list[float | None]:
-            with hub.sessions() as s:
-                return list(s.scalars(select(Segment.motion_ratio).where(Segment.id.in_(ids)).order_by(Segment.id)))
-
-        wait_until(lambda: all(m is not None for m in motions()), 20, "the backlog's motion", lambda: str(motions()))
+        wait_until(lambda: all(m is not None for m in motions(hub, ids)), 20, "the backlog's motion",
+                   lambda: str(motions(hub, ids)))
         assert q.current.get(DEV, {}) == {}, q.current  # nothing raised from old footage
         assert q.raised_total.get("black_screen", 0) == 0
         assert q.normals.keys() == {normal_key(DEV, "sub")}, "the backlog taught the main stream's normal"
-    finally:
-        hub.stop()
