@@ -291,8 +291,14 @@ class DeviceAnalyzer:
             share = C.flat_dark_share(means, stds, th.occlusion_flat_std, th.occlusion_dark_luma, ignore)
             # Before a view is learned a dark flat scene cannot be told from a cover: no verdict.
             if view is not None:
-                out["occlusion"] = Verdict(share >= th.occlusion_min_share, share, None, th.occlusion_min_share)
-                if share >= th.occlusion_min_share:
+                # A cover held in place does not shrink: once the lens is found covered, it stays so down to
+                # ``occlusion_keep_share``. A cover near the limit (most of a night view, whose dark part
+                # cannot show a cover) otherwise went bad and good in turns, and the checks after this one
+                # took the covered picture for frozen or turned.
+                run = self.runs.get("occlusion")
+                at = th.occlusion_keep_share if run is not None and (run.raised or run.bad) else th.occlusion_min_share
+                out["occlusion"] = Verdict(share >= at, share, None, at)
+                if share >= at:
                     return self._only(out)
         sample: dict[str, float | None] = {"luma": mean, "clipped": clipped, "inter_low": pic.inter_bytes}
         if "blur" in on:

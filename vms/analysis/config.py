@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vms.kernel import ids
 
@@ -86,6 +86,9 @@ class Thresholds(_Model):
     occlusion_min_share: float = Field(
         0.35, gt=0, le=1, description="Share of the view newly flat and dark at which the lens is covered."
     )
+    occlusion_keep_share: float = Field(
+        0.25, gt=0, le=1, description="Share at or above which a lens found covered (or being found so) stays covered."
+    )
     occlusion_flat_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
     occlusion_dark_luma: float = Field(80.0, ge=0, le=255, description="Block mean luma below which a block is dark.")
     occlusion_max_similarity: float = Field(
@@ -150,6 +153,14 @@ class Thresholds(_Model):
     scene_min_similarity: float = Field(
         0.4, ge=-1, le=1, description="Correlation with the learned view below which the camera has moved."
     )
+
+    @model_validator(mode="after")
+    def _keep_below_raise(self) -> Thresholds:
+        if self.occlusion_keep_share > self.occlusion_min_share:
+            raise ValueError(f"occlusion_keep_share {self.occlusion_keep_share} is above occlusion_min_share "
+                             f"{self.occlusion_min_share}: a covered lens must stay covered at least down to where "
+                             "it was found covered")
+        return self
 
 
 class Hysteresis(_Model):
