@@ -3,9 +3,12 @@ alerts with a snapshot, over a real hub process and real HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +206,46 @@ def test_backlog_never_takes_more_than_half_of_a_workers_queue(tmp_path: Path, b
         assert sorted(r.backlog for r in reports) == [False, False, True]
     finally:
         pool.stop()
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_workers_end_with_a_hub_killed_by_sigkill(tmp_path: Path, black_segments: list[bytes]) -> None:
+    """A hub or agent killed with SIGKILL cannot stop its analysis workers (before: each kill left one
+    running for ever, holding its memory). A worker ends once the process that started it is gone."""
+    seg = tmp_path / "seg.ts"
+    seg.write_bytes(black_segments[0])
+    code = (
+        "import sys, time\n"
+        "from vms.analysis.config import AnalysisConfig\n"
+        "from vms.analysis.pool import AnalysisPool\n"
+        "from vms.analysis.sampler import Work\n"
+        "pool = AnalysisPool(AnalysisConfig(workers=1), lambda r: print('analysed', flush=True))\n"
+        "pool.start()\n"
+        f"pool.submit(Work({DEV!r}, sys.argv[1], 0.0, 2.0))\n"
+        "print(pool._procs[0].pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code, str(seg)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    worker = 0
+    try:
+        assert owner.stdout is not None
+        worker = int(owner.stdout.readline())
+        assert owner.stdout.readline().strip() == "analysed"  # the worker runs
+        assert _running(worker)
+        owner.kill()
+        owner.wait(10)
+        wait_until(lambda: not _running(worker), 15, f"analysis worker {worker} to end after its hub was killed")
+    finally:
+        owner.kill()
+        if worker:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)

@@ -5,7 +5,8 @@ dropped and counted, so a slow analysis can never delay the relay or the store. 
 goes to the same worker (hash of its ID), so its state (previous keyframe, learned view, motion
 background) lives in one process and its segments are analysed in order. Reports come back on
 one queue and are handed to ``on_report`` in a collector thread; a worker that dies is
-restarted (the cameras it held start afresh, and the caller reconciles what they had raised).
+restarted (the cameras it held start afresh, and the caller reconciles what they had raised), and
+the workers end with the process that started them, even one killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -28,10 +29,23 @@ from vms.analysis.sampler import Report, SegmentSampler, Work
 log = logging.getLogger(__name__)
 
 
+#: How often an idle worker looks whether the process that started it is still there.
+PARENT_CHECK_S = 2.0
+
+
 def _worker(cfg: AnalysisConfig, inbox: Any, outbox: Any) -> None:
+    """A worker process. It ends when told (None), or when the process that started it is gone: a hub
+    or agent killed with SIGKILL cannot tell it, and its queue never reports the end, since this
+    process holds the queue's writing end too."""
     sampler = SegmentSampler(cfg)
+    parent = mp.parent_process()
     while True:
-        work = inbox.get()
+        try:
+            work = inbox.get(timeout=PARENT_CHECK_S)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
         if work is None:
             return
         try:
