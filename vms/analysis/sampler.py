@@ -178,10 +178,9 @@ class SegmentSampler:
         return an
 
     def analyse(self, work: Work) -> Report:
-        if work.backlog:
-            return self._backlog_motion(work)
         t0 = time.perf_counter()
-        rep = Report(work.device_id, work.segment_id, work.start, work.key, end=work.end, stream=work.stream)
+        rep = Report(work.device_id, work.segment_id, work.start, work.key, end=work.end, stream=work.stream,
+                     backlog=work.backlog)
         an: DeviceAnalyzer | None = None
         try:
             with av.open(work.path, options=PROBE) as container:
@@ -192,10 +191,14 @@ class SegmentSampler:
                     rep.narrow = True  # its pictures would be smaller than the main's: the camera's state stays
                     rep.busy_s = time.perf_counter() - t0
                     return rep
-                an = self.analyser(work.device_id, work.raised, work.normal, work.stream)
-                self._decode(container, stream, work, an, rep)
+                an = self._backlog_analyser(work.device_id) if work.backlog else self.analyser(
+                    work.device_id, work.raised, work.normal, work.stream)
+                self._decode(container, stream, work, an, rep, judge=not work.backlog)
         except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
             rep.error = f"{type(exc).__name__}: {exc}"
+        if work.backlog:  # its motion ratio alone: nothing judged, nothing of the camera's state reported
+            rep.busy_s = time.perf_counter() - t0
+            return rep
         if an is None:
             an = self.analyser(work.device_id, work.raised, work.normal, work.stream)
         if rep.keyframes == 0:
@@ -208,23 +211,13 @@ class SegmentSampler:
         rep.busy_s = time.perf_counter() - t0
         return rep
 
-    def _backlog_motion(self, work: Work) -> Report:
-        """:attr:`Work.backlog`: the segment's motion ratio, decoded as a live one would be, judged by nothing."""
-        t0 = time.perf_counter()
-        rep = Report(work.device_id, work.segment_id, work.start, work.key, end=work.end, backlog=True)
-        an = self.backlog.get(work.device_id)
+    def _backlog_analyser(self, device_id: str) -> DeviceAnalyzer:
+        """:attr:`Work.backlog`: an analyser of the camera's old footage, whose motion state alone is used,
+        apart from the one of its live stream."""
+        an = self.backlog.get(device_id)
         if an is None:
-            an = self.backlog[work.device_id] = DeviceAnalyzer(self.cfg.for_device(work.device_id))
-        if an.motion is not None:
-            try:
-                with av.open(work.path, options=PROBE) as container:
-                    if not container.streams.video:
-                        raise ValueError("segment has no video stream")
-                    self._decode(container, container.streams.video[0], work, an, rep, judge=False)
-            except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
-                rep.error = f"{type(exc).__name__}: {exc}"
-        rep.busy_s = time.perf_counter() - t0
-        return rep
+            an = self.backlog[device_id] = DeviceAnalyzer(self.cfg.for_device(device_id))
+        return an
 
     def _decode(
         self, container: av.container.InputContainer, stream: av.VideoStream, work: Work, an: DeviceAnalyzer,
@@ -277,7 +270,7 @@ class SegmentSampler:
                     waiting.append((frame.pts, t, frame, None))
                     continue
                 g = analysis_picture(plane_view(frame, 0), cfg.width)
-                if key:
+                if key and judge:
                     waiting.append((frame.pts, t, frame, Picture(t, g, *chroma_means(frame))))
                 if step_motion and an.motion is not None:
                     next_motion = t + step - 1e-3

@@ -211,7 +211,9 @@ class QualityBook:
             settled: list[tuple[int, float | None]] = []
             with self.lock:
                 from_sub = self.cfg.for_device(device_id).sub_stream and self.subs.live(device_id, now)
-                backlog = from_sub and self.subs.before_live(device_id, start + duration)
+                # Backlog is decoded for its motion alone: only with motion on and a row to write it into.
+                backlog = (from_sub and segment_id is not None and self.cfg.for_device(device_id).motion.enabled
+                           and self.subs.before_live(device_id, start + duration))
                 if from_sub:
                     self.main_skipped += 1
                     self.backlog_submitted += backlog
