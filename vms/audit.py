@@ -318,7 +318,7 @@ def _hashes_at(sessions: sessionmaker[Session], seqs: Iterable[int]) -> dict[int
     with sessions() as s:
         for i in range(0, len(wanted), 500):
             out.update(s.execute(select(AuditEntry.seq, AuditEntry.hash)
-                                 .where(AuditEntry.seq.in_(wanted[i:i + 500]))).tuples().all())
+                                 .where(AuditEntry.seq.in_(wanted[i:i + 500]))).all())
     return out
 
 
