@@ -343,6 +343,28 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, context: Call
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{context()}")
 
 
+def columns(engine: Any, table: str) -> set[str]:
+    """The names of a store table's columns as the database has them."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as c:
+        return {col["name"] for col in inspect(c).get_columns(table)}
+
+
+def downgrade(engine: Any, revision: str) -> None:
+    """Take the store's schema back to ``revision`` with its migrations' own downgrades."""
+    from alembic import command
+    from alembic.config import Config
+
+    from vms.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as c:
+        cfg.attributes["connection"] = c
+        command.downgrade(cfg, revision)
+
+
 def spool_segment(spool: Any, device_id: str, start: float, duration: float, data: bytes) -> Any:
     """A finished segment in an agent spool, the way the segmenter leaves it (file renamed in, then added)."""
     import hashlib

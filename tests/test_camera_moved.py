@@ -29,7 +29,7 @@ from edge_agent.agent import Agent, with_credentials
 from edge_agent.config import AgentConfig
 from edge_agent.discovery import query_onvif, stream_problem
 from edge_agent.registry import Registry
-from tests.conftest import wait_until
+from tests.conftest import columns, downgrade, wait_until
 from tests.rtsp_fixture import free_port
 from tests.test_discovery_accept import AGENT_PREFIX, FOUND, audit_rows, call, cam, heartbeat, make, put_segment, report
 
@@ -87,28 +87,17 @@ def test_a_config_camera_is_not_held_for_a_new_address(make_hub_process: Any) ->
 
 
 def test_moved_from_migrates_up_and_down(tmp_path: Path, database_url: str | None) -> None:
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import inspect
-
-    from vms.db import MIGRATIONS, make_engine, migrate
-
-    def columns() -> set[str]:
-        with engine.connect() as c:
-            return {col["name"] for col in inspect(c).get_columns("discovered_cameras")}
+    from vms.db import make_engine, migrate
 
     engine = make_engine(database_url or f"sqlite:///{tmp_path / 'm.db'}")
     try:
         migrate(engine)
-        assert "moved_from" in columns()
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with engine.begin() as c:
-            cfg.attributes["connection"] = c
-            command.downgrade(cfg, "0003")
-        assert "moved_from" not in columns() and "address" in columns()
+        assert "moved_from" in columns(engine, "discovered_cameras")
+        downgrade(engine, "0003")
+        old = columns(engine, "discovered_cameras")
+        assert "moved_from" not in old and "address" in old
         migrate(engine)
-        assert "moved_from" in columns()
+        assert "moved_from" in columns(engine, "discovered_cameras")
     finally:
         engine.dispose()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, hub_config, wait_until
+from tests.conftest import columns, downgrade, free_port, hub_config, wait_until
 from vms.config import HubConfig
 from vms.gb28181 import digest, manscdp, sip
 from vms.hub import Hub
@@ -397,3 +397,69 @@ def test_a_camera_a_lower_platform_adds_and_at_once_deletes_stays_out_of_service
         assert added not in [d[0] for d in hub.snapshots.in_service()]
     finally:
         dev.close()
+
+
+def test_a_device_is_shared_upward_once_known_not_to_carry_channels_and_that_survives_a_restart(gb_hub: Any) -> None:
+    """A device registering by SIP may carry channels (an NVR, an IPC that reports its picture as one).
+    Until its catalog is read it is not in what the hub shares with superior platforms: told of it, a
+    superior would add it and then, once it turned out a carrier, delete it (the district showed the
+    towns' NVRs as retired devices). Once read, a carrier stays out and its channels go in; a device
+    without channels goes in. Whether a device carries is kept in the store: the restarted hub neither
+    counts nor shares the NVR as a device before it registers again."""
+    plain = "32058501001320000008"
+    hub = gb_hub(auto_accept=True, catalog_timeout_s=30, passwords={IPC: PASSWORD, plain: PASSWORD})
+
+    def shared(h: Hub) -> list[str]:
+        return [d[0] for d in h.snapshots.in_service()]
+
+    def devices(h: Hub) -> int:
+        return int(h.snapshots.centers()[0]["counts"]["devices"])
+
+    nvr, cam = Device(port_of(hub)), Device(port_of(hub), plain)
+    try:
+        assert nvr.register().status == 200 and cam.register().status == 200
+        wait_until(lambda: hub.registry.known(IPC) and hub.registry.known(plain), 10, "both registered devices")
+        time.sleep(1.5)  # the hub's second-by-second work has run: still no catalog, so not known
+        assert shared(hub) == [] and hub.snapshots.states([IPC, plain]) == {}
+        nvr.answer_catalog([item(CHANNEL, "西门")])
+        cam.answer_catalog([])
+        wait_until(lambda: sorted(shared(hub)) == sorted([CHANNEL, plain]), 10, "the channel and the plain camera",
+                   lambda: str(shared(hub)))
+        assert devices(hub) == 2  # the channel and the camera; the NVR counts through its channel
+    finally:
+        nvr.close()
+        cam.close()
+    hub.stop()
+    again = Hub(hub.cfg)  # the same store; neither device has registered with it yet
+    again.start()
+    try:
+        assert sorted(shared(again)) == sorted([CHANNEL, plain])
+        assert devices(again) == 2
+    finally:
+        again.stop()
+
+
+def test_the_carrier_column_migrates_up_and_down_and_old_devices_are_no_carriers(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Devices stored before the column existed are what the hub took them for then: no carriers
+    until their catalog says otherwise (not "not known", which would keep them from superiors)."""
+    from sqlalchemy import text
+
+    from vms.db import make_engine, migrate
+
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        migrate(engine)
+        downgrade(engine, "0007")
+        assert "carrier" not in columns(engine, "devices")
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO devices (id, name, location, created_at) VALUES (:d, '', '', 1.0)"),
+                      {"d": IPC})
+        migrate(engine)
+        with engine.connect() as c:
+            assert c.execute(text("SELECT carrier FROM devices")).scalar_one() == 0  # False
+        downgrade(engine, "0007")
+        assert "carrier" not in columns(engine, "devices")
+    finally:
+        engine.dispose()

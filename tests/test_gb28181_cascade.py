@@ -14,9 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import HubProcess, free_port, wait_until
 from tests.test_alerts_e2e import Agent
+from tests.test_gb28181_access import Device, item
 from tests.test_gb28181_cascade_sipp import Feeder, make_segments
 
 DISTRICT = "32058500002000000001"
@@ -26,9 +28,10 @@ CAM = "32058501001320000001"
 
 
 def district_and_town(make_hub_process: Any, district_gb: dict[str, Any] | None = None,
-                      hubs: dict[str, Any] | None = None, **link: Any) -> tuple[HubProcess, HubProcess]:
+                      hubs: dict[str, Any] | None = None, town_gb: dict[str, Any] | None = None,
+                      **link: Any) -> tuple[HubProcess, HubProcess]:
     """A district hub that takes lower platforms, and a town hub (one camera) registering with it
-    with ``link`` settings; both started. ``district_gb``: more of the district's ``gb28181``;
+    with ``link`` settings; both started. ``district_gb``, ``town_gb``: more of each one's ``gb28181``;
     ``hubs``: more config sections of both."""
     district_sip = free_port()
     district: HubProcess = make_hub_process(
@@ -36,7 +39,8 @@ def district_and_town(make_hub_process: Any, district_gb: dict[str, Any] | None 
                  "passwords": {TOWN: PASSWORD}, "auto_accept": True, "record": False,
                  "keepalive_interval_s": 5, "keepalive_misses": 2, **(district_gb or {})}, **(hubs or {}))
     town: HubProcess = make_hub_process(
-        gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False},
+        gb28181={"enabled": True, "server_id": TOWN, "host": "127.0.0.1", "port": free_port(), "record": False,
+                 **(town_gb or {})},
         devices=[{"id": CAM, "name": "南门 1", "location": "城厢镇 南门"}],
         superiors=[{"name": "district", "server_id": DISTRICT, "host": "127.0.0.1", "port": district_sip,
                     "password": PASSWORD, "share": ["chengxiang"], **link}], **(hubs or {}))
@@ -298,6 +302,37 @@ def test_a_camera_accepted_at_the_town_later_is_added_at_the_district_and_delete
         assert r.status_code == 200, r.text
         wait_until(lambda: new not in channels(), 10, "the rejected camera deleted at the district")
         assert CAM in channels()
+
+
+def test_an_nvr_registering_at_the_town_reaches_the_district_as_its_channels_alone(make_hub_process: Any) -> None:
+    """An NVR registers with the town by SIP while the district listens to the town's catalog. The
+    district gets the NVR's channels and never the NVR: it used to be added there at registration and
+    deleted once the town read its catalog, and so showed as a retired device of the district's."""
+    nvr, channel = "32058501001180000001", "32058501001310000011"
+    district, town = district_and_town(make_hub_process, keepalive_interval_s=2,
+                                       town_gb={"passwords": {nvr: "nvr-secret"}, "auto_accept": True})
+    d_admin, t_admin, _ = tokens(district, town)
+
+    def at_district(device: str) -> int:
+        return httpx.get(f"{district.url}/api/v1/devices/{device}", headers=d_admin).status_code
+
+    wait_until(lambda: at_district(CAM) == 200, 30, "the town's catalog at the district")
+    wait_until(lambda: "Catalog" in httpx.get(f"{town.url}/api/v1/superiors", headers=t_admin).json()[0]
+               ["subscriptions"], 15, "the district subscribed to the town's catalog")
+    dev = Device(yaml.safe_load(town.config.read_text())["gb28181"]["port"], nvr)
+    try:
+        assert dev.register("nvr-secret").status == 200
+        wait_until(lambda: httpx.get(f"{town.url}/api/v1/devices/{nvr}", headers=t_admin).status_code == 200, 10,
+                   "the NVR a device at the town")
+        time.sleep(3)  # the town's changes reach the district within a second or two
+        dev.answer_catalog([{**item(channel, "西门 通道 1"), "ParentID": nvr}])
+        wait_until(lambda: at_district(channel) == 200, 15, "the NVR's channel at the district")
+        time.sleep(2)
+        assert at_district(nvr) == 404
+        counts = httpx.get(f"{district.url}/api/v1/centers/chengxiang", headers=d_admin).json()["counts"]
+        assert counts["devices"] == 2, counts  # the town's camera and the channel
+    finally:
+        dev.close()
 
 
 def test_the_district_wall_in_chromium_plays_a_town_camera_through_the_cascade(

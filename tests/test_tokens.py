@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import Clock, HubProcess, hub_config, vms_cli, write_config
+from tests.conftest import Clock, HubProcess, columns, downgrade, hub_config, vms_cli, write_config
 from vms import audit, auth
 from vms.api import create_app
 from vms.config import HubConfig
@@ -221,30 +221,18 @@ def test_event_streams_are_limited_per_token(make_hub_process: Any) -> None:
 
 
 def test_token_columns_migrate_up_and_down(tmp_path: Path) -> None:
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import inspect
-
-    from vms.db import MIGRATIONS, make_engine, migrate
+    from vms.db import make_engine, migrate
 
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-
-    def columns(table: str) -> set[str]:
-        with engine.connect() as c:
-            return {col["name"] for col in inspect(c).get_columns(table)}
-
     try:
         migrate(engine)
-        assert {"expires_at", "last_used_at"} <= columns("tokens")
-        assert "release_reason" in columns("legal_holds")
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with engine.begin() as c:
-            cfg.attributes["connection"] = c
-            command.downgrade(cfg, "0006")
-        assert not {"expires_at", "last_used_at"} & columns("tokens") and "revoked_at" in columns("tokens")
-        assert "release_reason" not in columns("legal_holds")
+        assert {"expires_at", "last_used_at"} <= columns(engine, "tokens")
+        assert "release_reason" in columns(engine, "legal_holds")
+        downgrade(engine, "0006")
+        old = columns(engine, "tokens")
+        assert not {"expires_at", "last_used_at"} & old and "revoked_at" in old
+        assert "release_reason" not in columns(engine, "legal_holds")
         migrate(engine)
-        assert {"expires_at", "last_used_at"} <= columns("tokens")
+        assert {"expires_at", "last_used_at"} <= columns(engine, "tokens")
     finally:
         engine.dispose()

@@ -66,6 +66,12 @@ class Principal:
     prefixes: tuple[str, ...]
 
 
+def gb_agent(device_id: str) -> str:
+    """The agent name a device registering by GB/T 28181 acts under: it reports itself and its
+    channels as an edge agent reports its cameras."""
+    return f"gb:{device_id}"
+
+
 class TokenError(DomainError, ValueError):
     """A token operation refused; one of the kinds below."""
 

@@ -170,6 +170,10 @@ class Health:
     #: It carries channels that count in its place (a GB/T 28181 NVR, or an IPC that reports its
     #: picture as a channel): it has a state, but counting it too would count one camera twice.
     carrier: npt.NDArray[np.bool_]
+    #: Whether it carries channels is not known yet (a device registered by GB/T 28181 before its catalog is
+    #: read): it counts here as a device meanwhile, but is not shared with superiors, which would first
+    #: add it and then, once it turns out a carrier, delete it.
+    carrier_unknown: npt.NDArray[np.bool_]
     #: The device's own silence limit (s), for sources that report less often than agents (a GB/T
     #: 28181 device's keepalive); the config's ``offline_after_s`` unless set.
     offline_after: F64
@@ -203,6 +207,7 @@ class Health:
         ("agent", np.int32, -1),
         ("retired", np.bool_, False),
         ("carrier", np.bool_, False),
+        ("carrier_unknown", np.bool_, False),
         ("offline_after", np.float64, 0.0),  # set to the config's by add()
     )
 

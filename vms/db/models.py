@@ -62,6 +62,9 @@ class Device(Base):
     agent_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     center_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+    #: It carries channels that count in its place (``Health.carrier``). NULL: not known yet, a device
+    #: registered by GB/T 28181 whose catalog has not been read: it is not shared with superiors until known.
+    carrier: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # no default: it would replace a None
 
 
 class StateInterval(Base):

@@ -43,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vms.alerts import AlertKind
 from vms.archive.store import Outcome
-from vms.auth import Principal, Role
+from vms.auth import Principal, Role, gb_agent
 from vms.centers import CenterTree
 from vms.config import Gb28181Config, SuperiorConfig
 from vms.gb28181 import digest, manscdp, sip
@@ -166,7 +166,7 @@ class GbService:
         self.player: Player | None = None
         self.sink: ArchiveSink | None = None
         if media_dir is not None and hub.store_segment is not None:  # ``record`` off: streams only when watched
-            self.sink = ArchiveSink(media_dir, hub.store_segment, lambda d: f"gb:{self._owner(d)}")
+            self.sink = ArchiveSink(media_dir, hub.store_segment, lambda d: gb_agent(self._owner(d)))
             self.player = Player(cfg, self.transport, self.sink, self._media_signal, hub.silence, self._probe)
             self.transport.on_stray = self.player.on_stray
             self.player.backfill = self._backfill
@@ -395,7 +395,7 @@ class GbService:
         """The device speaks for itself and its channels, as an agent speaks for its cameras."""
         prefixes = tuple(self.cfg.prefixes) or tuple(c.civil_code for c in self.tree.roots)
         token = hashlib.sha256(device_id.encode()).hexdigest()[:16]
-        return Principal(token, f"gb:{device_id}", Role.agent, prefixes)
+        return Principal(token, gb_agent(device_id), Role.agent, prefixes)
 
     def _report(self, device_id: str, cams: list[ReportedCamera],
                 items: list[manscdp.CatalogItem] | None = None) -> None:
@@ -427,7 +427,7 @@ class GbService:
         """A message from the device: it and its channels that say ON are alive; a streamed channel
         is alive only by its video (``_media_signal``)."""
         limit = self.cfg.keepalive_timeout_s
-        self.hub.agent_seen(f"gb:{reg.device_id}", now, limit)
+        self.hub.agent_seen(gb_agent(reg.device_id), now, limit)
         if reg.platform:  # ON: video reaches it; DEFECT: with a picture defect; VLOST: online, no video
             self.hub.signal([reg.device_id, *(c for c, st in reg.channels.items() if st in TOLD_ONLINE)], now, limit)
             self.hub.told_upload([c for c, st in reg.channels.items() if st in TOLD_UPLOADING], True, now)
@@ -605,11 +605,19 @@ class GbService:
 
     def _carriers(self) -> None:
         """A device with channels counts through them, not itself: told once its catalog is known, and
-        again each second while it is no device yet (pending) or its channels changed."""
+        again each second while it is no device yet (pending) or its channels changed. Told off the SIP
+        loop (the registry keeps it in the store), after the reports before it (that create the device)."""
         with self._lock:
             untold = [r for r in self.registrations.values() if r.catalog_done and not r.carrier_told]
+            for reg in untold:
+                reg.carrier_told = True  # until _tell_carrier finds no device to tell it of
         for reg in untold:
-            reg.carrier_told = self.hub.carrier(reg.device_id, bool(reg.channels))
+            self._reports.submit(self._tell_carrier, reg, bool(reg.channels))
+
+    def _tell_carrier(self, reg: Registration, carrier: bool) -> None:
+        if not self.hub.carrier(reg.device_id, carrier):
+            with self._lock:
+                reg.carrier_told = False
 
     def _media_tick(self) -> None:
         """Every second: which channels should stream (accepted ones, once the catalog is known), and

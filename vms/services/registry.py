@@ -18,7 +18,7 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vms.auth import Principal
+from vms.auth import Principal, gb_agent
 from vms.centers import CenterTree
 from vms.config import DeviceConfig, HealthConfig
 from vms.db.models import Agent, Center, Device, DiscoveredCamera
@@ -110,7 +110,8 @@ class Registry:
         for d in devices:
             drow = s.get(Device, d.id)
             if drow is None:
-                s.add(Device(id=d.id, name=d.name, location=d.location, center_id=d.center, created_at=now))
+                s.add(Device(id=d.id, name=d.name, location=d.location, center_id=d.center, created_at=now,
+                             carrier=False))
             else:
                 drow.name, drow.location, drow.center_id = d.name or drow.name, d.location or drow.location, d.center
         s.commit()
@@ -240,16 +241,25 @@ class Registry:
                                    connected=True)
 
     def set_carrier(self, device_id: str, carrier: bool) -> bool:
-        """The device carries channels that count in its place (``Health.carrier``); False if it is
-        no device (yet: pending)."""
+        """The device carries channels that count in its place (``Health.carrier``), or not; False if it
+        is no device (yet: pending). Kept in the store, so that a restarted hub counts and shares an NVR
+        as before, not as a device of its own until it registers again. Blocking (a store write)."""
         with self.lock:
             i = self.health.index.get(device_id)
-            news = i is not None and bool(self.health.carrier[i]) != carrier
-            if i is not None:
-                self.health.carrier[i] = carrier
+            if i is None:
+                return False
+            h = self.health
+            news = bool(h.carrier[i]) != carrier or bool(h.carrier_unknown[i])
         if news:
+            with self.sessions() as s:
+                row = s.get(Device, device_id)
+                if row is not None:
+                    row.carrier = carrier
+                    s.commit()
+            with self.lock:
+                h.carrier[i], h.carrier_unknown[i] = carrier, False
             self.changed([device_id])
-        return i is not None
+        return True
 
     def set_quality(self, device_id: str, check: str, raised: bool) -> None:
         """Set or clear a quality defect of a device; the tick turns it into ``degraded`` and an alert."""
@@ -302,8 +312,11 @@ class Registry:
             with self.sessions() as s:
                 wanted = [d for d, _, _ in new]
                 existing = set(s.scalars(select(Device.id).where(Device.id.in_(wanted))))
+                # A device that reports itself registered by GB/T 28181: whether it carries channels is
+                # known once its catalog is read (see set_carrier).
                 s.add_all(
-                    Device(id=d, name=n, location=loc, agent_id=agent, created_at=now)
+                    Device(id=d, name=n, location=loc, agent_id=agent, created_at=now,
+                           carrier=None if agent == gb_agent(d) else False)
                     for d, n, loc in new
                     if d not in existing
                 )
@@ -324,7 +337,8 @@ class Registry:
             with self.sessions() as s:
                 if s.get(Device, device_id) is not None:
                     raise DeviceExists(f"device {device_id} exists already")
-                row = Device(id=device_id, name=name, location=location, center_id=center, created_at=self.clock())
+                row = Device(id=device_id, name=name, location=location, center_id=center, created_at=self.clock(),
+                             carrier=False)
                 s.add(row)
                 s.commit()
             with self.lock:
@@ -333,6 +347,8 @@ class Registry:
     def _add(self, dev: Device) -> int:
         placed = dev.center_id if dev.center_id in self.tree.by_id else None
         idx = self.health.add(dev.id, dev.created_at)
+        self.health.carrier[idx] = bool(dev.carrier)
+        self.health.carrier_unknown[idx] = dev.carrier is None
         if idx == len(self.info):
             homes = tuple(c.id for c in self.tree.homes(dev.id, placed))
             self.info.append(DeviceInfo(dev.name, dev.location, dev.center_id, homes))

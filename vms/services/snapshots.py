@@ -151,19 +151,22 @@ class Snapshots:
     def in_service(self) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
         """(ID, name, location, state, home centers) of every device in service, for catalogs shared
         with superior platforms: its cameras and channels, not the NVRs that carry channels (they
-        count through their channels here, and so they do there)."""
+        count through their channels here, and so they do there), nor a device that may turn out one
+        (``Health.carrier_unknown``)."""
         with self.reg.lock:
             h, held = self.health, self.reg.held
             return [(h.ids[i], inf.name, inf.location, h.state_of(i), tuple(inf.homes))
-                    for i, inf in enumerate(self.reg.info[: h.n])
-                    if not h.retired[i] and not h.carrier[i] and h.ids[i] not in held]
+                    for i, inf in enumerate(self.reg.info[: h.n]) if self._shared(i) and h.ids[i] not in held]
 
     def states(self, device_ids: list[str]) -> dict[str, str]:
-        """The state of each of ``device_ids`` in service (retired, carriers and unknown IDs left out)."""
+        """The state of each of ``device_ids`` in service and shared (retired, carriers and unknown IDs left out)."""
         with self.reg.lock:
             h, idx = self.health, self.health.index
-            return {d: h.state_of(idx[d]) for d in device_ids
-                    if d in idx and not h.retired[idx[d]] and not h.carrier[idx[d]]}
+            return {d: h.state_of(idx[d]) for d in device_ids if d in idx and self._shared(idx[d])}
+
+    def _shared(self, i: int) -> bool:
+        h = self.health
+        return not (h.retired[i] or h.carrier[i] or h.carrier_unknown[i])
 
     # -- centers --------------------------------------------------------------------------------
     def _center(self, c: Center, deep: bool = True) -> dict[str, Any]:
