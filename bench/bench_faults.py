@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -453,10 +454,42 @@ def spin(stop: Any) -> None:
         sum(range(10_000))
 
 
+def store_steps(hub: HubProcess) -> dict[str, tuple[float, float, float]]:
+    """The hub's own ``vms_segment_store_seconds`` per step: (count, sum, count within 10 ms)."""
+    r = httpx.get(f"{hub.url}/metrics", headers={"Authorization": f"Bearer {hub.tokens['maintenance']}"}, timeout=10)
+    out: dict[str, list[float]] = {}
+    for fam in text_string_to_metric_families(r.text):
+        if fam.name != "vms_segment_store_seconds":
+            continue
+        for smp in fam.samples:
+            step = out.setdefault(smp.labels["step"], [0.0, 0.0, 0.0])
+            if smp.name.endswith("_count"):
+                step[0] = smp.value
+            elif smp.name.endswith("_sum"):
+                step[1] = smp.value
+            elif smp.name.endswith("_bucket") and float(smp.labels["le"]) == 0.01:
+                step[2] = smp.value
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def steps_between(a: dict[str, tuple[float, float, float]], b: dict[str, tuple[float, float, float]]) -> str:
+    """Mean time of each store step between two readings, and the share of steps over 10 ms."""
+    parts = []
+    for step in sorted(b):
+        n = b[step][0] - a.get(step, (0.0, 0.0, 0.0))[0]
+        if n <= 0:
+            continue
+        mean = (b[step][1] - a.get(step, (0.0, 0.0, 0.0))[1]) / n
+        slow = 1 - (b[step][2] - a.get(step, (0.0, 0.0, 0.0))[2]) / n
+        parts.append(f"{step} {mean * 1000:5.1f} ms ({slow:4.0%} > 10 ms)")
+    return ", ".join(parts)
+
+
 def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | None) -> None:
     archive = {**QUIET["archive"], **({} if clip_mbit is None else {"clip_send_mbit_s": clip_mbit})}
     hub = new_hub(work, "clips", archive=archive)
     hub.token("agent", "320585", name="agent")
+    hub.token("maintenance")
     for i in range(downloads):
         hub.token("police", name=f"police-{i}")
     start(hub)
@@ -502,16 +535,20 @@ def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | No
                 time.sleep(0.1)
         return hb, up, failed
 
+    steps = [store_steps(hub)]
     base_hb, base_up, base_failed = measure(seconds)
     base_load = os.getloadavg()[0]
+    steps.append(store_steps(hub))
     ctx = multiprocessing.get_context("spawn")
     stop_spin = ctx.Event()
     spinners = [ctx.Process(target=spin, args=(stop_spin,), daemon=True) for _ in range(os.cpu_count() or 1)]
     for p in spinners:
         p.start()
     time.sleep(2)
+    steps.append(store_steps(hub))
     busy_hb, busy_up, busy_failed = measure(seconds)
     busy_load = os.getloadavg()[0]
+    steps.append(store_steps(hub))
     stop_spin.set()
     for p in spinners:
         p.join(10)
@@ -526,8 +563,10 @@ def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | No
     loader.start()
     began = time.monotonic()
     time.sleep(2)
+    steps.append(store_steps(hub))
     load_hb, load_up, load_failed = measure(seconds)
     clips_load = os.getloadavg()[0]
+    steps.append(store_steps(hub))
     stop.set()
     served_s = time.monotonic() - began
     status, got = results.get(timeout=180)
@@ -535,12 +574,13 @@ def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | No
     hub.stop()
     print(f"clips: heartbeat and upload latency at the hub, alone and with {downloads} clip downloads running "
           f"(10-minute clips, {downloads} police users)")
-    for name, hb, up, failed in (("alone", base_hb, base_up, base_failed),
-                                 ("busy", busy_hb, busy_up, busy_failed),
-                                 (f"{downloads} clips", load_hb, load_up, load_failed)):
+    for k, (name, hb, up, failed) in enumerate((("alone", base_hb, base_up, base_failed),
+                                                ("busy", busy_hb, busy_up, busy_failed),
+                                                (f"{downloads} clips", load_hb, load_up, load_failed))):
         print(f"  {name:<10} heartbeat p50 {pct(hb, 0.5) * 1000:6.1f} ms  p95 {pct(hb, 0.95) * 1000:6.1f} ms  "
               f"max {max(hb) * 1000:6.1f} ms | upload p50 {pct(up, 0.5) * 1000:6.1f} ms  "
               f"p95 {pct(up, 0.95) * 1000:6.1f} ms  max {max(up) * 1000:6.1f} ms | failed {failed}")
+        print(f"  {'':<10} of which storing, at the hub: {steps_between(steps[2 * k], steps[2 * k + 1])}")
     codes = ", ".join(f"{'error' if c < 0 else 'cut short' if c == 0 else c}: {n}" for c, n in sorted(status.items()))
     rate = "the hub's default" if clip_mbit is None else f"{clip_mbit:g}"
     print(f"  clip requests by status: {codes}; {got / 1e6:.0f} MB served, {got * 8 / 1e6 / served_s:.0f} Mbit/s "

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from tests.conftest import Clock, hub_config
@@ -27,6 +28,7 @@ from vms.archive.store import INCOMING
 from vms.config import HubConfig
 from vms.db.models import Segment
 from vms.hub import Hub
+from vms.metrics import registry_for, render
 
 PREFIX = "32058501001320"
 CAM = PREFIX + "000001"
@@ -71,6 +73,28 @@ def test_a_retry_whose_start_the_skew_correction_moved_is_a_duplicate(
     again = hub.ingest.store("agent-1", CAM, agent_now + 8, 2.0, segment, sha, sent_at=agent_now + 10.6)
     assert again.result.name == "STORED", again.message
     assert count_rows(hub) == 2
+    hub.engine.dispose()
+
+
+def test_the_durable_steps_of_each_stored_segment_are_timed_in_the_metrics(
+    tmp_path: Path, clock: Clock, segment: bytes
+) -> None:
+    """``vms_segment_store_seconds``: one ``file`` and one ``index`` observation per segment stored (the
+    fsyncs and the commit, timed at the hub); a duplicate or a refused body writes nothing, so none."""
+    hub = make_hub(tmp_path / "data", clock)
+    sha = hashlib.sha256(segment).hexdigest()
+    for k in range(3):
+        assert hub.ingest.store("agent-1", CAM, clock.t - 20 + 2 * k, 2.0, segment, sha, None).result.name == "STORED"
+    assert hub.ingest.store("agent-1", CAM, clock.t - 20, 2.0, segment, sha, None).result.name == "DUPLICATE"
+    assert hub.ingest.store("agent-1", CAM, clock.t - 8, 2.0, segment, "0" * 64, None).result.name == "BAD_CHECKSUM"
+    text = render(registry_for(hub)).decode()
+    samples = {(s.name, s.labels.get("step"), s.labels.get("le")): s.value
+               for fam in text_string_to_metric_families(text) if fam.name == "vms_segment_store_seconds"
+               for s in fam.samples}
+    for step in ("file", "index"):
+        assert samples[("vms_segment_store_seconds_count", step, None)] == 3, samples
+        assert 0 < samples[("vms_segment_store_seconds_sum", step, None)] < 3 * 5.0
+        assert samples[("vms_segment_store_seconds_bucket", step, "+Inf")] == 3
     hub.engine.dispose()
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vms.health import ONLINE, UPLOADING
@@ -20,7 +20,7 @@ class HubCollector(Collector):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         hub = self.hub
         col = hub.snapshots.columns()
         ids, known, flags, last, fps = col.ids, col.known, col.flags, col.last_signal, col.fps

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -199,8 +199,9 @@ class Archive:
         self.snapshot = Snapshot(now, center_bytes, completeness, oldest, self.segments.free_bytes())
         return self.snapshot
 
-    def metrics(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def metrics(self) -> Iterator[Metric]:
         """Storage figures from the last snapshot (taken by the retention thread, not at scrape time)."""
+        yield from self.segments.step_seconds.collect()
         snap = self.snapshot
         if snap is None:
             return

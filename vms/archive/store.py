@@ -24,11 +24,13 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import IO
 
+from prometheus_client import Histogram
 from sqlalchemy import Engine, Executable, bindparam, insert, literal_column, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -184,6 +186,14 @@ class SegmentStore:
         self.stored_total = 0
         self.stored_bytes_total = 0
         self.refused_total = 0
+        #: How long the durable steps of storing a segment take: ``file`` (the body fsynced, renamed into
+        #: place, its directory fsynced) and ``index`` (the row committed). They are most of an upload's
+        #: time at the hub and show first when the disk is slow or shared (clip files, another service).
+        self.step_seconds = Histogram(
+            "vms_segment_store_seconds", "Duration of a durable step of storing a segment (file, index)",
+            ["step"], registry=None, buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+        )
+        self._file_s, self._index_s = self.step_seconds.labels("file"), self.step_seconds.labels("index")
         # Uploads of one content wait for each other: the second finds the first's row (a duplicate).
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
 
@@ -258,9 +268,11 @@ class SegmentStore:
             rel = relative_path(device_id, start, digest)
             final = self.root / rel
             try:
+                t0 = time.perf_counter()
                 final.parent.mkdir(parents=True, exist_ok=True)
                 body.move_to(final)
                 fsync_dir(final.parent)
+                self._file_s.observe(time.perf_counter() - t0)
             except OSError as exc:
                 self.refused_total += 1
                 log.error("cannot write segment %s: %s", rel, exc)
@@ -294,8 +306,10 @@ class SegmentStore:
                "sha256": digest, "received_at": now, "agent_id": agent_id, "agent_start": agent_start,
                "deleting": False}
         try:
+            t0 = time.perf_counter()
             with self.engine.begin() as conn:  # committed, durable, before the caller answers "stored"
                 key = conn.execute(_INSERT, row).inserted_primary_key
+            self._index_s.observe(time.perf_counter() - t0)
             seg_id = int(key[0]) if key is not None and key[0] is not None else None
         except IntegrityError:
             # A concurrent upload of the same segment (another process) won the race; judge against what it stored.
