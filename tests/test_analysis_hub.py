@@ -249,3 +249,48 @@ def test_workers_end_with_a_hub_killed_by_sigkill(tmp_path: Path, black_segments
         if worker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGKILL)
+
+
+def test_a_sigterm_to_the_hubs_process_group_stops_its_workers_in_order(
+    tmp_path: Path, black_segments: list[bytes]
+) -> None:
+    """A SIGTERM to the whole process group (Ctrl-C in a terminal, ``vms demo`` stopping, a supervisor)
+    reaches the hub, not its analysis workers: before, they died with it and, while the hub was still
+    stopping, were logged as crashed ("exited (code -15)") and started again."""
+    seg = tmp_path / "seg.ts"
+    seg.write_bytes(black_segments[0])
+    code = (
+        "import signal, sys, time\n"
+        "from vms.analysis.config import AnalysisConfig\n"
+        "from vms.analysis.pool import AnalysisPool\n"
+        "from vms.analysis.sampler import Work\n"
+        "pool = AnalysisPool(AnalysisConfig(workers=1), lambda r: print('analysed', flush=True))\n"
+        "pool.start()\n"
+        f"pool.submit(Work({DEV!r}, sys.argv[1], 0.0, 2.0))\n"
+        "def stop(*_):\n"
+        "    time.sleep(1.5)  # a hub's shutdown: its connections close before its services stop\n"
+        "    first = pool._procs[0]\n"
+        "    pool.stop()\n"
+        "    print(pool.stats.restarts, first.exitcode, flush=True)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print(pool._procs[0].pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code, str(seg)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    worker = 0
+    try:
+        assert owner.stdout is not None
+        worker = int(owner.stdout.readline())
+        assert owner.stdout.readline().strip() == "analysed"
+        os.killpg(owner.pid, signal.SIGTERM)
+        restarts, exitcode = owner.stdout.readline().split()
+        assert owner.wait(15) == 0
+        assert (restarts, exitcode) == ("0", "0"), "the worker was killed with its hub and started again"
+        assert not _running(worker)
+    finally:
+        owner.kill()
+        if worker:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)

@@ -36,7 +36,13 @@ PARENT_CHECK_S = 2.0
 def _worker(cfg: AnalysisConfig, inbox: Any, outbox: Any) -> None:
     """A worker process. It ends when told (None), or when the process that started it is gone: a hub
     or agent killed with SIGKILL cannot tell it, and its queue never reports the end, since this
-    process holds the queue's writing end too."""
+    process holds the queue's writing end too.
+
+    It runs in a session of its own, as clip workers do: a signal to the hub's process group (Ctrl-C
+    in a terminal, ``vms demo`` stopping, a supervisor's SIGTERM) reaches the hub alone, which then
+    stops its workers in order. Killed along with it, they were taken for crashed and started again
+    while the hub was stopping."""
+    os.setsid()
     sampler = SegmentSampler(cfg)
     parent = mp.parent_process()
     while True:
