@@ -217,38 +217,50 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def test_workers_end_with_a_hub_killed_by_sigkill(tmp_path: Path, black_segments: list[bytes]) -> None:
-    """A hub or agent killed with SIGKILL cannot stop its analysis workers (before: each kill left one
-    running for ever, holding its memory). A worker ends once the process that started it is gone."""
-    seg = tmp_path / "seg.ts"
-    seg.write_bytes(black_segments[0])
-    code = (
-        "import sys, time\n"
-        "from vms.analysis.config import AnalysisConfig\n"
-        "from vms.analysis.pool import AnalysisPool\n"
-        "from vms.analysis.sampler import Work\n"
-        "pool = AnalysisPool(AnalysisConfig(workers=1), lambda r: print('analysed', flush=True))\n"
-        "pool.start()\n"
-        f"pool.submit(Work({DEV!r}, sys.argv[1], 0.0, 2.0))\n"
-        "print(pool._procs[0].pid, flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    owner = subprocess.Popen([sys.executable, "-c", code, str(seg)], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[1])
+#: A process owning an analysis pool of one worker: it has the worker analyse a segment, prints the
+#: worker's PID and waits; ``{on_sigterm}`` is what it does on SIGTERM.
+_OWNER = (
+    "import signal, sys, time\n"
+    "from vms.analysis.config import AnalysisConfig\n"
+    "from vms.analysis.pool import AnalysisPool\n"
+    "from vms.analysis.sampler import Work\n"
+    "pool = AnalysisPool(AnalysisConfig(workers=1), lambda r: print('analysed', flush=True))\n"
+    "pool.start()\n"
+    "pool.submit(Work(sys.argv[2], sys.argv[1], 0.0, 2.0))\n"
+    "{on_sigterm}"
+    "print(pool._procs[0].pid, flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@contextlib.contextmanager
+def pool_owner(seg: Path, on_sigterm: str = "", **popen: Any) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """An owner process (see ``_OWNER``) once its worker has analysed ``seg``, and the worker's PID."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER.replace("{on_sigterm}", on_sigterm), str(seg), DEV],
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1], **popen)
     worker = 0
     try:
         assert owner.stdout is not None
         worker = int(owner.stdout.readline())
         assert owner.stdout.readline().strip() == "analysed"  # the worker runs
-        assert _running(worker)
-        owner.kill()
-        owner.wait(10)
-        wait_until(lambda: not _running(worker), 15, f"analysis worker {worker} to end after its hub was killed")
+        yield owner, worker
     finally:
         owner.kill()
         if worker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGKILL)
+
+
+def test_workers_end_with_a_hub_killed_by_sigkill(tmp_path: Path, black_segments: list[bytes]) -> None:
+    """A hub or agent killed with SIGKILL cannot stop its analysis workers (before: each kill left one
+    running for ever, holding its memory). A worker ends once the process that started it is gone."""
+    seg = tmp_path / "seg.ts"
+    seg.write_bytes(black_segments[0])
+    with pool_owner(seg) as (owner, worker):
+        assert _running(worker)
+        owner.kill()
+        owner.wait(10)
+        wait_until(lambda: not _running(worker), 15, f"analysis worker {worker} to end after its hub was killed")
 
 
 def test_a_sigterm_to_the_hubs_process_group_stops_its_workers_in_order(
@@ -259,14 +271,7 @@ def test_a_sigterm_to_the_hubs_process_group_stops_its_workers_in_order(
     stopping, were logged as crashed ("exited (code -15)") and started again."""
     seg = tmp_path / "seg.ts"
     seg.write_bytes(black_segments[0])
-    code = (
-        "import signal, sys, time\n"
-        "from vms.analysis.config import AnalysisConfig\n"
-        "from vms.analysis.pool import AnalysisPool\n"
-        "from vms.analysis.sampler import Work\n"
-        "pool = AnalysisPool(AnalysisConfig(workers=1), lambda r: print('analysed', flush=True))\n"
-        "pool.start()\n"
-        f"pool.submit(Work({DEV!r}, sys.argv[1], 0.0, 2.0))\n"
+    on_sigterm = (
         "def stop(*_):\n"
         "    time.sleep(1.5)  # a hub's shutdown: its connections close before its services stop\n"
         "    first = pool._procs[0]\n"
@@ -274,23 +279,11 @@ def test_a_sigterm_to_the_hubs_process_group_stops_its_workers_in_order(
         "    print(pool.stats.restarts, first.exitcode, flush=True)\n"
         "    sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, stop)\n"
-        "print(pool._procs[0].pid, flush=True)\n"
-        "time.sleep(600)\n"
     )
-    owner = subprocess.Popen([sys.executable, "-c", code, str(seg)], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[1], start_new_session=True)
-    worker = 0
-    try:
+    with pool_owner(seg, on_sigterm, start_new_session=True) as (owner, worker):
         assert owner.stdout is not None
-        worker = int(owner.stdout.readline())
-        assert owner.stdout.readline().strip() == "analysed"
         os.killpg(owner.pid, signal.SIGTERM)
         restarts, exitcode = owner.stdout.readline().split()
         assert owner.wait(15) == 0
         assert (restarts, exitcode) == ("0", "0"), "the worker was killed with its hub and started again"
         assert not _running(worker)
-    finally:
-        owner.kill()
-        if worker:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker, signal.SIGKILL)
