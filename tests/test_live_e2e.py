@@ -432,8 +432,12 @@ def test_sub_segments_are_live_only(live: Setup) -> None:
     import sqlite3
 
     data = live.hub.config.parent / "hub"
-    with sqlite3.connect(data / "vms.db") as db:
-        rows = db.execute("SELECT path FROM segments WHERE device_id = ?", (CAMS[0],)).fetchall()
+
+    def main_rows() -> list[tuple[str]]:
+        with sqlite3.connect(data / "vms.db") as db:
+            return db.execute("SELECT path FROM segments WHERE device_id = ?", (CAMS[0],)).fetchall()
+
+    rows = main_rows()
     assert len(rows) >= 5
     sizes = {(f.width, f.height) for f in (probe(data / "recordings" / r[0]) for r in rows[-20:]) if f}
     assert sizes == {(320, 180)}, sizes
@@ -446,7 +450,8 @@ def test_sub_segments_are_live_only(live: Setup) -> None:
     rec = live.get(f"/api/v1/devices/{CAMS[0]}/recordings", role="admin",
                    params={"start": iso(now - 3600), "end": iso(now + 5), "limit": 20000})
     assert rec.status_code == 200, rec.text
-    assert rec.json()["segments_total"] == len(rows)
+    # The camera is still recording: a main segment may have been stored since the rows were read.
+    assert len(rows) <= rec.json()["segments_total"] <= len(main_rows())
 
 
 def test_sub_segment_upload_is_checked(live: Setup) -> None:
