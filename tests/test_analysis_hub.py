@@ -287,3 +287,16 @@ def test_a_sigterm_to_the_hubs_process_group_stops_its_workers_in_order(
         assert owner.wait(15) == 0
         assert (restarts, exitcode) == ("0", "0"), "the worker was killed with its hub and started again"
         assert not _running(worker)
+
+
+def test_a_hub_ended_by_sigterm_reports_no_leaked_semaphores(make_hub_process: Any) -> None:
+    """Uvicorn raises SIGTERM again once it has shut down, so a hub's interpreter never runs its exit
+    handlers: the analysis pool's queues were never released, and every stop printed "There appear to
+    be 9 leaked semaphore objects" (the semaphores stayed in /dev/shm when the tracker died too)."""
+    hp = make_hub_process(analysis={"enabled": True, "workers": 2})
+    hp.start()
+    hp.stop()
+    assert hp.log is not None
+    log = hp.log.read_text()
+    assert "Finished server process" in log
+    assert "leaked semaphore" not in log, log[-1000:]

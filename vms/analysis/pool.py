@@ -199,3 +199,8 @@ class AnalysisPool:
         for q in (*self._inboxes, self._outbox):
             q.close()
             q.cancel_join_thread()
+        # Let go of the queues now: their semaphores are unlinked when they are collected. Left to the
+        # interpreter's exit, which a hub ended by its signal never reaches (uvicorn raises SIGTERM again
+        # once it has shut down), they were reported leaked at every stop, and stayed in /dev/shm when
+        # the resource tracker was killed too.
+        self._inboxes, self._outbox = [], None
