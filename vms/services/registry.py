@@ -347,9 +347,9 @@ class Registry:
     def _add(self, dev: Device) -> int:
         placed = dev.center_id if dev.center_id in self.tree.by_id else None
         idx = self.health.add(dev.id, dev.created_at)
-        self.health.carrier[idx] = bool(dev.carrier)
-        self.health.carrier_unknown[idx] = dev.carrier is None
-        if idx == len(self.info):
+        if idx == len(self.info):  # new here: what the store says (later, set_carrier keeps both alike)
+            self.health.carrier[idx] = bool(dev.carrier)
+            self.health.carrier_unknown[idx] = dev.carrier is None
             homes = tuple(c.id for c in self.tree.homes(dev.id, placed))
             self.info.append(DeviceInfo(dev.name, dev.location, dev.center_id, homes))
             for cid in self.tree.memberships(dev.id, placed):
