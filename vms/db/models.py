@@ -64,7 +64,7 @@ class Device(Base):
     created_at: Mapped[float] = mapped_column(Float)
     #: It carries channels that count in its place (``Health.carrier``). NULL: not known yet, a device
     #: registered by GB/T 28181 whose catalog has not been read: it is not shared with superiors until known.
-    carrier: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # no default: it would replace a None
+    carrier: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=False)  # NULL is written as null()
 
 
 class StateInterval(Base):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
+from sqlalchemy import null, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.auth import Principal, gb_agent
@@ -110,8 +110,7 @@ class Registry:
         for d in devices:
             drow = s.get(Device, d.id)
             if drow is None:
-                s.add(Device(id=d.id, name=d.name, location=d.location, center_id=d.center, created_at=now,
-                             carrier=False))
+                s.add(Device(id=d.id, name=d.name, location=d.location, center_id=d.center, created_at=now))
             else:
                 drow.name, drow.location, drow.center_id = d.name or drow.name, d.location or drow.location, d.center
         s.commit()
@@ -313,10 +312,11 @@ class Registry:
                 wanted = [d for d, _, _ in new]
                 existing = set(s.scalars(select(Device.id).where(Device.id.in_(wanted))))
                 # A device that reports itself registered by GB/T 28181: whether it carries channels is
-                # known once its catalog is read (see set_carrier).
+                # known once its catalog is read (see set_carrier). NULL is written as null(): a plain None
+                # would get the column's default.
                 s.add_all(
                     Device(id=d, name=n, location=loc, agent_id=agent, created_at=now,
-                           carrier=None if agent == gb_agent(d) else False)
+                           carrier=null() if agent == gb_agent(d) else False)
                     for d, n, loc in new
                     if d not in existing
                 )
@@ -337,8 +337,7 @@ class Registry:
             with self.sessions() as s:
                 if s.get(Device, device_id) is not None:
                     raise DeviceExists(f"device {device_id} exists already")
-                row = Device(id=device_id, name=name, location=location, center_id=center, created_at=self.clock(),
-                             carrier=False)
+                row = Device(id=device_id, name=name, location=location, center_id=center, created_at=self.clock())
                 s.add(row)
                 s.commit()
             with self.lock:
