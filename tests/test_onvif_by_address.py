@@ -238,9 +238,13 @@ def test_an_onvif_camera_named_by_address_is_accepted_and_recorded_with_its_sub_
         assert row["stream_uri"] == sim.rtsp_url(cam_id)
         assert call(hub, "POST", f"/api/v1/discovered/{dev}/accept", body={}).status_code == 200
         wait_until(lambda: dev in agent.relaying(), 20, "the accepted camera relayed", context=context)
-        urls = sorted(i._url for i in agent.ingests + agent.sub_ingests if i.device_id == dev)
-        assert urls == sorted(f"rtsp://{USER}:s3cret%21pw@127.0.0.1:{sim.rtsp_port}/cam/{cam_id}{s}"
-                              for s in ("", "/sub"))  # its own credentials, main and sub stream
+        want = sorted(f"rtsp://{USER}:s3cret%21pw@127.0.0.1:{sim.rtsp_port}/cam/{cam_id}{s}" for s in ("", "/sub"))
+
+        def urls() -> list[str]:
+            return sorted(i._url for i in agent.ingests + agent.sub_ingests if i.device_id == dev)
+
+        # Its own credentials, main and sub stream (the sub stream's ingest may start a moment after the main's).
+        wait_until(lambda: urls() == want, 10, "main and sub stream relayed", context=lambda: f"{urls()}")
 
         def recorded() -> bool:
             devices = call(hub, "GET", "/api/v1/devices").json()["devices"]
