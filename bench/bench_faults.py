@@ -26,7 +26,9 @@ by other work at the lowest CPU priority (what a busy machine alone does to the 
 agent's uplink does. The downloads run in a process of their own and read like ``curl -o /dev/null``
 (a user whose clip is refused asks again after 0.5 s) at the clip workers' niceness (in the field the
 clients are other machines), so that the bench times the hub, not its own client; the machine's load
-average is printed beside, since other work on a shared machine moves the figures.
+average is printed beside, since other work on a shared machine moves the figures. In each phase a
+process outside the hub times the durable steps of an upload on the same disk (write, fsync, rename,
+fsync the folder): an acknowledged upload cannot be faster than this machine's fsync.
 """
 
 from __future__ import annotations
@@ -454,6 +456,37 @@ def spin(stop: Any) -> None:
         sum(range(10_000))
 
 
+def durable_steps(folder: Path, size: int, stop: Any, results: Any) -> None:
+    """An upload's durable steps without the hub (write ``size`` bytes, fsync, rename, fsync the folder),
+    10 times a second until ``stop``, in a process of its own; puts the step times on ``results``.
+
+    The machine's own fsync latency in the same phase: what the hub's ``file`` step cannot be below."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    took: list[float] = []
+    k = 0
+    while not stop.is_set():
+        a = time.perf_counter()
+        part, final = folder / f"{k}.part", folder / f"{k}.ts"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(part, final)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        took.append(time.perf_counter() - a)
+        final.unlink()
+        k += 1
+        stop.wait(0.1)
+    results.put(took)
+
+
 def store_steps(hub: HubProcess) -> dict[str, tuple[float, float, float]]:
     """The hub's own ``vms_segment_store_seconds`` per step: (count, sum, count within 10 ms)."""
     r = httpx.get(f"{hub.url}/metrics", headers={"Authorization": f"Bearer {hub.tokens['maintenance']}"}, timeout=10)
@@ -506,7 +539,25 @@ def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | No
                                             "last_packet_age_s": 0.04, "fps": 25} for k in range(10, 15)]}
     next_start = [float(int(time.time() - 3600))]
 
+    ctx = multiprocessing.get_context("spawn")
+    outside: list[list[float]] = []
+
     def measure(span: float) -> tuple[list[float], list[float], int]:
+        """Heartbeat and upload latencies for ``span`` s, with the machine's own durable steps beside
+        (appended to ``outside``)."""
+        done = ctx.Event()
+        took: multiprocessing.queues.Queue[list[float]] = ctx.Queue()
+        size = sum(len(d) for d, _ in segs) // len(segs)
+        prober = ctx.Process(target=durable_steps, args=(work / "outside", size, done, took), daemon=True)
+        prober.start()
+        try:
+            return _measure(span)
+        finally:
+            done.set()
+            outside.append(took.get(timeout=30))
+            prober.join(10)
+
+    def _measure(span: float) -> tuple[list[float], list[float], int]:
         hb: list[float] = []
         up: list[float] = []
         failed = 0
@@ -539,7 +590,6 @@ def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | No
     base_hb, base_up, base_failed = measure(seconds)
     base_load = os.getloadavg()[0]
     steps.append(store_steps(hub))
-    ctx = multiprocessing.get_context("spawn")
     stop_spin = ctx.Event()
     spinners = [ctx.Process(target=spin, args=(stop_spin,), daemon=True) for _ in range(os.cpu_count() or 1)]
     for p in spinners:
@@ -581,6 +631,9 @@ def part_clips(work: Path, seconds: float, downloads: int, clip_mbit: float | No
               f"max {max(hb) * 1000:6.1f} ms | upload p50 {pct(up, 0.5) * 1000:6.1f} ms  "
               f"p95 {pct(up, 0.95) * 1000:6.1f} ms  max {max(up) * 1000:6.1f} ms | failed {failed}")
         print(f"  {'':<10} of which storing, at the hub: {steps_between(steps[2 * k], steps[2 * k + 1])}")
+        mine = outside[k]
+        print(f"  {'':<10} the same durable steps outside the hub (this machine's fsync): p50 "
+              f"{pct(mine, 0.5) * 1000:.1f} ms  p95 {pct(mine, 0.95) * 1000:.1f} ms  max {max(mine) * 1000:.1f} ms")
     codes = ", ".join(f"{'error' if c < 0 else 'cut short' if c == 0 else c}: {n}" for c, n in sorted(status.items()))
     rate = "the hub's default" if clip_mbit is None else f"{clip_mbit:g}"
     print(f"  clip requests by status: {codes}; {got / 1e6:.0f} MB served, {got * 8 / 1e6 / served_s:.0f} Mbit/s "
