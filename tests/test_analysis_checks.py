@@ -82,6 +82,26 @@ def test_black_picture_masks_the_checks_it_would_fool() -> None:
     assert set(v) == {"signal_loss", "black_screen", "solid_screen"}  # no "blur", "frozen", "too_dark"
 
 
+def test_a_raised_whole_picture_defect_masks_the_checks_of_what_it_shows_until_it_clears() -> None:
+    """A camera found too dark and then a little brighter (just over the limit, still raised) is not
+    also judged for a cover, blur or a turn: its dark picture would fool them. Once it clears, they are."""
+    an = DeviceAnalyzer(AnalysisConfig())
+    day = [_gray(Case(1, "day"), t) for t in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
+    for i, g in enumerate(day[:4]):
+        assert [c for c, v in an.verdicts(Picture(2.0 * i, g)).items() if v.bad] == []
+    dark = np.asarray(cv2.convertScaleAbs(day[4], alpha=0.12, beta=0), np.uint8)
+    changes = [c for t in (8.0, 10.0) for c in an.feed(Picture(t, dark), t)]
+    assert [(c.check, c.raised) for c in changes] == [("too_dark", True)]
+    covered = day[5].copy()
+    covered[:, : int(covered.shape[1] * 0.65)] = 38  # dark and flat over most of the picture
+    v = an.verdicts(Picture(12.0, covered))
+    assert not v["too_dark"].bad  # this sample alone is bright enough: it counts toward clearing
+    assert "occlusion" not in v and "blur" not in v and "scene_change" not in v
+    cleared = [c for t in (12.0, 14.0) for c in an.feed(Picture(t, day[5]), t)]
+    assert [(c.check, c.raised) for c in cleared] == [("too_dark", False)]
+    assert an.verdicts(Picture(16.0, covered))["occlusion"].bad
+
+
 def test_metrics_move_the_right_way() -> None:
     g = _gray(Case(1, "day"), 0.0)
     blurred = np.asarray(cv2.GaussianBlur(g, (0, 0), 3), np.uint8)

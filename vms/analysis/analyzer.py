@@ -192,6 +192,8 @@ class _Reference:
 
 
 Verdicts = dict[CheckName, Verdict]
+#: Defects of the whole picture, judged first: while one is raised the later checks are not judged.
+_WIDE: tuple[CheckName, ...] = ("black_screen", "solid_screen", "too_dark", "too_bright")
 
 
 @dataclass
@@ -278,7 +280,7 @@ class DeviceAnalyzer:
         clip_at = max(th.bright_min_share, (nc or 0.0) + th.bright_rise_share)
         wash_at = max(th.bright_mean_luma, (nm or 0.0) + th.bright_rise_luma)
         out["too_bright"] = Verdict(clipped >= clip_at or mean >= wash_at, clipped, nc, clip_at)
-        if self._any_bad(out):
+        if self._any_bad(out) or self._wide_raised():
             return self._only(out)
         if "occlusion" in on:
             ignore = (
@@ -385,6 +387,12 @@ class DeviceAnalyzer:
 
     def _any_bad(self, out: Verdicts) -> bool:
         return any(v.bad for k, v in out.items() if k in self.enabled)
+
+    def _wide_raised(self) -> bool:
+        """A defect of the whole picture is raised. Until it clears, the checks of what the picture
+        shows wait and the view is not learned: a picture near the limit of too dark went good and bad
+        in turns, and in its good samples the occlusion check took the dark scene for a cover."""
+        return any(self.runs[c].raised for c in _WIDE if c in self.runs)
 
     # -- hysteresis ------------------------------------------------------------------------------
     def feed(self, pic: Picture | None, t: float) -> list[Change]:
