@@ -4,6 +4,7 @@ position comes from (an admin, the config, the device's own GB/T 28181 catalog).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +89,24 @@ def test_time_weighted_coverage_since_when_and_one_alert_per_uncovered_key_site(
     hub.stop()
 
 
-def test_an_open_site_alert_is_adopted_after_a_restart(tmp_path: Path, clock: Clock) -> None:
+def test_an_open_site_alert_is_adopted_after_a_restart(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vms.services")
     hub = make(tmp_path, clock)
     step(hub, clock, 60)  # no agent: every camera stays unknown, the key sites alert
     assert sorted(r.fingerprint for r in site_alerts(hub)) == ["site_uncovered:road", "site_uncovered:school"]
+    # One warning for the tick that found both (a new district may have hundreds), no error: the hub is fine.
+    told = [r for r in caplog.records if "uncovered" in r.getMessage()]
+    assert [(r.levelno, r.getMessage().split(":")[0]) for r in told] == [
+        (logging.WARNING, "2 key site(s) uncovered, an alert opened for each")]
+    assert "人民路" in told[0].getMessage() and "沙溪小学" in told[0].getMessage()
     hub.stop()
+    caplog.clear()
     hub = make(tmp_path, clock)
     step(hub, clock, 60)
     assert len(site_alerts(hub)) == 2  # the same two, still open
+    assert not [r for r in caplog.records if "uncovered" in r.getMessage()]  # adopted, not opened again
     hub.stop()
 
 

@@ -176,8 +176,8 @@ class Archive:
                         "deleted_segments": rep.by_reason.get("emergency", 0),
                         "held_segments_kept": rep.held_skipped,
                     },
-                ))
-                log.error("%s", row.title)
+                ), announce=False)
+                log.error("%s", row.title)  # footage was deleted before its time: an error of the hub's own
             elif row is not None and not rep.emergency:
                 tx.resolve(row, "system", "space back")
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms import audit
-from vms.alerts import SEVERITY, AlertKind, AlertState
+from vms.alerts import SEVERITY, AlertKind, AlertState, Severity
 from vms.auth import Principal
 from vms.config import AlertsConfig
 from vms.db.models import Alert, AlertEvent
@@ -29,6 +29,8 @@ from vms.events import EventBus
 from vms.notify import enqueue
 
 log = logging.getLogger(__name__)
+#: How an opened alert is logged: a matter for the crew, not a fault of the hub (those are errors).
+LOG_LEVEL = {Severity.CRITICAL: logging.WARNING, Severity.WARNING: logging.INFO}
 
 
 class AlertNotFound(NotFound):
@@ -75,7 +77,8 @@ class AlertTx:
             raise AlertNotFound(f"no alert {alert_id}")
         return row
 
-    def open(self, new: NewAlert) -> Alert:
+    def open(self, new: NewAlert, *, announce: bool = True) -> Alert:
+        """Open ``new``; it is logged unless ``announce`` is False (the caller logs it its own way)."""
         row = Alert(
             fingerprint=new.fingerprint,
             kind=new.kind.value,
@@ -94,6 +97,8 @@ class AlertTx:
         self.session.flush()
         self._event(row, self.now, "opened", "system", "")
         self.deliveries += enqueue(self.session, row, "firing", self.cfg, self.url, self.now)
+        if announce:
+            log.log(LOG_LEVEL[SEVERITY[new.kind]], "alert opened (%s): %s", new.kind.value, new.title)
         return row
 
     def update(self, row: Alert, *, title: str | None = None, detail: dict[str, Any] | None = None,
@@ -169,7 +174,6 @@ class AlertWriter:
             row = tx.find_active(new.fingerprint)
             if row is None:
                 row = tx.open(new)
-                log.error("%s", row.title)
             elif update is not None:
                 title, detail, comment = update(row)
                 tx.update(row, title=title, detail=detail, comment=comment)

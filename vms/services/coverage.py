@@ -38,6 +38,8 @@ from vms.services.alerting import AlertTx, AlertWriter, NewAlert
 from vms.services.registry import Registry
 
 log = logging.getLogger(__name__)
+#: Newly uncovered sites named in the log line of one tick; the rest are counted.
+SITES_LOGGED = 5
 
 #: Sources of a camera's position, strongest first: a person's placement beats the config, which
 #: beats what a device says about itself.
@@ -320,14 +322,20 @@ class Coverage:
                                                     "min_cameras": need, "working": working, "cameras": cams[:100]})
 
     def _write_alerts(self, opened: Mapping[str, NewAlert], resolved: list[str], now: float) -> None:
+        told: list[str] = []
         try:
             with self.writer.transaction(now) as tx:
                 for new in opened.values():
                     if tx.find_active(new.fingerprint) is None:
-                        tx.open(new)
-                        log.error("%s", new.title)
+                        tx.open(new, announce=False)
+                        told.append(new.title)
                 for sid in resolved:
                     self._resolve(tx, sid, "covered again" if sid in self.index else "site removed")
+            if told:
+                # One line: a new district's first tick may find hundreds of blind spots.
+                more = f"; and {len(told) - SITES_LOGGED} more" if len(told) > SITES_LOGGED else ""
+                log.warning("%d key site(s) uncovered, an alert opened for each: %s%s", len(told),
+                            "; ".join(told[:SITES_LOGGED]), more)
         except Exception as exc:
             # Forget the decisions: the next tick plans them again.
             log.error("site alerts not written (%s); retried next tick", exc)

@@ -71,4 +71,4 @@ class SpoolLosses:
             tx.update(row, title=title, detail=detail, comment=f"{new} more segment(s) dropped")
             return row.id
         return tx.open(NewAlert(fingerprint=fingerprint, kind=KIND, title=title, since=tx.now, detail=detail,
-                                agent_id=agent)).id
+                                agent_id=agent), announce=False).id
