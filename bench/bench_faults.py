@@ -66,6 +66,7 @@ from tests.rtsp_fixture import make_clip  # noqa: E402
 from tests.test_alerts_e2e import Agent  # noqa: E402
 from tests.test_archive_clip import split_segments, upload  # noqa: E402
 from vms.archive.clip import WORKER_NICE  # noqa: E402
+from vms.kernel.fsutil import fsync_dir  # noqa: E402
 
 KEPT = "32058501001320000001"  # recent footage: every acknowledged segment must survive
 OLD = "32058501001320000002"  # 40 days old: retention deletes it while the hub is being killed
@@ -475,11 +476,7 @@ def durable_steps(folder: Path, size: int, stop: Any, results: Any) -> None:
         finally:
             os.close(fd)
         os.replace(part, final)
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(folder)
         took.append(time.perf_counter() - a)
         final.unlink()
         k += 1
