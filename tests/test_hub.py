@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,16 @@ def test_restart_gap_counts_as_unknown_not_up(tmp_path: Path, clock: Clock) -> N
     hub2.stop()
 
 
-def test_agent_going_dark_raises_one_grouped_alert(tmp_path: Path, clock: Clock, webhook: WebhookSink) -> None:
+def opened_logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """(level, kind) of each "alert opened" log line."""
+    return [(r.levelno, r.getMessage().split("(")[1].split(")")[0]) for r in caplog.records
+            if r.getMessage().startswith("alert opened (")]
+
+
+def test_agent_going_dark_raises_one_grouped_alert(
+    tmp_path: Path, clock: Clock, webhook: WebhookSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vms.services.alerting")
     hub = make_hub(tmp_path, clock, alerts={"receivers": [{"name": "crew", "kind": "webhook", "url": webhook.url}]})
     a = agent(hub)
     cams = [f"3205850100132{n:07d}" for n in range(1, 21)]
@@ -177,6 +187,8 @@ def test_agent_going_dark_raises_one_grouped_alert(tmp_path: Path, clock: Clock,
     hub.outbox.drain(clock.t)
     assert webhook.events() == [("firing", "agent_offline"), ("resolved", "agent_offline"),
                                 ("firing", "device_offline")]
+    # Logged once each as a matter for the crew (critical: a warning), not as an error of the hub.
+    assert opened_logged(caplog) == [(logging.WARNING, "agent_offline"), (logging.WARNING, "device_offline")]
     hub.stop()
 
 
@@ -192,7 +204,10 @@ def test_many_cameras_of_one_center_going_dark_is_one_site_alert(tmp_path: Path,
     hub.stop()
 
 
-def test_low_frame_rate_degrades_and_opens_alert(tmp_path: Path, clock: Clock) -> None:
+def test_low_frame_rate_degrades_and_opens_alert(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vms.services.alerting")
     hub = make_hub(tmp_path, clock)
     a = agent(hub)
     run(hub, clock, 6, a, [CAM])
@@ -204,6 +219,7 @@ def test_low_frame_rate_degrades_and_opens_alert(tmp_path: Path, clock: Clock) -
     rows = alerts(hub)
     assert [(r.kind, r.state) for r in rows] == [("device_degraded", "open")]
     assert "low_fps" in rows[0].title
+    assert opened_logged(caplog) == [(logging.INFO, "device_degraded")]  # a warning-severity alert: info
     run(hub, clock, 10, a, [CAM])
     assert [(r.kind, r.state) for r in alerts(hub)] == [("device_degraded", "resolved")]
     fig = hub.monitor.device_figures(hub.monitor.availability(clock.t - 19, clock.t), 0)
