@@ -176,6 +176,50 @@ def test_block_similarity_ignores_the_osd_of_a_turned_night_camera() -> None:
     assert C.block_similarity(C.thumbnail(here), C.thumbnail(here)).shape == (C.GRID[1], C.GRID[0])
 
 
+GRAIN = 3.0
+
+
+def _lit_wall(lamp_x: float, t: float, gain: float = 1.0) -> npt.NDArray[np.uint8]:
+    """A plain wall lit by a lamp at ``lamp_x`` (share of the width), sensor grain, an OSD clock."""
+    h, w = 180, 320
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = 60 + 140 * np.exp(-(((xx - lamp_x * w) / (0.6 * w)) ** 2 + ((yy - 0.3 * h) / h) ** 2))
+    rng = np.random.default_rng(int(t))
+    g = np.clip(16 + gain * light + rng.normal(0, GRAIN, light.shape), 0, 255).astype(np.uint8)
+    cv2.putText(g, f"2026-01-01 08:00:{int(t):02d}  CAM-01", (5, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, 235, 1)
+    return g
+
+
+def test_a_turned_camera_facing_a_plain_wall_is_found_by_the_light_across_it() -> None:
+    """A plain wall has no layout but the OSD clock's, which matches wherever the camera points; the
+    part of the wall it turned to is lit otherwise. The light's shift decides, and a darker iris on the
+    same view (a gain) does not move it."""
+    an = DeviceAnalyzer(AnalysisConfig())
+    for i in range(8):
+        v = an.verdicts(Picture(2.0 * i, _lit_wall(0.2, 2.0 * i)))
+        assert [c for c, x in v.items() if x.bad] == [], v
+    th = AnalysisConfig().thresholds
+    assert an.ref.layout_share() < th.scene_broad_layout
+    assert not an.verdicts(Picture(16.0, _lit_wall(0.2, 16.0, gain=0.7)))["scene_change"].bad
+    turned = an.verdicts(Picture(18.0, _lit_wall(0.9, 18.0)))["scene_change"]
+    assert turned.bad and turned.threshold == th.scene_light_shift and turned.value >= th.scene_light_shift
+
+
+def test_the_light_does_not_turn_a_camera_whose_view_has_a_layout() -> None:
+    """A lamp switched on beside a street view moves the light across it as much as a turn of a plain
+    wall would; the view still shows its layout, so it has not moved."""
+    an = DeviceAnalyzer(AnalysisConfig())
+    day = [_gray(Case(1, "day"), t) for t in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0)]
+    for i, g in enumerate(day[:8]):
+        assert [c for c, x in an.verdicts(Picture(2.0 * i, g)).items() if x.bad] == []
+    assert an.ref.layout_share() >= AnalysisConfig().thresholds.scene_broad_layout
+    h, w = day[8].shape
+    lamp = 90 * np.exp(-(((np.arange(w)[None, :] - 0.85 * w) / (0.25 * w)) ** 2)) * np.ones((h, 1))
+    lit = np.clip(day[8] + lamp, 0, 255).astype(np.uint8)
+    assert an.ref.light_shift(C.block_stats(lit)[0]) >= AnalysisConfig().thresholds.scene_light_shift
+    assert not an.verdicts(Picture(16.0, lit))["scene_change"].bad
+
+
 def test_motion_boxes_and_recalibration_after_light_change() -> None:
     det = MotionDetector(MotionConfig())
     base = _gray(Case(1, "day"), 0.0)

@@ -55,6 +55,14 @@ def test_a_real_clip_raises_the_fault_it_shows(real_footage: None) -> None:
     assert [c for c, at in r.cleared if at >= 40] == ["frozen"]
 
 
+def test_a_camera_turned_from_a_plain_wall_to_another_part_of_it_is_found(real_footage: None) -> None:
+    """The still indoor wall, the camera turned to another part of it from 20 s to 40 s: the wall has
+    hardly any layout, only the OSD clock's, and was missed until the light across it was compared."""
+    r = run_case(RealCase(next(s for s in SCENES if s.name == "wall"), "scene_change"))
+    assert r.raised == [("scene_change", r.raised[0][1])] and 20 <= r.raised[0][1] <= 24, r.raised
+    assert [c for c, at in r.cleared if at >= 40] == ["scene_change"], r.cleared
+
+
 def test_a_cover_over_most_of_a_night_view_stays_found_and_is_nothing_else(real_footage: None) -> None:
     """The night street's sub stream with a dark cover over 65 % of the lens from 20 s to 40 s. A third
     of the night view is dark and flat anyway, so the cover's share sat at the limit and went bad and

@@ -158,6 +158,8 @@ class _Reference:
     #: Per block, how well healthy samples matched the view: high where the view has a fixed layout
     #: (walls, kerbs, windows), low where it is textureless or only shows what moves (a hand, traffic).
     stable: npt.NDArray[np.float32] | None = None
+    #: How the light fell across the last healthy samples (:func:`checks.light_layout`), newest last.
+    lights: list[npt.NDArray[np.float32]] = field(default_factory=list)
 
     def learn(
         self,
@@ -166,9 +168,12 @@ class _Reference:
         stds: npt.NDArray[np.float32],
         view: npt.NDArray[np.float32] | None = None,
     ) -> None:
+        light = C.light_layout(means)
         if self.thumb is None or self.means is None or self.stds is None or self.thumb.shape != thumb.shape:
             self.thumb, self.means, self.stds, self.n, self.stable = thumb.copy(), means.copy(), stds.copy(), 1, None
+            self.lights = [light]
             return
+        self.lights = [*self.lights[-(LIGHTS - 1):], light]
         a = 0.2 if self.n >= 5 else 1.0 / (self.n + 1)  # average the first few, then follow slowly
         self.thumb += a * (thumb - self.thumb)
         self.means += a * (means - self.means)
@@ -176,6 +181,16 @@ class _Reference:
         if view is not None and view.shape == means.shape:
             self.stable = view.copy() if self.stable is None else self.stable + 0.2 * (view - self.stable)
         self.n += 1
+
+    def light_shift(self, means: npt.NDArray[np.float32]) -> float | None:
+        """How far the light across the view moved from where it fell in the last healthy samples.
+
+        Against their per-block median, so a hand or a car that crossed some of them is not part of
+        the view; None until a few are learned.
+        """
+        if len(self.lights) < 3 or self.lights[0].shape != means.shape:
+            return None
+        return C.light_shift(C.light_layout(means), np.median(np.stack(self.lights), axis=0))
 
     def layout_match(self, view: npt.NDArray[np.float32] | None, min_share: float) -> float | None:
         """Median similarity over the blocks that hold the view's fixed layout; None when too few do.
@@ -190,6 +205,13 @@ class _Reference:
             return None
         return C.median(view[layout])
 
+    def layout_share(self) -> float:
+        """Share of the blocks that hold the view's fixed layout (0 before it is learned)."""
+        return 0.0 if self.stable is None else float(np.count_nonzero(self.stable >= 0.5)) / self.stable.size
+
+
+#: Healthy samples whose light across the view is remembered (:meth:`_Reference.light_shift`).
+LIGHTS = 9
 
 Verdicts = dict[CheckName, Verdict]
 #: Defects of the whole picture, judged first: while one is raised the later checks are not judged.
@@ -344,11 +366,11 @@ class DeviceAnalyzer:
                 out["frozen"] = self._frozen(d, min(float(b.max()) for b in grids), pic.inter_bytes)
         if self._any_bad(out):
             return self._only(out)
-        if match is not None and "scene_change" in on:
-            sim = match
-            out["scene_change"] = Verdict(sim < th.scene_min_similarity, sim, None, th.scene_min_similarity)
+        turn = self._turned(match, ref.layout_share(), ref.light_shift(means)) if "scene_change" in on else None
+        if turn is not None:
+            out["scene_change"] = turn
             run = self.runs["scene_change"]
-            if sim < th.scene_min_similarity:
+            if turn.bad:
                 if run.bad + 1 >= self.cfg.scene_adopt_after:
                     self.ref = _Reference()  # the camera stays where it was moved: its view is the new normal
                     self.ref.learn(thumb, means, stds)
@@ -358,6 +380,23 @@ class DeviceAnalyzer:
             for metric, x in sample.items():
                 self.normal.add(metric, x)
         return self._only(out)
+
+    def _turned(self, match: float | None, layout: float, light: float | None) -> Verdict | None:
+        """Turned: the view's layout is gone or, where the view has too little layout to tell (under
+        ``scene_broad_layout`` of its blocks), the light falls across the picture otherwise.
+
+        A plain wall has no layout (``match`` None), or hardly more than the OSD clock's, which
+        matches wherever the camera points; another part of the wall is lit otherwise. The light alone
+        would take a lamp switched on, or a box held up to the lens, for a turn, so a view with a broad
+        layout is judged by its layout only. The verdict carries the metric that decided: the layout's
+        similarity (bad below its limit) or the light's shift (bad above).
+        """
+        th = self.cfg.thresholds
+        if match is not None and (match < th.scene_min_similarity or layout >= th.scene_broad_layout or light is None):
+            return Verdict(match < th.scene_min_similarity, match, None, th.scene_min_similarity)
+        if light is None:
+            return None
+        return Verdict(light >= th.scene_light_shift, light, None, th.scene_light_shift)
 
     def _frozen(self, d: float, most: float, inter_bytes: float | None) -> Verdict:
         """Frozen: the keyframe barely changed *and* the encoder spent almost nothing on the frames between.

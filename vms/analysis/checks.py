@@ -235,6 +235,8 @@ def color_cast(u_mean: float, v_mean: float) -> float:
 
 #: Luma of black in limited-range video; full-range black (0) only makes the ratio a bit larger.
 BLACK_LUMA = 16.0
+#: Luma levels above black below which a block's light is not told apart (:func:`light_layout`).
+_LIGHT_FLOOR = 4.0
 
 
 def cast_ratio(u_mean: float, v_mean: float, luma_mean: float) -> float:
@@ -312,6 +314,25 @@ def block_similarity(a: F32, b: F32) -> F32:
     var = np.maximum(block_mean(a * a) - ma * ma, 0.0) * np.maximum(block_mean(b * b) - mb * mb, 0.0)
     den = np.sqrt(var)
     return np.divide(cov, den, out=np.zeros_like(cov), where=den > 1e-4)
+
+
+def light_layout(means: F32) -> F32:
+    """How the light falls across the view: each block's level above black over the median block's.
+
+    A plain wall has no layout for :func:`block_similarity` to compare, but the lamp or the window
+    lights it unevenly, and another part of it is lit otherwise. Dividing by the median leaves out
+    the gain (iris, night, exposure), so only where the light falls counts.
+    """
+    above = np.maximum(means - BLACK_LUMA, _LIGHT_FLOOR)
+    return above / max(median(above), _LIGHT_FLOOR)
+
+
+def light_shift(a: F32, ref: F32) -> float:
+    """Median over blocks of how far :func:`light_layout` ``a`` moved from ``ref``, as a share of the median level.
+
+    The median ignores what moves in front of the wall while it covers less than half of the blocks.
+    """
+    return median(np.abs(a - ref))
 
 
 def similarity(a: F32, b: F32) -> float:

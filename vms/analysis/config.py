@@ -153,6 +153,14 @@ class Thresholds(_Model):
     scene_min_similarity: float = Field(
         0.4, ge=-1, le=1, description="Correlation with the learned view below which the camera has moved."
     )
+    scene_broad_layout: float = Field(
+        0.3, ge=0, le=1, description="Share of blocks with a fixed layout from which the layout alone judges a turned "
+        "camera; a view with less (a plain wall, an OSD clock) is judged by the light across it too."
+    )
+    scene_light_shift: float = Field(
+        0.12, gt=0, le=10, description="Median move of each block's light (its level over the median block's) from "
+        "the learned view at or above which a camera whose layout does not decide has moved."
+    )
 
     @model_validator(mode="after")
     def _keep_below_raise(self) -> Thresholds:
