@@ -304,15 +304,17 @@ class DeviceAnalyzer:
         out["too_bright"] = Verdict(clipped >= clip_at or mean >= wash_at, clipped, nc, clip_at)
         if self._any_bad(out) or self._wide_raised():
             return self._only(out)
+        sigma = C.noise_sigma(g) if "occlusion" in on or "snow_noise" in on else 0.0
         if "occlusion" in on:
+            flat_std = max(th.occlusion_flat_std, th.occlusion_grain_ratio * min(sigma, self._snow_at()))
             ignore = (
-                (ref.stds < th.occlusion_flat_std) & (ref.means < th.occlusion_dark_luma)
+                (ref.stds < flat_std) & (ref.means < th.occlusion_dark_luma)
                 if ref.means is not None and ref.stds is not None and ref.means.shape == means.shape
                 else np.zeros(means.shape, np.bool_)
             )
             if view is not None and view.shape == ignore.shape:
                 ignore |= view >= th.occlusion_max_similarity  # still the normal view: blurred, not covered
-            share = C.flat_dark_share(means, stds, th.occlusion_flat_std, th.occlusion_dark_luma, ignore)
+            share = C.flat_dark_share(means, stds, flat_std, th.occlusion_dark_luma, ignore)
             # Before a view is learned a dark flat scene cannot be told from a cover: no verdict.
             if view is not None:
                 # A cover held in place does not shrink: once the lens is found covered, it stays so down to
@@ -344,12 +346,8 @@ class DeviceAnalyzer:
             out["color_cast"] = Verdict(bad, shift, normal, th.cast_shift if normal is not None else th.cast_min_ratio)
             sample["cast_u"], sample["cast_v"] = cu, cv
         if "snow_noise" in on:
-            sigma = C.noise_sigma(g)
-            ns = self._learned("noise")
-            at = th.noise_min_sigma
-            if ns is not None:
-                at = min(at, ns * th.noise_rise_ratio + th.noise_rise_add)
-            out["snow_noise"] = Verdict(sigma >= at, sigma, ns, at)
+            at = self._snow_at()
+            out["snow_noise"] = Verdict(sigma >= at, sigma, self._learned("noise"), at)
             sample["noise"] = sigma
         if "stripes" in on:
             amp = C.stripe_amplitude(g)
@@ -397,6 +395,14 @@ class DeviceAnalyzer:
         if light is None:
             return None
         return Verdict(light >= th.scene_light_shift, light, None, th.scene_light_shift)
+
+    def _snow_at(self) -> float:
+        """The grain at which this camera's picture is snow: above its normal grain, or any camera's."""
+        th = self.cfg.thresholds
+        ns = self._learned("noise")
+        if ns is None:
+            return th.noise_min_sigma
+        return min(th.noise_min_sigma, ns * th.noise_rise_ratio + th.noise_rise_add)
 
     def _frozen(self, d: float, most: float, inter_bytes: float | None) -> Verdict:
         """Frozen: the keyframe barely changed *and* the encoder spent almost nothing on the frames between.

@@ -90,6 +90,10 @@ class Thresholds(_Model):
         0.25, gt=0, le=1, description="Share at or above which a lens found covered (or being found so) stays covered."
     )
     occlusion_flat_std: float = Field(3.0, gt=0, le=40, description="Block luma std below which a block is flat.")
+    occlusion_grain_ratio: float = Field(
+        1.2, ge=0, le=10, description="Block luma std below this multiple of the picture's grain (its noise sigma, up "
+        "to where snow starts) is flat too: a cover in front of a grainy night sensor shows the grain."
+    )
     occlusion_dark_luma: float = Field(80.0, ge=0, le=255, description="Block mean luma below which a block is dark.")
     occlusion_max_similarity: float = Field(
         0.3,
