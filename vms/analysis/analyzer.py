@@ -364,7 +364,7 @@ class DeviceAnalyzer:
                 out["frozen"] = self._frozen(d, min(float(b.max()) for b in grids), pic.inter_bytes)
         if self._any_bad(out):
             return self._only(out)
-        turn = self._turned(match, ref.layout_share(), ref.light_shift(means)) if "scene_change" in on else None
+        turn = self._turned(match, means) if "scene_change" in on else None
         if turn is not None:
             out["scene_change"] = turn
             run = self.runs["scene_change"]
@@ -379,7 +379,7 @@ class DeviceAnalyzer:
                 self.normal.add(metric, x)
         return self._only(out)
 
-    def _turned(self, match: float | None, layout: float, light: float | None) -> Verdict | None:
+    def _turned(self, match: float | None, means: npt.NDArray[np.float32]) -> Verdict | None:
         """Turned: the view's layout is gone or, where the view has too little layout to tell (under
         ``scene_broad_layout`` of its blocks), the light falls across the picture otherwise.
 
@@ -387,13 +387,16 @@ class DeviceAnalyzer:
         matches wherever the camera points; another part of the wall is lit otherwise. The light alone
         would take a lamp switched on, or a box held up to the lens, for a turn, so a view with a broad
         layout is judged by its layout only. The verdict carries the metric that decided: the layout's
-        similarity (bad below its limit) or the light's shift (bad above).
+        similarity (bad below its limit) or the light's shift (bad above). The light is only measured
+        where it may decide: most views have a broad layout.
         """
         th = self.cfg.thresholds
-        if match is not None and (match < th.scene_min_similarity or layout >= th.scene_broad_layout or light is None):
-            return Verdict(match < th.scene_min_similarity, match, None, th.scene_min_similarity)
+        gone = match is not None and match < th.scene_min_similarity
+        if match is not None and (gone or self.ref.layout_share() >= th.scene_broad_layout):
+            return Verdict(gone, match, None, th.scene_min_similarity)
+        light = self.ref.light_shift(means)
         if light is None:
-            return None
+            return None if match is None else Verdict(False, match, None, th.scene_min_similarity)
         return Verdict(light >= th.scene_light_shift, light, None, th.scene_light_shift)
 
     def _snow_at(self) -> float:
