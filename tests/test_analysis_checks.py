@@ -150,6 +150,28 @@ def test_blur_under_night_grain_is_blur_not_a_cover() -> None:
     assert v["blur"][0] and not v["occlusion"][0]
 
 
+@pytest.mark.parametrize("condition", ["day", "night"])
+def test_a_defocus_under_grain_is_read_past_the_sharp_osd(condition: str) -> None:
+    """A dim view with grain, defocused, and the camera's OSD laid on it after the lens, sharp whatever
+    the focus. The OSD's white text is the strongest gradient of the view: when the score was a share
+    of the summed gradient it took a third of the defocus's rise away (0.09 of 0.26 left)."""
+    rng = np.random.default_rng(3)
+    dim = _gray(Case(4 if condition == "night" else 1, condition), 0.0).astype(np.float32) * 0.35 + 10
+
+    def shot(view: npt.NDArray[np.float32], osd: bool) -> npt.NDArray[np.uint8]:
+        g = np.clip(view + rng.normal(0, 4, view.shape), 0, 255).astype(np.uint8)
+        if osd:
+            for colour, thickness in ((0, 3), (235, 1)):  # white text on a black border
+                cv2.putText(g, "2026-09-21 14:13:38  CAM-01", (6, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour,
+                            thickness)
+        return g
+
+    soft = cv2.GaussianBlur(dim, (0, 0), 2.5)
+    rise = {osd: C.blur_score(shot(soft, osd)) - C.blur_score(shot(dim, osd)) for osd in (False, True)}
+    assert rise[False] > 2 * AnalysisConfig().thresholds.blur_rise
+    assert rise[True] >= 0.7 * rise[False], rise
+
+
 def test_cast_ratio_reads_the_same_cast_alike_by_day_and_night() -> None:
     def yuv_means(gain: float) -> tuple[float, float, float]:
         """Mean Y, Cb, Cr in limited range, as the encoder gives them, of a green-cast street view."""

@@ -171,14 +171,17 @@ def blur_score(g: U8) -> float:
 
     The picture is blurred again with a 7-pixel box along each axis; a sharp picture loses most of
     its neighbour differences doing so, an already blurred one keeps them. Score = share of the
-    gradient sum that survives re-blurring, the worse of both axes. Contrast and content level
+    neighbour differences that survives re-blurring, the worse of both axes. Contrast and content level
     cancel out in the ratio. Sensor grain does not: at night it is most of the neighbour
     differences and makes a defocused view look sharp. So the score is taken at half size
     (``pyrDown``: a 5-tap Gaussian, then every other pixel), which averages the grain away but keeps
     the edges that a defocus smears; at a quarter of the pixels it is also cheaper. Only the blocks of
     :data:`GRID` with the most gradient count (:data:`BLUR_EDGE_SHARE`): where the view has edges. A
     plain wall or a night sky shows only grain, sharp whatever the focus, and over most of a dim view
-    it outweighed the edges a defocus smears.
+    it outweighed the edges a defocus smears. Each of those blocks counts alike (the mean of their
+    own shares, not a share of their summed gradient): the camera's OSD, white text laid on the
+    picture after the lens and so sharp whatever the focus, is the strongest gradient of a dim view
+    and in a sum outweighed the scene's edges, halving what a defocus adds to the score.
     """
     g = np.asarray(cv2.pyrDown(g), np.uint8)
     scores = []
@@ -192,8 +195,7 @@ def blur_score(g: U8) -> float:
         v = grid_means(cv2.subtract(d_f, d_b)).ravel()  # saturating: max(0, d_f - d_b)
         n = max(1, round(BLUR_EDGE_SHARE * f.size))
         edges = np.argpartition(f, -n)[-n:]
-        s_f, s_v = float(f[edges].sum()), float(v[edges].sum())
-        scores.append(1.0 if s_f <= 0 else (s_f - s_v) / s_f)
+        scores.append(1.0 - float(np.mean(v[edges] / np.maximum(f[edges], 1e-6))))  # a flat block: 1
     return max(scores)
 
 
