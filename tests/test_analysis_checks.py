@@ -172,6 +172,32 @@ def test_a_defocus_under_grain_is_read_past_the_sharp_osd(condition: str) -> Non
     assert rise[True] >= 0.7 * rise[False], rise
 
 
+def test_a_cover_just_under_its_limit_is_not_a_turned_camera() -> None:
+    """A night view whose lower half is a flat dark lawn, then a dark cover over 65 % of the lens: the
+    cover on the lawn cannot be told, so it makes 0.33 of the view, under the 0.35 limit (the night
+    street's sub stream sat there), and the view's layout is gone as after a turn. It was raised as a
+    turned camera; it is left to the cover check, which finds it once the cover reaches the limit."""
+    rng = np.random.default_rng(5)
+    layout = cv2.resize(rng.uniform(20, 75, (18, 32)).astype(np.float32), (320, 180), interpolation=cv2.INTER_CUBIC)
+    layout[90:] = 30.0  # the lawn
+
+    def shot(view: npt.NDArray[np.float32], cover: float = 0.0) -> npt.NDArray[np.uint8]:
+        view = view.copy()
+        view[:, : int(320 * cover)] = 38.0
+        return np.clip(view + rng.normal(0, 1.0, view.shape), 0, 255).astype(np.uint8)
+
+    th = AnalysisConfig().thresholds
+    normal = [shot(layout) for _ in range(4)]
+    v = _verdicts_after(normal, Picture(8.0, shot(layout, 0.65)))
+    assert th.occlusion_keep_share <= v["occlusion"].value < th.occlusion_min_share, v["occlusion"]
+    assert "scene_change" not in v and not any(x.bad for x in v.values()), v
+    assert _verdicts_after(normal, Picture(8.0, shot(layout, 0.8)))["occlusion"].bad
+    # A turn shows another view, not a flat one: still a turn.
+    other = cv2.resize(rng.uniform(20, 75, (18, 32)).astype(np.float32), (320, 180), interpolation=cv2.INTER_CUBIC)
+    v = _verdicts_after(normal, Picture(8.0, shot(other)))
+    assert v["scene_change"].bad and not v["occlusion"].bad, v
+
+
 def test_cast_ratio_reads_the_same_cast_alike_by_day_and_night() -> None:
     def yuv_means(gain: float) -> tuple[float, float, float]:
         """Mean Y, Cb, Cr in limited range, as the encoder gives them, of a green-cast street view."""

@@ -76,9 +76,12 @@ def test_a_cover_or_a_defocus_under_night_grain_is_found(real_footage: None, def
 def test_a_cover_over_most_of_a_night_view_stays_found_and_is_nothing_else(real_footage: None) -> None:
     """The night street's sub stream with a dark cover over 65 % of the lens from 20 s to 40 s. A third
     of the night view is dark and flat anyway, so the cover's share sat at the limit and went bad and
-    good in turns (before: raised at 30 s, and the covered picture raised ``frozen`` at 24 s)."""
+    good in turns (before: raised at 30 s, and the covered picture raised ``frozen`` at 24 s). Where the
+    clip's encoding leaves the share just under the limit (FFmpeg's scaling and x264 differ by processor),
+    the view's lost layout had it raised as a turned camera first; the cover check decides it now, found
+    within 2 keyframes after the hysteresis (raised by 26 s), the delay the checks are held to."""
     r = run_case(RealCase(next(s for s in SCENES if s.name == "street-night"), "occlusion", "sub"))
-    assert r.raised == [("occlusion", r.raised[0][1])] and 20 <= r.raised[0][1] <= 24, r.raised
+    assert r.raised == [("occlusion", r.raised[0][1])] and 20 <= r.raised[0][1] <= 26, r.raised
     assert [c for c, at in r.cleared if at >= 40] == ["occlusion"], r.cleared
 
 

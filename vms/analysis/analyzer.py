@@ -305,6 +305,7 @@ class DeviceAnalyzer:
         if self._any_bad(out) or self._wide_raised():
             return self._only(out)
         sigma = C.noise_sigma(g) if "occlusion" in on or "snow_noise" in on else 0.0
+        share: float | None = None
         if "occlusion" in on:
             flat_std = max(th.occlusion_flat_std, th.occlusion_grain_ratio * min(sigma, self._snow_at()))
             ignore = (
@@ -365,6 +366,11 @@ class DeviceAnalyzer:
         if self._any_bad(out):
             return self._only(out)
         turn = self._turned(match, means) if "scene_change" in on else None
+        if turn is not None and turn.bad and share is not None and share >= th.occlusion_keep_share:
+            # A cover forming, not a turn: a cover over most of a night view sits just under the limit when
+            # a part of the view (a dark lawn) cannot show it, and its layout is gone as after a turn. The
+            # cover check decides; the view is neither judged turned nor learned.
+            return self._only(out)
         if turn is not None:
             out["scene_change"] = turn
             run = self.runs["scene_change"]
