@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -228,10 +229,17 @@ def test_a_client_that_goes_away_stops_its_build(loaded_hub: tuple[HubProcess, f
     assert not (hp.config.parent / "data" / "exports" / f"{export_id}.mp4.part").exists()
     # A Range request waits for the whole build: a client that gives up waiting stops it too (this
     # hour of footage builds in about a second; the hub checks for the client every 0.25 s).
+    def listed() -> list[dict[str, Any]]:
+        return list(httpx.get(f"{hp.url}/api/v1/exports", headers=auth(hp, "zhao"), timeout=30).json())
+
+    before = {e["id"] for e in listed()}
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(f"{hp.url}/api/v1/devices/{CAM}/clip.mp4", params=clip_params(t0), timeout=0.3,
                   headers=auth(hp, "zhao") | {"Range": "bytes=0-99"})
-    newest = httpx.get(f"{hp.url}/api/v1/exports", headers=auth(hp, "zhao"), timeout=30).json()[0]
+    # On a loaded machine the request may not have reached its handler when the client gave up: wait for
+    # its build to be listed (the newest listed was then the abandoned one above).
+    newest = wait_until(lambda: next((e for e in listed() if e["id"] not in before), None), 60,
+                        "the Range request's build to be listed")
     row = wait_until(lambda: (j := job(hp, "zhao", str(newest["id"])))["status"] == "failed" and j, 60,
                      "the build of a Range request whose client left")
     assert "before the clip was ready" in str(row["error"]), row
