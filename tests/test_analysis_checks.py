@@ -198,6 +198,28 @@ def test_a_cover_just_under_its_limit_is_not_a_turned_camera() -> None:
     assert v["scene_change"].bad and not v["occlusion"].bad, v
 
 
+def test_a_keyframe_the_encoder_starved_does_not_say_the_snow_is_gone() -> None:
+    """A sub stream at its bit-rate cap under snow: every other keyframe is starved (a third of the
+    camera's normal size) and its grain quantised away. Those said "no snow" and broke the run of bad
+    samples, so the snow was found 7 keyframes late on the night street. They hold the counters now, for
+    at most ``clear_after`` in a row: a camera whose keyframes stay small after the snow still clears."""
+    rng = np.random.default_rng(7)
+    an = DeviceAnalyzer(AnalysisConfig())
+
+    def shot(t: float, sigma: float) -> npt.NDArray[np.uint8]:
+        return np.clip(_gray(Case(1, "day"), t) + rng.normal(0, sigma, (180, 320)), 0, 255).astype(np.uint8)
+
+    changes = [c for k in range(5) for c in an.feed(Picture(2.0 * k, shot(2.0 * k, 1.0), key_bytes=20000), 2.0 * k)]
+    assert changes == []
+    raised = [c for k, (sigma, size) in enumerate([(12.0, 20000), (1.0, 7000), (12.0, 20000)], start=5)
+              for c in an.feed(Picture(2.0 * k, shot(2.0 * k, sigma), key_bytes=size), 2.0 * k)]
+    assert [(c.check, c.raised, c.at) for c in raised] == [("snow_noise", True, 14.0)]
+    # The snow ends but the keyframes stay small: two are held, then they count and clear it.
+    cleared = [(c.check, c.at) for k in range(8, 12)
+               for c in an.feed(Picture(2.0 * k, shot(2.0 * k, 1.0), key_bytes=7000), 2.0 * k) if not c.raised]
+    assert cleared == [("snow_noise", 22.0)]
+
+
 def test_cast_ratio_reads_the_same_cast_alike_by_day_and_night() -> None:
     def yuv_means(gain: float) -> tuple[float, float, float]:
         """Mean Y, Cb, Cr in limited range, as the encoder gives them, of a green-cast street view."""

@@ -47,6 +47,9 @@ class Picture:
     #: What the encoder spends between keyframes: :func:`vms.analysis.checks.inter_level` of the inter
     #: (non-key) frames of the GOP this keyframe opens, in bytes; None if unknown.
     inter_bytes: float | None = None
+    #: The keyframe's own size in bytes; None if unknown. Far under the camera's normal, the encoder was
+    #: starved (a sub stream at its bit-rate cap, drained by snow) and quantised the picture's grain away.
+    key_bytes: float | None = None
 
 
 class Verdict(NamedTuple):
@@ -88,6 +91,7 @@ METRICS: dict[str, float] = {
     "stripes": 0.2,
     "change": 0.1,
     "inter_low": 200.0,
+    "key_bytes": 500.0,
 }
 
 
@@ -227,6 +231,7 @@ class DeviceAnalyzer:
     ref: _Reference = field(default_factory=_Reference)
     motion: MotionDetector | None = None
     stream: Stream = "main"  # the camera's stream whose pictures this state is made of
+    _starved: int = 0  # starved keyframes in a row (see the snow check)
 
     def __post_init__(self) -> None:
         self.enabled = frozenset(self.cfg.checks)
@@ -348,8 +353,17 @@ class DeviceAnalyzer:
             sample["cast_u"], sample["cast_v"] = cu, cv
         if "snow_noise" in on:
             at = self._snow_at()
-            out["snow_noise"] = Verdict(sigma >= at, sigma, self._learned("noise"), at)
+            # A keyframe the encoder starved shows no grain, snow or not: it cannot say that the snow is
+            # gone (or has not come), so it holds the counters, for at most ``clear_after`` keyframes in a
+            # row, so that a camera whose keyframes stay small still clears.
+            nk = self._learned("key_bytes")
+            starved = (pic.key_bytes is not None and nk is not None
+                       and pic.key_bytes < th.snow_starved_key * nk and sigma < at)
+            self._starved = self._starved + 1 if starved else 0
+            if not starved or self._starved > self._hysteresis["snow_noise"].clear_after:
+                out["snow_noise"] = Verdict(sigma >= at, sigma, self._learned("noise"), at)
             sample["noise"] = sigma
+        sample["key_bytes"] = pic.key_bytes
         if "stripes" in on:
             amp = C.stripe_amplitude(g)
             na = self._learned("stripes")

@@ -127,6 +127,10 @@ class Thresholds(_Model):
         "noise_rise_add) at which it is snow."
     )
     noise_rise_add: float = Field(0.4, ge=0, le=100, description="Luma levels added to the multiple of the normal.")
+    snow_starved_key: float = Field(
+        0.6, ge=0, le=1, description="A keyframe under this share of the camera's normal keyframe size was starved by "
+        "its encoder (its grain quantised away): it holds the snow check's counters instead of saying 'no snow'."
+    )
     stripe_min_amplitude: float = Field(
         5.0, gt=0, le=128, description="Amplitude (luma levels) of a periodic row/column pattern that is interference."
     )

@@ -236,6 +236,7 @@ class SegmentSampler:
         # Sizes of the inter frames after each keyframe packet (by its pts), and the decoded keyframes
         # waiting for their GOP to end: (pts, time, frame, its picture if made already).
         gops: dict[int | None, list[int]] = {}
+        keys: dict[int | None, int] = {}  # each keyframe's own size, by its pts
         last_key: int | None = None
         waiting: list[tuple[int | None, float, av.VideoFrame, Picture | None]] = []
         gop: list[int] | None = None  # the current GOP's sizes: most packets only add to it
@@ -246,6 +247,7 @@ class SegmentSampler:
             elif packet.is_keyframe:
                 last_key = packet.pts
                 gop = gops[last_key] = []
+                keys[last_key] = size
                 frames = cc.decode(packet)
             else:
                 if gop is not None:
@@ -276,9 +278,9 @@ class SegmentSampler:
                     next_motion = t + step - 1e-3
                     peak = _higher(peak, an.motion.step(g).ratio)
             while waiting and waiting[0][0] != last_key:
-                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops, judge))  # its GOP is complete
+                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops, keys, judge))  # its GOP is complete
         for item in waiting:
-            peak = _higher(peak, self._judge(an, rep, item, gops, judge))
+            peak = _higher(peak, self._judge(an, rep, item, gops, keys, judge))
         rep.motion_ratio = peak
 
     def _judge(
@@ -287,6 +289,7 @@ class SegmentSampler:
         rep: Report,
         item: tuple[int | None, float, av.VideoFrame, Picture | None],
         gops: dict[int | None, list[int]],
+        keys: dict[int | None, int],
         judge: bool = True,
     ) -> float | None:
         """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe.
@@ -308,6 +311,8 @@ class SegmentSampler:
         elif not judge:
             return ratio
         pic.inter_bytes = inter_level(gops.pop(pts, []))
+        key = keys.pop(pts, None)
+        pic.key_bytes = None if key is None else float(key)
         changes = an.feed(pic, pic.t)
         jpeg = snapshot_jpeg(frame, self.cfg.snapshot_width) if any(c.raised for c in changes) else None
         rep.events.extend(
