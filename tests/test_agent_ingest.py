@@ -193,8 +193,11 @@ def test_live_edge_reads_in_batches_without_falling_behind(
         assert long_gaps >= span / (2 * batch)  # woke about once per batch, not per packet
         assert sum(g < 0.01 for g in gaps) > len(gaps) / 2  # and drained the socket in one go
     else:
-        assert long_gaps == 0
-    assert late < batched + 0.15
+        # One by one: no batch gaps. One scheduling stall on a loaded machine is not a batch (seen once in a
+        # CI run: 1 gap of 0.15 s or more in 4 s); a batching reader leaves one every 0.2 s, 20 in 4 s.
+        assert long_gaps <= 1, gaps
+    stall = 0.0 if batched else max((g for g in gaps if g >= 0.15), default=0.0)  # it delays what follows it
+    assert late < batched + 0.15 + stall
     assert len(spool.segments()) >= 6
 
 
