@@ -220,6 +220,33 @@ def test_a_keyframe_the_encoder_starved_does_not_say_the_snow_is_gone() -> None:
     assert cleared == [("snow_noise", 22.0)]
 
 
+def test_snow_quantised_under_its_limit_is_not_learned_as_the_view() -> None:
+    """A dim view, mostly a flat wall, then snow. At a sub stream's bit-rate cap the encoder smooths the
+    snow: its grain reads under the limit while the blocks keep most of its texture, and a starved keyframe
+    holds the counters. Those samples were learned as the normal view, which then took the wall for
+    textured: once the snow went, the wall read as a cover (the held-out dim wall's sub stream), and a
+    cover kept the view from being learned again, so it never cleared."""
+    rng = np.random.default_rng(11)
+    view = np.full((180, 320), 50.0, np.float32)
+    view[:, :112] = cv2.resize(rng.uniform(30, 110, (9, 12)).astype(np.float32), (112, 180),
+                               interpolation=cv2.INTER_NEAREST)  # a third of the view has a sharp layout
+
+    def shot(grain: float, smooth: float = 0.0) -> npt.NDArray[np.uint8]:
+        noise = rng.normal(0, grain, view.shape).astype(np.float32)
+        if smooth:  # snow the encoder smoothed: large in the blocks' std, small in the noise estimate
+            noise += cv2.GaussianBlur(rng.normal(0, smooth, view.shape).astype(np.float32), (0, 0), 1.2)
+        return np.clip(view + noise, 0, 255).astype(np.uint8)
+
+    an = DeviceAnalyzer(AnalysisConfig())
+    steps = [(shot(1.2), 20000) for _ in range(6)] + [(shot(12.0), 20000) for _ in range(2)]  # healthy, snow
+    steps += [(shot(2.0, 30.0), size) for size in (14000, 14000, 7000)]  # quantised; the last one starved
+    steps += [(shot(1.2), 20000) for _ in range(8)]  # the snow is gone
+    changes = [(c.check, c.raised) for k, (g, size) in enumerate(steps)
+               for c in an.feed(Picture(2.0 * k, g, key_bytes=size), 2.0 * k)]
+    assert changes == [("snow_noise", True), ("snow_noise", False)], changes
+    assert an.values["occlusion"] < AnalysisConfig().thresholds.occlusion_keep_share
+
+
 def test_cast_ratio_reads_the_same_cast_alike_by_day_and_night() -> None:
     def yuv_means(gain: float) -> tuple[float, float, float]:
         """Mean Y, Cb, Cr in limited range, as the encoder gives them, of a green-cast street view."""

@@ -220,6 +220,9 @@ LIGHTS = 9
 Verdicts = dict[CheckName, Verdict]
 #: Defects of the whole picture, judged first: while one is raised the later checks are not judged.
 _WIDE: tuple[CheckName, ...] = ("black_screen", "solid_screen", "too_dark", "too_bright")
+#: Defects that add texture to the picture: while one is raised (or a starved keyframe cannot say whether
+#: the snow is gone) the view and the normal are not learned, though the sample may be judged good.
+_TEXTURE: tuple[CheckName, ...] = ("snow_noise", "stripes")
 
 
 @dataclass
@@ -310,6 +313,7 @@ class DeviceAnalyzer:
         if self._any_bad(out) or self._wide_raised():
             return self._only(out)
         sigma = C.noise_sigma(g) if "occlusion" in on or "snow_noise" in on else 0.0
+        held = False  # the snow check's counters held by a starved keyframe
         share: float | None = None
         if "occlusion" in on:
             flat_std = max(th.occlusion_flat_std, th.occlusion_grain_ratio * min(sigma, self._snow_at()))
@@ -360,7 +364,8 @@ class DeviceAnalyzer:
             starved = (pic.key_bytes is not None and nk is not None
                        and pic.key_bytes < th.snow_starved_key * nk and sigma < at)
             self._starved = self._starved + 1 if starved else 0
-            if not starved or self._starved > self._hysteresis["snow_noise"].clear_after:
+            held = starved and self._starved <= self._hysteresis["snow_noise"].clear_after
+            if not held:
                 out["snow_noise"] = Verdict(sigma >= at, sigma, self._learned("noise"), at)
             sample["noise"] = sigma
         sample["key_bytes"] = pic.key_bytes
@@ -393,6 +398,11 @@ class DeviceAnalyzer:
                     self.ref = _Reference()  # the camera stays where it was moved: its view is the new normal
                     self.ref.learn(thumb, means, stds)
                 return self._only(out)
+        if held or any(self.runs[c].raised for c in _TEXTURE if c in self.runs):
+            # Not a healthy sample yet: snow that the encoder quantised below its limit still inflates the
+            # blocks' texture; learned, the view took the normally flat blocks of a dim view for textured,
+            # and once the snow went they read as a cover, which then kept the view from being learned again.
+            return self._only(out)
         self.ref.learn(thumb, means, stds, view)
         if not any(r.raised for r in self.runs.values()):
             for metric, x in sample.items():
