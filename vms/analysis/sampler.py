@@ -233,10 +233,9 @@ class SegmentSampler:
         first: float | None = None
         next_motion = -1.0
         peak: float | None = None
-        # Sizes of the inter frames after each keyframe packet (by its pts), and the decoded keyframes
-        # waiting for their GOP to end: (pts, time, frame, its picture if made already).
-        gops: dict[int | None, list[int]] = {}
-        keys: dict[int | None, int] = {}  # each keyframe's own size, by its pts
+        # Each keyframe packet's size and the sizes of the inter frames after it (by its pts), and the
+        # decoded keyframes waiting for their GOP to end: (pts, time, frame, its picture if made already).
+        gops: dict[int | None, tuple[int, list[int]]] = {}
         last_key: int | None = None
         waiting: list[tuple[int | None, float, av.VideoFrame, Picture | None]] = []
         gop: list[int] | None = None  # the current GOP's sizes: most packets only add to it
@@ -246,8 +245,8 @@ class SegmentSampler:
                 frames = cc.decode(None)  # end of stream: flush
             elif packet.is_keyframe:
                 last_key = packet.pts
-                gop = gops[last_key] = []
-                keys[last_key] = size
+                gop = []
+                gops[last_key] = (size, gop)
                 frames = cc.decode(packet)
             else:
                 if gop is not None:
@@ -278,9 +277,9 @@ class SegmentSampler:
                     next_motion = t + step - 1e-3
                     peak = _higher(peak, an.motion.step(g).ratio)
             while waiting and waiting[0][0] != last_key:
-                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops, keys, judge))  # its GOP is complete
+                peak = _higher(peak, self._judge(an, rep, waiting.pop(0), gops, judge))  # its GOP is complete
         for item in waiting:
-            peak = _higher(peak, self._judge(an, rep, item, gops, keys, judge))
+            peak = _higher(peak, self._judge(an, rep, item, gops, judge))
         rep.motion_ratio = peak
 
     def _judge(
@@ -288,8 +287,7 @@ class SegmentSampler:
         an: DeviceAnalyzer,
         rep: Report,
         item: tuple[int | None, float, av.VideoFrame, Picture | None],
-        gops: dict[int | None, list[int]],
-        keys: dict[int | None, int],
+        gops: dict[int | None, tuple[int, list[int]]],
         judge: bool = True,
     ) -> float | None:
         """Feed a keyframe with what its GOP cost; a raised defect carries a snapshot of that keyframe.
@@ -310,8 +308,8 @@ class SegmentSampler:
             pic = Picture(t, g, *chroma_means(frame))
         elif not judge:
             return ratio
-        pic.inter_bytes = inter_level(gops.pop(pts, []))
-        key = keys.pop(pts, None)
+        key, sizes = gops.pop(pts, (None, []))
+        pic.inter_bytes = inter_level(sizes)
         pic.key_bytes = None if key is None else float(key)
         changes = an.feed(pic, pic.t)
         jpeg = snapshot_jpeg(frame, self.cfg.snapshot_width) if any(c.raised for c in changes) else None
